@@ -244,7 +244,9 @@ class QuantizedTensor:
         return cls(fmt.name, (int(shape[0]), int(shape[1])), group_size, dict(tensors), meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "QuantizedTensor":
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu",
+             expect_format: str | None = None) -> "QuantizedTensor":
+        """Read an artifact written by :meth:`save`; ``expect_format`` refuses any other format."""
         from safetensors import safe_open
 
         path = os.fspath(path)
@@ -256,7 +258,10 @@ class QuantizedTensor:
             raise
         except Exception as e:  # safetensors raises its own error types for truncated files
             raise FormatError(f"{path}: not a readable safetensors file ({e})") from None
-        return cls.from_state(header, tensors, source=path).to(device)
+        qt = cls.from_state(header, tensors, source=path)
+        if expect_format is not None and qt.format != expect_format:
+            raise FormatError(f"{path}: holds a {qt.format!r} weight, expected {expect_format!r}")
+        return qt.to(device)
 
 
 Quantizer = Callable[..., QuantizedTensor]
