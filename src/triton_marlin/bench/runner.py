@@ -1,0 +1,261 @@
+"""BenchRunner: the standard command line, the JSON-lines records and the closing table of a benchmark script."""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import functools
+import json
+import math
+import platform
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from ..device import device_name, select_device
+from .timing import Stats
+
+__all__ = ["BenchRunner", "RECORD_FIELDS", "format_table"]
+
+# Fields every JSON record carries.
+RECORD_FIELDS = ("benchmark", "case", "device", "gpu", "metric", "value", "unit", "stats", "roofline",
+                 "version", "commit", "torch", "triton", "timestamp")
+
+DEFAULT_WARMUP, DEFAULT_REPEATS = 10, 50
+QUICK_WARMUP, QUICK_REPEATS = 2, 5
+
+
+@functools.lru_cache(maxsize=None)
+def _versions() -> dict:
+    from .. import __version__
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    commit = None
+    try:
+        repo = Path(__file__).resolve().parents[3]
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode == 0:
+            commit = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"version": __version__, "commit": commit, "torch": torch.__version__, "triton": triton_version,
+            "python": platform.python_version()}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if v == 0 or (1e-3 <= abs(v) < 1e6):
+            return f"{v:.4g}"
+        return f"{v:.3e}"
+    return str(v)
+
+
+def format_table(records: list[dict]) -> str:
+    """A plain-text table: one row per record, case keys as columns."""
+    if not records:
+        return "(no records)"
+    case_keys: list[str] = []
+    for r in records:
+        for k in r["case"]:
+            if k not in case_keys:
+                case_keys.append(k)
+    has_stats = any(r.get("stats") for r in records)
+    has_roof = any(r.get("roofline") is not None for r in records)
+    header = case_keys + ["metric", "value", "unit"] + (["p10..p90 us"] if has_stats else []) + \
+        (["roofline"] if has_roof else [])
+    rows = []
+    for r in records:
+        row = [_fmt(r["case"].get(k, "")) for k in case_keys] + [r["metric"], _fmt(r["value"]), r["unit"]]
+        if has_stats:
+            s = r.get("stats")
+            row.append(f"{_fmt(s['p10_us'])}..{_fmt(s['p90_us'])}" if s else "")
+        if has_roof:
+            row.append(f"{100 * r['roofline']:.1f}%" if r.get("roofline") is not None else "")
+        rows.append(row)
+    widths = [max(len(str(h)), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    numeric = {header.index("value")}
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+class BenchRunner:
+    """The shell of a benchmark script.
+
+    ``BenchRunner(name, description, add_args)`` parses the command line at once (``argv`` for tests):
+    standard flags ``--device --quick --output --warmup --repeats --seed`` plus what ``add_args(parser)``
+    adds. ``runner.args.device`` is a ``torch.device`` chosen by :func:`triton_marlin.device.select_device`
+    (falling back with a warning). Records go to ``--output`` as JSON lines as they are made; ``finish()``
+    prints the table.
+    """
+
+    def __init__(self, name: str, description: str = "", add_args: Callable[[argparse.ArgumentParser], object]
+                 | None = None, argv: list[str] | None = None):
+        if not name or not isinstance(name, str):
+            raise ValueError(f"name: expected the benchmark's name, got {name!r}")
+        self.name = name
+        parser = argparse.ArgumentParser(prog=name, description=description,
+                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        std = parser.add_argument_group("standard benchmark options")
+        std.add_argument("--device", default="auto",
+                         help="auto | cuda | cuda:N | mps | cpu (an unavailable device falls back with a warning)")
+        std.add_argument("--quick", action="store_true",
+                         help="small cases and few repeats: a smoke run that takes seconds")
+        std.add_argument("--output", "-o", default=None, metavar="PATH",
+                         help="write one JSON record per figure to PATH (JSON lines)")
+        std.add_argument("--warmup", type=int, default=None,
+                         help=f"untimed calls before timing (default {DEFAULT_WARMUP}; {QUICK_WARMUP} with --quick)")
+        std.add_argument("--repeats", type=int, default=None,
+                         help=f"timed samples per case (default {DEFAULT_REPEATS}; {QUICK_REPEATS} with --quick)")
+        std.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+        if add_args is not None:
+            add_args(parser)
+        self.parser = parser
+        args = parser.parse_args(argv)
+        if args.warmup is None:
+            args.warmup = QUICK_WARMUP if args.quick else DEFAULT_WARMUP
+        if args.repeats is None:
+            args.repeats = QUICK_REPEATS if args.quick else DEFAULT_REPEATS
+        if args.warmup < 0:
+            parser.error(f"--warmup: expected >= 0, got {args.warmup}")
+        if args.repeats < 1:
+            parser.error(f"--repeats: expected >= 1, got {args.repeats}")
+        try:
+            args.device = select_device(args.device)
+        except (ValueError, RuntimeError) as exc:
+            parser.error(f"--device: {exc}")
+        torch.manual_seed(args.seed)
+        self.args = args
+        self.device = args.device
+        self.gpu = device_name(args.device)
+        self.records: list[dict] = []
+        self.notes: list[str] = []
+        self._out = None
+        if args.output:
+            path = Path(args.output)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._out = open(path, "w")
+        v = _versions()
+        print(f"# {name} on {self.gpu} ({self.device}); torch {v['torch']}, triton {v['triton']}, "
+              f"triton_marlin {v['version']}{' @ ' + v['commit'] if v['commit'] else ''}"
+              f"{' [quick]' if args.quick else ''}", flush=True)
+
+    # ------------------------------------------------------------------ records
+    def record(self, case: dict, metric: str, value: float, unit: str, stats: Stats | dict | None = None,
+               roofline: float | None = None, **extra) -> dict:
+        """Add one figure. ``case`` says what was measured (shape, dtype, ...); ``roofline`` is the fraction of
+        the device's measured ceiling it reaches; ``extra`` keys go into the record as they are."""
+        if not isinstance(case, dict):
+            raise TypeError(f"case: expected a dict describing the case, got {type(case).__name__}")
+        if not isinstance(metric, str) or not metric:
+            raise ValueError(f"metric: expected a non-empty name, got {metric!r}")
+        if not isinstance(unit, str):
+            raise TypeError(f"unit: expected a string, got {type(unit).__name__}")
+        if isinstance(value, torch.Tensor):
+            value = value.item()
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"value: metric {metric!r} of case {case} is {value}; expected a finite number")
+        if roofline is not None:
+            roofline = float(roofline)
+            if not math.isfinite(roofline):
+                raise ValueError(f"roofline: expected a finite fraction, got {roofline}")
+        if isinstance(stats, Stats):
+            stats = stats.to_dict()
+        clash = set(extra) & set(RECORD_FIELDS)
+        if clash:
+            raise ValueError(f"extra: keys {sorted(clash)} are reserved record fields")
+        v = _versions()
+        rec = {
+            "benchmark": self.name,
+            "case": {k: _jsonable(val) for k, val in case.items()},
+            "device": str(self.device),
+            "gpu": self.gpu,
+            "metric": metric,
+            "value": value,
+            "unit": unit,
+            "stats": stats,
+            "roofline": roofline,
+            "version": v["version"],
+            "commit": v["commit"],
+            "torch": v["torch"],
+            "triton": v["triton"],
+            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        rec.update({k: _jsonable(val) for k, val in extra.items()})
+        self.records.append(rec)
+        if self._out is not None:
+            self._out.write(json.dumps(rec) + "\n")
+            self._out.flush()
+        return rec
+
+    def note(self, text: str) -> None:
+        """Print a remark now and again under the table (e.g. a measurement that does not apply here)."""
+        self.notes.append(text)
+        print(f"note: {text}", flush=True)
+
+    # ------------------------------------------------------------------ helpers
+    def progress(self, iterable: Iterable, desc: str | None = None, total: int | None = None):
+        """Iterate with a progress bar on an interactive terminal (plain iteration otherwise)."""
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return iterable
+        return tqdm(iterable, desc=desc, total=total, disable=None, leave=False, file=sys.stderr)
+
+    def baseline(self) -> dict:
+        """The measured ceilings of this device (see :func:`triton_marlin.bench.load_baseline`)."""
+        from .baseline import load_baseline
+        return load_baseline(self.device)
+
+    def finish(self) -> list[dict]:
+        """Close the output file and print the table of every record (and the notes). Returns the records."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        print()
+        print(format_table(self.records))
+        for text in self.notes:
+            print(f"note: {text}")
+        if self.args.output:
+            print(f"wrote {len(self.records)} records to {self.args.output}")
+        sys.stdout.flush()
+        return self.records
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.finish()
+        elif self._out is not None:
+            self._out.close()
+            self._out = None
+        return False
+
+
+def _jsonable(v):
+    if isinstance(v, torch.dtype):
+        return str(v).removeprefix("torch.")
+    if isinstance(v, torch.device):
+        return str(v)
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
+        return v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        warnings.warn(f"non-finite value {v} in a record is written as null", RuntimeWarning, stacklevel=3)
+        return None
+    return v
