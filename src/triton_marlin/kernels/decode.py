@@ -1,0 +1,177 @@
+"""Triton helpers that turn packed weight codes into fp16/bf16 weights with a few integer ops each.
+
+Every decoder avoids integer-to-float conversion instructions (slow on Hopper) by writing the code's
+bits straight into a float's exponent/mantissa fields and bitcasting:
+
+- integers: ``q | 0x6400`` read as fp16 is ``1024 + q`` (exact for q < 1024); ``q | 0x4300`` read
+  as bf16 is ``128 + q`` (exact for q < 128). Subtracting ``MAGIC + z`` (built the same way from the
+  zero point) leaves the exact ``q - z``, one multiply by the scale gives the weight.
+- E2M1 (fp4): the 3 magnitude bits shifted to fp16 bits [11:9] and the sign to bit 15 give
+  ``e2m1(q) * 2**-14`` exactly (code 1, the E2M1 subnormal 0.5, lands on the fp16 subnormal
+  2**-15); the factor 2**14 goes into the scale.
+- E4M3 (fp8): the 7 magnitude bits shifted to fp16 bits [13:7] and the sign to bit 15 give
+  ``e4m3(q) * 2**-8`` exactly, subnormals included; the factor 2**8 goes into the scale. The code
+  S.1111.111 (NaN in E4M3FN, never produced by the quantizer) decodes to the finite +-480.
+- E8M0 scales (mxfp4): ``e << 23`` read as fp32 is ``2**(e - 127)`` (e = 0, i.e. 2**-127, reads 0).
+
+bf16 activations take the integer path natively (bits <= 4 fit the 128 + q trick); fp4/fp8 codes,
+and 8-bit integer codes, decode exactly in fp16/fp32 first and meet the bf16 scale in fp32.
+
+Packed layout (see formats/packing.py): a tile of 16 word rows holds, in code slot ``i``, the codes of
+16 contiguous k. ``unpack_slot(words, i, BITS)`` therefore gives a ``[16, BN]`` block of codes for
+k = tile_start + 16*i + (0..15), the operand of one k=16 tensor-core step.
+
+Format kinds (constexpr ``KIND``): :data:`KIND_INT`, :data:`KIND_E2M1`, :data:`KIND_E4M3`.
+Scale kinds (constexpr ``SCALE_KIND``): :data:`SCALE_FLOAT` (fp16/bf16 tensor), :data:`SCALE_E8M0`
+(uint8 power of two), :data:`SCALE_E4M3` (uint8 E4M3 times an fp32 global scale).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+KIND_INT = 0
+KIND_E2M1 = 1
+KIND_E4M3 = 2
+
+SCALE_FLOAT = 0
+SCALE_E8M0 = 1
+SCALE_E4M3 = 2
+
+# Power of two folded out of the raw minifloat decodes (value = raw * RAW_FACTOR).
+E2M1_RAW_FACTOR = 16384.0  # 2**14
+E4M3_RAW_FACTOR = 256.0    # 2**8
+
+
+@triton.jit
+def unpack_slot(words, SLOT: tl.constexpr, BITS: tl.constexpr):
+    """Codes in slot ``SLOT`` (bits ``[SLOT*BITS, (SLOT+1)*BITS)``) of int32/int16 ``words`` as int32."""
+    w = words.to(tl.int32)
+    if SLOT == 0:
+        return w & ((1 << BITS) - 1)
+    return (w >> (SLOT * BITS)) & ((1 << BITS) - 1)
+
+
+@triton.jit
+def unpack_int3_slot(words_lo, words_hi, SLOT: tl.constexpr):
+    """3-bit codes of slot ``SLOT``: 2 low bits from the int32 plane, the high bit from the int16 plane."""
+    lo = unpack_slot(words_lo, SLOT, 2)
+    hi = unpack_slot(words_hi, SLOT, 1)
+    return lo | (hi << 2)
+
+
+@triton.jit
+def unpack_codes(words_lo, words_hi, SLOT: tl.constexpr, BITS: tl.constexpr):
+    """Codes of slot ``SLOT`` for a ``BITS``-bit plane set (``words_hi`` is only read for 3 bits)."""
+    if BITS == 3:
+        return unpack_int3_slot(words_lo, words_hi, SLOT)
+    else:
+        return unpack_slot(words_lo, SLOT, BITS)
+
+
+@triton.jit
+def int_magic_fp16(q):
+    """``1024 + q`` as fp16, exact for 0 <= q < 1024 (two integer ops, no conversion instruction)."""
+    return (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def int_magic_bf16(q):
+    """``128 + q`` as bf16, exact for 0 <= q < 128."""
+    return (q | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def int_magic_fp32(q):
+    """``2**23 + q`` as fp32, exact for 0 <= q < 2**23."""
+    return (q | 0x4B000000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def e2m1_raw_fp16(c):
+    """E2M1 code (int32, 4 bits) -> fp16 ``e2m1(c) * 2**-14``, exact."""
+    bits = ((c & 0x7) << 9) | ((c & 0x8) << 12)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def e4m3_raw_fp16(c):
+    """E4M3FN code (int32, 8 bits) -> fp16 ``e4m3(c) * 2**-8``, exact (subnormals included)."""
+    bits = ((c & 0x7F) << 7) | ((c & 0x80) << 8)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def e8m0_to_fp32(e):
+    """E8M0 scale code (int32) -> fp32 ``2**(e - 127)`` (code 0 reads 0 instead of 2**-127)."""
+    return (e << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def e4m3_to_fp32(c):
+    """E4M3FN code (int32) -> fp32 value."""
+    return e4m3_raw_fp16(c).to(tl.float32) * 256.0
+
+
+@triton.jit
+def decode_scale(raw, global_scale, SCALE_KIND: tl.constexpr):
+    """A loaded scale block -> fp32 scales. ``global_scale`` (fp32 scalar) is read for E4M3 only."""
+    if SCALE_KIND == 1:
+        return e8m0_to_fp32(raw.to(tl.int32))
+    elif SCALE_KIND == 2:
+        return e4m3_to_fp32(raw.to(tl.int32)) * global_scale
+    else:
+        return raw.to(tl.float32)
+
+
+@triton.jit
+def dequant(codes, scale, zero, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
+            IS_BF16: tl.constexpr):
+    """Codes (int32) -> weights in fp16 (``IS_BF16`` False) or bf16.
+
+    ``scale``: fp32 per-group scale, broadcastable against ``codes`` (already decoded by
+    :func:`decode_scale`). ``zero``: int32 zero-point codes broadcastable against ``codes``, read only
+    for asymmetric integer formats (pass 0 otherwise).
+
+    integer: ``(q - z) * s``; E2M1: ``e2m1(q) * s``; E4M3: ``e4m3(q) * s``.
+    """
+    if KIND == 0:
+        if BITS <= 7:
+            if IS_BF16:
+                if SYMMETRIC:
+                    zf = 128.0 + (1 << (BITS - 1))
+                    w = (int_magic_bf16(codes) - zf) * scale.to(tl.bfloat16)
+                else:
+                    # exact q - z in fp32 (bf16 - bf16 of two tensors is avoided: the CPU
+                    # interpreter mis-evaluates it)
+                    qz = int_magic_fp32(codes) - int_magic_fp32(zero)
+                    w = (qz * scale).to(tl.bfloat16)
+            else:
+                if SYMMETRIC:
+                    zf = 1024.0 + (1 << (BITS - 1))
+                    w = (int_magic_fp16(codes) - zf) * scale.to(tl.float16)
+                else:
+                    w = (int_magic_fp16(codes) - int_magic_fp16(zero)) * scale.to(tl.float16)
+        else:
+            # 8-bit codes: exact q - z in fp16 (1024 + q < 2048), scale in the output type.
+            if SYMMETRIC:
+                qz = int_magic_fp16(codes) - (1024.0 + (1 << (BITS - 1)))
+            else:
+                qz = int_magic_fp16(codes) - int_magic_fp16(zero)
+            if IS_BF16:
+                w = (qz.to(tl.float32) * scale).to(tl.bfloat16)
+            else:
+                w = qz * scale.to(tl.float16)
+    elif KIND == 1:
+        raw = e2m1_raw_fp16(codes)
+        if IS_BF16:
+            w = (raw.to(tl.float32) * (scale * 16384.0)).to(tl.bfloat16)
+        else:
+            w = (raw * 16384.0) * scale.to(tl.float16)
+    else:
+        raw = e4m3_raw_fp16(codes)
+        if IS_BF16:
+            w = (raw.to(tl.float32) * (scale * 256.0)).to(tl.bfloat16)
+        else:
+            w = (raw * 256.0) * scale.to(tl.float16)
+    return w
