@@ -1,0 +1,165 @@
+"""The benchmark harness: timing, Stats, BenchRunner records/table, baseline file."""
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from triton_marlin import bench
+from triton_marlin.bench import BenchRunner, Stats, load_baseline, save_baseline, time_fn
+from triton_marlin.bench.baseline import ENV_BASELINE
+
+
+def test_stats_from_samples():
+    samples = [5.0, 1.0, 3.0, 2.0, 4.0, 100.0]
+    s = Stats.from_samples(samples)
+    arr = np.array(samples)
+    assert s.median_us == pytest.approx(np.median(arr))
+    assert s.mean_us == pytest.approx(arr.mean())
+    assert s.std_us == pytest.approx(arr.std(ddof=1))
+    assert s.p10_us == pytest.approx(np.percentile(arr, 10))
+    assert s.p90_us == pytest.approx(np.percentile(arr, 90))
+    assert (s.n, s.min_us, s.max_us) == (6, 1.0, 100.0)
+    assert "samples_us" not in s.to_dict()
+    with pytest.raises(ValueError, match="finite"):
+        Stats.from_samples([1.0, float("inf")])
+    with pytest.raises(ValueError, match="at least one"):
+        Stats.from_samples([])
+
+
+def test_time_fn_measures_known_sleep():
+    st = time_fn(lambda: time.sleep(0.002), device="cpu", warmup=1, repeats=5)
+    assert st.n == 5
+    assert 1900 <= st.median_us < 20000  # a 2 ms sleep never returns early; allow a loaded machine
+    assert st.p10_us <= st.median_us <= st.p90_us
+
+
+def test_time_fn_inner_divides_per_call():
+    calls = []
+    st = time_fn(lambda: (calls.append(1), time.sleep(0.001)), device="cpu", warmup=2, repeats=3, inner=4)
+    assert len(calls) == 2 + 3 * 4
+    assert st.median_us >= 900
+
+
+def test_time_fn_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="fn"):
+        time_fn(3)
+    with pytest.raises(ValueError, match="repeats"):
+        time_fn(lambda: None, repeats=0)
+    with pytest.raises(TypeError, match="warmup"):
+        time_fn(lambda: None, warmup=1.5)
+    with pytest.raises(ValueError, match="cuda_graph"):
+        time_fn(lambda: None, device="cpu", cuda_graph=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_timing_excludes_launch_overhead():
+    x = torch.randn(64, device="cuda")
+    plain = time_fn(lambda: x.add_(1.0), device="cuda", warmup=5, repeats=30)
+    graph = time_fn(lambda: x.add_(1.0), device="cuda", warmup=5, repeats=30, cuda_graph=True, graph_calls=20)
+    assert graph.median_us < plain.median_us  # a tiny kernel is dominated by its launch
+    big = torch.empty(64 << 20, device="cuda")
+    fill = time_fn(lambda: big.fill_(1.0), device="cuda", warmup=3, repeats=10, cuda_graph=True)
+    gbps = big.numel() * 4 / (fill.median_us * 1e-6) / 1e9
+    assert 50 < gbps < 10000
+
+
+def _runner(tmp_path, *extra, add_args=None):
+    out = tmp_path / "out.jsonl"
+    return BenchRunner("t_bench", description="test", add_args=add_args,
+                       argv=["--device", "cpu", "--quick", "--output", str(out), *extra]), out
+
+
+def test_runner_flags_and_records(tmp_path, capsys):
+    runner, out = _runner(tmp_path, "--sizes", "3", "5",
+                          add_args=lambda p: p.add_argument("--sizes", type=int, nargs="+", default=[1]))
+    a = runner.args
+    assert a.device == torch.device("cpu") and a.quick
+    assert (a.warmup, a.repeats, a.sizes) == (2, 5, [3, 5])
+    st = Stats.from_samples([1.0, 2.0, 3.0])
+    runner.record({"M": 3, "dtype": torch.float16}, "time", st.median_us, "us", stats=st)
+    runner.record({"M": 5, "dtype": torch.float16}, "bandwidth", 812.5, "GB/s", roofline=0.25, note="x")
+    runner.note("strided case does not apply")
+    recs = runner.finish()
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines == recs and len(lines) == 2
+    for rec in lines:
+        assert set(bench.RECORD_FIELDS) <= set(rec)
+        assert rec["benchmark"] == "t_bench" and rec["device"] == "cpu" and rec["gpu"]
+        assert math.isfinite(rec["value"])
+    assert lines[0]["case"] == {"M": 3, "dtype": "float16"}
+    assert lines[0]["stats"]["median_us"] == 2.0
+    assert lines[1]["roofline"] == 0.25 and lines[1]["note"] == "x"
+    text = capsys.readouterr().out
+    table = text[text.index("metric"):]
+    assert "bandwidth" in table and "25.0%" in table and "strided case does not apply" in table
+
+
+def test_runner_defaults_without_quick(tmp_path):
+    runner = BenchRunner("t", argv=["--device", "cpu"])
+    assert (runner.args.warmup, runner.args.repeats, runner.args.output) == (10, 50, None)
+    runner = BenchRunner("t", argv=["--device", "cpu", "--warmup", "0", "--repeats", "7"])
+    assert (runner.args.warmup, runner.args.repeats) == (0, 7)
+
+
+def test_runner_rejects_bad_records(tmp_path):
+    runner, _ = _runner(tmp_path)
+    with pytest.raises(ValueError, match="finite"):
+        runner.record({"M": 1}, "time", float("nan"), "us")
+    with pytest.raises(TypeError, match="case"):
+        runner.record("M=1", "time", 1.0, "us")
+    with pytest.raises(ValueError, match="reserved"):
+        runner.record({"M": 1}, "time", 1.0, "us", device="x")
+    runner.finish()
+
+
+def test_runner_device_fallback_warns():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: nothing to fall back from")
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        runner = BenchRunner("t", argv=["--device", "cuda", "--quick"])
+    assert runner.args.device.type in ("mps", "cpu")
+
+
+def test_runner_bad_flags_exit(capsys):
+    with pytest.raises(SystemExit):
+        BenchRunner("t", argv=["--device", "cpu", "--repeats", "0"])
+    with pytest.raises(SystemExit):
+        BenchRunner("t", argv=["--device", "tpu"])
+    assert "--device" in capsys.readouterr().err
+
+
+def test_format_table_aligns_columns():
+    recs = [{"case": {"a": 1}, "metric": "time", "value": 12.5, "unit": "us", "stats": None, "roofline": None},
+            {"case": {"b": "x"}, "metric": "bw", "value": 1.5e9, "unit": "B/s", "stats": None, "roofline": 0.5}]
+    lines = bench.format_table(recs).splitlines()
+    assert len(lines) == 4 and len({len(line) for line in lines}) == 1  # every cell padded to its column
+    assert "1.500e+09" in lines[3] and "50.0%" in lines[3]
+
+
+def test_baseline_file_round_trip(tmp_path, monkeypatch):
+    path = tmp_path / "base.json"
+    monkeypatch.setenv(ENV_BASELINE, str(path))
+    assert bench.baseline_path("cpu") == path
+    written = save_baseline("cpu", {"copy_GBps": 12.5, "matmul_TFLOPs": {"float16": 0.1, "bfloat16": 0.2}})
+    assert written == path
+    base = load_baseline("cpu")
+    assert base["copy_GBps"] == 12.5 and base["matmul_TFLOPs"]["bfloat16"] == 0.2
+    assert base["source"] == str(path)
+    with pytest.raises(ValueError, match="copy_GBps"):
+        save_baseline("cpu", {"matmul_TFLOPs": {}})
+    path.write_text(json.dumps({"gpu": "Another GPU", "copy_GBps": 1.0, "matmul_TFLOPs": {}}))
+    with pytest.raises(ValueError, match="Another GPU"):
+        load_baseline("cpu")
+
+
+def test_baseline_measured_when_absent(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_BASELINE, str(tmp_path / "missing.json"))
+    monkeypatch.setattr(bench.baseline, "_cache", {})
+    with pytest.warns(RuntimeWarning, match="no baseline file"):
+        base = load_baseline("cpu")
+    assert base["copy_GBps"] > 0 and base["matmul_TFLOPs"]["float32"] > 0
+    assert "measured" in base["source"]
