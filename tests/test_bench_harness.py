@@ -43,6 +43,14 @@ def test_time_fn_inner_divides_per_call():
     assert st.median_us >= 900
 
 
+def test_time_fn_setup_runs_untimed_before_each_sample():
+    order = []
+    st = time_fn(lambda: order.append("fn"), device="cpu", warmup=1, repeats=3,
+                 setup=lambda: (order.append("setup"), time.sleep(0.01)))
+    assert order == ["fn"] + ["setup", "fn"] * 3
+    assert st.median_us < 5000  # the 10 ms sleep in setup is not timed
+
+
 def test_time_fn_rejects_bad_arguments():
     with pytest.raises(TypeError, match="fn"):
         time_fn(3)

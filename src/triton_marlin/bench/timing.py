@@ -105,13 +105,14 @@ class _Flusher:
             self.buf.zero_()
 
 
-def _time_host(fn, device, warmup, repeats, inner, flush) -> list[float]:
+def _time_host(fn, device, warmup, repeats, inner, flush, setup) -> list[float]:
     for _ in range(warmup):
         fn()
     synchronize(device)
     samples = []
     for _ in range(repeats):
         flush()
+        setup()
         synchronize(device)
         t0 = time.perf_counter_ns()
         for _ in range(inner):
@@ -121,13 +122,14 @@ def _time_host(fn, device, warmup, repeats, inner, flush) -> list[float]:
     return samples
 
 
-def _time_cuda_events(fn, device, warmup, repeats, inner, flush) -> list[float]:
+def _time_cuda_events(fn, device, warmup, repeats, inner, flush, setup) -> list[float]:
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize(device)
     pairs = []
     for _ in range(repeats):
         flush()
+        setup()
         # Start each sample from an idle device: the time includes launching fn.
         torch.cuda.synchronize(device)
         start = torch.cuda.Event(enable_timing=True)
@@ -195,6 +197,7 @@ def time_fn(
     graph_calls: int = 10,
     flush_cache: bool = False,
     clean: bool = True,
+    setup: Callable[[], object] | None = None,
 ) -> Stats:
     """Time ``fn()`` on ``device`` and return per-call :class:`Stats` in microseconds.
 
@@ -209,6 +212,7 @@ def time_fn(
         graph_calls: calls of ``fn`` captured into the graph (graph mode).
         flush_cache: overwrite a 256 MB buffer before each sample so it starts with a cold cache.
         clean: ``gc.collect()`` and empty the device allocator cache before the warmup.
+        setup: called before each timed sample, untimed (plain mode only), e.g. to reset state.
     """
     if not callable(fn):
         raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
@@ -217,14 +221,17 @@ def time_fn(
     if cuda_graph and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}; pass "
                          f"cuda_graph=(device.type == 'cuda') to time plainly elsewhere")
+    if setup is not None and (cuda_graph or not callable(setup)):
+        raise ValueError("setup: expected a callable, and only in plain mode (a graph replays without it)")
     if clean:
         cleanup(dev)
     flush = _Flusher(dev, flush_cache)
+    setup = setup or (lambda: None)
     if dev.type == "cuda":
         if cuda_graph:
             samples = _time_cuda_graph(fn, dev, warmup, repeats, graph_calls, flush)
         else:
-            samples = _time_cuda_events(fn, dev, warmup, repeats, inner, flush)
+            samples = _time_cuda_events(fn, dev, warmup, repeats, inner, flush, setup)
     else:
-        samples = _time_host(fn, dev, warmup, repeats, inner, flush)
+        samples = _time_host(fn, dev, warmup, repeats, inner, flush, setup)
     return Stats.from_samples(samples)
