@@ -31,6 +31,8 @@ def available_methods() -> list[str]:
 def default_group_size(format: str) -> int:
     """The group size a format uses when none is given."""
     fmt = get_format(format)
+    if getattr(fmt, "default_group_size", None) is not None:
+        return fmt.default_group_size
     if len(fmt.allowed_group_sizes) == 1:
         return fmt.allowed_group_sizes[0]
     if fmt.name == "fp8":
@@ -65,3 +67,4 @@ def quantize(weight: torch.Tensor, format: str, group_size: int | None = None, m
     if method not in _METHODS:
         raise ValueError(f"unknown quantization method {method!r}: expected one of {available_methods()}")
     return _METHODS[method](weight, fmt.name, group_size, **options)
+from . import viterbi  # noqa: E402,F401  (registers the trellis and GPTQ methods)
