@@ -118,6 +118,9 @@ class BenchRunner:
         std.add_argument("--repeats", type=int, default=None,
                          help=f"timed samples per case (default {DEFAULT_REPEATS}; {QUICK_REPEATS} with --quick)")
         std.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+        std.add_argument("--threads", type=int, default=None,
+                         help="CPU threads torch may use (default: torch's choice); 1 gives steadier CPU timings "
+                              "on a shared machine")
         if add_args is not None:
             add_args(parser)
         self.parser = parser
@@ -134,6 +137,10 @@ class BenchRunner:
             args.device = select_device(args.device)
         except (ValueError, RuntimeError) as exc:
             parser.error(f"--device: {exc}")
+        if args.threads is not None:
+            if args.threads < 1:
+                parser.error(f"--threads: expected >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
         self.args = args
         self.device = args.device
