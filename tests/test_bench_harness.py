@@ -140,12 +140,17 @@ def test_runner_bad_flags_exit(capsys):
     assert "--device" in capsys.readouterr().err
 
 
-def test_format_table_aligns_columns():
+def test_format_table_aligns_columns_and_groups_by_case_keys():
     recs = [{"case": {"a": 1}, "metric": "time", "value": 12.5, "unit": "us", "stats": None, "roofline": None},
-            {"case": {"b": "x"}, "metric": "bw", "value": 1.5e9, "unit": "B/s", "stats": None, "roofline": 0.5}]
-    lines = bench.format_table(recs).splitlines()
+            {"case": {"a": 22}, "metric": "bw", "value": 1.5e9, "unit": "B/s", "stats": None, "roofline": 0.5},
+            {"case": {"b": "x"}, "metric": "ratio", "value": 0.5, "unit": "x", "stats": None, "roofline": None,
+             "ci_low": 0.4, "ci_high": 0.6, "verdict": "A faster"}]
+    first, second = bench.format_table(recs).split("\n\n")
+    lines = first.splitlines()
     assert len(lines) == 4 and len({len(line) for line in lines}) == 1  # every cell padded to its column
-    assert "1.500e+09" in lines[3] and "50.0%" in lines[3]
+    assert "1.500e+09" in lines[3] and "50.0%" in lines[3] and "verdict" not in first
+    assert second.splitlines()[0].split()[0] == "b"
+    assert "[0.4, 0.6]" in second and "A faster" in second
 
 
 def test_baseline_file_round_trip(tmp_path, monkeypatch):

@@ -57,10 +57,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def format_table(records: list[dict]) -> str:
-    """A plain-text table: one row per record, case keys as columns."""
-    if not records:
-        return "(no records)"
+def _one_table(records: list[dict]) -> str:
     case_keys: list[str] = []
     for r in records:
         for k in r["case"]:
@@ -68,8 +65,10 @@ def format_table(records: list[dict]) -> str:
                 case_keys.append(k)
     has_stats = any(r.get("stats") for r in records)
     has_roof = any(r.get("roofline") is not None for r in records)
+    has_ci = any("ci_low" in r for r in records)
+    has_verdict = any("verdict" in r for r in records)
     header = case_keys + ["metric", "value", "unit"] + (["p10..p90 us"] if has_stats else []) + \
-        (["roofline"] if has_roof else [])
+        (["roofline"] if has_roof else []) + (["CI"] if has_ci else []) + (["verdict"] if has_verdict else [])
     rows = []
     for r in records:
         row = [_fmt(r["case"].get(k, "")) for k in case_keys] + [r["metric"], _fmt(r["value"]), r["unit"]]
@@ -78,6 +77,10 @@ def format_table(records: list[dict]) -> str:
             row.append(f"{_fmt(s['p10_us'])}..{_fmt(s['p90_us'])}" if s else "")
         if has_roof:
             row.append(f"{100 * r['roofline']:.1f}%" if r.get("roofline") is not None else "")
+        if has_ci:
+            row.append(f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if "ci_low" in r else "")
+        if has_verdict:
+            row.append(str(r.get("verdict", "")))
         rows.append(row)
     widths = [max(len(str(h)), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     numeric = {header.index("value")}
@@ -87,6 +90,17 @@ def format_table(records: list[dict]) -> str:
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def format_table(records: list[dict]) -> str:
+    """Plain-text tables: one row per record, case keys as columns; records whose cases have different keys
+    go to separate tables (in order of first appearance)."""
+    if not records:
+        return "(no records)"
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(tuple(r["case"]), []).append(r)
+    return "\n\n".join(_one_table(g) for g in groups.values())
 
 
 class BenchRunner:
