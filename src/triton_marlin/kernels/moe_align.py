@@ -1,0 +1,188 @@
+"""MoE routing and token/expert alignment kernels.
+
+- ``_route_kernel``: router logits -> top-k expert ids and weights per token (softmax, or sigmoid with the
+  noaux_tc correction bias, group-limited selection, renormalization, scaling), with optional shared-expert
+  slots appended (id ``E + s``, weight 1) and rows at or beyond a device-side token count marked as padding.
+  Reference: :func:`triton_marlin.moe.routing.route_reference`.
+- ``_align_kernel``: sort the token slots by expert and pad every expert's run to the GEMM block size, so
+  each block of ``BLOCK_M`` sorted rows belongs to exactly one expert. Reference:
+  :func:`triton_marlin.moe.align.align_reference`.
+
+Both are single-pass kernels meant to be launched inside a CUDA graph: every output has a size known
+from the input shapes alone (no host sync).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _route_kernel(logits_ptr, stride_t, bias_ptr, ids_ptr, w_ptr, nvalid_ptr, E,
+                  TOP_K: tl.constexpr, K_TOTAL: tl.constexpr, N_SHARED: tl.constexpr,
+                  SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, N_GROUP: tl.constexpr,
+                  TOPK_GROUP: tl.constexpr, GROUP_SIZE: tl.constexpr, NORM: tl.constexpr,
+                  SCALE: tl.constexpr, HAS_NVALID: tl.constexpr, BLOCK_E: tl.constexpr,
+                  BLOCK_K: tl.constexpr, BLOCK_G: tl.constexpr):
+    """One program per token. logits [T, E] (row stride ``stride_t``); ids int32 / weights fp32
+    [T, K_TOTAL] contiguous, K_TOTAL = TOP_K + N_SHARED."""
+    t = tl.program_id(0)
+    e = tl.arange(0, BLOCK_E)
+    in_range = e < E
+    x = tl.load(logits_ptr + t * stride_t + e, mask=in_range, other=0.0).to(tl.float32)
+    if SIGMOID:
+        scores = 1.0 / (1.0 + tl.exp(-x))
+    else:
+        xm = tl.where(in_range, x, float("-inf"))
+        p = tl.exp(xm - tl.max(xm, axis=0))
+        scores = p / tl.sum(p, axis=0)
+    choice = scores
+    if HAS_BIAS:
+        choice = choice + tl.load(bias_ptr + e, mask=in_range, other=0.0).to(tl.float32)
+    choice = tl.where(in_range, choice, float("-inf"))
+
+    if N_GROUP > 1:
+        # rank groups by the sum of their two best (biased) scores; keep the best TOPK_GROUP
+        g_idx = tl.arange(0, BLOCK_G)
+        group_of = e // GROUP_SIZE
+        gscore = tl.full([BLOCK_G], float("-inf"), tl.float32)
+        for g in tl.static_range(N_GROUP):
+            in_g = (group_of == g) & in_range
+            c = tl.where(in_g, choice, float("-inf"))
+            m1 = tl.max(c, axis=0)
+            first = tl.min(tl.where(c == m1, e, BLOCK_E), axis=0)
+            m2 = tl.max(tl.where(e == first, float("-inf"), c), axis=0)
+            gscore = tl.where(g_idx == g, m1 + m2, gscore)
+        eligible = tl.zeros([BLOCK_E], tl.int1)
+        for _ in tl.static_range(TOPK_GROUP):
+            gm = tl.max(gscore, axis=0)
+            gsel = tl.min(tl.where(gscore == gm, g_idx, BLOCK_G), axis=0)
+            eligible = eligible | (group_of == gsel)
+            gscore = tl.where(g_idx == gsel, float("-inf"), gscore)
+        choice = tl.where(eligible, choice, float("-inf"))
+
+    k_idx = tl.arange(0, BLOCK_K)
+    ids = tl.full([BLOCK_K], -1, tl.int32)
+    weights = tl.zeros([BLOCK_K], tl.float32)
+    for j in tl.static_range(TOP_K):
+        best = tl.max(choice, axis=0)
+        pick = tl.min(tl.where(choice == best, e, BLOCK_E), axis=0)  # lowest index among ties
+        picked_score = tl.sum(tl.where(e == pick, scores, 0.0), axis=0)
+        ids = tl.where(k_idx == j, pick, ids)
+        weights = tl.where(k_idx == j, picked_score, weights)
+        choice = tl.where(e == pick, float("-inf"), choice)
+    if NORM:
+        weights = weights / (tl.sum(weights, axis=0) + 1e-20)
+    weights = weights * SCALE
+    if N_SHARED > 0:
+        is_shared = (k_idx >= TOP_K) & (k_idx < K_TOTAL)
+        ids = tl.where(is_shared, E + (k_idx - TOP_K), ids)
+        weights = tl.where(is_shared, 1.0, weights)
+    if HAS_NVALID:
+        valid = t < tl.load(nvalid_ptr)
+        ids = tl.where(valid, ids, -1)
+        weights = tl.where(valid, weights, 0.0)
+    out_mask = k_idx < K_TOTAL
+    tl.store(ids_ptr + t * K_TOTAL + k_idx, ids, mask=out_mask)
+    tl.store(w_ptr + t * K_TOTAL + k_idx, weights, mask=out_mask)
+
+
+def route_triton(router_logits: torch.Tensor, config, correction_bias: torch.Tensor | None = None,
+                 num_valid_tokens: torch.Tensor | None = None, num_shared: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch ``_route_kernel`` (``config``: a :class:`triton_marlin.moe.routing.RoutingConfig`).
+
+    Returns ``(ids int32, weights fp32)``, both ``[T, top_k + num_shared]`` (shared slots last).
+    """
+    T, E = router_logits.shape
+    if num_valid_tokens is not None:
+        if (not isinstance(num_valid_tokens, torch.Tensor) or num_valid_tokens.numel() != 1
+                or num_valid_tokens.dtype != torch.int32 or num_valid_tokens.device != router_logits.device):
+            raise ValueError("num_valid_tokens must be an int32 tensor of one element on the logits' device")
+    if not isinstance(num_shared, int) or num_shared < 0:
+        raise ValueError(f"num_shared must be an int >= 0, got {num_shared!r}")
+    k_total = config.top_k + num_shared
+    dev = router_logits.device
+    ids = torch.empty((T, k_total), dtype=torch.int32, device=dev)
+    weights = torch.empty((T, k_total), dtype=torch.float32, device=dev)
+    if T == 0:
+        return ids, weights
+    logits = router_logits if router_logits.stride(1) == 1 else router_logits.contiguous()
+    bias = correction_bias.contiguous() if correction_bias is not None else logits
+    nvalid = num_valid_tokens if num_valid_tokens is not None else ids
+    _route_kernel[(T,)](
+        logits, logits.stride(0), bias, ids, weights, nvalid, E,
+        TOP_K=config.top_k, K_TOTAL=k_total, N_SHARED=num_shared,
+        SIGMOID=config.scoring == "sigmoid", HAS_BIAS=correction_bias is not None,
+        N_GROUP=config.n_group, TOPK_GROUP=config.topk_group, GROUP_SIZE=E // config.n_group,
+        NORM=config.norm_topk_prob, SCALE=float(config.routed_scaling_factor),
+        HAS_NVALID=num_valid_tokens is not None, BLOCK_E=triton.next_power_of_2(E),
+        BLOCK_K=triton.next_power_of_2(k_total), BLOCK_G=triton.next_power_of_2(config.n_group),
+        num_warps=1 if E <= 128 else 4)
+    return ids, weights
+
+
+@triton.jit
+def _align_kernel(ids_ptr, sorted_ptr, expert_ids_ptr, npost_ptr, num_slots, E, capacity, max_blocks,
+                  BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
+    """One program. ids int32 [num_slots] (flattened [T, k]; ids outside [0, E) belong to no expert).
+    Writes sorted_ids int32 [capacity] (slot indices grouped by expert in slot order, each expert's run
+    padded to a multiple of BLOCK_M with the sentinel ``num_slots``), expert_ids int32 [max_blocks]
+    (expert of each BLOCK_M block, -1 past the end) and npost int32 [1] (rows in use)."""
+    e_range = tl.arange(0, BLOCK_E)
+    s_range = tl.arange(0, BLOCK_S)
+    counts = tl.zeros([BLOCK_E], tl.int32)
+    for s0 in range(0, num_slots, BLOCK_S):
+        s = s0 + s_range
+        ids = tl.load(ids_ptr + s, mask=s < num_slots, other=-1)
+        counts += tl.sum(((ids[:, None] == e_range[None, :]) & (e_range < E)[None, :]).to(tl.int32), axis=0)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, axis=0)
+    starts = ends - padded
+    total = tl.sum(padded, axis=0)
+    tl.store(npost_ptr, total)
+    for c0 in range(0, capacity, BLOCK_S):
+        c = c0 + s_range
+        tl.store(sorted_ptr + c, tl.full([BLOCK_S], 0, tl.int32) + num_slots, mask=c < capacity)
+    b_range = tl.arange(0, BLOCK_B)
+    for b0 in range(0, max_blocks, BLOCK_B):
+        b = b0 + b_range
+        row = b * BLOCK_M
+        # the expert whose padded run contains this row: the count of runs ending at or before it
+        eid = tl.sum((ends[None, :] <= row[:, None]).to(tl.int32), axis=1)
+        eid = tl.where(row < total, eid, -1)
+        tl.store(expert_ids_ptr + b, eid, mask=b < max_blocks)
+    tl.debug_barrier()  # the sentinel fill above must land before the slot stores below
+    running = starts
+    for s0 in range(0, num_slots, BLOCK_S):
+        s = s0 + s_range
+        ids = tl.load(ids_ptr + s, mask=s < num_slots, other=-1)
+        onehot = ((ids[:, None] == e_range[None, :]) & (e_range < E)[None, :]).to(tl.int32)
+        rank = tl.cumsum(onehot, axis=0) - onehot  # earlier slots of the same expert in this chunk
+        pos = tl.sum(onehot * (rank + running[None, :]), axis=1)
+        valid = (s < num_slots) & (ids >= 0) & (ids < E)
+        tl.store(sorted_ptr + pos, s, mask=valid)
+        running += tl.sum(onehot, axis=0)
+
+
+def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, capacity: int, max_blocks: int):
+    """Launch ``_align_kernel``; returns ``(sorted_ids, expert_ids, num_tokens_post_pad)``.
+
+    ``capacity``/``max_blocks``: the worst-case sizes of :func:`triton_marlin.moe.align.align_capacity`.
+    """
+    ids = topk_ids.reshape(-1)
+    if ids.dtype != torch.int32:
+        ids = ids.to(torch.int32)
+    ids = ids.contiguous()
+    num_slots = ids.numel()
+    dev = ids.device
+    sorted_ids = torch.empty(capacity, dtype=torch.int32, device=dev)
+    expert_ids = torch.empty(max_blocks, dtype=torch.int32, device=dev)
+    npost = torch.empty(1, dtype=torch.int32, device=dev)
+    block_e = triton.next_power_of_2(max(num_experts, 2))
+    block_s = max(16, min(128, 8192 // block_e))
+    _align_kernel[(1,)](ids, sorted_ids, expert_ids, npost, num_slots, num_experts, capacity, max_blocks,
+                        BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_E=block_e, BLOCK_B=block_s,
+                        num_warps=4)
+    return sorted_ids, expert_ids, npost

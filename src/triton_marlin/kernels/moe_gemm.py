@@ -1,0 +1,294 @@
+"""Fused grouped expert GEMMs for Mixture-of-Experts layers, mixed bit widths in one launch.
+
+Two kernels, one launch each per MoE forward:
+
+- ``_moe_gate_up_kernel``: for every block of ``BLOCK_M`` aligned token slots (all of one expert, see
+  :mod:`triton_marlin.moe.align`) and ``BLOCK_N`` intermediate columns: ``h = silu(x @ gate_e.T) * (x @ up_e.T)``
+  (SwiGLU fused), written at the slot's sorted row. It also zeroes the fp32 output accumulator the down
+  kernel adds into (one launch fewer than a separate memset).
+- ``_moe_down_kernel``: ``out[token] += w_slot * (h @ down_e.T)``: routing weight and scatter-add fused
+  (fp32 atomics, so the k experts of a token add up in any order).
+
+Weights come flattened per projection (:class:`triton_marlin.moe.experts.FlatProjection`): every expert's
+codes in one buffer per word type, with a table of (kind, offsets, group size) per expert. A program reads
+its expert's kind from the table and branches to a K loop specialized for that kind; only the kinds present
+(``KINDS`` bit mask, compile time) are compiled in. With ``UNIFORM >= 0`` the kind is a compile-time
+constant and the table's kind column is not read (the uniform-width strategy).
+
+K loop of one kind: a tile of ``SLOTS * 16`` contiguous k is 16 word rows (sub-byte codes, see
+formats/packing.py) shifted by ``BITS * slot`` into a ``[SLOTS, 16, BLOCK_N]`` code block, or 128 rows of
+bytes (8-bit codes) viewed the same way; one scale (and zero point) row per slot of 16 k (groups are
+multiples of 16); decoded with :mod:`triton_marlin.kernels.decode`; reshaped ``[SLOTS*16, BLOCK_N]``; one
+``tl.dot``.
+
+Operands: ``x [T, H]`` (fp16/bf16, row stride ``stride_x``), gate/up ``[I, H]``, down ``[H, I]`` per expert,
+intermediate ``h [capacity, I]`` in x's dtype (row = sorted position), output accumulator ``[T, H]`` fp32.
+The torch reference these kernels must equal is :func:`fused_moe_reference`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .decode import decode_scale, dequant
+
+# Kind codes: the format kinds of triton_marlin.moe.experts.KIND_CODES, asymmetric integers + 8.
+T_KIND, T_CODE, T_HI, T_SCALE, T_ZERO, T_GROUP, T_FIELDS = 0, 1, 2, 3, 4, 5, 8
+ASYM = 8
+NUM_KINDS = 12
+
+
+@triton.jit
+def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
+               code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok,
+               BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
+               SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_N: tl.constexpr):
+    """acc [BM, BN] += A[rows, :K] @ W[:K, offs_n] for one expert of one kind. ``a_rows``: pointers to the
+    rows of A (unit stride along K); W codes ``[rows, N]`` at ``code_off`` of its buffer."""
+    BK: tl.constexpr = SLOTS * 16
+    slot = tl.arange(0, SLOTS)
+    i3 = slot[:, None, None]
+    w3 = tl.arange(0, 16)[None, :, None]
+    n2 = offs_n[None, :]
+    kk = tl.arange(0, BK)
+    for kt in range(0, tl.cdiv(K, BK)):
+        k0 = kt * BK
+        if BITS == 8:
+            kidx = k0 + i3 * 16 + w3
+            q = tl.load(codes8 + code_off + kidx * N + offs_n[None, None, :],
+                        mask=(kidx < K) & n_ok[None, None, :], other=0).to(tl.int32)
+        else:
+            rows = kt * 16 + tl.arange(0, 16)
+            words = tl.load(codes32 + code_off + rows[:, None] * N + n2, mask=n_ok[None, :], other=0)
+            q = (words[None, :, :] >> (i3 * LO_BITS)) & ((1 << LO_BITS) - 1)
+            if BITS == 3:
+                hi = tl.load(codes16 + hi_off + rows[:, None] * N + n2, mask=n_ok[None, :], other=0).to(tl.int32)
+                q = q | (((hi[None, :, :] >> i3) & 1) << 2)
+        kslot = k0 + slot * 16
+        srow = kslot // group
+        smask = (kslot < K)[:, None] & n_ok[None, :]
+        if SCALE_KIND == 0:
+            raw = tl.load(scales16 + scale_off + srow[:, None] * N + n2, mask=smask, other=0.0)
+        else:
+            raw = tl.load(scales8 + scale_off + srow[:, None] * N + n2, mask=smask, other=0)
+        s = decode_scale(raw, gscale, SCALE_KIND)
+        if SYM:
+            w = dequant(q, s[:, None, :], 0, DKIND, BITS, True, IS_BF16)
+        else:
+            z = tl.load(zeros8 + zero_off + srow[:, None] * N + n2, mask=smask, other=0).to(tl.int32)
+            w = dequant(q, s[:, None, :], z[:, None, :], DKIND, BITS, False, IS_BF16)
+        w = tl.reshape(w, (BK, BLOCK_N))
+        ka = k0 + kk
+        a = tl.load(a_rows[:, None] + ka[None, :], mask=a_ok[:, None] & (ka < K)[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+    return acc
+
+
+@triton.jit
+def _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
+               zero_off, group, offs_n, n_ok, KIND: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The K loop of one kind (compile-time ``KIND``): its bits, decode and scale type."""
+    SYM: tl.constexpr = KIND < 8
+    BASE: tl.constexpr = KIND % 8
+    if BASE == 0:    # int2
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
+                         scale_off, zero_off, group, offs_n, n_ok, 2, 2, 16, 0, 0, SYM, IS_BF16, BLOCK_N)
+    elif BASE == 1:  # int3: 2-bit plane + 1-bit plane
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
+                         scale_off, zero_off, group, offs_n, n_ok, 3, 2, 16, 0, 0, SYM, IS_BF16, BLOCK_N)
+    elif BASE == 2:  # int4
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
+                         scale_off, zero_off, group, offs_n, n_ok, 4, 4, 8, 0, 0, SYM, IS_BF16, BLOCK_N)
+    elif BASE == 3:  # int8
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
+                         scale_off, zero_off, group, offs_n, n_ok, 8, 8, 8, 0, 0, SYM, IS_BF16, BLOCK_N)
+    elif BASE == 4:  # fp4, fp16/bf16 scales
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
+                         scale_off, zero_off, group, offs_n, n_ok, 4, 4, 8, 1, 0, True, IS_BF16, BLOCK_N)
+    elif BASE == 5:  # mxfp4, E8M0 scales
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
+                         scale_off, zero_off, group, offs_n, n_ok, 4, 4, 8, 1, 1, True, IS_BF16, BLOCK_N)
+    elif BASE == 6:  # nvfp4, E4M3 scales x global scale
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
+                         scale_off, zero_off, group, offs_n, n_ok, 4, 4, 8, 1, 2, True, IS_BF16, BLOCK_N)
+    else:            # fp8 E4M3FN
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
+                         scale_off, zero_off, group, offs_n, n_ok, 8, 8, 8, 2, 0, True, IS_BF16, BLOCK_N)
+    return acc
+
+
+@triton.jit
+def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_n, n_ok,
+          KINDS: tl.constexpr, UNIFORM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+          BLOCK_N: tl.constexpr):
+    """One projection of expert ``e`` for a block of rows: branch on the expert's kind (table column 0)
+    over the kinds compiled in, or take the compile-time ``UNIFORM`` kind."""
+    row = table + e * 8
+    code_off = tl.load(row + 1)
+    hi_off = tl.load(row + 2)
+    scale_off = tl.load(row + 3)
+    zero_off = tl.load(row + 4)
+    group = tl.load(row + 5)
+    gscale = tl.load(gs_ptr + e)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if UNIFORM >= 0:
+        acc = _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
+                         scale_off, zero_off, group, offs_n, n_ok, UNIFORM, IS_BF16, BLOCK_N)
+    else:
+        kind = tl.load(row)
+        for kc in tl.static_range(12):
+            if (KINDS >> kc) & 1:
+                if kind == kc:
+                    acc = _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off,
+                                     hi_off, scale_off, zero_off, group, offs_n, n_ok, kc, IS_BF16, BLOCK_N)
+    return acc
+
+
+@triton.jit
+def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_ptr, zero_ptr, zero_numel,
+                        gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab,
+                        uc32, uc16, uc8, us16, us8, uz8, ugs, utab,
+                        num_slots, H, I,
+                        SLOTS_PER_TOKEN: tl.constexpr, G_KINDS: tl.constexpr, G_UNIFORM: tl.constexpr,
+                        U_KINDS: tl.constexpr, U_UNIFORM: tl.constexpr, IS_BF16: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ZERO_BLOCK: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    if ZERO_BLOCK > 0:
+        # zero the down kernel's fp32 accumulator: the programs of block row 0 split it
+        if pid_m == 0:
+            chunk = tl.cdiv(tl.cdiv(zero_numel, tl.num_programs(1)), ZERO_BLOCK) * ZERO_BLOCK
+            zr = tl.arange(0, ZERO_BLOCK)
+            for z0 in range(0, chunk, ZERO_BLOCK):
+                offs = pid_n * chunk + z0 + zr
+                tl.store(zero_ptr + offs, tl.zeros([ZERO_BLOCK], tl.float32), mask=offs < zero_numel)
+    npost = tl.load(npost_ptr)
+    if pid_m * BLOCK_M >= npost:
+        return
+    e = tl.load(eids_ptr + pid_m)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    slot = tl.load(sorted_ptr + offs_m)
+    row_ok = slot < num_slots
+    token = slot // SLOTS_PER_TOKEN
+    a_rows = x_ptr + token.to(tl.int64) * stride_x
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < I
+    g = _proj(a_rows, row_ok, H, I, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok,
+              G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N)
+    u = _proj(a_rows, row_ok, H, I, uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok,
+              U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N)
+    h = g / (1.0 + tl.exp(-g)) * u
+    tl.store(inter_ptr + offs_m.to(tl.int64)[:, None] * I + offs_n[None, :], h.to(inter_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
+                     dc32, dc16, dc8, ds16, ds8, dz8, dgs, dtab,
+                     num_slots, I, H,
+                     SLOTS_PER_TOKEN: tl.constexpr, D_KINDS: tl.constexpr, D_UNIFORM: tl.constexpr,
+                     IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    npost = tl.load(npost_ptr)
+    if pid_m * BLOCK_M >= npost:
+        return
+    e = tl.load(eids_ptr + pid_m)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    slot = tl.load(sorted_ptr + offs_m)
+    row_ok = slot < num_slots
+    token = slot // SLOTS_PER_TOKEN
+    a_rows = inter_ptr + offs_m.to(tl.int64) * I
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < H
+    acc = _proj(a_rows, row_ok, I, H, dc32, dc16, dc8, ds16, ds8, dz8, dgs, dtab, e, offs_n, n_ok,
+                D_KINDS, D_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N)
+    wt = tl.load(w_ptr + slot, mask=row_ok, other=0.0)
+    acc = acc * wt[:, None]
+    tl.atomic_add(out_ptr + token.to(tl.int64)[:, None] * H + offs_n[None, :], acc,
+                  mask=row_ok[:, None] & n_ok[None, :], sem="relaxed")
+
+
+def _kinds_mask(kinds) -> int:
+    m = 0
+    for k in kinds:
+        m |= 1 << int(k)
+    return m
+
+
+def pick_block_m(num_slots: int, num_experts: int) -> int:
+    """Rows per program: about the slots an active expert gets, 16..64 (tensor-core minimum 16)."""
+    per_expert = num_slots / max(1, min(num_experts, num_slots))
+    bm = 16
+    while bm < 64 and bm < per_expert:
+        bm *= 2
+    return bm
+
+
+def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: torch.Tensor,
+                    expert_ids: torch.Tensor, npost: torch.Tensor, gate, up, down, *, block_m: int,
+                    uniform: bool, block_n: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch the gate_up and down kernels on aligned slots; returns the fp32 accumulator ``[T, H]``.
+
+    ``gate``/``up``/``down``: :class:`~triton_marlin.moe.experts.FlatProjection`. ``uniform``: compile each
+    projection for its single kind (every expert of a projection must share it) instead of reading the
+    kind from the table.
+    """
+    T, H = x.shape
+    I = gate.N
+    k_total = topk_weights.shape[1]
+    num_slots = T * k_total
+    if out is None:
+        out = torch.empty((T, H), dtype=torch.float32, device=x.device)
+    capacity = sorted_ids.numel()
+    inter = torch.empty((capacity, I), dtype=x.dtype, device=x.device)
+    max_blocks = expert_ids.numel()
+
+    def kinds(flat):
+        uk = flat.uniform_kind
+        if uniform and uk is None:
+            raise ValueError(f"uniform launch needs one format per projection, found kinds {sorted(set(flat.kinds))}")
+        return flat.kinds_mask, (uk if uniform else -1)
+
+    gk, gu = kinds(gate)
+    uk, uu = kinds(up)
+    dk, du = kinds(down)
+    is_bf16 = x.dtype == torch.bfloat16
+    bn_up = block_n or (64 if num_slots <= 64 else 128)
+    bn_down = block_n or (64 if num_slots <= 64 else 128)
+    grid_up = (max_blocks, triton.cdiv(I, bn_up))
+    _moe_gate_up_kernel[grid_up](
+        x, x.stride(0), sorted_ids, expert_ids, npost, inter, out, out.numel(),
+        *gate.launch_args(), *up.launch_args(), num_slots, H, I,
+        SLOTS_PER_TOKEN=k_total, G_KINDS=gk, G_UNIFORM=gu, U_KINDS=uk, U_UNIFORM=uu, IS_BF16=is_bf16,
+        BLOCK_M=block_m, BLOCK_N=bn_up, ZERO_BLOCK=1024, num_warps=4)
+    grid_down = (max_blocks, triton.cdiv(H, bn_down))
+    _moe_down_kernel[grid_down](
+        inter, sorted_ids, expert_ids, npost, topk_weights, out, *down.launch_args(), num_slots, I, H,
+        SLOTS_PER_TOKEN=k_total, D_KINDS=dk, D_UNIFORM=du, IS_BF16=is_bf16, BLOCK_M=block_m,
+        BLOCK_N=bn_down, num_warps=4)
+    return out
+
+
+def fused_moe_reference(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts,
+                        dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``sum_j w[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` over slots with ``0 <= e < experts.num_total``,
+    with exactly dequantized weights, computed in ``dtype`` (float64 by default). Returns ``[T, H]`` in
+    ``dtype``."""
+    T, H = x.shape
+    out = torch.zeros((T, H), dtype=dtype, device=x.device)
+    xd = x.to(dtype)
+    ids = topk_ids.to(torch.int64)
+    for e in torch.unique(ids).tolist():
+        if e < 0 or e >= experts.num_total:
+            continue
+        tok, j = torch.nonzero(ids == e, as_tuple=True)
+        ex = experts.experts[e]
+        xe = xd[tok]
+        g = xe @ ex["gate"].dequantize(torch.float32).to(dtype).t()
+        u = xe @ ex["up"].dequantize(torch.float32).to(dtype).t()
+        h = torch.nn.functional.silu(g) * u
+        y = h @ ex["down"].dequantize(torch.float32).to(dtype).t()
+        out.index_add_(0, tok, y * topk_weights[tok, j].to(dtype)[:, None])
+    return out
