@@ -1,0 +1,285 @@
+"""A KV cache with a selectable memory layout, append (prefill and per token), and decode attention over it.
+
+Layouts (the order of the storage dimensions; B batch, H KV heads, S positions, D head dim):
+
+* ``BHSD``: one sequence's positions of one head are contiguous: decode reads long contiguous runs per
+  (batch, head); a per-token append writes B*H separate D-element rows.
+* ``BSHD``: all heads of one position are contiguous: a per-token append writes one H*D run per sequence;
+  decode reads D-element rows strided by H*D.
+* ``HBSD``: head-major (what a per-head sharded cache looks like); contiguous runs as BHSD, heads outermost.
+
+Whatever the layout, :meth:`KVCache.keys` / :meth:`KVCache.values` return the logical ``[B, H, S, D]`` view of
+the storage (a permutation, no copy), and both the append kernel and the decode-attention kernel of
+:mod:`triton_marlin.kernels.attention` address the storage through those strides.
+
+Lengths live twice: ``seq_lens`` (int32 on the cache's device, read by the kernels) and ``lengths`` (a host
+list, for capacity checks and chunk sizing without a device sync). Both change only through this class.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from . import dispatch
+from .device import triton_enabled_for
+from .kernels.attention import decode_attention
+
+__all__ = ["LAYOUTS", "KVCache", "kv_append", "kv_append_reference", "kv_append_triton", "logical_view",
+           "storage_shape"]
+
+LAYOUTS = ("BHSD", "BSHD", "HBSD")
+# storage dim order for each layout, as indices into the logical (B, H, S, D)
+_ORDER = {"BHSD": (0, 1, 2, 3), "BSHD": (0, 2, 1, 3), "HBSD": (1, 0, 2, 3)}
+
+
+def _check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    return layout
+
+
+def storage_shape(layout: str, batch: int, heads: int, seq: int, dim: int) -> tuple[int, int, int, int]:
+    """Shape of the storage tensor of ``layout`` for a logical ``[batch, heads, seq, dim]`` cache."""
+    logical = (batch, heads, seq, dim)
+    return tuple(logical[i] for i in _ORDER[_check_layout(layout)])
+
+
+def logical_view(storage: torch.Tensor, layout: str) -> torch.Tensor:
+    """The ``[B, H, S, D]`` view of a storage tensor of ``layout`` (no copy)."""
+    order = _ORDER[_check_layout(layout)]
+    inverse = [order.index(i) for i in range(4)]
+    return storage.permute(*inverse)
+
+
+# ----------------------------------------------------------------- append: torch reference and Triton kernel
+
+def _check_append(k_cache, v_cache, k_new, v_new, seq_lens, num_new) -> None:
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("k_new", k_new), ("v_new", v_new)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected 4 dims [B, H, S or T, D], got shape {tuple(t.shape)}")
+        if t.device != k_cache.device:
+            raise ValueError(f"{name}: expected a tensor on {k_cache.device}, got {t.device}")
+        if t.dtype != k_cache.dtype:
+            raise TypeError(f"{name}: expected dtype {k_cache.dtype}, got {t.dtype}")
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
+    if v_new.shape != k_new.shape:
+        raise ValueError(f"v_new: expected the shape of k_new {tuple(k_new.shape)}, got {tuple(v_new.shape)}")
+    B, H, _, D = k_cache.shape
+    if k_new.shape[0] != B or k_new.shape[1] != H or k_new.shape[3] != D:
+        raise ValueError(f"k_new: expected shape [B={B}, H={H}, T, D={D}], got {tuple(k_new.shape)}")
+    for name, t in (("seq_lens", seq_lens), ("num_new", num_new)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != B:
+            raise ValueError(f"{name}: expected a 1-d tensor of {B} lengths")
+        if t.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name}: expected int32 or int64, got {t.dtype}")
+        if t.device != k_cache.device:
+            raise ValueError(f"{name}: expected a tensor on {k_cache.device}, got {t.device}")
+
+
+def kv_append_reference(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                        seq_lens: torch.Tensor, num_new: torch.Tensor | None = None) -> None:
+    """Write ``k_new[b, :, t]`` / ``v_new[b, :, t]`` to position ``seq_lens[b] + t`` of the caches for
+    ``t < num_new[b]`` (all T when None); positions at or past the capacity are dropped. Caches are logical
+    ``[B, H, S_max, D]`` views, written in place; ``seq_lens`` is not changed."""
+    _check_append(k_cache, v_cache, k_new, v_new, seq_lens, num_new)
+    T, capacity = k_new.shape[2], k_cache.shape[2]
+    starts = seq_lens.tolist()
+    counts = num_new.tolist() if num_new is not None else [T] * len(starts)
+    for b, (pos, n) in enumerate(zip(starts, counts)):
+        n = max(0, min(int(n), T, capacity - int(pos)))
+        if n:
+            k_cache[b, :, pos:pos + n] = k_new[b, :, :n]
+            v_cache[b, :, pos:pos + n] = v_new[b, :, :n]
+
+
+try:
+    import triton
+    import triton.language as tl
+    _HAVE_TRITON = True
+except ImportError:
+    _HAVE_TRITON = False
+
+if _HAVE_TRITON:
+    @triton.jit
+    def _kv_append_kernel(KNew, VNew, KCache, VCache, SeqLens, NumNew,
+                          stride_knb, stride_knh, stride_knt, stride_knd,
+                          stride_vnb, stride_vnh, stride_vnt, stride_vnd,
+                          stride_kcb, stride_kch, stride_kcs, stride_kcd,
+                          stride_vcb, stride_vch, stride_vcs, stride_vcd,
+                          num_tokens, capacity,
+                          HAS_NUM_NEW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+        """KCache[b, h, SeqLens[b] + t] = KNew[b, h, t] (same for V) for t < NumNew[b] (or num_tokens) and
+        SeqLens[b] + t < capacity. New: [B, H, T, HEAD_DIM]; caches: [B, H, capacity, HEAD_DIM], any strides.
+        Grid: (B, H, cdiv(T, BLOCK_T))."""
+        b = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1).to(tl.int64)
+        offs_t = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_d = tl.arange(0, HEAD_DIM)
+        start = tl.load(SeqLens + b)
+        if HAS_NUM_NEW:
+            n = tl.load(NumNew + b)
+        else:
+            n = num_tokens
+        pos = (start + offs_t).to(tl.int64)
+        keep = (offs_t < n) & (offs_t < num_tokens) & (pos < capacity)
+        mask = keep[:, None]
+        kn = tl.load(KNew + b * stride_knb + h * stride_knh + offs_t[:, None] * stride_knt
+                     + offs_d[None, :] * stride_knd, mask=mask)
+        vn = tl.load(VNew + b * stride_vnb + h * stride_vnh + offs_t[:, None] * stride_vnt
+                     + offs_d[None, :] * stride_vnd, mask=mask)
+        tl.store(KCache + b * stride_kcb + h * stride_kch + pos[:, None] * stride_kcs + offs_d[None, :] * stride_kcd,
+                 kn, mask=mask)
+        tl.store(VCache + b * stride_vcb + h * stride_vch + pos[:, None] * stride_vcs + offs_d[None, :] * stride_vcd,
+                 vn, mask=mask)
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def kv_append_triton(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                     seq_lens: torch.Tensor, num_new: torch.Tensor | None = None) -> None:
+    """The Triton append kernel; semantics of :func:`kv_append_reference` (reads positions from the device
+    ``seq_lens``: no host sync, capturable in a CUDA graph). Head dim must be a power of two."""
+    _check_append(k_cache, v_cache, k_new, v_new, seq_lens, num_new)
+    if not _HAVE_TRITON or not triton_enabled_for(k_cache.device):
+        raise ValueError(f"k_cache: the Triton append kernel cannot run on {k_cache.device} here")
+    B, H, T, D = k_new.shape
+    if not _pow2(D):
+        raise ValueError(f"k_new: the Triton append kernel needs a power-of-two head dim, got {D}")
+    if B == 0 or T == 0:
+        return
+    block_t = min(64, max(1, 1 << (T - 1).bit_length()))
+    grid = (B, H, -(-T // block_t))
+    _kv_append_kernel[grid](
+        k_new, v_new, k_cache, v_cache, seq_lens, num_new if num_new is not None else seq_lens,
+        *k_new.stride(), *v_new.stride(), *k_cache.stride(), *v_cache.stride(), T, k_cache.shape[2],
+        HAS_NUM_NEW=num_new is not None, HEAD_DIM=D, BLOCK_T=block_t, num_warps=4 if block_t * D >= 2048 else 1)
+
+
+def kv_append(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+              seq_lens: torch.Tensor, num_new: torch.Tensor | None = None, *, backend: str = "auto") -> None:
+    """Append new K/V rows to logical ``[B, H, S_max, D]`` cache views (see :func:`kv_append_reference`).
+    ``backend``: ``auto`` (Triton where it runs, else torch with a warning), ``triton`` or ``torch``."""
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend: expected 'auto', 'triton' or 'torch', got {backend!r}")
+    _check_append(k_cache, v_cache, k_new, v_new, seq_lens, num_new)
+    if backend != "torch":
+        reason = None
+        if not _HAVE_TRITON or not triton_enabled_for(k_cache.device):
+            reason = f"Triton cannot run on {k_cache.device} here (CUDA, or CPU with TRITON_INTERPRET=1)"
+        elif not _pow2(k_new.shape[3]):
+            reason = f"head dim {k_new.shape[3]} is not a power of two"
+        if reason is None:
+            dispatch.record("kv_append", "triton")
+            kv_append_triton(k_cache, v_cache, k_new, v_new, seq_lens, num_new)
+            return
+        if backend == "triton":
+            raise ValueError(f"backend='triton': {reason}")
+        dispatch.warn_fallback("kv_append", f"{reason}; running the torch reference")
+    dispatch.record("kv_append", "torch")
+    kv_append_reference(k_cache, v_cache, k_new, v_new, seq_lens, num_new)
+
+
+# ----------------------------------------------------------------- the cache
+
+class KVCache:
+    """K and V storage for ``batch_size`` sequences of up to ``max_seq_len`` positions.
+
+    Example::
+
+        cache = KVCache(batch_size=4, num_kv_heads=2, head_dim=128, max_seq_len=4096, layout="BSHD",
+                        dtype=torch.float16, device="cuda")
+        cache.append(k_prompt, v_prompt)              # [4, 2, T, 128] each: prefill
+        out = cache.attend(q)                         # q [4, Hq, 128] -> [4, Hq, 128]
+        cache.append(k_tok, v_tok)                    # [4, 2, 1, 128]: one decode step
+    """
+
+    def __init__(self, batch_size: int, num_kv_heads: int, head_dim: int, max_seq_len: int,
+                 layout: str = "BHSD", dtype: torch.dtype = torch.float16,
+                 device: torch.device | str | None = None):
+        for name, val in (("batch_size", batch_size), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
+                          ("max_seq_len", max_seq_len)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {val!r}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+        self.layout = _check_layout(layout)
+        self.batch_size, self.num_kv_heads, self.head_dim, self.max_seq_len = \
+            batch_size, num_kv_heads, head_dim, max_seq_len
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        shape = storage_shape(layout, batch_size, num_kv_heads, max_seq_len, head_dim)
+        self.k_storage = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.v_storage = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.seq_lens = torch.zeros(batch_size, dtype=torch.int32, device=self.device)
+        self.lengths: list[int] = [0] * batch_size
+
+    def __repr__(self) -> str:
+        return (f"KVCache(layout={self.layout}, batch={self.batch_size}, kv_heads={self.num_kv_heads}, "
+                f"head_dim={self.head_dim}, max_seq_len={self.max_seq_len}, dtype={self.dtype}, "
+                f"device={self.device}, lengths={self.lengths})")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of K and V storage (the whole capacity)."""
+        return self.k_storage.numel() * self.k_storage.element_size() * 2
+
+    def keys(self) -> torch.Tensor:
+        """Logical ``[B, H, S_max, D]`` view of K (no copy)."""
+        return logical_view(self.k_storage, self.layout)
+
+    def values(self) -> torch.Tensor:
+        """Logical ``[B, H, S_max, D]`` view of V (no copy)."""
+        return logical_view(self.v_storage, self.layout)
+
+    def reset(self, lengths: Sequence[int] | None = None) -> None:
+        """Set every sequence's length (default 0). Stored rows are kept; positions past a length are unused."""
+        lengths = [0] * self.batch_size if lengths is None else [int(n) for n in lengths]
+        if len(lengths) != self.batch_size or any(n < 0 or n > self.max_seq_len for n in lengths):
+            raise ValueError(f"lengths: expected {self.batch_size} values in [0, {self.max_seq_len}], got {lengths}")
+        self.lengths = lengths
+        self.seq_lens.copy_(torch.tensor(lengths, dtype=torch.int32))
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, num_new: Sequence[int] | None = None, *,
+               backend: str = "auto") -> None:
+        """Append ``k``/``v`` (``[B, H, T, D]``, any strides) after each sequence's current length.
+
+        ``num_new`` (host ints, one per sequence, each <= T) appends only the first ``num_new[b]`` rows of
+        sequence b (ragged prefill); default: all T. Raises ValueError if a sequence would overflow.
+        """
+        for name, t in (("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            if t.shape[:2] != (self.batch_size, self.num_kv_heads) or t.dim() != 4 or t.shape[3] != self.head_dim:
+                raise ValueError(f"{name}: expected shape [{self.batch_size}, {self.num_kv_heads}, T, "
+                                 f"{self.head_dim}], got {tuple(t.shape)}")
+        T = k.shape[2]
+        counts = [T] * self.batch_size if num_new is None else [int(n) for n in num_new]
+        if len(counts) != self.batch_size or any(n < 0 or n > T for n in counts):
+            raise ValueError(f"num_new: expected {self.batch_size} counts in [0, {T}], got {list(num_new)}")
+        over = [b for b, (n, c) in enumerate(zip(self.lengths, counts)) if n + c > self.max_seq_len]
+        if over:
+            raise ValueError(f"k: appending overflows max_seq_len={self.max_seq_len} for sequences {over} "
+                             f"(lengths {[self.lengths[b] for b in over]} + {[counts[b] for b in over]})")
+        num_new_t = None
+        if num_new is not None:
+            num_new_t = torch.tensor(counts, dtype=torch.int32).to(self.device, non_blocking=True)
+        kv_append(self.keys(), self.values(), k, v, self.seq_lens, num_new_t, backend=backend)
+        if num_new_t is None:
+            self.seq_lens += T
+        else:
+            self.seq_lens += num_new_t
+        self.lengths = [n + c for n, c in zip(self.lengths, counts)]
+
+    def attend(self, q: torch.Tensor, sm_scale: float | None = None, *, num_splits: int | None = None,
+               backend: str = "auto") -> torch.Tensor:
+        """Decode attention of ``q`` (``[B, Hq, D]``, one token per sequence) over the cached positions."""
+        return decode_attention(q, self.keys(), self.values(), self.seq_lens, sm_scale,
+                                max_seq_len=max(self.lengths), num_splits=num_splits, backend=backend)
