@@ -228,12 +228,14 @@ def pick_block_m(num_slots: int, num_experts: int) -> int:
 
 def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: torch.Tensor,
                     expert_ids: torch.Tensor, npost: torch.Tensor, gate, up, down, *, block_m: int,
-                    uniform: bool, block_n: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                    uniform: bool, block_n: int | None = None, out: torch.Tensor | None = None,
+                    uniform_kinds: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Launch the gate_up and down kernels on aligned slots; returns the fp32 accumulator ``[T, H]``.
 
     ``gate``/``up``/``down``: :class:`~triton_marlin.moe.experts.FlatProjection`. ``uniform``: compile each
     projection for its single kind (every expert of a projection must share it) instead of reading the
-    kind from the table.
+    kind from the table. ``uniform_kinds``: the (gate, up, down) kinds to compile for when only the experts
+    the slots reach share them (the hybrid strategy: the other experts' slots are -1).
     """
     T, H = x.shape
     I = gate.N
@@ -245,15 +247,18 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
     inter = torch.empty((capacity, I), dtype=x.dtype, device=x.device)
     max_blocks = expert_ids.numel()
 
-    def kinds(flat):
+    def kinds(flat, forced):
+        if forced is not None:
+            return 1 << forced, forced
         uk = flat.uniform_kind
         if uniform and uk is None:
             raise ValueError(f"uniform launch needs one format per projection, found kinds {sorted(set(flat.kinds))}")
         return flat.kinds_mask, (uk if uniform else -1)
 
-    gk, gu = kinds(gate)
-    uk, uu = kinds(up)
-    dk, du = kinds(down)
+    forced = uniform_kinds if uniform_kinds is not None else (None, None, None)
+    gk, gu = kinds(gate, forced[0])
+    uk, uu = kinds(up, forced[1])
+    dk, du = kinds(down, forced[2])
     is_bf16 = x.dtype == torch.bfloat16
     bn_up = block_n or (64 if num_slots <= 64 else 128)
     bn_down = block_n or (64 if num_slots <= 64 else 128)
