@@ -1,0 +1,329 @@
+"""Attention kernels (prefill FA2-style and split-K decode) against an fp64 softmax(QK^T)V reference.
+
+Tolerances: operands are fp16/bf16 values, logits and softmax are fp32, P is rounded to the input dtype
+before the PV dot and the output is rounded once more. Two roundings of unit u give a relative Frobenius
+error of about u (fp16: u = 2^-11 ~ 4.9e-4, measured ~2.5e-4; bf16: u = 2^-8 ~ 3.9e-3, measured ~1.7e-3 on
+the GPU's round-to-nearest and ~4.8e-3 under the interpreter, whose bf16 down-conversion truncates). The
+bounds below are 1e-3 (fp16) and 1e-2 (bf16); NaN anywhere fails (rel_err returns inf).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from triton_marlin import dispatch
+from triton_marlin.kernels import attention as A
+
+from conftest import rel_err
+
+TOL = {torch.float16: 1e-3, torch.bfloat16: 1e-2}
+GPU_TOL = {torch.float16: 1e-3, torch.bfloat16: 6e-3}  # round-to-nearest bf16 on the GPU
+
+needs_triton = pytest.mark.skipif(A.unsupported_reason(torch.empty(1, 1, 1, 64, dtype=torch.float16)) is not None,
+                                  reason="Triton kernels need CUDA or TRITON_INTERPRET=1")
+
+
+def _qkv(gen, B, Hq, Hkv, Sq, Sk, D, dtype, device="cpu", q_scale=1.0):
+    q = (torch.randn(B, Hq, Sq, D, generator=gen) * q_scale).to(dtype).to(device)
+    k = torch.randn(B, Hkv, Sk, D, generator=gen).to(dtype).to(device)
+    v = torch.randn(B, Hkv, Sk, D, generator=gen).to(dtype).to(device)
+    return q, k, v
+
+
+def _ref64(q, k, v, causal, sm_scale=None):
+    return A.attention_reference(q.double(), k.double(), v.double(), causal, sm_scale)
+
+
+# ----------------------------------------------------------------- prefill
+
+PREFILL_SHAPES = [
+    # B, Hq, Hkv, Sq, Sk, D, causal
+    (1, 2, 2, 1, 1, 64, False),
+    (2, 4, 2, 17, 17, 64, True),      # GQA 2:1, one partial tile
+    (1, 4, 1, 65, 65, 64, True),      # MQA, 65 = 4 tiles of 16 + 1
+    (1, 2, 2, 17, 65, 128, True),     # chunked prefill: bottom-right causal, Sq < Sk
+    (1, 3, 3, 33, 47, 64, False),     # ragged Sq and Sk
+    (1, 5, 1, 1, 65, 128, True),      # one query token, GQA 5:1
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", PREFILL_SHAPES, ids=lambda s: "B{}_H{}-{}_Sq{}_Sk{}_D{}_{}".format(
+    *s[:6], "causal" if s[6] else "full"))
+def test_prefill_matches_fp64(shape, dtype, gen):
+    B, Hq, Hkv, Sq, Sk, D, causal = shape
+    q, k, v = _qkv(gen, B, Hq, Hkv, Sq, Sk, D, dtype)
+    out = torch.full_like(q, float("nan"))
+    A.flash_attention_triton(q, k, v, causal, out=out)
+    assert rel_err(out, _ref64(q, k, v, causal)) < TOL[dtype]
+
+
+@needs_triton
+def test_prefill_strided_inputs(gen):
+    """q/k/v as [B, S, H, D] storage seen through permuted views: the kernel reads strides, no copies."""
+    B, Hq, Hkv, S, D = 2, 4, 2, 33, 64
+    q = torch.randn(B, S, Hq, D, generator=gen).half().transpose(1, 2)
+    k = torch.randn(B, S, Hkv, D, generator=gen).half().transpose(1, 2)
+    v = torch.randn(Hkv, B, S, D, generator=gen).half().permute(1, 0, 2, 3)
+    assert not q.is_contiguous() and not v.is_contiguous()
+    out = A.attention(q, k, v, causal=True, backend="triton")
+    assert rel_err(out, _ref64(q, k, v, True)) < TOL[torch.float16]
+
+
+@needs_triton
+def test_prefill_large_logits_stay_finite(gen):
+    """Logits in the hundreds: only the running-max subtraction keeps exp() finite."""
+    q, k, v = _qkv(gen, 1, 2, 2, 40, 40, 64, torch.float16, q_scale=40.0)
+    out = torch.full_like(q, float("nan"))
+    A.flash_attention_triton(q, k, v, True, out=out)
+    ref = _ref64(q, k, v, True)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) < TOL[torch.float16]
+
+
+@needs_triton
+def test_prefill_sm_scale(gen):
+    q, k, v = _qkv(gen, 1, 2, 1, 17, 17, 64, torch.float16)
+    out = A.attention(q, k, v, causal=False, sm_scale=0.3, backend="triton")
+    assert rel_err(out, _ref64(q, k, v, False, 0.3)) < TOL[torch.float16]
+    # a different scale gives a different answer (the argument is not ignored)
+    assert rel_err(out, _ref64(q, k, v, False)) > 10 * TOL[torch.float16]
+
+
+@needs_triton
+def test_prefill_config_override(gen):
+    q, k, v = _qkv(gen, 1, 2, 2, 33, 33, 64, torch.float16)
+    cfg = A.PrefillConfig(block_m=32, block_n=16, num_warps=1, num_stages=1)
+    out = A.flash_attention_triton(q, k, v, True, config=cfg)
+    assert rel_err(out, _ref64(q, k, v, True)) < TOL[torch.float16]
+
+
+def test_reference_matches_sdpa(gen):
+    """The explicit reference agrees with torch's SDPA (causal, top-left == bottom-right when Sq == Sk)."""
+    q, k, v = _qkv(gen, 2, 4, 4, 23, 23, 64, torch.float64)
+    for causal in (False, True):
+        ref = A.attention_reference(q, k, v, causal)
+        assert rel_err(ref, F.scaled_dot_product_attention(q, k, v, is_causal=causal)) < 1e-12
+
+
+def test_reference_bottom_right_causal():
+    """Sq < Sk: the last query row sees every key, the first sees Sk - Sq + 1 of them."""
+    q = torch.zeros(1, 1, 2, 64, dtype=torch.float64)       # uniform attention over the visible keys
+    v = torch.arange(5, dtype=torch.float64).view(1, 1, 5, 1).expand(1, 1, 5, 64)
+    out = A.attention_reference(q, torch.zeros_like(v), v, causal=True)
+    assert out[0, 0, 0, 0].item() == pytest.approx(1.5)      # mean of keys 0..3
+    assert out[0, 0, 1, 0].item() == pytest.approx(2.0)      # mean of keys 0..4
+
+
+def test_attention_flops_counts_visible_pairs():
+    for sq, sk in ((7, 7), (3, 10), (1, 5)):
+        mask = (torch.arange(sk)[None, :] <= torch.arange(sq)[:, None] + (sk - sq))
+        assert A.attention_flops(2, 3, sq, sk, 64, True) == 4 * 2 * 3 * 64 * int(mask.sum())
+    assert A.attention_flops(1, 1, 4, 6, 128, False) == 4 * 128 * 24
+
+
+# ----------------------------------------------------------------- decode
+
+DECODE_CASES = [
+    # B, Hq, Hkv, S_max, D, lengths, num_splits
+    (3, 4, 2, 70, 64, [1, 17, 65], None),
+    (2, 5, 1, 40, 128, [40, 0], 3),       # a length-0 sequence -> zeros; MQA 5:1
+    (2, 20, 2, 50, 64, [33, 50], 7),      # GQA 10:1 (pads to 16 rows), 7 splits
+    (1, 2, 2, 20, 64, [20], 1),           # no split
+    (2, 2, 1, 30, 64, [3, 30], 8),        # more splits than a short sequence fills
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: f"B{c[0]}_H{c[1]}-{c[2]}_D{c[4]}_L{c[5]}_s{c[6]}")
+def test_decode_matches_fp64(case, dtype, gen, monkeypatch):
+    monkeypatch.setattr(A, "_POISON_WORKSPACE", True)
+    B, Hq, Hkv, S, D, lengths, splits = case
+    q = torch.randn(B, Hq, D, generator=gen).to(dtype)
+    k = torch.randn(B, Hkv, S, D, generator=gen).to(dtype)
+    v = torch.randn(B, Hkv, S, D, generator=gen).to(dtype)
+    seq_lens = torch.tensor(lengths, dtype=torch.int32)
+    out = torch.full_like(q, float("nan"))
+    A.decode_attention_triton(q, k, v, seq_lens, num_splits=splits, out=out)
+    ref = A.decode_attention_reference(q.double(), k.double(), v.double(), seq_lens)
+    assert rel_err(out, ref) < TOL[dtype]
+    for b, n in enumerate(lengths):
+        if n == 0:
+            assert torch.equal(out[b], torch.zeros_like(out[b]))
+
+
+@needs_triton
+def test_decode_ignores_positions_past_length(gen):
+    """Garbage (NaN) beyond each sequence's length must not leak into the output."""
+    B, Hq, Hkv, S, D = 2, 4, 2, 48, 64
+    lengths = [17, 33]
+    k = torch.randn(B, Hkv, S, D, generator=gen).half()
+    v = torch.randn(B, Hkv, S, D, generator=gen).half()
+    for b, n in enumerate(lengths):
+        k[b, :, n:] = float("nan")
+        v[b, :, n:] = float("nan")
+    q = torch.randn(B, Hq, D, generator=gen).half()
+    seq_lens = torch.tensor(lengths, dtype=torch.int32)
+    out = A.decode_attention(q, k, v, seq_lens, num_splits=3, backend="triton")
+    ref = A.decode_attention_reference(q.double(), k.double(), v.double(), seq_lens)
+    assert rel_err(out, ref) < TOL[torch.float16]
+
+
+@needs_triton
+def test_decode_equals_prefill_last_row(gen):
+    """Decode of token t == the last row of causal prefill over the same t keys (two different kernels)."""
+    B, Hq, Hkv, S, D = 1, 4, 2, 37, 128
+    q, k, v = _qkv(gen, B, Hq, Hkv, S, S, D, torch.float16)
+    prefill = A.attention(q, k, v, causal=True, backend="triton")[:, :, -1]
+    decode = A.decode_attention(q[:, :, -1], k, v, torch.tensor([S], dtype=torch.int32), backend="triton")
+    assert rel_err(decode, prefill.double()) < 2 * TOL[torch.float16]
+
+
+def test_choose_num_splits_bounds():
+    cpu = torch.device("cpu")
+    assert A.choose_num_splits(1, 1, 10, 16, cpu) == 1                 # one tile: no split
+    assert A.choose_num_splits(64, 8, 100000, 64, cpu) == 1           # plenty of programs already
+    assert 1 < A.choose_num_splits(1, 2, 100000, 64, cpu) <= 128
+
+
+def test_decode_bytes_counts_kv_of_each_sequence():
+    # 2 sequences of 10 and 30 tokens, 2 KV heads of 64, fp16: K+V = 2 * 40 * 2 * 64 * 2 bytes
+    assert A.decode_bytes([10, 30], 8, 2, 64, 2) == 2 * 40 * 2 * 64 * 2 + 2 * 2 * 8 * 64 * 2
+
+
+# ----------------------------------------------------------------- dispatch and bad input
+
+@needs_triton
+def test_dispatch_records_path(gen):
+    q, k, v = _qkv(gen, 1, 2, 2, 5, 5, 64, torch.float16)
+    dispatch.reset()
+    A.attention(q, k, v, backend="auto")
+    A.attention(q, k, v, backend="torch")
+    assert dispatch.counts() == {("attention", "triton"): 1, ("attention", "torch"): 1}
+
+
+def test_unsupported_head_dim_falls_back_with_warning(gen):
+    q, k, v = _qkv(gen, 1, 2, 2, 5, 5, 96, torch.float16)
+    dispatch.reset()
+    with pytest.warns(RuntimeWarning, match="attention"):
+        out = A.attention(q, k, v, backend="auto")
+    assert dispatch.counts() == {("attention", "torch"): 1}
+    assert rel_err(out, _ref64(q, k, v, False)) < TOL[torch.float16]
+    with pytest.raises(ValueError, match="head_dim 96"):
+        A.attention(q, k, v, backend="triton")
+
+
+@pytest.mark.parametrize("call,exc,msg", [
+    (lambda q, k, v: A.attention(q[0], k, v), ValueError, "q: expected 4 dims"),
+    (lambda q, k, v: A.attention(q, k.float(), v), TypeError, "dtype of q"),
+    (lambda q, k, v: A.attention(q, k[:, :1].expand(1, 1, 9, 64).repeat(1, 3, 1, 1), v), ValueError, "v: expected"),
+    (lambda q, k, v: A.attention(q.repeat(1, 2, 1, 1)[:, :3], k, v), ValueError, "must divide"),
+    (lambda q, k, v: A.attention(q, k[:, :, :4], v[:, :, :4], causal=True), ValueError, "Sq <= Sk"),
+    (lambda q, k, v: A.attention(q, k, v, sm_scale=-1.0), ValueError, "sm_scale"),
+    (lambda q, k, v: A.attention(q, k, v, backend="cuda"), ValueError, "backend"),
+    (lambda q, k, v: A.attention(q.long(), k, v), TypeError, "floating-point"),
+])
+def test_attention_bad_input(call, exc, msg, gen):
+    q, k, v = _qkv(gen, 1, 2, 2, 9, 9, 64, torch.float16)
+    with pytest.raises(exc, match=msg):
+        call(q, k, v)
+
+
+@pytest.mark.parametrize("call,exc,msg", [
+    (lambda q, k, v, s: A.decode_attention(q[:, :, None], k, v, s), ValueError, "q: expected 3 dims"),
+    (lambda q, k, v, s: A.decode_attention(q, k, v, s.float()), TypeError, "seq_lens"),
+    (lambda q, k, v, s: A.decode_attention(q, k, v, s[:1]), ValueError, "one per sequence"),
+    (lambda q, k, v, s: A.decode_attention(q, k[:1], v[:1], s), ValueError, "k_cache: expected shape"),
+    (lambda q, k, v, s: A.decode_attention(q[:, :3], k, v, s), ValueError, "must divide"),
+])
+def test_decode_bad_input(call, exc, msg, gen):
+    q = torch.randn(2, 4, 64, generator=gen).half()
+    k = torch.randn(2, 2, 16, 64, generator=gen).half()
+    seq_lens = torch.tensor([3, 16], dtype=torch.int32)
+    with pytest.raises(exc, match=msg):
+        call(q, k, k.clone(), seq_lens)
+
+
+@needs_triton
+def test_decode_bad_num_splits(gen):
+    q = torch.randn(1, 2, 64, generator=gen).half()
+    k = torch.randn(1, 2, 16, 64, generator=gen).half()
+    with pytest.raises(ValueError, match="num_splits"):
+        A.decode_attention_triton(q, k, k, torch.tensor([16], dtype=torch.int32), num_splits=0)
+
+
+def test_fake_impls_give_output_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        q = torch.empty(2, 4, 9, 64, dtype=torch.float16)
+        k = torch.empty(2, 2, 9, 64, dtype=torch.float16)
+        assert A._attention_op(q, k, k, True, 0.125).shape == (2, 4, 9, 64)
+        qd = torch.empty(2, 4, 64, dtype=torch.float16)
+        out = A._decode_attention_op(qd, k, k, torch.empty(2, dtype=torch.int32), 0.125, 9, 0)
+        assert out.shape == (2, 4, 64) and out.dtype == torch.float16
+
+
+# ----------------------------------------------------------------- GPU (larger shapes)
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [
+    (2, 20, 2, 1000, 1000, 128, True),      # GLM-4.7-Flash stand-in heads (see docs/perf/attention.md)
+    (1, 32, 8, 2047, 2047, 128, False),
+    (2, 16, 16, 513, 1537, 64, True),       # chunked prefill
+    (1, 8, 2, 1, 4099, 128, True),
+])
+def test_prefill_gpu_matches_fp32_sdpa(shape, dtype):
+    B, Hq, Hkv, Sq, Sk, D, causal = shape
+    gen = torch.Generator(device="cuda").manual_seed(Sq * 7 + Sk)
+    q = torch.randn(B, Hq, Sq, D, device="cuda", generator=gen).to(dtype)
+    k = torch.randn(B, Hkv, Sk, D, device="cuda", generator=gen).to(dtype)
+    v = torch.randn(B, Hkv, Sk, D, device="cuda", generator=gen).to(dtype)
+    out = torch.full_like(q, float("nan"))
+    A.flash_attention_triton(q, k, v, causal, out=out)
+    ref = A.attention_reference(q.float(), k.float(), v.float(), causal)  # fp32 on the GPU
+    assert rel_err(out, ref) < GPU_TOL[dtype]
+    if Sq == Sk:  # torch's causal mask is top-left aligned: equal to ours only when Sq == Sk
+        sdpa = F.scaled_dot_product_attention(q, k.repeat_interleave(Hq // Hkv, 1),
+                                              v.repeat_interleave(Hq // Hkv, 1), is_causal=causal)
+        assert rel_err(out, sdpa.float()) < 2 * GPU_TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_decode_gpu_variable_lengths(dtype, monkeypatch):
+    monkeypatch.setattr(A, "_POISON_WORKSPACE", True)
+    B, Hq, Hkv, S, D = 6, 20, 2, 9000, 128
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    q = torch.randn(B, Hq, D, device="cuda", generator=gen).to(dtype)
+    k = torch.randn(B, Hkv, S, D, device="cuda", generator=gen).to(dtype)
+    v = torch.randn(B, Hkv, S, D, device="cuda", generator=gen).to(dtype)
+    lengths = [1, 17, 65, 4097, 8999, 9000]
+    seq_lens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    out = torch.full_like(q, float("nan"))
+    A.decode_attention_triton(q, k, v, seq_lens, max_seq_len=max(lengths), out=out)
+    ref = A.decode_attention_reference(q.float(), k.float(), v.float(), seq_lens)
+    assert rel_err(out, ref) < GPU_TOL[dtype]
+
+
+@pytest.mark.gpu
+def test_decode_gpu_cuda_graph_replay():
+    """The decode path captures into a CUDA graph (no host sync when max_seq_len is given)."""
+    B, Hq, Hkv, S, D = 4, 8, 2, 2048, 128
+    q = torch.randn(B, Hq, D, device="cuda", dtype=torch.float16)
+    k = torch.randn(B, Hkv, S, D, device="cuda", dtype=torch.float16)
+    v = torch.randn(B, Hkv, S, D, device="cuda", dtype=torch.float16)
+    seq_lens = torch.tensor([100, 2048, 1, 777], dtype=torch.int32, device="cuda")
+    A.decode_attention_triton(q, k, v, seq_lens, max_seq_len=S)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = A.decode_attention_triton(q, k, v, seq_lens, max_seq_len=S)
+    q.copy_(torch.randn_like(q))
+    graph.replay()
+    torch.cuda.synchronize()
+    ref = A.decode_attention_reference(q.float(), k.float(), v.float(), seq_lens)
+    assert rel_err(out, ref) < GPU_TOL[torch.float16]
