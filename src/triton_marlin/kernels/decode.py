@@ -14,8 +14,8 @@ bits straight into a float's exponent/mantissa fields and bitcasting:
   S.1111.111 (NaN in E4M3FN, never produced by the quantizer) decodes to the finite +-480.
 - E8M0 scales (mxfp4): ``e << 23`` read as fp32 is ``2**(e - 127)`` (e = 0, i.e. 2**-127, reads 0).
 
-bf16 activations take the integer path natively (bits <= 4 fit the 128 + q trick); fp4/fp8 codes,
-and 8-bit integer codes, decode exactly in fp16/fp32 first and meet the bf16 scale in fp32.
+For bf16 activations codes decode exactly in fp32 (integers: ``(q | 0x4B000000)`` read as fp32 is
+``2**23 + q``) or fp16 (minifloats), meet the scale in fp32 and round once to bf16.
 
 Packed layout (see formats/packing.py): a tile of 16 word rows holds, in code slot ``i``, the codes of
 16 contiguous k. ``unpack_slot(words, i, BITS)`` therefore gives a ``[16, BN]`` block of codes for
@@ -136,32 +136,23 @@ def dequant(codes, scale, zero, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRI
     integer: ``(q - z) * s``; E2M1: ``e2m1(q) * s``; E4M3: ``e4m3(q) * s``.
     """
     if KIND == 0:
-        if BITS <= 7:
-            if IS_BF16:
-                if SYMMETRIC:
-                    zf = 128.0 + (1 << (BITS - 1))
-                    w = (int_magic_bf16(codes) - zf) * scale.to(tl.bfloat16)
-                else:
-                    # exact q - z in fp32 (bf16 - bf16 of two tensors is avoided: the CPU
-                    # interpreter mis-evaluates it)
-                    qz = int_magic_fp32(codes) - int_magic_fp32(zero)
-                    w = (qz * scale).to(tl.bfloat16)
-            else:
-                if SYMMETRIC:
-                    zf = 1024.0 + (1 << (BITS - 1))
-                    w = (int_magic_fp16(codes) - zf) * scale.to(tl.float16)
-                else:
-                    w = (int_magic_fp16(codes) - int_magic_fp16(zero)) * scale.to(tl.float16)
-        else:
-            # 8-bit codes: exact q - z in fp16 (1024 + q < 2048), scale in the output type.
+        if IS_BF16:
+            # exact q - z in fp32, one rounding to bf16 (bf16 arithmetic would round q - z twice
+            # for 8-bit codes, and the CPU interpreter mis-evaluates bf16 arithmetic)
             if SYMMETRIC:
-                qz = int_magic_fp16(codes) - (1024.0 + (1 << (BITS - 1)))
+                zf: tl.constexpr = 8388608.0 + (1 << (BITS - 1))
+                qz = int_magic_fp32(codes) - zf
+            else:
+                qz = int_magic_fp32(codes) - int_magic_fp32(zero)
+            w = (qz * scale).to(tl.bfloat16)
+        else:
+            # 1024 + q and 1024 + z are exact in fp16 for codes < 1024: q - z exact, one rounding
+            if SYMMETRIC:
+                zf: tl.constexpr = 1024.0 + (1 << (BITS - 1))
+                qz = int_magic_fp16(codes) - zf
             else:
                 qz = int_magic_fp16(codes) - int_magic_fp16(zero)
-            if IS_BF16:
-                w = (qz.to(tl.float32) * scale).to(tl.bfloat16)
-            else:
-                w = qz * scale.to(tl.float16)
+            w = qz * scale.to(tl.float16)
     elif KIND == 1:
         raw = e2m1_raw_fp16(codes)
         if IS_BF16:

@@ -1,0 +1,207 @@
+"""Kernel selection for the quantized GEMM: a measured table per GPU, with a default when none exists.
+
+Tables are JSON files ``kernels/tuned/<gpu-slug>.json`` written by ``benchmarks/bench_kernel_selection.py``::
+
+    {"gpu": "NVIDIA H100 80GB HBM3", "triton": "3.6.0", "torch": "2.11.0",
+     "entries": {"int4": {"8192x8192": {"1": {"family": "gemv", "block_n": 64, ...}, "16": {...}}}}}
+
+``entries[format]["NxK"][M bucket]`` is the fastest configuration measured for that format, weight
+shape and M bucket (M rounded up to a power of two, at most :data:`MAX_M_BUCKET`). A weight shape
+that was not measured takes the nearest measured shape (in log N and log K); a format without
+entries takes int4's (same 4-bit tile), then the default rule. Nothing here runs a benchmark: the
+first call costs one kernel compile, never a search.
+
+:func:`load_table` / :func:`reset` / :func:`set_table` manage the table in use; ``TRITON_MARLIN_QGEMM_TABLE``
+names a file to load instead of the packaged one.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import threading
+from pathlib import Path
+
+import torch
+
+from ..formats import QuantizedTensor
+from .qgemm import KernelConfig, format_spec
+
+TUNED_DIR = Path(__file__).with_name("tuned")
+MAX_M_BUCKET = 1024
+ENV_TABLE = "TRITON_MARLIN_QGEMM_TABLE"
+
+_lock = threading.Lock()
+_tables: dict[str, dict | None] = {}  # gpu slug -> table (None: looked, none found)
+
+
+def gpu_slug(name: str) -> str:
+    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def device_gpu_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def table_path(gpu_name: str) -> Path:
+    return TUNED_DIR / f"{gpu_slug(gpu_name)}.json"
+
+
+def m_bucket(M: int) -> int:
+    """M rounded up to a power of two, capped at MAX_M_BUCKET."""
+    return min(MAX_M_BUCKET, 1 << max(0, (M - 1).bit_length()))
+
+
+def validate_table(table: dict, source: str = "table") -> dict:
+    """Check structure and every config; raise ValueError naming the bad entry."""
+    if not isinstance(table, dict) or not isinstance(table.get("entries"), dict):
+        raise ValueError(f"{source}: expected a JSON object with an 'entries' object")
+    for fmt, shapes in table["entries"].items():
+        if not isinstance(shapes, dict):
+            raise ValueError(f"{source}: entries[{fmt!r}] must be an object")
+        for shape, buckets in shapes.items():
+            if not re.fullmatch(r"\d+x\d+", shape):
+                raise ValueError(f"{source}: entries[{fmt!r}] has shape key {shape!r}, expected 'NxK'")
+            for mb, cfg in buckets.items():
+                if not str(mb).isdigit():
+                    raise ValueError(f"{source}: entries[{fmt!r}][{shape!r}] has M key {mb!r}")
+                try:
+                    KernelConfig.from_dict(cfg)
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"{source}: entries[{fmt!r}][{shape!r}][{mb!r}]: {e}") from None
+    return table
+
+
+def load_table(gpu_name: str, path: str | os.PathLike | None = None) -> dict | None:
+    """Load (and cache) the table for ``gpu_name``: ``path``, else $TRITON_MARLIN_QGEMM_TABLE, else
+    the packaged ``tuned/<slug>.json``. Returns None when there is none."""
+    slug = gpu_slug(gpu_name)
+    if path is None:
+        path = os.environ.get(ENV_TABLE) or table_path(gpu_name)
+    path = Path(path)
+    table = None
+    if path.is_file():
+        with open(path) as f:
+            table = validate_table(json.load(f), str(path))
+    with _lock:
+        _tables[slug] = table
+    return table
+
+
+def set_table(gpu_name: str, table: dict | None) -> None:
+    """Use ``table`` (already in memory) for ``gpu_name``; None means 'no table, use the default'."""
+    if table is not None:
+        validate_table(table)
+    with _lock:
+        _tables[gpu_slug(gpu_name)] = table
+
+
+def reset(gpu_name: str | None = None) -> None:
+    """Forget loaded tables (all, or one GPU's); the next call reloads from disk."""
+    with _lock:
+        if gpu_name is None:
+            _tables.clear()
+        else:
+            _tables.pop(gpu_slug(gpu_name), None)
+
+
+def current_table(gpu_name: str) -> dict | None:
+    slug = gpu_slug(gpu_name)
+    with _lock:
+        if slug in _tables:
+            return _tables[slug]
+    return load_table(gpu_name)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 1
+
+
+def _split_for(programs: int, tiles: int, sms: int, max_split: int = 16) -> int:
+    """Split K until the grid holds about two programs per SM (never splits below 2 tiles each)."""
+    if programs >= 2 * sms:
+        return 1
+    split = math.ceil(2 * sms / programs)
+    return max(1, min(split, max_split, tiles // 2))
+
+
+def default_config(M: int, N: int, K: int, qt: QuantizedTensor, device: torch.device) -> KernelConfig:
+    """The rule used where no measured entry exists."""
+    spec = format_spec(qt)
+    tiles = -(-K // spec.tile_k)
+    sms = sm_count(device)
+    if M <= 4:
+        block_m = 1 << max(0, (M - 1).bit_length())
+        block_n = 64
+        programs = -(-N // block_n)
+        return KernelConfig("gemv", block_m=block_m, block_n=block_n,
+                            split_k=_split_for(programs, tiles, sms), num_warps=4, num_stages=2)
+    if M <= 64:
+        block_m = 16 if M <= 16 else (32 if M <= 32 else 64)
+        block_n = 64
+        programs = -(-N // block_n) * -(-M // block_m)
+        return KernelConfig("dot", block_m=block_m, block_n=block_n,
+                            split_k=_split_for(programs, tiles, sms), num_warps=4, num_stages=2)
+    block_m = 64 if M <= 128 else 128
+    block_n = 128
+    programs = -(-N // block_n) * -(-M // block_m)
+    return KernelConfig("dot", block_m=block_m, block_n=block_n,
+                        split_k=_split_for(programs, tiles, sms, max_split=4), num_warps=8, num_stages=2)
+
+
+def _nearest_shape(shapes: list[str], N: int, K: int) -> str:
+    def dist(key: str) -> float:
+        n, k = (int(v) for v in key.split("x"))
+        return abs(math.log(n / N)) + abs(math.log(k / K))
+    return min(shapes, key=dist)
+
+
+def lookup(table: dict | None, fmt: str, N: int, K: int, M: int) -> tuple[KernelConfig, str] | None:
+    """(config, where it came from) from ``table``, or None."""
+    if not table:
+        return None
+    entries = table["entries"]
+    fmt_key = fmt if fmt in entries else ("int4" if "int4" in entries else None)
+    if fmt_key is None or not entries[fmt_key]:
+        return None
+    shapes = entries[fmt_key]
+    shape = f"{N}x{K}" if f"{N}x{K}" in shapes else _nearest_shape(list(shapes), N, K)
+    buckets = shapes[shape]
+    if not buckets:
+        return None
+    mb = m_bucket(M)
+    keys = sorted(int(b) for b in buckets)
+    # the measured bucket nearest in log M
+    best = min(keys, key=lambda b: (abs(math.log2(b) - math.log2(mb)), b))
+    return KernelConfig.from_dict(buckets[str(best)]), f"table:{fmt_key}/{shape}/M{best}"
+
+
+def select_config(x: torch.Tensor, qt: QuantizedTensor) -> KernelConfig:
+    M, K = x.shape
+    N = qt.shape[0]
+    found = lookup(current_table(device_gpu_name(x.device)), qt.format, N, K, M)
+    if found is not None:
+        return found[0]
+    return default_config(M, N, K, qt, x.device)
+
+
+def explain(x: torch.Tensor, qt: QuantizedTensor) -> str:
+    """Which configuration a call would use and why (for benchmarks and debugging)."""
+    M, K = x.shape
+    N = qt.shape[0]
+    found = lookup(current_table(device_gpu_name(x.device)), qt.format, N, K, M)
+    if found is not None:
+        return found[1]
+    return "default"
