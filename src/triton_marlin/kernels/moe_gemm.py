@@ -27,6 +27,8 @@ The torch reference these kernels must equal is :func:`fused_moe_reference`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -41,19 +43,27 @@ NUM_KINDS = 12
 
 @triton.jit
 def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
-               code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok,
+               code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok, pid_k,
                BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
-               SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_N: tl.constexpr):
-    """acc [BM, BN] += A[rows, :K] @ W[:K, offs_n] for one expert of one kind. ``a_rows``: pointers to the
-    rows of A (unit stride along K); W codes ``[rows, N]`` at ``code_off`` of its buffer."""
-    BK: tl.constexpr = SLOTS * 16
+               SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
+    """acc [BM, BN] += A[rows, k-range] @ W[k-range, offs_n] for one expert of one kind. ``a_rows``: pointers
+    to the rows of A (unit stride along K); W codes ``[rows, N]`` at ``code_off`` of its buffer. The K tiles
+    are split in ``SPLIT_K`` contiguous ranges; this program does range ``pid_k``.
+
+    ``BLOCK_M == 1`` (one token slot per program, decode) multiplies on CUDA cores and reduces along K,
+    with no tensor-core layout shuffle; otherwise one ``tl.dot`` per tile."""
     slot = tl.arange(0, SLOTS)
     i3 = slot[:, None, None]
     w3 = tl.arange(0, 16)[None, :, None]
     n2 = offs_n[None, :]
-    kk = tl.arange(0, BK)
-    for kt in range(0, tl.cdiv(K, BK)):
-        k0 = kt * BK
+    kk = tl.arange(0, SLOTS * 16)
+    n_tiles = tl.cdiv(K, SLOTS * 16)
+    per_split = tl.cdiv(n_tiles, SPLIT_K)
+    kt_begin = pid_k * per_split
+    kt_end = tl.minimum(kt_begin + per_split, n_tiles)
+    for kt in range(kt_begin, kt_end):
+        k0 = kt * (SLOTS * 16)
         if BITS == 8:
             kidx = k0 + i3 * 16 + w3
             q = tl.load(codes8 + code_off + kidx * N + offs_n[None, None, :],
@@ -78,50 +88,57 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
         else:
             z = tl.load(zeros8 + zero_off + srow[:, None] * N + n2, mask=smask, other=0).to(tl.int32)
             w = dequant(q, s[:, None, :], z[:, None, :], DKIND, BITS, False, IS_BF16)
-        w = tl.reshape(w, (BK, BLOCK_N))
-        ka = k0 + kk
-        a = tl.load(a_rows[:, None] + ka[None, :], mask=a_ok[:, None] & (ka < K)[None, :], other=0.0)
-        acc = tl.dot(a, w, acc)
+        if BLOCK_M == 1:
+            ka3 = k0 + i3 * 16 + w3  # [SLOTS, 16, 1]
+            a3 = tl.load(a_rows[:, None, None] + ka3, mask=(ka3 < K) & a_ok[:, None, None],
+                         other=0.0).to(tl.float32)
+            part = tl.sum(tl.sum(w.to(tl.float32) * a3, axis=1), axis=0)
+            acc += part[None, :]
+        else:
+            w = tl.reshape(w, (SLOTS * 16, BLOCK_N))
+            ka = k0 + kk
+            a = tl.load(a_rows[:, None] + ka[None, :], mask=a_ok[:, None] & (ka < K)[None, :], other=0.0)
+            acc = tl.dot(a, w, acc)
     return acc
 
 
 @triton.jit
 def _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
-               zero_off, group, offs_n, n_ok, KIND: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The K loop of one kind (compile-time ``KIND``): its bits, decode and scale type."""
-    SYM: tl.constexpr = KIND < 8
-    BASE: tl.constexpr = KIND % 8
-    if BASE == 0:    # int2
+               zero_off, group, offs_n, n_ok, pid_k, KIND: tl.constexpr, IS_BF16: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
+    """The K loop of one kind (compile-time ``KIND``; asymmetric integers are ``base + 8``): its bits,
+    decode and scale type."""
+    if KIND % 8 == 0:    # int2
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, 2, 2, 16, 0, 0, SYM, IS_BF16, BLOCK_N)
-    elif BASE == 1:  # int3: 2-bit plane + 1-bit plane
+                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 2, 2, 16, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+    elif KIND % 8 == 1:  # int3: 2-bit plane + 1-bit plane
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, 3, 2, 16, 0, 0, SYM, IS_BF16, BLOCK_N)
-    elif BASE == 2:  # int4
+                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 3, 2, 16, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+    elif KIND % 8 == 2:  # int4
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, 4, 4, 8, 0, 0, SYM, IS_BF16, BLOCK_N)
-    elif BASE == 3:  # int8
+                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 4, 4, 8, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+    elif KIND % 8 == 3:  # int8
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, 8, 8, 8, 0, 0, SYM, IS_BF16, BLOCK_N)
-    elif BASE == 4:  # fp4, fp16/bf16 scales
+                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 8, 8, 8, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+    elif KIND % 8 == 4:  # fp4, fp16/bf16 scales
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, 4, 4, 8, 1, 0, True, IS_BF16, BLOCK_N)
-    elif BASE == 5:  # mxfp4, E8M0 scales
+                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 4, 4, 8, 1, 0, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+    elif KIND % 8 == 5:  # mxfp4, E8M0 scales
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, 4, 4, 8, 1, 1, True, IS_BF16, BLOCK_N)
-    elif BASE == 6:  # nvfp4, E4M3 scales x global scale
+                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 4, 4, 8, 1, 1, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+    elif KIND % 8 == 6:  # nvfp4, E4M3 scales x global scale
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, 4, 4, 8, 1, 2, True, IS_BF16, BLOCK_N)
+                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 4, 4, 8, 1, 2, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
     else:            # fp8 E4M3FN
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, 8, 8, 8, 2, 0, True, IS_BF16, BLOCK_N)
+                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 8, 8, 8, 2, 0, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
     return acc
 
 
 @triton.jit
-def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_n, n_ok,
+def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_n, n_ok, pid_k,
           KINDS: tl.constexpr, UNIFORM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
-          BLOCK_N: tl.constexpr):
+          BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
     """One projection of expert ``e`` for a block of rows: branch on the expert's kind (table column 0)
     over the kinds compiled in, or take the compile-time ``UNIFORM`` kind."""
     row = table + e * 8
@@ -134,14 +151,16 @@ def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if UNIFORM >= 0:
         acc = _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, UNIFORM, IS_BF16, BLOCK_N)
+                         scale_off, zero_off, group, offs_n, n_ok, pid_k, UNIFORM, IS_BF16, BLOCK_M, BLOCK_N,
+                         SPLIT_K)
     else:
         kind = tl.load(row)
         for kc in tl.static_range(12):
             if (KINDS >> kc) & 1:
                 if kind == kc:
                     acc = _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off,
-                                     hi_off, scale_off, zero_off, group, offs_n, n_ok, kc, IS_BF16, BLOCK_N)
+                                     hi_off, scale_off, zero_off, group, offs_n, n_ok, pid_k, kc, IS_BF16,
+                                     BLOCK_M, BLOCK_N, SPLIT_K)
     return acc
 
 
@@ -174,10 +193,10 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
     a_rows = x_ptr + token.to(tl.int64) * stride_x
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
-    g = _proj(a_rows, row_ok, H, I, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok,
-              G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N)
-    u = _proj(a_rows, row_ok, H, I, uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok,
-              U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N)
+    g = _proj(a_rows, row_ok, H, I, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok, 0,
+              G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, 1)
+    u = _proj(a_rows, row_ok, H, I, uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok, 0,
+              U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, 1)
     h = g / (1.0 + tl.exp(-g)) * u
     tl.store(inter_ptr + offs_m.to(tl.int64)[:, None] * I + offs_n[None, :], h.to(inter_ptr.dtype.element_ty),
              mask=row_ok[:, None] & n_ok[None, :])
@@ -188,9 +207,10 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
                      dc32, dc16, dc8, ds16, ds8, dz8, dgs, dtab,
                      num_slots, I, H,
                      SLOTS_PER_TOKEN: tl.constexpr, D_KINDS: tl.constexpr, D_UNIFORM: tl.constexpr,
-                     IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     npost = tl.load(npost_ptr)
     if pid_m * BLOCK_M >= npost:
         return
@@ -202,12 +222,72 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
     a_rows = inter_ptr + offs_m.to(tl.int64) * I
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < H
-    acc = _proj(a_rows, row_ok, I, H, dc32, dc16, dc8, ds16, ds8, dz8, dgs, dtab, e, offs_n, n_ok,
-                D_KINDS, D_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N)
+    acc = _proj(a_rows, row_ok, I, H, dc32, dc16, dc8, ds16, ds8, dz8, dgs, dtab, e, offs_n, n_ok, pid_k,
+                D_KINDS, D_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
     wt = tl.load(w_ptr + slot, mask=row_ok, other=0.0)
     acc = acc * wt[:, None]
     tl.atomic_add(out_ptr + token.to(tl.int64)[:, None] * H + offs_n[None, :], acc,
                   mask=row_ok[:, None] & n_ok[None, :], sem="relaxed")
+
+
+@dataclass(frozen=True)
+class MoEGemmConfig:
+    """Launch configuration of the two kernels. ``block_m == 1``: one token slot per program (decode,
+    CUDA-core products); ``>= 16``: tensor-core tiles."""
+
+    block_m: int
+    up_block_n: int
+    up_warps: int
+    down_block_n: int
+    down_split_k: int
+    down_warps: int
+
+
+def default_config(num_slots: int, num_experts: int) -> MoEGemmConfig:
+    """Heuristic: one slot per program when experts get about one slot each (decode), else a tensor-core
+    block of about the slots an expert gets; small column blocks and split-K on the down projection at
+    small batch, so enough programs are in flight to keep memory busy."""
+    per_expert = num_slots / max(1, min(num_experts, num_slots))
+    if per_expert <= 2:
+        return MoEGemmConfig(1, 32, 2, 32, 2, 2)
+    bm = 16
+    while bm < 64 and bm < per_expert:
+        bm *= 2
+    if num_slots <= 512:
+        return MoEGemmConfig(bm, 64, 4, 64, 1, 4)
+    return MoEGemmConfig(bm, 128, 4, 128, 1, 8)
+
+
+def candidate_configs(num_slots: int, num_experts: int) -> list[MoEGemmConfig]:
+    """What :func:`tune_config` tries: the default and neighbours of it."""
+    base = default_config(num_slots, num_experts)
+    out = [base]
+    if base.block_m == 1:
+        out += [MoEGemmConfig(1, 16, 1, 32, 4, 2), MoEGemmConfig(1, 64, 4, 64, 2, 4),
+                MoEGemmConfig(1, 32, 4, 32, 1, 4), MoEGemmConfig(16, 64, 4, 64, 1, 4)]
+    else:
+        for bm in (16, 32, 64):
+            for bn in (64, 128):
+                out.append(MoEGemmConfig(bm, bn, 4, bn, 1, 4 if bn == 64 else 8))
+    return list(dict.fromkeys(out))
+
+
+_TUNED: dict[tuple, MoEGemmConfig] = {}
+
+
+def tuned_configs() -> dict:
+    """The configurations :func:`tune_config` chose in this process, keyed by problem."""
+    return dict(_TUNED)
+
+
+def reset_tuned_configs() -> None:
+    _TUNED.clear()
+
+
+def config_key(x: torch.Tensor, num_slots: int, gate, up, down, uniform: bool) -> tuple:
+    t_bucket = 1 << max(0, (x.shape[0] - 1).bit_length())
+    return (t_bucket, num_slots // max(1, x.shape[0]), x.shape[1], gate.N, str(x.dtype), uniform,
+            gate.kinds_mask, up.kinds_mask, down.kinds_mask, str(x.device))
 
 
 def _kinds_mask(kinds) -> int:
@@ -218,24 +298,20 @@ def _kinds_mask(kinds) -> int:
 
 
 def pick_block_m(num_slots: int, num_experts: int) -> int:
-    """Rows per program: about the slots an active expert gets, 16..64 (tensor-core minimum 16)."""
-    per_expert = num_slots / max(1, min(num_experts, num_slots))
-    bm = 16
-    while bm < 64 and bm < per_expert:
-        bm *= 2
-    return bm
+    return default_config(num_slots, num_experts).block_m
 
 
 def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: torch.Tensor,
-                    expert_ids: torch.Tensor, npost: torch.Tensor, gate, up, down, *, block_m: int,
-                    uniform: bool, block_n: int | None = None, out: torch.Tensor | None = None,
+                    expert_ids: torch.Tensor, npost: torch.Tensor, gate, up, down, *, config: MoEGemmConfig,
+                    uniform: bool, out: torch.Tensor | None = None,
                     uniform_kinds: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Launch the gate_up and down kernels on aligned slots; returns the fp32 accumulator ``[T, H]``.
 
-    ``gate``/``up``/``down``: :class:`~triton_marlin.moe.experts.FlatProjection`. ``uniform``: compile each
-    projection for its single kind (every expert of a projection must share it) instead of reading the
-    kind from the table. ``uniform_kinds``: the (gate, up, down) kinds to compile for when only the experts
-    the slots reach share them (the hybrid strategy: the other experts' slots are -1).
+    The alignment must have been made with ``config.block_m``. ``gate``/``up``/``down``:
+    :class:`~triton_marlin.moe.experts.FlatProjection`. ``uniform``: compile each projection for its single
+    kind (every expert of a projection must share it) instead of reading the kind from the table.
+    ``uniform_kinds``: the (gate, up, down) kinds to compile for when only the experts the slots reach
+    share them (the hybrid strategy: the other experts' slots are -1).
     """
     T, H = x.shape
     I = gate.N
@@ -246,6 +322,8 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
     capacity = sorted_ids.numel()
     inter = torch.empty((capacity, I), dtype=x.dtype, device=x.device)
     max_blocks = expert_ids.numel()
+    if capacity != max_blocks * config.block_m:
+        raise ValueError(f"alignment has {capacity} rows in {max_blocks} blocks; config.block_m is {config.block_m}")
 
     def kinds(flat, forced):
         if forced is not None:
@@ -260,19 +338,17 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
     uk, uu = kinds(up, forced[1])
     dk, du = kinds(down, forced[2])
     is_bf16 = x.dtype == torch.bfloat16
-    bn_up = block_n or (64 if num_slots <= 64 else 128)
-    bn_down = block_n or (64 if num_slots <= 64 else 128)
-    grid_up = (max_blocks, triton.cdiv(I, bn_up))
+    grid_up = (max_blocks, triton.cdiv(I, config.up_block_n))
     _moe_gate_up_kernel[grid_up](
         x, x.stride(0), sorted_ids, expert_ids, npost, inter, out, out.numel(),
         *gate.launch_args(), *up.launch_args(), num_slots, H, I,
         SLOTS_PER_TOKEN=k_total, G_KINDS=gk, G_UNIFORM=gu, U_KINDS=uk, U_UNIFORM=uu, IS_BF16=is_bf16,
-        BLOCK_M=block_m, BLOCK_N=bn_up, ZERO_BLOCK=1024, num_warps=4)
-    grid_down = (max_blocks, triton.cdiv(H, bn_down))
+        BLOCK_M=config.block_m, BLOCK_N=config.up_block_n, ZERO_BLOCK=1024, num_warps=config.up_warps)
+    grid_down = (max_blocks, triton.cdiv(H, config.down_block_n), config.down_split_k)
     _moe_down_kernel[grid_down](
         inter, sorted_ids, expert_ids, npost, topk_weights, out, *down.launch_args(), num_slots, I, H,
-        SLOTS_PER_TOKEN=k_total, D_KINDS=dk, D_UNIFORM=du, IS_BF16=is_bf16, BLOCK_M=block_m,
-        BLOCK_N=bn_down, num_warps=4)
+        SLOTS_PER_TOKEN=k_total, D_KINDS=dk, D_UNIFORM=du, IS_BF16=is_bf16, BLOCK_M=config.block_m,
+        BLOCK_N=config.down_block_n, SPLIT_K=config.down_split_k, num_warps=config.down_warps)
     return out
 
 

@@ -21,6 +21,7 @@ error elsewhere: there is no silent fallback to the loop.
 from __future__ import annotations
 
 import collections
+import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -86,20 +87,60 @@ def _need_triton(name: str, device: torch.device) -> None:
                            f"TRITON_INTERPRET=1); on {device} only 'slow_path' runs")
 
 
-def _fused_acc(x, topk_ids, topk_weights, experts: QuantizedExperts, *, uniform: bool,
-               uniform_kinds=None, out=None) -> torch.Tensor:
-    from ..kernels.moe_gemm import moe_gemm_launch, pick_block_m
+def tuning_enabled() -> bool:
+    """Launch configurations are tuned by measurement when ``TRITON_MARLIN_MOE_TUNE=1`` (CUDA only)."""
+    return os.environ.get("TRITON_MARLIN_MOE_TUNE", "0") == "1"
 
-    T = x.shape[0]
-    num_slots = topk_ids.numel()
-    block_m = pick_block_m(num_slots, experts.num_total)
-    al = align_tokens(topk_ids, experts.num_total, block_m, backend="triton")
+
+def _launch(x, topk_ids, weights, experts, config, uniform, uniform_kinds, out):
+    from ..kernels.moe_gemm import moe_gemm_launch
+
+    al = align_tokens(topk_ids, experts.num_total, config.block_m, backend="triton")
+    return moe_gemm_launch(x, weights, al.sorted_ids, al.expert_ids, al.num_tokens_post_pad,
+                           experts.flat("gate"), experts.flat("up"), experts.flat("down"), config=config,
+                           uniform=uniform, uniform_kinds=uniform_kinds, out=out)
+
+
+def select_config(x, topk_ids, weights, experts: QuantizedExperts, uniform: bool, uniform_kinds=None, *,
+                  tune: bool | None = None):
+    """The kernels' launch configuration for this problem: measured once per problem key when tuning is on
+    (and the stream is not being captured into a CUDA graph), else the heuristic default."""
+    from ..kernels import moe_gemm as mg
+
+    gate, up, down = (experts.flat(p) for p in PROJECTIONS)
+    key = mg.config_key(x, topk_ids.numel(), gate, up, down, uniform)
+    if key in mg._TUNED:
+        return mg._TUNED[key]
+    default = mg.default_config(topk_ids.numel(), experts.num_total)
+    tune = tuning_enabled() if tune is None else tune
+    if not tune or x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return default
+    best, best_us = default, float("inf")
+    for cfg in mg.candidate_configs(topk_ids.numel(), experts.num_total):
+        fn = lambda: _launch(x, topk_ids, weights, experts, cfg, uniform, uniform_kinds, None)  # noqa: E731
+        fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(10):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        us = start.elapsed_time(end) * 100.0  # ms for 10 calls -> us per call
+        if us < best_us:
+            best, best_us = cfg, us
+    mg._TUNED[key] = best
+    return best
+
+
+def _fused_acc(x, topk_ids, topk_weights, experts: QuantizedExperts, *, uniform: bool,
+               uniform_kinds=None, out=None, config=None) -> torch.Tensor:
     weights = topk_weights if topk_weights.dtype == torch.float32 and topk_weights.is_contiguous() \
         else topk_weights.float().contiguous()
     x = x if x.stride(1) == 1 else x.contiguous()
-    return moe_gemm_launch(x, weights, al.sorted_ids, al.expert_ids, al.num_tokens_post_pad,
-                           experts.flat("gate"), experts.flat("up"), experts.flat("down"), block_m=block_m,
-                           uniform=uniform, uniform_kinds=uniform_kinds, out=out)
+    if config is None:
+        config = select_config(x, topk_ids, weights, experts, uniform, uniform_kinds)
+    return _launch(x, topk_ids, weights, experts, config, uniform, uniform_kinds, out)
 
 
 class MoEStrategy:
