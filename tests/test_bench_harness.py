@@ -176,3 +176,18 @@ def test_baseline_measured_when_absent(tmp_path, monkeypatch):
         base = load_baseline("cpu")
     assert base["copy_GBps"] > 0 and base["matmul_TFLOPs"]["float32"] > 0
     assert "measured" in base["source"]
+
+
+@pytest.mark.skipif(not __import__("triton_marlin.device", fromlist=["x"]).triton_enabled_for(
+    torch.device("cuda" if torch.cuda.is_available() else "cpu")), reason="Triton cannot run here")
+@pytest.mark.parametrize("n,stride", [(1, 1), (1000, 1), (333, 7), (129, 32)])
+def test_strided_copy_probe(n, stride):
+    from triton_marlin.bench.probes import strided_copy, strided_copy_reference
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    src = torch.randn((n - 1) * stride + 1 + 5, device=dev)
+    out = torch.full((n,), float("nan"), device=dev)
+    strided_copy(src, out, stride, block=128)
+    assert torch.equal(out, strided_copy_reference(src, n, stride))
+    with pytest.raises(ValueError, match="src"):
+        strided_copy(src[: n * stride // 2], torch.empty(n, device=dev), stride + 1)
