@@ -36,11 +36,22 @@ from .. import dispatch
 from ..device import triton_enabled_for, triton_interpret
 
 __all__ = [
-    "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES", "PrefillConfig", "DecodeConfig", "attention", "attention_reference",
+    "HEAD_CONFIGS", "path_label", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES", "PrefillConfig", "DecodeConfig", "attention", "attention_reference",
     "flash_attention_triton", "decode_attention", "decode_attention_reference", "decode_attention_triton",
-    "default_prefill_config", "default_decode_config", "choose_num_splits", "attention_flops",
+    "default_prefill_config", "default_decode_config", "choose_num_splits", "split_plan", "attention_flops",
     "decode_bytes", "unsupported_reason",
 ]
+
+# Attention head configurations the benchmarks use. GLM-4.7-Flash (Glm4MoeLite) has multi-head latent
+# attention (MLA, DeepSeek-V2 style), not GQA: 20 query heads with a 256-d query/key (192 no-rope + 64 rope)
+# and a 256-d value, over a cache of one 512-d latent plus one 64-d rope key per token and layer (1152 bytes
+# in fp16). These kernels are GQA with head dims 64/128, so the benchmarks use a stated stand-in: the same 20
+# query heads, 2 KV heads of 128 dims (K + V = 1024 bytes per token and layer, close to MLA's 1152).
+HEAD_CONFIGS = {
+    "glm47-flash-gqa-standin": {"num_heads": 20, "num_kv_heads": 2, "head_dim": 128},
+    "llama3-8b": {"num_heads": 32, "num_kv_heads": 8, "head_dim": 128},
+    "mha-d64": {"num_heads": 16, "num_kv_heads": 16, "head_dim": 64},
+}
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -122,6 +133,15 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_seq_len: int, block_n: 
     want = -(-2 * sms // max(1, batch * num_kv_heads))
     most = max(1, -(-max_seq_len // (2 * block_n)))
     return int(max(1, min(want, most, 128)))
+
+
+def split_plan(max_seq_len: int, num_splits: int, block_n: int) -> tuple[int, int]:
+    """(chunk length, chunks actually launched) for splitting ``max_seq_len`` positions into about
+    ``num_splits`` chunks of whole K/V tiles; chunks that would start past ``max_seq_len`` are dropped."""
+    max_seq_len = max(1, max_seq_len)
+    chunk = -(-max_seq_len // max(1, num_splits))
+    chunk = -(-chunk // block_n) * block_n
+    return chunk, -(-max_seq_len // chunk)
 
 
 def attention_flops(batch: int, num_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
@@ -220,6 +240,14 @@ def unsupported_reason(q: torch.Tensor) -> str | None:
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         return f"head_dim {q.shape[-1]} (the kernels take {SUPPORTED_HEAD_DIMS})"
     return None
+
+
+def path_label(device: torch.device) -> str | None:
+    """How the Triton kernels run on ``device``: ``"triton"`` (compiled, CUDA), ``"triton-interpreter"``
+    (CPU under TRITON_INTERPRET=1: correct but orders of magnitude slow), or None (they cannot run)."""
+    if not triton_enabled_for(device):
+        return None
+    return "triton" if device.type == "cuda" else "triton-interpreter"
 
 
 def _scale(sm_scale, head_dim) -> float:
@@ -559,9 +587,7 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         num_splits = choose_num_splits(B, Hkv, max_seq_len, cfg.block_n, q.device)
     if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
         raise ValueError(f"num_splits: expected an int >= 1, got {num_splits!r}")
-    chunk = -(-max_seq_len // num_splits)
-    chunk = -(-chunk // cfg.block_n) * cfg.block_n
-    num_splits = -(-max_seq_len // chunk)  # drop chunks that would start past max_seq_len
+    chunk, num_splits = split_plan(max_seq_len, num_splits, cfg.block_n)
     if _POISON_WORKSPACE:
         part_o = torch.full((B, Hq, num_splits, D), float("nan"), dtype=torch.float32, device=q.device)
         part_lse = torch.full((B, Hq, num_splits), float("nan"), dtype=torch.float32, device=q.device)
