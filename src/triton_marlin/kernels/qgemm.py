@@ -137,6 +137,17 @@ def _raw_factor(KIND: tl.constexpr):
 
 
 @triton.jit
+def _gemv_row(acc, part, x_row, k, kmask, v, GROUP_SLOTS: tl.constexpr):
+    """One activation row's share of a slot: ``acc/part[16, BN] += x[k, None] * v`` (fp32)."""
+    xs = tl.load(x_row + k, mask=kmask, other=0.0).to(tl.float32)
+    if GROUP_SLOTS != 0:
+        part += xs[:, None] * v
+    else:
+        acc += xs[:, None] * v
+    return acc, part
+
+
+@triton.jit
 def _qgemv_kernel(
         x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, out_ptr,
         M, N, K, G, TILES, TILES_PER_SPLIT,
@@ -144,11 +155,13 @@ def _qgemv_kernel(
         KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
         GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, HAS_BIAS: tl.constexpr,
         SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """CUDA-core quantized GEMV for small M.
+    """CUDA-core quantized GEMV for M <= 4 rows per program (BLOCK_M in 1, 2, 4).
 
     x ``[M, K]`` (strides ``stride_xm, stride_xk``); qw packed words ``[TILES*16, N]`` (int32) or bytes
     ``[K, N]`` (8-bit); qh the int16 high-bit plane of int3; scales/zeros ``[G, N]``; out ``[M, N]``
     (row stride ``stride_om``), fp32 partial sums when SPLIT_K > 1. Grid: (N blocks, SPLIT_K, M blocks).
+    Each row keeps its own ``[16, BN]`` fp32 accumulator (same layout as the weight tile, so the
+    activations broadcast along N without layout shuffles); rows reduce once, after the K loop.
     """
     TILE_K: tl.constexpr = 16 * SLOTS
     pid_n = tl.program_id(0)
@@ -156,12 +169,18 @@ def _qgemv_kernel(
     pid_m = tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
     rows = tl.arange(0, 16)
-    x_row = x_ptr + offs_m[:, None] * stride_xm  # [BM, 1]
+    m0 = pid_m * BLOCK_M
+    x0 = x_ptr + m0 * stride_xm
+    x1 = x0 + stride_xm
+    x2 = x1 + stride_xm
+    x3 = x2 + stride_xm
 
-    acc = tl.zeros((BLOCK_M, 16, BLOCK_N), dtype=tl.float32)
+    zero = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+    acc0 = zero
+    acc1 = zero
+    acc2 = zero
+    acc3 = zero
     t_begin = pid_k * TILES_PER_SPLIT
     t_end = tl.minimum(t_begin + TILES_PER_SPLIT, TILES)
     if GROUP_SLOTS == 0:
@@ -184,29 +203,60 @@ def _qgemv_kernel(
                     g = (t * TILE_K + i * 16) // GROUP
                     s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND,
                                        SYMMETRIC)
-                    part = tl.zeros((BLOCK_M, 16, BLOCK_N), dtype=tl.float32)
+                    part0 = zero
+                    part1 = zero
+                    part2 = zero
+                    part3 = zero
+            else:
+                part0 = zero
+                part1 = zero
+                part2 = zero
+                part3 = zero
             codes = _load_codes(qw_ptr, words, words_hi, t, rows, offs_n, mask_n, N, K, i, BITS, TILE_K)
             v = _raw_fp32(codes, z[None, :], KIND, BITS, SYMMETRIC)
-            k = t * TILE_K + i * 16 + rows
-            xs = tl.load(x_row + k[None, :] * stride_xk, mask=mask_m[:, None] & (k < K)[None, :],
-                         other=0.0).to(tl.float32)
+            k = (t * TILE_K + i * 16 + rows) * stride_xk
+            kmask = (t * TILE_K + i * 16 + rows) < K
+            acc0, part0 = _gemv_row(acc0, part0, x0, k, kmask & ((rows * 0 + m0) < M), v, GROUP_SLOTS)
+            if BLOCK_M > 1:
+                acc1, part1 = _gemv_row(acc1, part1, x1, k, kmask & ((rows * 0 + m0 + 1) < M), v, GROUP_SLOTS)
+            if BLOCK_M > 2:
+                acc2, part2 = _gemv_row(acc2, part2, x2, k, kmask & ((rows * 0 + m0 + 2) < M), v, GROUP_SLOTS)
+                acc3, part3 = _gemv_row(acc3, part3, x3, k, kmask & ((rows * 0 + m0 + 3) < M), v, GROUP_SLOTS)
             if GROUP_SLOTS != 0:
-                part += xs[:, :, None] * v[None, :, :]
                 if i % GROUP_SLOTS == GROUP_SLOTS - 1:
-                    acc += part * s[None, None, :]
-            else:
-                acc += xs[:, :, None] * v[None, :, :]
-    res = tl.sum(acc, axis=1) * _raw_factor(KIND)  # [BM, BN]
+                    acc0 += part0 * s[None, :]
+                    if BLOCK_M > 1:
+                        acc1 += part1 * s[None, :]
+                    if BLOCK_M > 2:
+                        acc2 += part2 * s[None, :]
+                        acc3 += part3 * s[None, :]
+    factor = _raw_factor(KIND)
     if GROUP_SLOTS == 0:
-        res = res * s_pc[None, :]
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            res += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptrs, res.to(out_ptr.dtype.element_ty), mask=mask)
+        col_scale = s_pc * factor
     else:
-        tl.atomic_add(out_ptrs, res, mask=mask, sem="relaxed")
+        col_scale = tl.full((BLOCK_N,), factor, tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    _gemv_store(out_ptr + m0 * stride_om, acc0, col_scale, bias, offs_n, mask_n & ((offs_n * 0 + m0) < M), SPLIT_K)
+    if BLOCK_M > 1:
+        _gemv_store(out_ptr + (m0 + 1) * stride_om, acc1, col_scale, bias, offs_n,
+                    mask_n & ((offs_n * 0 + m0 + 1) < M), SPLIT_K)
+    if BLOCK_M > 2:
+        _gemv_store(out_ptr + (m0 + 2) * stride_om, acc2, col_scale, bias, offs_n,
+                    mask_n & ((offs_n * 0 + m0 + 2) < M), SPLIT_K)
+        _gemv_store(out_ptr + (m0 + 3) * stride_om, acc3, col_scale, bias, offs_n,
+                    mask_n & ((offs_n * 0 + m0 + 3) < M), SPLIT_K)
+
+
+@triton.jit
+def _gemv_store(out_row, acc, col_scale, bias, offs_n, mask, SPLIT_K: tl.constexpr):
+    res = tl.sum(acc, axis=0) * col_scale
+    if SPLIT_K == 1:
+        tl.store(out_row + offs_n, (res + bias).to(out_row.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(out_row + offs_n, res, mask=mask, sem="relaxed")
 
 
 @triton.jit
@@ -365,6 +415,8 @@ class KernelConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1 or v & (v - 1):
                 raise ValueError(f"{name} must be a positive power of two, got {v!r}")
+        if self.family == "gemv" and self.block_m > 4:
+            raise ValueError(f"the gemv family takes block_m in (1, 2, 4), got {self.block_m}")
         if self.family == "dot" and self.block_m < 16:
             raise ValueError(f"the dot family needs block_m >= 16, got {self.block_m}")
         if not isinstance(self.split_k, int) or self.split_k < 1:

@@ -1,0 +1,270 @@
+"""Quantized GEMM Triton kernels (kernels/qgemm.py) against an fp64 reference on the dequantized weights.
+
+Without a GPU the kernels run under TRITON_INTERPRET=1 (conftest sets it) at small odd shapes; the
+``gpu`` set repeats the checks at larger shapes on CUDA, plus CUDA-graph replay and torch.compile.
+
+Tolerances (relative Frobenius error against fp64 on the exact dequantized weights):
+- fp16: the weight is rounded once to fp16 (dot family; <= 2**-11 relative each), products
+  accumulate in fp32, the output is rounded once to fp16 (<= 2**-11): at most 2**-10 ~ 9.8e-4.
+- bf16: the same with 8-bit mantissas (<= 2**-8 each, round-to-nearest on GPU; the CPU interpreter
+  truncates, <= 2**-7 each): at most 2**-6 ~ 1.6e-2.
+"""
+import math
+
+import pytest
+import torch
+
+import triton_marlin as tm
+from triton_marlin import dispatch
+from triton_marlin.kernels import qgemm as Q
+from triton_marlin.kernels import qgemm_config as C
+
+from conftest import rel_err
+
+TOL = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -6}
+FORMATS = ["int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8"]
+# group size that divides K = 96 for each format (per-channel for fp8, the format's default)
+GROUP_96 = {"int2": 32, "int3": 32, "int4": 32, "int8": 32, "fp4": 32, "mxfp4": 32, "nvfp4": 16, "fp8": -1}
+
+gpu = pytest.mark.gpu
+
+
+def _device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check(x, qt, cfg, bias=None, tol=None):
+    """Run ``cfg`` on poisoned output memory and compare with fp64; return the relative error."""
+    ref = x.double() @ qt.dequantize(torch.float64).t()
+    if bias is not None:
+        ref = ref + bias.double()
+    if cfg is not None and cfg.family != "dequant":
+        out = torch.full((x.shape[0], qt.shape[0]), float("nan"), dtype=x.dtype, device=x.device)
+        Q.launch_fused(x, qt, bias, cfg, out=out)  # every element must be written
+    else:
+        out = Q.qgemm(x, qt, bias, config=cfg)
+    assert out.shape == (x.shape[0], qt.shape[0]) and out.dtype == x.dtype
+    err = rel_err(out, ref)
+    assert err < (tol or TOL[x.dtype]), f"{qt.format} {cfg}: rel err {err:.3e}"
+    return err
+
+
+def _quant(fmt, N, K, gen, device, **opts):
+    w = torch.randn(N, K, generator=gen)
+    group = opts.pop("group_size", GROUP_96[fmt] if K % 32 == 0 else -1)
+    return tm.quantize(w, fmt, group_size=group, **opts).to(device)
+
+
+# Every format x both dtypes; the (M, N, family) triple rotates so each family, each odd N and each
+# M of the issue (1, 3, 17, 65) appears, at interpreter-friendly sizes (K = 96).
+_COMBOS = [
+    (1, 333, Q.KernelConfig("gemv", block_m=1, block_n=128)),
+    (3, 7, Q.KernelConfig("gemv", block_m=4, block_n=32, split_k=2)),
+    (17, 333, Q.KernelConfig("dot", block_m=32, block_n=128)),
+    (65, 7, Q.KernelConfig("dot", block_m=64, block_n=32, split_k=2)),
+    (3, 1, Q.KernelConfig("dot", block_m=16, block_n=16)),
+    (17, 7, Q.KernelConfig("dequant")),
+    (1, 1, Q.KernelConfig("gemv", block_m=1, block_n=16)),
+    (65, 333, Q.KernelConfig("dot", block_m=128, block_n=128, num_warps=8)),
+]
+CASES = [(fmt, dt, *_COMBOS[(i + j * 3) % len(_COMBOS)])
+         for i, fmt in enumerate(FORMATS) for j, dt in enumerate((torch.float16, torch.bfloat16))]
+
+
+@pytest.mark.parametrize("fmt,dtype,M,N,cfg", CASES,
+                         ids=[f"{c[0]}-{str(c[1])[6:]}-M{c[2]}-N{c[3]}-{c[4].family}" for c in CASES])
+def test_formats_dtypes_odd_shapes(fmt, dtype, M, N, cfg, gen):
+    qt = _quant(fmt, N, 96, gen, _device())
+    x = torch.randn(M, 96, generator=gen).to(dtype).to(_device())
+    _check(x, qt, cfg)
+
+
+@pytest.mark.parametrize("fmt,opts", [
+    ("int4", {"symmetric": False, "group_size": 128}),
+    ("int3", {"symmetric": False, "group_size": 64}),
+    ("int2", {"symmetric": False, "group_size": 256}),
+    ("int8", {"symmetric": False, "group_size": -1}),
+    ("fp4", {"group_size": -1}),
+    ("fp8", {"group_size": 128}),
+])
+@pytest.mark.parametrize("family", ["gemv", "dot"])
+def test_group_sizes_and_zero_points(fmt, opts, family, gen):
+    """Asymmetric codes, groups spanning several tiles or part of one, per-channel scales, K > one tile."""
+    K = 384 if opts["group_size"] != 256 else 512
+    qt = _quant(fmt, 40, K, gen, _device(), **opts)
+    x = torch.randn(5, K, generator=gen).half().to(_device())
+    cfg = (Q.KernelConfig("gemv", block_m=4, block_n=32, split_k=3) if family == "gemv"
+           else Q.KernelConfig("dot", block_m=16, block_n=32, split_k=2))
+    _check(x, qt, cfg)
+
+
+def test_bias_strided_x_and_scale_dtype(gen):
+    qt = _quant("int4", 24, 128, gen, _device(), group_size=64, scale_dtype=torch.bfloat16)
+    base = torch.randn(128, 6, generator=gen).half().to(_device())
+    x = base.t()  # [6, 128] with stride (1, 6): the kernels read strides, no copy
+    assert not x.is_contiguous()
+    bias = torch.randn(24, generator=gen).half().to(_device())
+    for cfg in (Q.KernelConfig("gemv", block_m=2, block_n=32),
+                Q.KernelConfig("gemv", block_m=2, block_n=32, split_k=2),
+                Q.KernelConfig("dot", block_m=16, block_n=32, split_k=1)):
+        _check(x, qt, cfg, bias=bias)
+
+
+def test_qmatmul_routes_to_triton_and_keeps_shape(gen):
+    qt = _quant("int4", 20, 96, gen, _device())
+    x = torch.randn(2, 3, 96, generator=gen).half().to(_device())
+    dispatch.reset()
+    out = tm.qmatmul(x, qt, backend="triton")
+    assert dispatch.counts() == {("qmatmul", "triton"): 1}
+    ref = x.double() @ qt.dequantize(torch.float64).t()
+    assert out.shape == (2, 3, 20) and rel_err(out, ref) < TOL[torch.float16]
+    empty = tm.qmatmul(x[:0], qt, backend="triton")
+    assert empty.shape == (0, 3, 20)
+    assert Q.qgemm(x.reshape(-1, 96)[:0], qt).shape == (0, 20)
+
+
+def test_bad_input(gen):
+    qt = _quant("int4", 16, 96, gen, _device())
+    x = torch.randn(2, 96, generator=gen).half().to(_device())
+    with pytest.raises(ValueError, match="K=64"):
+        Q.qgemm(torch.randn(2, 64).half().to(_device()), qt)
+    with pytest.raises(ValueError, match="activation dtype"):
+        Q.qgemm(x.float(), qt)
+    with pytest.raises(ValueError, match="2-D"):
+        Q.qgemm(x[None], qt)
+    with pytest.raises(ValueError, match="is on meta"):
+        Q.qgemm(torch.randn(2, 96, device="meta", dtype=torch.half), qt)
+    with pytest.raises(ValueError, match="bias"):
+        Q.qgemm(x, qt, torch.zeros(3, dtype=torch.half, device=x.device))
+    with pytest.raises(ValueError, match="block_m"):
+        Q.KernelConfig("dot", block_m=8).validate()
+    with pytest.raises(ValueError, match="family"):
+        Q.KernelConfig.from_dict({"family": "warp"})
+    with pytest.raises(ValueError, match="unknown kernel config keys"):
+        Q.KernelConfig.from_dict({"family": "dot", "tile": 3})
+
+
+def test_selection_table_load_lookup_reset(tmp_path, gen):
+    table = {"gpu": "cpu", "entries": {"int4": {
+        "4096x4096": {"1": {"family": "gemv", "block_m": 1, "block_n": 128, "split_k": 4,
+                            "num_warps": 4, "num_stages": 2, "group_m": 8},
+                      "64": {"family": "dot", "block_m": 64, "block_n": 128, "split_k": 1,
+                             "num_warps": 4, "num_stages": 3, "group_m": 8}},
+        "1024x512": {"16": {"family": "dequant", "block_m": 16, "block_n": 64, "split_k": 1,
+                            "num_warps": 4, "num_stages": 2, "group_m": 8}}}}}
+    path = tmp_path / "t.json"
+    import json
+    path.write_text(json.dumps(table))
+    try:
+        C.load_table("cpu", path)
+        cfg, where = C.lookup(C.current_table("cpu"), "int4", 4096, 4096, 1)
+        assert cfg.family == "gemv" and cfg.split_k == 4 and where.endswith("M1")
+        # M=48 rounds to bucket 64; an unmeasured shape takes the nearest measured one
+        assert C.lookup(C.current_table("cpu"), "int4", 4000, 4096, 48)[0].block_m == 64
+        assert C.lookup(C.current_table("cpu"), "int4", 1100, 500, 9)[0].family == "dequant"
+        # formats without entries borrow int4's
+        assert C.lookup(C.current_table("cpu"), "fp4", 4096, 4096, 1)[0].family == "gemv"
+        qt = _quant("int4", 16, 96, gen, torch.device("cpu"))
+        x = torch.randn(1, 96).half()
+        assert C.explain(x, qt).startswith("table:int4/1024x512")
+        C.reset("cpu")
+        C.set_table("cpu", None)
+        assert C.explain(x, qt) == "default"
+    finally:
+        C.reset()
+    bad = dict(table)
+    bad["entries"] = {"int4": {"4096x4096": {"1": {"family": "gemv", "block_n": 100}}}}
+    with pytest.raises(ValueError, match="power of two"):
+        C.validate_table(bad)
+
+
+def test_default_config_is_sane():
+    qt = tm.quantize(torch.randn(64, 256), "int4")
+    dev = torch.device("cpu")
+    assert C.default_config(1, 64, 256, qt, dev).family == "gemv"
+    assert C.default_config(16, 64, 256, qt, dev).family == "dot"
+    big = C.default_config(1024, 64, 256, qt, dev)
+    assert big.family == "dot" and big.block_m == 128
+    assert C.m_bucket(1) == 1 and C.m_bucket(3) == 4 and C.m_bucket(5000) == C.MAX_M_BUCKET
+
+
+def test_packaged_tables_are_valid():
+    for path in C.TUNED_DIR.glob("*.json"):
+        import json
+        C.validate_table(json.loads(path.read_text()), str(path))
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU set
+# ------------------------------------------------------------------------------------------------
+GPU_FAMILIES = [
+    Q.KernelConfig("gemv", block_m=1, block_n=64, split_k=4),
+    Q.KernelConfig("gemv", block_m=4, block_n=128),
+    Q.KernelConfig("dot", block_m=16, block_n=128, split_k=3),
+    Q.KernelConfig("dot", block_m=64, block_n=128, num_stages=3),
+    Q.KernelConfig("dot", block_m=128, block_n=128, num_warps=8),
+    Q.KernelConfig("dequant"),
+]
+
+
+@gpu
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_every_format_family(fmt, dtype, gen):
+    N, K = 333, 1536 + 96  # K: 12.75 tiles of 128 (6.4 of 256): a ragged last tile
+    qt = _quant(fmt, N, K, gen, torch.device("cuda"), group_size=GROUP_96[fmt])
+    for M in (1, 3, 17, 65, 200):
+        x = torch.randn(M, K, generator=gen).to(dtype).cuda()
+        for cfg in GPU_FAMILIES:
+            _check(x, qt, cfg)
+        # and whatever the selection picks
+        _check(x, qt, None)
+
+
+@gpu
+def test_gpu_cuda_graph_capture_and_replay(gen):
+    qt = _quant("int4", 4096, 4096, gen, torch.device("cuda"), group_size=128)
+    x = torch.randn(4, 4096, generator=gen).half().cuda()
+    static_out = {}
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        tm.qmatmul(x, qt)  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out["y"] = tm.qmatmul(x, qt)
+    for _ in range(3):
+        x.copy_(torch.randn(4, 4096, generator=gen).half())
+        static_out["y"].fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = x.double() @ qt.dequantize(torch.float64).t()
+        assert rel_err(static_out["y"], ref) < TOL[torch.float16]
+
+
+@gpu
+def test_gpu_torch_compile(gen):
+    qt = _quant("fp4", 1024, 2048, gen, torch.device("cuda"), group_size=128)
+
+    def f(x):
+        return torch.nn.functional.silu(tm.qmatmul(x, qt)) * 2.0
+
+    compiled = torch.compile(f, fullgraph=True)
+    for M in (1, 9):
+        x = torch.randn(M, 2048, generator=gen).half().cuda()
+        ref = torch.nn.functional.silu(x.double() @ qt.dequantize(torch.float64).t()) * 2.0
+        assert rel_err(compiled(x), ref) < 2 * TOL[torch.float16]  # silu output rounded once more
+
+
+@gpu
+def test_gpu_large_shape_against_cublas(gen):
+    """8192x8192 int4 at the benchmark's M values: same answer as cuBLAS on the dequantized weight."""
+    qt = _quant("int4", 8192, 8192, gen, torch.device("cuda"), group_size=128)
+    w16 = qt.dequantize(torch.float16)
+    for M in (1, 16, 64, 256, 1024):
+        x = torch.randn(M, 8192, generator=gen).half().cuda()
+        out = tm.qmatmul(x, qt)
+        ref = (x.float() @ w16.float().t()).double()
+        assert rel_err(out, ref) < TOL[torch.float16], M
+        assert math.isfinite(out.float().sum().item())
