@@ -3,7 +3,8 @@
 
 For each (context length, batch size): the bytes a decode step cannot avoid (K and V of every cached token,
 plus q and the output), the floor time those bytes take at the measured copy bandwidth, the measured GPU time
-of our split-K decode kernel (CUDA-graph replay), the achieved GB/s and its fraction of the copy bandwidth,
+of our split-K decode kernel (CUDA-graph replay of one call after an L2 flush: in a real step each layer's
+K/V comes from HBM; --warm-cache times back-to-back calls instead), the achieved GB/s and its fraction of the copy bandwidth,
 and the number of split-K chunks used. Short contexts are dominated by fixed costs (two kernel launches inside
 the graph, the merge); the fraction should climb with context and batch. --plot writes GB/s against context.
 """
@@ -27,6 +28,9 @@ def _add_args(p):
     p.add_argument("--contexts", type=int, nargs="+", default=None,
                    help="context lengths (default 256 512 ... 32768 on GPU)")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 4 16 64 on GPU)")
+    p.add_argument("--warm-cache", action="store_true",
+                   help="time back-to-back calls on the same K/V (L2-resident when small) instead of one call after "
+                        "flushing the cache")
     p.add_argument("--plot", default=None, metavar="PNG", help="write achieved GB/s against context length here")
 
 
@@ -59,7 +63,8 @@ def main(argv=None):
         lengths = [ctx] * B
         nbytes = decode_bytes(lengths, Hq, Hkv, D, torch.tensor([], dtype=dtype).element_size())
         _, splits = split_plan(ctx, choose_num_splits(B, Hkv, ctx, block_n, dev), block_n)
-        case = {"heads": heads, "context": ctx, "B": B, "dtype": a.dtype, "splits": splits}
+        case = {"heads": heads, "context": ctx, "B": B, "dtype": a.dtype, "splits": splits,
+                "l2": "flushed" if gpu and not a.warm_cache else "warm"}
         runner.record(case, "bytes", nbytes, "B")
         runner.record(case, "floor_time", nbytes / (copy_gbps * 1e9) * 1e6, "us")
         if path is None:
@@ -70,7 +75,8 @@ def main(argv=None):
         out = torch.empty_like(q)
         seq_lens = torch.full((B,), ctx, dtype=torch.int32, device=dev)
         st = time_fn(lambda: decode_attention_triton(q, k, v, seq_lens, max_seq_len=ctx, num_splits=splits, out=out),
-                     device=dev, warmup=a.warmup, repeats=a.repeats, cuda_graph=gpu)
+                     device=dev, warmup=a.warmup, repeats=a.repeats, cuda_graph=gpu,
+                     **({"graph_calls": 1, "flush_cache": True} if gpu and not a.warm_cache else {}))
         gbps = nbytes / (st.median_us * 1e-6) / 1e9
         runner.record(case, "time_graph" if gpu else "time", st.median_us, "us", stats=st)
         runner.record(case, "bandwidth", gbps, "GB/s", roofline=gbps / copy_gbps)

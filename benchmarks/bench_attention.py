@@ -5,8 +5,9 @@ Prefill (our FlashAttention-2-style kernel vs SDPA, causal and not): time, TFLOP
 the (query, key) pairs the mask lets through) against the measured dense matmul rate, and the relative
 difference of the two outputs. A fixed number of tokens per case (batch = tokens // seq_len).
 
-Decode (our split-K kernel over a KV cache vs SDPA with one query token): GPU time by CUDA-graph replay and
-launch-inclusive time, GB/s of K/V bytes that must be read against the measured copy bandwidth. A
+Decode (our split-K kernel over a KV cache vs SDPA with one query token): GPU time by CUDA-graph replay of one
+call after an L2 flush (each layer's K/V comes from HBM in a real step; --warm-cache times back-to-back calls
+instead) and launch-inclusive time, GB/s of K/V bytes that must be read against the measured copy bandwidth. A
 "varlen" case draws each sequence's length uniformly in [1, context]; SDPA then needs a mask.
 
 Head configurations (--heads): see HEAD_CONFIGS in triton_marlin/kernels/attention.py; GLM-4.7-Flash uses MLA,
@@ -39,11 +40,22 @@ def _add_args(p):
     p.add_argument("--contexts", type=int, nargs="+", default=None,
                    help="decode context lengths (default 1024 4096 16384 on GPU)")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="decode batch sizes (default 1 8 32)")
+    p.add_argument("--warm-cache", action="store_true",
+                   help="decode: time back-to-back calls on the same K/V (L2-resident when small) instead of one "
+                        "call after flushing the cache")
 
 
 def _sdpa(q, k, v, causal, mask=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                           enable_gqa=k.shape[1] != q.shape[1])
+
+
+def _decode_timing(args, graph: bool) -> dict:
+    """Decode reads each layer's K/V once per step, from HBM: by default each sample replays one call
+    after a cache flush, so small caches are not served from L2 by the previous call."""
+    if not graph or args.warm_cache:
+        return {}
+    return {"graph_calls": 1, "flush_cache": True}
 
 
 def _rel_diff(a, b) -> float:
@@ -118,8 +130,10 @@ def run_decode(runner, heads, dtype_name, contexts, batches, path, base):
                 gpu_times = {}
                 for name, fn in impls.items():
                     case = {"part": "decode", "heads": heads, "impl": name, "B": B, "context": ctx,
-                            "lengths": lengths_kind, "dtype": dtype_name}
-                    st = time_fn(fn, device=dev, warmup=a.warmup, repeats=a.repeats, cuda_graph=graph)
+                            "lengths": lengths_kind, "dtype": dtype_name,
+                            "l2": "flushed" if _decode_timing(a, graph) else "warm"}
+                    st = time_fn(fn, device=dev, warmup=a.warmup, repeats=a.repeats, cuda_graph=graph,
+                                 **_decode_timing(a, graph))
                     gpu_times[name] = st.median_us
                     runner.record(case, "time_graph" if graph else "time", st.median_us, "us", stats=st)
                     gbps = nbytes / (st.median_us * 1e-6) / 1e9

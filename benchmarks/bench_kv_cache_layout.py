@@ -31,6 +31,8 @@ def _add_args(p):
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 16 64 on GPU)")
     p.add_argument("--context", type=int, default=None, help="cached tokens per sequence at decode (default 4096)")
+    p.add_argument("--warm-cache", action="store_true",
+                   help="GPU timings: back-to-back calls instead of one call after an L2 flush")
     p.add_argument("--prefill", type=int, default=None, help="tokens per sequence of the prefill append "
                                                              "(default 2048)")
 
@@ -56,6 +58,8 @@ def main(argv=None):
         runner.parser.error(f"--prefill ({prefill}) must not exceed --context ({ctx})")
     dtype = DTYPES[a.dtype]
     copy_gbps = load_baseline(dev)["copy_GBps"]
+    # GPU time of one call after an L2 flush (a decode step meets each layer's cache cold), by graph replay
+    timing = {"cuda_graph": True, **({} if a.warm_cache else {"graph_calls": 1, "flush_cache": True})} if gpu else {}
     steps = a.warmup + a.repeats + 8          # appends one timed KVCache.append loop makes
     cases = [(h, B, layout) for h in heads for B in batches for layout in a.layouts]
     for h, B, layout in runner.progress(cases, desc="layouts"):
@@ -64,14 +68,15 @@ def main(argv=None):
         el = torch.tensor([], dtype=dtype).element_size()
         gen = torch.Generator(device=dev).manual_seed(a.seed)
         cache = KVCache(B, Hkv, D, ctx + steps, layout=layout, dtype=dtype, device=dev)
-        base_case = {"heads": h, "B": B, "layout": layout, "dtype": a.dtype}
+        base_case = {"heads": h, "B": B, "layout": layout, "dtype": a.dtype,
+                     "l2": "flushed" if gpu and not a.warm_cache else "warm"}
 
         # prefill append of `prefill` tokens at position 0
         k_new = torch.randn(B, Hkv, prefill, D, device=dev, dtype=dtype, generator=gen)
         v_new = torch.randn(B, Hkv, prefill, D, device=dev, dtype=dtype, generator=gen)
         zeros = torch.zeros(B, dtype=torch.int32, device=dev)
         st = time_fn(lambda: kv_append_triton(cache.keys(), cache.values(), k_new, v_new, zeros),
-                     device=dev, warmup=a.warmup, repeats=a.repeats, cuda_graph=gpu)
+                     device=dev, warmup=a.warmup, repeats=a.repeats, **timing)
         case = {**base_case, "op": "prefill_append", "tokens": prefill}
         runner.record(case, "time_graph" if gpu else "time", st.median_us, "us", stats=st)
         gbps = 2 * 2 * B * Hkv * prefill * D * el / (st.median_us * 1e-6) / 1e9  # K and V, read + write
@@ -85,7 +90,7 @@ def main(argv=None):
         v_tok = torch.randn(B, Hkv, 1, D, device=dev, dtype=dtype, generator=gen)
         at_ctx = cache.seq_lens.clone()
         st = time_fn(lambda: kv_append_triton(cache.keys(), cache.values(), k_tok, v_tok, at_ctx),
-                     device=dev, warmup=a.warmup, repeats=a.repeats, cuda_graph=gpu)
+                     device=dev, warmup=a.warmup, repeats=a.repeats, **timing)
         case = {**base_case, "op": "token_append", "tokens": 1}
         runner.record(case, "time_graph" if gpu else "time", st.median_us, "us", stats=st)
 
@@ -94,7 +99,7 @@ def main(argv=None):
         out = torch.empty_like(q)
         keys, values, seq_lens = cache.keys(), cache.values(), cache.seq_lens.clone()
         st = time_fn(lambda: decode_attention_triton(q, keys, values, seq_lens, max_seq_len=ctx, out=out),
-                     device=dev, warmup=a.warmup, repeats=a.repeats, cuda_graph=gpu)
+                     device=dev, warmup=a.warmup, repeats=a.repeats, **timing)
         case = {**base_case, "op": "decode_attention", "tokens": ctx}
         runner.record(case, "time_graph" if gpu else "time", st.median_us, "us", stats=st)
         gbps = decode_bytes([ctx] * B, Hq, Hkv, D, el) / (st.median_us * 1e-6) / 1e9
@@ -102,7 +107,7 @@ def main(argv=None):
 
         # what a decode loop pays per step for the append: KVCache.append from Python, lengths included
         st = time_fn(lambda: cache.append(k_tok, v_tok), device=dev, warmup=a.warmup, repeats=a.repeats)
-        case = {**base_case, "op": "cache_append_call", "tokens": 1}
+        case = {**base_case, "op": "cache_append_call", "tokens": 1, "l2": "warm"}
         runner.record(case, "time_with_launch", st.median_us, "us", stats=st)
         del cache, k_new, v_new, q, out, keys, values
     runner.finish()

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# GPU checks and timings of the attention area (kernels/attention.py, kvcache.py):
+#   1. pytest -m gpu on tests/test_attention.py and tests/test_kvcache.py (larger shapes, CUDA-graph capture);
+#   2. the four attention benchmarks at full size.
+# Run from anywhere on the GPU machine: bash gpu/attention_check.sh
+# Writes two files: $OUT/attention.log (every command's output, tables included) and $OUT/attention.jsonl
+# (all benchmark records). Exits non-zero if any step failed. Expected device time: ~3 minutes on one H100/H200.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/attention_out}"
+mkdir -p "$OUT"
+LOG="$OUT/attention.log"
+JSONL="$OUT/attention.jsonl"
+: > "$LOG"
+: > "$JSONL"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+WORK="$(mktemp -d)"
+status=0
+
+step() {  # step NAME TIMEOUT_S CMD...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  echo "===== $name: $*" | tee -a "$LOG"
+  timeout "$limit" "$@" >> "$LOG" 2>&1
+  local rc=$?
+  echo "===== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+  python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } >> "$LOG" 2>&1
+
+step pytest-gpu 240 python -m pytest -q -p no:cacheprovider -m gpu tests/test_attention.py tests/test_kvcache.py
+for bench in bench_attention bench_attention_variants analyze_attention_bandwidth bench_kv_cache_layout; do
+  step "$bench" 300 python "benchmarks/$bench.py" --output "$WORK/$bench.jsonl"
+  [ -f "$WORK/$bench.jsonl" ] && cat "$WORK/$bench.jsonl" >> "$JSONL"
+done
+rm -rf "$WORK"
+echo "attention_check: status=$status, records=$(wc -l < "$JSONL")" | tee -a "$LOG"
+exit "$status"
