@@ -93,3 +93,9 @@ def test_script_quick_cpu(script, tmp_path, baseline_file):
         assert isinstance(rec["unit"], str)
         assert isinstance(rec["value"], (int, float)) and math.isfinite(rec["value"]), rec
     assert "metric" in proc.stdout, "the closing table is missing from stdout"
+
+
+def test_readme_lists_every_script():
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    missing = [p.name for p in SCRIPTS if f"`{p.name}`" not in readme]
+    assert not missing, f"add a row for {missing} to the Quick Reference table of benchmarks/README.md"
