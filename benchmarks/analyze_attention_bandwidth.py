@@ -31,6 +31,9 @@ def _add_args(p):
     p.add_argument("--warm-cache", action="store_true",
                    help="time back-to-back calls on the same K/V (L2-resident when small) instead of one call after "
                         "flushing the cache")
+    p.add_argument("--splits", type=int, nargs="+", default=[0],
+                   help="split-K chunk counts to time per case (0 = the kernel's own choice); a sweep shows "
+                        "the parallelism vs merge-cost trade-off")
     p.add_argument("--plot", default=None, metavar="PNG", help="write achieved GB/s against context length here")
 
 
@@ -58,12 +61,15 @@ def main(argv=None):
     base = load_baseline(dev)
     copy_gbps = base["copy_GBps"]
     block_n = default_decode_config(D, dev).block_n
-    cases = [(ctx, B) for ctx in contexts for B in batches]
-    for ctx, B in runner.progress(cases, desc="decode bandwidth"):
+    if any(s < 0 for s in a.splits):
+        runner.parser.error(f"--splits: expected counts >= 0, got {a.splits}")
+    cases = [(ctx, B, s) for ctx in contexts for B in batches for s in a.splits]
+    for ctx, B, want_splits in runner.progress(cases, desc="decode bandwidth"):
         lengths = [ctx] * B
         nbytes = decode_bytes(lengths, Hq, Hkv, D, torch.tensor([], dtype=dtype).element_size())
-        _, splits = split_plan(ctx, choose_num_splits(B, Hkv, ctx, block_n, dev), block_n)
+        _, splits = split_plan(ctx, want_splits or choose_num_splits(B, Hkv, ctx, block_n, dev), block_n)
         case = {"heads": heads, "context": ctx, "B": B, "dtype": a.dtype, "splits": splits,
+                "split_choice": "auto" if want_splits == 0 else "forced",
                 "l2": "flushed" if gpu and not a.warm_cache else "warm"}
         runner.record(case, "bytes", nbytes, "B")
         runner.record(case, "floor_time", nbytes / (copy_gbps * 1e9) * 1e6, "us")
@@ -82,7 +88,8 @@ def main(argv=None):
         runner.record(case, "bandwidth", gbps, "GB/s", roofline=gbps / copy_gbps)
         del k, v, q, out
     if a.plot:
-        plot_lines([r for r in runner.records if r["metric"] == "bandwidth"], x="context", series="B",
+        plot_lines([r for r in runner.records if r["metric"] == "bandwidth" and r["case"]["split_choice"] == "auto"],
+                   x="context", series="B",
                    path=a.plot, metric="bandwidth", logx=True,
                    title=f"decode attention ({heads}, {a.dtype}): achieved GB/s; copy {copy_gbps:.0f} GB/s")
     runner.finish()

@@ -36,6 +36,10 @@ for bench in bench_attention bench_attention_variants analyze_attention_bandwidt
   step "$bench" 300 python "benchmarks/$bench.py" --output "$WORK/$bench.jsonl"
   [ -f "$WORK/$bench.jsonl" ] && cat "$WORK/$bench.jsonl" >> "$JSONL"
 done
+# split-K sweep on two decode cases (0 = the kernel's own choice): data for tuning choose_num_splits
+step split_sweep 120 python benchmarks/analyze_attention_bandwidth.py --contexts 4096 16384 --batches 1 8 \
+  --splits 0 4 8 16 32 64 128 --output "$WORK/split_sweep.jsonl"
+[ -f "$WORK/split_sweep.jsonl" ] && cat "$WORK/split_sweep.jsonl" >> "$JSONL"
 rm -rf "$WORK"
 echo "attention_check: status=$status, records=$(wc -l < "$JSONL")" | tee -a "$LOG"
 exit "$status"
