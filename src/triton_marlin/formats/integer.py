@@ -77,7 +77,11 @@ class IntFormat(WeightFormat):
             z = float(2 ** (self.bits - 1))
         else:
             z = expand_groups(qt.tensors["zeros"].to(torch.float32), group)
-        return ((q - z) * s).to(dtype)
+        w = (q - z) * s
+        if qt.meta.get("hadamard_block"):  # quantized in a Hadamard-rotated basis (MR-GPTQ)
+            from .hadamard import unrotate
+            w = unrotate(w, qt.tensors["had_signs"], qt.meta["hadamard_block"])
+        return w.to(dtype)
 
     def expected_tensors(self, shape, group_size, meta) -> dict:
         N, K = shape
@@ -86,6 +90,8 @@ class IntFormat(WeightFormat):
         out["scales"] = ((G, N), dtype_from_name(meta["scale_dtype"]))
         if not meta["symmetric"]:
             out["zeros"] = ((G, N), torch.uint8)
+        if meta.get("hadamard_block"):
+            out["had_signs"] = ((K,), torch.int8)
         return out
 
     def options_from_meta(self, meta: dict) -> dict:

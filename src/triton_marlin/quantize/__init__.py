@@ -67,4 +67,4 @@ def quantize(weight: torch.Tensor, format: str, group_size: int | None = None, m
     if method not in _METHODS:
         raise ValueError(f"unknown quantization method {method!r}: expected one of {available_methods()}")
     return _METHODS[method](weight, fmt.name, group_size, **options)
-from . import viterbi  # noqa: E402,F401  (registers the trellis and GPTQ methods)
+from . import gptq, ldlq, viterbi  # noqa: E402,F401  (register the GPTQ and trellis methods)

@@ -26,13 +26,10 @@ from ..formats import trellis as tf
 from ..formats.base import check_weight
 from . import register_method
 
-# Per-row scale = rms(row) * SCALE_FACTOR[code][K] / rms(code table); measured on Gaussian data
-# (bench_trellis_performance.py --scale-sweep), then refined per row by least squares.
-SCALE_FACTOR = {
-    "3inst": {2: 0.93, 3: 0.98, 4: 0.99},
-    "1mad": {2: 0.93, 3: 0.98, 4: 0.99},
-    "hyb": {2: 0.93, 3: 0.98, 4: 0.99},
-}
+# Initial per-row scale = rms(row) * SCALE_FACTOR[K] / rms(code table), then refined per row by least
+# squares. The factors minimize distortion on i.i.d. Gaussian data for code 3inst (sweep with
+# benchmarks/bench_trellis_performance.py --scale-sweep); the other codes share them.
+SCALE_FACTOR = {2: 1.0, 3: 1.1, 4: 1.15}
 
 
 def _forward(x: torch.Tensor, values: torch.Tensor, K: int, L: int,
@@ -191,7 +188,7 @@ class TrellisSetup:
             self.lut = None
         self.values = tf.code_table(code, self.lut, device=self.device)
         self.code_rms = self.values.square().mean().sqrt().item()
-        self.scale_factor = scale_factor if scale_factor is not None else SCALE_FACTOR[code][fmt.bits]
+        self.scale_factor = scale_factor if scale_factor is not None else SCALE_FACTOR[fmt.bits]
 
     def rotate_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """``Wt = U W V^T`` (float32, on the encode device)."""

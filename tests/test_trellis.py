@@ -1,0 +1,226 @@
+"""Trellis formats: codes, bitstreams, tail-biting, Viterbi optimality, artifacts, quality."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import triton_marlin as tm
+from triton_marlin.formats import FormatError, QuantizedTensor
+from triton_marlin.formats import hadamard
+from triton_marlin.formats import trellis as tf
+from triton_marlin.quantize.viterbi import viterbi
+
+BITS = (2, 3, 4)
+
+
+# -- codes -------------------------------------------------------------------------------------
+def _code_value_numpy(state: int, code: str, lut=None) -> float:
+    """Independent scalar implementation of each code (numpy uint32 / float16)."""
+    with np.errstate(over="ignore"):
+        if code == "3inst":
+            x = np.uint32(state) * np.uint32(89226354) + np.uint32(64248484)
+            x = (x & np.uint32(0x8FFF8FFF)) ^ np.uint32(0x3B603B60)
+            lo = np.array([x & 0xFFFF], dtype=np.uint16).view(np.float16)[0]
+            hi = np.array([x >> 16], dtype=np.uint16).view(np.float16)[0]
+            return float(np.float32(lo) + np.float32(hi))
+        if code == "1mad":
+            x = int(np.uint32(state) * np.uint32(34038481) + np.uint32(76625530))
+            return float(sum((x >> (8 * i)) & 255 for i in range(4)) - 510)
+        x = int(np.uint32(state) * np.uint32(0xCBAC1FED))
+        return float(lut[x >> 24])
+
+
+@pytest.mark.parametrize("code", tf.CODES)
+def test_code_values_match_scalar_definition(code, gen):
+    lut = tf.default_hyb_lut() if code == "hyb" else None
+    states = torch.randint(0, 1 << 16, (64,), generator=gen)
+    got = tf.decode_states(states, code, lut)
+    want = [_code_value_numpy(int(s), code, lut.float().numpy() if lut is not None else None)
+            for s in states]
+    assert got.tolist() == want
+
+
+@pytest.mark.parametrize("code", tf.CODES)
+def test_code_tables_are_gaussian_like(code):
+    # a useful trellis code spreads 2^16 states over a bell-shaped, centred, non-degenerate set
+    v = tf.code_table(code, tf.default_hyb_lut() if code == "hyb" else None).double()
+    z = (v - v.mean()) / v.std()
+    assert abs(v.mean().item()) < 0.05 * v.std().item()
+    assert 2.0 < (z ** 4).mean().item() < 4.0          # kurtosis near a Gaussian's 3
+    assert v.unique().numel() > 64
+
+
+# -- bitstreams and tail-biting ----------------------------------------------------------------
+def _states_step_by_step(codes: list[int], K: int, L: int = 16) -> list[int]:
+    """Direct shift register: start from the stream's last L-K bits, shift in K bits per step."""
+    stream = "".join(format(c, f"0{K}b") for c in codes)
+    s = int(stream[len(stream) - (L - K):], 2)
+    out = []
+    for c in codes:
+        s = ((s << K) | c) & ((1 << L) - 1)
+        out.append(s)
+    return out
+
+
+@pytest.mark.parametrize("K", BITS)
+def test_decoder_matches_step_by_step_trellis(K, gen):
+    codes = torch.randint(0, 1 << K, (3, 256), generator=gen)
+    words = tf.pack_stream(codes, K)
+    assert words.shape == (3, 8 * K) and words.dtype == torch.int32
+    states = tf.stream_states(words, K)
+    for b in range(3):
+        assert states[b].tolist() == _states_step_by_step(codes[b].tolist(), K)
+    assert torch.equal(tf.states_to_codes(states, K), codes)
+
+
+def test_stream_word_bit_order():
+    # step 0's K bits are the most significant bits of word 0
+    codes = torch.zeros(1, 256, dtype=torch.int64)
+    codes[0, 0] = 0b101
+    words = tf.pack_stream(codes, 3)
+    assert (words[0, 0].item() & 0xFFFFFFFF) == 0b101 << 29
+    assert int((words != 0).sum()) == 1
+
+
+def test_tile_layout_convention():
+    N, K = 32, 48
+    w = torch.arange(N * K, dtype=torch.float32).reshape(N, K)
+    tiles = tf.matrix_to_tiles(w)
+    assert tiles.shape == (K // 16, N // 16, 256)
+    tk, tn, kl, nl = 2, 1, 5, 9
+    assert tiles[tk, tn, 16 * kl + nl] == w[16 * tn + nl, 16 * tk + kl]
+    assert torch.equal(tf.tiles_to_matrix(tiles, N, K), w)
+
+
+# -- Viterbi optimality against exhaustive search (small L) -----------------------------------
+def _exhaustive(x: torch.Tensor, values: torch.Tensor, K: int, L: int, start_low=None):
+    """Minimum cost over all (start state, code sequence) paths; optional tail-biting on start_low."""
+    T = x.shape[0]
+    M = 1 << (L - K)
+    best = float("inf")
+    starts = range(1 << L) if start_low is None else [p * M + start_low for p in range(1 << K)]
+    seqs = torch.tensor(list(itertools.product(range(1 << K), repeat=T)))       # [P^T, T]
+    for s0 in starts:
+        s = torch.full((seqs.shape[0],), s0, dtype=torch.int64)
+        cost = torch.zeros(seqs.shape[0], dtype=torch.float64)
+        for t in range(T):
+            s = ((s << K) | seqs[:, t]) & ((1 << L) - 1)
+            cost += (x[t].double() - values[s].double()) ** 2
+        if start_low is not None:
+            cost[(s & (M - 1)) != start_low] = float("inf")
+        best = min(best, cost.min().item())
+    return best
+
+
+def _path_cost(x, values, states):
+    return ((x.double() - values[states].double()) ** 2).sum().item()
+
+
+@pytest.mark.parametrize("K,L,T", [(1, 4, 9), (2, 6, 6), (3, 6, 4)])
+def test_viterbi_is_exact_optimum_free_start(K, L, T, gen):
+    values = torch.randn(1 << L, generator=gen)
+    x = torch.randn(2, T, generator=gen)
+    states = viterbi(x, values, K, L, tail_biting=False)
+    for b in range(2):
+        s = states[b]
+        assert torch.equal(s[1:], ((s[:-1] << K) | (s[1:] & ((1 << K) - 1))) & ((1 << L) - 1))
+        assert _path_cost(x[b], values, s) == pytest.approx(_exhaustive(x[b], values, K, L), rel=1e-6)
+
+
+@pytest.mark.parametrize("K,L,T", [(1, 4, 9), (2, 6, 6)])
+def test_viterbi_is_exact_optimum_with_tail_biting_constraint(K, L, T, gen):
+    values = torch.randn(1 << L, generator=gen)
+    x = torch.randn(1, T, generator=gen)
+    M = 1 << (L - K)
+    low = torch.randint(0, M, (1,), generator=gen)
+    states = viterbi(x, values, K, L, tail_biting=True, start_low=low)
+    s = states[0]
+    assert (s[0] >> K).item() == low.item() and (s[-1] & (M - 1)).item() == low.item()
+    want = _exhaustive(x[0], values, K, L, start_low=low.item())
+    assert _path_cost(x[0], values, s) == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("K", BITS)
+def test_viterbi_paths_are_tail_biting_streams(K, gen):
+    # the path found for each tile must be exactly what its circular stream decodes to
+    values = tf.code_table("3inst")
+    x = torch.randn(1 if K == 2 else 2, 256, generator=gen) * values.std()
+    states = viterbi(x, values, K)
+    words = tf.pack_stream(tf.states_to_codes(states, K), K)
+    assert torch.equal(tf.stream_states(words, K), states)
+
+
+# -- the format end to end ---------------------------------------------------------------------
+def _dense_hadamard(signs: torch.Tensor, block: int) -> torch.Tensor:
+    D = signs.numel()
+    h = hadamard.sylvester(block, torch.float64) / block ** 0.5
+    return torch.block_diag(*[h] * (D // block)) @ torch.diag(signs.double())
+
+
+def test_dequantize_is_inverse_rotations_of_decoded_tiles(gen):
+    w = torch.randn(32, 48, generator=gen)
+    qt = tm.quantize(w, "trellis2", method="viterbi", seed=3)
+    U = _dense_hadamard(qt.tensors["su"], qt.meta["had_block_out"])
+    V = _dense_hadamard(qt.tensors["sv"], qt.meta["had_block_in"])
+    wt = qt.fmt.rotated_weight(qt).double()
+    assert torch.allclose(qt.dequantize(torch.float64), U.t() @ wt @ V, rtol=0, atol=1e-12)
+    assert qt.meta["had_block_out"] == 32 and qt.meta["had_block_in"] == 16
+
+
+# Best scalar (Lloyd-Max) quantizer MSE on a unit Gaussian, a published constant: a trellis code
+# that does not beat it is not doing its job.
+LLOYD_MAX = {2: 0.1175, 3: 0.03454, 4: 0.009497}
+
+
+@pytest.mark.parametrize("bits,code", [(2, "3inst"), (3, "1mad"), (4, "hyb")])
+def test_quantize_beats_best_scalar_quantizer(bits, code, gen):
+    w = torch.randn(32, 32, generator=gen) * 0.02
+    qt = tm.quantize(w, f"trellis{bits}", method="viterbi", code=code, seed=int(torch.randint(0, 99, (1,), generator=gen)))
+    mse = ((qt.dequantize(torch.float64) - w.double()) ** 2).mean().item() / 0.02 ** 2
+    assert mse < 0.85 * LLOYD_MAX[bits]
+    assert qt.meta["code"] == code and qt.meta["method"] == "viterbi"
+
+
+def test_group_scales_and_artifact_round_trip(tmp_path, gen):
+    w = torch.randn(16, 64, generator=gen, dtype=torch.float64)
+    qt = tm.quantize(w, "trellis3", group_size=32, method="viterbi", code="hyb")
+    assert qt.tensors["scales"].shape == (2, 16) and qt.tensors["lut"].dtype == torch.float16
+    path = tmp_path / "t.safetensors"
+    qt.save(path)
+    back = QuantizedTensor.load(path)
+    assert back.meta == qt.meta and back.group_size == 32
+    assert torch.equal(back.dequantize(torch.float32), qt.dequantize(torch.float32))
+    tensors = dict(qt.tensors)
+    tensors["qweight"] = tensors["qweight"][:, :, :-1]
+    with pytest.raises(FormatError, match="qweight"):
+        QuantizedTensor.from_state(qt.header(), tensors)
+    tensors = {k: v for k, v in qt.tensors.items() if k != "lut"}
+    with pytest.raises(FormatError, match="lut"):
+        QuantizedTensor.from_state(qt.header(), tensors)
+
+
+def test_default_is_per_channel_and_bits_per_weight():
+    w = torch.randn(16, 48)
+    qt = tm.quantize(w, "trellis4", method="viterbi", chunk_tiles=2)
+    assert qt.group_size == -1 and qt.tensors["scales"].shape == (1, 16)
+    # 4 bits of codes + one fp16 scale per row + one int8 sign per row and per column
+    assert qt.bits_per_weight == pytest.approx(4 + (16 * 16 + 8 * (16 + 48)) / (16 * 48))
+
+
+def test_bad_arguments():
+    w = torch.randn(32, 32)
+    with pytest.raises(ValueError, match="viterbi"):
+        tm.quantize(w, "trellis3")                       # rtn does not apply
+    with pytest.raises(ValueError, match="multiples of 16"):
+        tm.quantize(torch.randn(24, 32), "trellis3", method="viterbi")
+    with pytest.raises(ValueError, match="code"):
+        tm.quantize(w, "trellis3", method="viterbi", code="2mad")
+    with pytest.raises(ValueError, match="ldlq"):
+        tm.quantize(w, "trellis3", method="viterbi", hessian=torch.eye(32))
+    with pytest.raises(ValueError, match="trellis2/3/4"):
+        tm.quantize(w, "int4", method="viterbi")
+    with pytest.raises(ValueError, match="hessian"):
+        tm.quantize(w, "trellis3", method="ldlq")
+    with pytest.raises(ValueError, match="group_size"):
+        tm.quantize(torch.randn(32, 48), "trellis3", method="viterbi", group_size=32)
