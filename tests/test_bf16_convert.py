@@ -130,3 +130,21 @@ def test_fake_tensor_shape():
         x = torch.empty(3, 5, dtype=torch.float32)
         y = torch.ops.triton_marlin.bf16_convert(x, torch.bfloat16)
         assert y.shape == (3, 5) and y.dtype == torch.bfloat16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("src,dst", sorted(bc.SUPPORTED, key=str))
+def test_kernel_large_tensor_on_gpu(src, dst):
+    """Many programs, a ragged tail, every fp32 exponent: bit-exact against the reference, NaN kept."""
+    n = (1 << 24) + 3
+    g = torch.Generator(device="cuda").manual_seed(7)
+    bits = torch.randint(-2**31, 2**31 - 1, (n,), device="cuda", generator=g, dtype=torch.int64).to(torch.int32)
+    x = bits.view(torch.float32).to(src)
+    out = _poisoned((n,), dst)
+    bc.convert_triton(x, dst, out=out)
+    ref = bc.convert_reference(x, dst)  # the torch reference runs on the GPU too
+    assert torch.equal(_bits(out), _bits(ref))
+    nan = torch.isnan(x)
+    assert torch.isnan(out[nan]).all()
+    assert torch.equal(_bits(out[~nan]), _bits(x[~nan].to(dst)))
