@@ -1,0 +1,156 @@
+"""Fused MoE kernels (Triton; on CPU through the interpreter at small sizes) against a float64 reference on
+the exactly dequantized weights.
+
+Tolerance, from the arithmetic: the kernels round each decoded weight, the SwiGLU intermediate and the
+output to the activation type once each (relative error at most u = 2**-11 for fp16, 2**-8 for bf16;
+about u/sqrt(3) rms for each), so the relative Frobenius error sits near 2 * u/sqrt(3) ~ 6e-4 (fp16).
+The bound is the worst case of three roundings, 3u = 1.5e-3 (fp16); bf16 adds the rounding of the fp16
+scale to bf16: 4u = 1.6e-2. NaN never passes (the output accumulator is poisoned with NaN
+before launch, so a row the kernel forgets to zero fails)."""
+import pytest
+import torch
+
+import triton_marlin
+from triton_marlin.moe.align import align_tokens
+from triton_marlin.moe.experts import QuantizedExperts
+
+pytest.importorskip("triton")
+from triton_marlin.kernels.moe_gemm import (MoEGemmConfig, candidate_configs, default_config,  # noqa: E402
+                                            fused_moe_reference, moe_gemm_launch)
+
+TOL = {torch.float16: 1.5e-3, torch.bfloat16: 1.6e-2}
+
+
+def rel_err(out, ref):
+    out = out.double()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return ((out - ref.double()).norm() / ref.double().norm()).item()
+
+
+def make_experts(recipe, E, H, I, gen, **options):
+    g = torch.randn(E, I, H, generator=gen) * 0.05
+    u = torch.randn(E, I, H, generator=gen) * 0.05
+    d = torch.randn(E, H, I, generator=gen) * 0.05
+    return QuantizedExperts.from_float(g, u, d, recipe, **options)
+
+
+def run_fused(x, ids, w, ex, config, uniform=False):
+    al = align_tokens(ids, ex.num_total, config.block_m, backend="triton")
+    out = torch.full((x.shape[0], ex.hidden_size), float("nan"))
+    return moe_gemm_launch(x, w, al.sorted_ids, al.expert_ids, al.num_tokens_post_pad, ex.flat("gate"),
+                           ex.flat("up"), ex.flat("down"), config=config, uniform=uniform, out=out)
+
+
+def routing(T, E, k, gen, drop=False):
+    ids = torch.stack([torch.randperm(E, generator=gen)[:k] for _ in range(T)]).int()
+    if drop:
+        ids[0, :] = -1  # a token routed to no active expert
+    return ids, torch.rand(T, k, generator=gen) + 0.1
+
+
+DECODE = MoEGemmConfig(1, 32, 2, 32, 2, 2)
+TILED = MoEGemmConfig(16, 64, 4, 32, 3, 4)
+
+
+@pytest.mark.parametrize("fmt", ["int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8"])
+def test_each_format(fmt, gen):
+    E, H, I, T, k = 3, 64, 96, 4, 2
+    gs = None if fmt in ("mxfp4", "nvfp4", "fp8") else 32
+    ex = make_experts((fmt, gs), E, H, I, gen)
+    x = torch.randn(T, H, generator=gen).half()
+    ids, w = routing(T, E, k, gen)
+    ref = fused_moe_reference(x, ids, w, ex)
+    for cfg in (DECODE, TILED):
+        out = run_fused(x, ids, w, ex, cfg)
+        assert rel_err(out, ref) < TOL[torch.float16], (fmt, cfg)
+
+
+def test_mixed_widths_one_launch_each(gen):
+    """Experts of eight different (gate, up, down) format tuples, odd dims (K=80 per-channel down rows)."""
+    recipe = [(("int4", 32), ("int2", 32), ("int8", -1)), ("mxfp4", "nvfp4", ("int3", -1)),
+              (("fp4", 32), "fp8", ("int4", -1)), ("nvfp4", ("int2", 32), "fp8"),
+              (("int3", 32), ("int8", 32), ("int2", -1))]
+    E, H, I, T, k = 5, 96, 80, 5, 3
+    ex = make_experts(recipe, E, H, I, gen)
+    assert len({tuple(ex.flat(p).kinds[e] for p in ("gate", "up", "down")) for e in range(E)}) == 5
+    x = torch.randn(T, H, generator=gen).half()
+    ids, w = routing(T, E, k, gen, drop=True)
+    ref = fused_moe_reference(x, ids, w, ex)
+    assert ref[0].abs().max() == 0
+    for cfg in (DECODE, MoEGemmConfig(16, 32, 4, 64, 1, 4)):
+        out = run_fused(x, ids, w, ex, cfg)
+        assert rel_err(out, ref) < TOL[torch.float16]
+        assert (out[0] == 0).all()
+
+
+def test_asymmetric(gen):
+    E, H, I, T, k = 3, 64, 64, 3, 2
+    ex = make_experts(("int4", 32), E, H, I, gen, symmetric=False)
+    assert all(kind == 2 + 8 for kind in ex.flat("gate").kinds)
+    ids, w = routing(T, E, k, gen)
+    x = torch.randn(T, H, generator=gen).half()
+    ref = fused_moe_reference(x, ids, w, ex)
+    for cfg in (DECODE, TILED):
+        assert rel_err(run_fused(x, ids, w, ex, cfg), ref) < TOL[torch.float16]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", [("int4", 32), [("int2", 32), ("int8", 32), ("mxfp4", 32), ("fp8", 32)]])
+def test_bf16_on_gpu(recipe, gen):
+    """bf16 activations (the CPU interpreter mis-evaluates bf16 arithmetic, so this runs on the GPU only)."""
+    E, H, I, T, k = 4, 256, 192, 6, 2
+    ex = make_experts(recipe, E, H, I, gen).to("cuda")
+    ids, w = routing(T, E, k, gen)
+    x = torch.randn(T, H, generator=gen).bfloat16().cuda()
+    ref = fused_moe_reference(x, ids.cuda(), w.cuda(), ex)
+    for cfg in (DECODE, TILED):
+        al = align_tokens(ids.cuda(), E, cfg.block_m)
+        out = torch.full((T, H), float("nan"), device="cuda")
+        moe_gemm_launch(x, w.cuda(), al.sorted_ids, al.expert_ids, al.num_tokens_post_pad, ex.flat("gate"),
+                        ex.flat("up"), ex.flat("down"), config=cfg, uniform=False, out=out)
+        assert rel_err(out.cpu(), ref.cpu()) < TOL[torch.bfloat16], cfg
+
+
+def test_uniform_compile_equals_table_dispatch(gen):
+    E, H, I, T, k = 4, 64, 64, 3, 2
+    ex = make_experts((("int4", 32), ("int4", 32), ("int2", 32)), E, H, I, gen)
+    x = torch.randn(T, H, generator=gen).half()
+    ids, w = routing(T, E, k, gen)
+    a = run_fused(x, ids, w, ex, DECODE, uniform=True)
+    b = run_fused(x, ids, w, ex, DECODE, uniform=False)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # same math, fp32 atomics in another order
+    with pytest.raises(ValueError, match="one format per projection"):
+        run_fused(x, ids, w, make_experts([("int4", 32), ("int2", 32)], 2, H, I, gen), DECODE, uniform=True)
+
+
+def test_configs():
+    assert default_config(5, 65).block_m == 1          # decode: a slot per program
+    assert default_config(1280, 65).block_m == 32     # 256 tokens x 5 slots over 65 experts
+    assert default_config(5120, 65).block_m == 64
+    cands = candidate_configs(5, 65)
+    assert cands[0] == default_config(5, 65) and len(set(cands)) == len(cands) > 1
+
+
+def test_alignment_block_mismatch_is_refused(gen):
+    ex = make_experts(("int4", 32), 2, 64, 64, gen)
+    x = torch.randn(2, 64, generator=gen).half()
+    ids, w = routing(2, 2, 1, gen)
+    al = align_tokens(ids, 2, 16, backend="triton")
+    with pytest.raises(ValueError, match="block_m"):
+        moe_gemm_launch(x, w, al.sorted_ids, al.expert_ids, al.num_tokens_post_pad, ex.flat("gate"), ex.flat("up"),
+                        ex.flat("down"), config=DECODE, uniform=False)
+
+
+def test_reference_agrees_with_qmatmul(gen):
+    """The float64 reference itself: per-expert dense math equals the public qmatmul path (torch)."""
+    ex = make_experts(("int4", 32), 2, 64, 64, gen)
+    x = torch.randn(3, 64, generator=gen)
+    ids = torch.tensor([[0], [1], [0]], dtype=torch.int32)
+    w = torch.tensor([[0.5], [2.0], [1.0]])
+    ref = fused_moe_reference(x, ids, w, ex)
+    e0 = ex.experts[0]
+    h = torch.nn.functional.silu(triton_marlin.qmatmul(x[2:], e0["gate"], backend="torch")) * \
+        triton_marlin.qmatmul(x[2:], e0["up"], backend="torch")
+    y = triton_marlin.qmatmul(h, e0["down"], backend="torch")
+    torch.testing.assert_close(ref[2].float(), y[0], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,133 @@
+"""Routing: the torch reference against a per-token loop written from the model definitions, the Triton
+routing kernel against the reference, and bad input."""
+import math
+
+import pytest
+import torch
+
+from triton_marlin.moe.routing import RoutingConfig, route, route_reference
+
+
+def loop_routing(logits, cfg, bias=None):
+    """Token by token, in plain Python floats: what the routing is supposed to do."""
+    ids_out, w_out = [], []
+    E = cfg.num_experts
+    for row in logits.double().tolist():
+        if cfg.scoring == "softmax":
+            m = max(row)
+            ex = [math.exp(v - m) for v in row]
+            scores = [v / sum(ex) for v in ex]
+        else:
+            scores = [1.0 / (1.0 + math.exp(-v)) for v in row]
+        choice = [s + (bias[e].item() if bias is not None else 0.0) for e, s in enumerate(scores)]
+        eligible = set(range(E))
+        if cfg.n_group > 1:
+            size = E // cfg.n_group
+            gscores = []
+            for g in range(cfg.n_group):
+                top2 = sorted(choice[g * size:(g + 1) * size], reverse=True)[:2]
+                gscores.append((sum(top2), g))
+            groups = [g for _, g in sorted(gscores, key=lambda t: (-t[0], t[1]))[:cfg.topk_group]]
+            eligible = {e for g in groups for e in range(g * size, (g + 1) * size)}
+        order = sorted(eligible, key=lambda e: (-choice[e], e))[:cfg.top_k]
+        w = [scores[e] for e in order]
+        if cfg.norm_topk_prob:
+            total = sum(w)
+            w = [v / total for v in w]
+        ids_out.append(order)
+        w_out.append([v * cfg.routed_scaling_factor for v in w])
+    return torch.tensor(ids_out), torch.tensor(w_out, dtype=torch.float64)
+
+
+CONFIGS = [
+    (RoutingConfig(8, 2, "softmax"), False),
+    (RoutingConfig(8, 2, "softmax", norm_topk_prob=False), False),
+    (RoutingConfig(64, 4, "sigmoid", routed_scaling_factor=1.8), True),      # GLM-4.7-Flash
+    (RoutingConfig(16, 4, "sigmoid", n_group=4, topk_group=2, routed_scaling_factor=2.5), True),
+    (RoutingConfig(12, 3, "sigmoid", n_group=3, topk_group=1, norm_topk_prob=False), False),
+]
+
+
+@pytest.mark.parametrize("cfg,with_bias", CONFIGS)
+def test_reference_matches_loop(cfg, with_bias, gen):
+    T = 7
+    logits = torch.randn(T, cfg.num_experts, generator=gen) * 2
+    bias = (torch.rand(cfg.num_experts, generator=gen) - 0.5) * 0.5 if with_bias else None
+    r = route_reference(logits, cfg, bias)
+    ids, w = loop_routing(logits, cfg, bias)
+    assert r.topk_ids.dtype == torch.int32 and r.topk_weights.dtype == torch.float32
+    assert torch.equal(r.topk_ids.long(), ids)
+    torch.testing.assert_close(r.topk_weights.double(), w, rtol=1e-6, atol=1e-7)
+
+
+def test_bias_selects_but_does_not_weight(gen):
+    """noaux_tc: a large bias on one expert makes every token choose it, with its unbiased score."""
+    cfg = RoutingConfig(8, 2, "sigmoid", norm_topk_prob=False)
+    logits = torch.randn(5, 8, generator=gen)
+    bias = torch.zeros(8)
+    bias[3] = 100.0
+    r = route_reference(logits, cfg, bias)
+    assert (r.topk_ids == 3).any(dim=1).all()
+    picked = r.topk_weights[r.topk_ids == 3]
+    torch.testing.assert_close(picked, torch.sigmoid(logits[:, 3]))
+
+
+@pytest.mark.parametrize("cfg,with_bias", CONFIGS)
+def test_triton_kernel_matches_reference(cfg, with_bias, gen):
+    from triton_marlin.kernels.moe_align import route_triton
+
+    T = 6
+    logits = torch.randn(T, cfg.num_experts, generator=gen) * 2
+    bias = (torch.rand(cfg.num_experts, generator=gen) - 0.5) * 0.5 if with_bias else None
+    ref = route_reference(logits, cfg, bias)
+    ids, w = route_triton(logits, cfg, bias, num_shared=2)
+    assert ids.shape == (T, cfg.top_k + 2)
+    assert torch.equal(ids[:, :cfg.top_k], ref.topk_ids)
+    torch.testing.assert_close(w[:, :cfg.top_k], ref.topk_weights, rtol=1e-5, atol=1e-6)
+    assert torch.equal(ids[:, cfg.top_k:], torch.tensor([cfg.num_experts, cfg.num_experts + 1]).int().expand(T, 2))
+    assert torch.equal(w[:, cfg.top_k:], torch.ones(T, 2))
+
+
+def test_triton_kernel_masks_padding_rows(gen):
+    from triton_marlin.kernels.moe_align import route_triton
+
+    cfg = RoutingConfig(16, 4, "sigmoid", routed_scaling_factor=1.8)
+    logits = torch.randn(5, 16, generator=gen)
+    ids, w = route_triton(logits, cfg, None, torch.tensor([3], dtype=torch.int32), num_shared=1)
+    assert (ids[3:] == -1).all() and (w[3:] == 0).all()
+    assert (ids[:3] >= 0).all()
+    assert torch.equal(ids[:3, :4], route_reference(logits[:3], cfg).topk_ids)
+
+
+def test_route_dispatch_records_path(gen):
+    from triton_marlin import dispatch
+
+    dispatch.reset()
+    cfg = RoutingConfig(8, 2)
+    r = route(torch.randn(3, 8, generator=gen), cfg, backend="torch")
+    assert r.topk_ids.shape == (3, 2)
+    assert dispatch.counts() == {("moe_route", "torch"): 1}
+
+
+def test_bad_input():
+    cfg = RoutingConfig(8, 2)
+    with pytest.raises(ValueError, match="num_experts=8"):
+        route_reference(torch.randn(3, 7), cfg)
+    with pytest.raises(ValueError, match=r"\[num_tokens, num_experts"):
+        route_reference(torch.randn(3, 2, 8), cfg)
+    bad = torch.randn(3, 8)
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        route_reference(bad, cfg)
+    with pytest.raises(ValueError, match="top_k=9 exceeds num_experts=8"):
+        RoutingConfig(8, 9)
+    with pytest.raises(ValueError, match="scoring"):
+        RoutingConfig(8, 2, "relu")
+    with pytest.raises(ValueError, match="divisible by n_group"):
+        RoutingConfig(10, 2, "sigmoid", n_group=3)
+    with pytest.raises(ValueError, match="correction_bias must have shape"):
+        route_reference(torch.randn(3, 8), RoutingConfig(8, 2, "sigmoid"), torch.zeros(7))
+    with pytest.raises(ValueError, match="sigmoid scoring only"):
+        route_reference(torch.randn(3, 8), cfg, torch.zeros(8))
+    with pytest.raises(TypeError, match="float tensor"):
+        route_reference(torch.zeros(3, 8, dtype=torch.int64), cfg)
