@@ -191,3 +191,22 @@ def test_strided_copy_probe(n, stride):
     assert torch.equal(out, strided_copy_reference(src, n, stride))
     with pytest.raises(ValueError, match="src"):
         strided_copy(src[: n * stride // 2], torch.empty(n, device=dev), stride + 1)
+
+
+def test_progress_yields_every_item(tmp_path):
+    runner, _ = _runner(tmp_path)
+    assert list(runner.progress(range(5), desc="x")) == [0, 1, 2, 3, 4]
+    runner.finish()
+
+
+def test_plot_lines(tmp_path, capsys):
+    recs = [{"case": {"M": m, "impl": impl}, "metric": "time", "value": float(m * (i + 1)), "unit": "us"}
+            for i, impl in enumerate(("a", "b")) for m in (1, 2, 4)]
+    path = bench.plot_lines(recs, x="M", series="impl", path=tmp_path / "p.png", metric="time", logx=True)
+    if bench.have_matplotlib():
+        assert path.is_file() and path.stat().st_size > 0
+    else:
+        assert path is None and "matplotlib is not installed" in capsys.readouterr().out
+        return
+    with pytest.raises(ValueError, match="metric"):
+        bench.plot_lines(recs, x="M", series="impl", path=tmp_path / "q.png", metric="bandwidth")

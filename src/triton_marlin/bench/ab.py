@@ -145,6 +145,16 @@ def ab_compare(
     if cuda_graph and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
     cleanup(dev)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):  # events and graphs live on the current device
+            return _ab_compare(fn_a, fn_b, dev, warmup, repeats, cuda_graph, names, inner, graph_calls, flush_cache,
+                               alpha, confidence, n_boot, seed)
+    return _ab_compare(fn_a, fn_b, dev, warmup, repeats, cuda_graph, names, inner, graph_calls, flush_cache, alpha,
+                       confidence, n_boot, seed)
+
+
+def _ab_compare(fn_a, fn_b, dev, warmup, repeats, cuda_graph, names, inner, graph_calls, flush_cache, alpha,
+                confidence, n_boot, seed) -> ABResult:
     flush = _Flusher(dev, flush_cache)
     graphs = [None, None]
     if cuda_graph:

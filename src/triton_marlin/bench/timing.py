@@ -228,10 +228,11 @@ def time_fn(
     flush = _Flusher(dev, flush_cache)
     setup = setup or (lambda: None)
     if dev.type == "cuda":
-        if cuda_graph:
-            samples = _time_cuda_graph(fn, dev, warmup, repeats, graph_calls, flush)
-        else:
-            samples = _time_cuda_events(fn, dev, warmup, repeats, inner, flush, setup)
+        with torch.cuda.device(dev):  # events and graphs live on the current device
+            if cuda_graph:
+                samples = _time_cuda_graph(fn, dev, warmup, repeats, graph_calls, flush)
+            else:
+                samples = _time_cuda_events(fn, dev, warmup, repeats, inner, flush, setup)
     else:
         samples = _time_host(fn, dev, warmup, repeats, inner, flush, setup)
     return Stats.from_samples(samples)
