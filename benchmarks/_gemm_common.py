@@ -1,0 +1,218 @@
+"""Shared cases for the quantized-GEMM benchmarks (bench_gemm, bench_kernel_variants,
+bench_kernel_selection, bench_fused_vs_pytorch): shapes, byte/FLOP counts, the fp16 cuBLAS and torch
+int4 (tinygemm) baselines, and the candidate kernel configurations.
+
+On CPU the Triton kernels run through the interpreter (TRITON_INTERPRET=1, set by :func:`prepare`
+before triton_marlin's kernels are imported): the path is real, the timings say nothing about speed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+# name -> (N, K): out_features x in_features
+SHAPES = {
+    "glm47_expert_gate_up": (3072, 2048),   # GLM-4.7-Flash routed expert, gate+up fused (2 x 1536)
+    "glm47_expert_down": (2048, 1536),
+    "glm47_dense_gate_up": (20480, 2048),   # first (dense) layer MLP; intermediate 10240 assumed
+    "glm47_dense_down": (2048, 10240),
+    "4096x4096": (4096, 4096),
+    "14336x4096": (14336, 4096),
+    "8192x8192": (8192, 8192),
+    "28672x8192": (28672, 8192),
+    "8192x28672": (8192, 28672),
+}
+QUICK_SHAPES = {"tiny_160x256": (160, 256)}
+M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+QUICK_M = (1, 16)
+DEFAULT_GROUP = {"int2": 128, "int3": 128, "int4": 128, "int8": 128, "fp4": 128, "mxfp4": 32,
+                 "nvfp4": 16, "fp8": -1}
+
+
+def _interpret_on_cpu(argv: list[str]) -> None:
+    """Run Triton kernels through the interpreter when the benchmark will run on CPU.
+
+    Triton reads TRITON_INTERPRET when its functions are decorated, i.e. at ``import triton``, so this
+    looks at ``--device`` before anything imports triton (the harness parses it properly later).
+    """
+    device = "auto"
+    for i, arg in enumerate(argv):
+        if arg == "--device" and i + 1 < len(argv):
+            device = argv[i + 1]
+        elif arg.startswith("--device="):
+            device = arg.split("=", 1)[1]
+    on_cpu = device.startswith("cpu") or (device in ("auto", "cuda") and not torch.cuda.is_available())
+    if on_cpu and "triton" not in sys.modules:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_interpret_on_cpu(sys.argv[1:])
+
+
+def prepare(device: torch.device) -> None:
+    """Refuse a CPU run whose Triton was imported before the interpreter could be switched on."""
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("on CPU the Triton kernels need TRITON_INTERPRET=1 set before triton is imported")
+
+
+def parse_list(text: str, cast=str) -> list:
+    return [cast(v) for v in text.split(",") if v.strip()]
+
+
+def add_case_args(p, default_formats="int4"):
+    p.add_argument("--shapes", default=None,
+                   help=f"comma-separated shape names from {sorted(SHAPES)} or NxK (default: all; "
+                        f"--quick: a tiny one)")
+    p.add_argument("--m", default=None, help=f"comma-separated batch sizes (default {M_VALUES})")
+    p.add_argument("--formats", default=default_formats,
+                   help="comma-separated weight formats: int2,int3,int4,int8,fp4,mxfp4,nvfp4,fp8")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"],
+                   help="activation dtype")
+    p.add_argument("--no-graph", action="store_true",
+                   help="skip the CUDA-graph replay timing (report launch-inclusive time only)")
+
+
+def shapes_from(args) -> dict:
+    if args.shapes is None:
+        return dict(QUICK_SHAPES if args.quick else SHAPES)
+    out = {}
+    for name in parse_list(args.shapes):
+        if name in SHAPES:
+            out[name] = SHAPES[name]
+        elif "x" in name and all(v.isdigit() for v in name.split("x")):
+            n, k = (int(v) for v in name.split("x"))
+            out[name] = (n, k)
+        else:
+            raise SystemExit(f"--shapes: unknown shape {name!r}; expected one of {sorted(SHAPES)} or NxK")
+    return out
+
+
+def m_values_from(args) -> list[int]:
+    if args.m is None:
+        return list(QUICK_M if args.quick else M_VALUES)
+    return parse_list(args.m, int)
+
+
+def act_dtype(args) -> torch.dtype:
+    return getattr(torch, args.dtype)
+
+
+@dataclass
+class WeightCase:
+    name: str
+    fmt: str
+    N: int
+    K: int
+    qt: object            # QuantizedTensor on the device
+    w16: torch.Tensor     # the dequantized weight [N, K] in the activation dtype (for cuBLAS)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.qt.nbytes
+
+    def io_bytes(self, M: int, elem: int = 2) -> int:
+        """Fewest bytes one call must move: the packed weight (scales included), x and out."""
+        return self.qt.nbytes + M * self.K * elem + M * self.N * elem
+
+    def fp16_bytes(self, M: int, elem: int = 2) -> int:
+        return self.N * self.K * elem + M * self.K * elem + M * self.N * elem
+
+    def flops(self, M: int) -> int:
+        return 2 * M * self.N * self.K
+
+
+def make_weight(name: str, fmt: str, N: int, K: int, device: torch.device, dtype: torch.dtype,
+                gen: torch.Generator) -> WeightCase:
+    import triton_marlin as tm
+
+    w = torch.randn(N, K, generator=gen, dtype=torch.float32) * 0.02
+    group = DEFAULT_GROUP[fmt]
+    if group != -1 and K % group:
+        group = -1
+    qt = tm.quantize(w, fmt, group_size=group).to(device)
+    return WeightCase(name, fmt, N, K, qt, qt.dequantize(dtype))
+
+
+class TorchInt4:
+    """torch's int4 kernel (``torch._weight_int4pack_mm``, tinygemm) on the same int4 codes (CUDA, bf16)."""
+
+    def __init__(self, case: WeightCase):
+        from triton_marlin.formats.packing import unpack_codes
+
+        qt = case.qt
+        if qt.format != "int4" or not qt.meta.get("symmetric", True) or qt.group_size not in (32, 64, 128, 256):
+            raise ValueError("torch's int4 kernel takes symmetric int4 with group 32..256")
+        codes = unpack_codes(qt.tensors, 4, case.K).to(torch.int32)  # [N, K]
+        packed_u8 = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)
+        self.weight = torch._convert_weight_to_int4pack(packed_u8, 8)
+        scales = qt.tensors["scales"].to(torch.bfloat16)              # [G, N]
+        # tinygemm dequantizes (q - 8) * scale + zero: our symmetric codes have zero = 0
+        self.scales_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=2).contiguous()
+        self.group = qt.group_size
+
+    def __call__(self, x_bf16: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int4pack_mm(x_bf16, self.weight, self.group, self.scales_zeros)
+
+
+def torch_int4_available(device: torch.device) -> str | None:
+    """None when torch's int4 kernel can run here, else why not."""
+    if device.type != "cuda":
+        return "torch's int4 kernel needs CUDA"
+    if not hasattr(torch, "_weight_int4pack_mm") or not hasattr(torch, "_convert_weight_to_int4pack"):
+        return "this torch has no _weight_int4pack_mm"
+    return None
+
+
+def time_both(fn, args, graph: bool):
+    """(graph-replay Stats or None, launch-inclusive Stats)."""
+    from triton_marlin.bench import time_fn
+
+    launch = time_fn(fn, device=args.device, warmup=args.warmup, repeats=args.repeats)
+    replay = None
+    if graph and args.device.type == "cuda":
+        replay = time_fn(fn, device=args.device, warmup=args.warmup, repeats=args.repeats, cuda_graph=True)
+    return replay, launch
+
+
+def headline(replay, launch):
+    """The figure a speedup is computed from: graph replay when measured, else launch-inclusive."""
+    return replay.median_us if replay is not None else launch.median_us
+
+
+def candidate_configs(M: int, quick: bool = False) -> list:
+    """The kernel configurations bench_kernel_variants times for a batch of M rows."""
+    from triton_marlin.kernels.qgemm import KernelConfig as KC
+
+    if quick:
+        if M <= 4:
+            return [KC("gemv", block_m=1 if M == 1 else 4, block_n=64), KC("dot", block_m=16, block_n=64)]
+        return [KC("dot", block_m=16, block_n=64), KC("dequant")]
+    out = []
+    if M <= 4:
+        bm = 1 << max(0, (M - 1).bit_length())
+        for bn in (64, 128, 256):
+            for split in (1, 2, 4, 8):
+                out.append(KC("gemv", block_m=bm, block_n=bn, split_k=split, num_warps=4))
+    if M <= 64:
+        bms = [b for b in (16, 32, 64) if b >= min(M, 16) and b // 2 < max(M, 16)]
+        for bm in bms:
+            for bn in (64, 128, 256):
+                for split in (1, 2, 4, 8):
+                    if bm * bn > 64 * 256:
+                        continue
+                    out.append(KC("dot", block_m=bm, block_n=bn, split_k=split, num_warps=4,
+                                  num_stages=3))
+    if M >= 32:
+        for bm in (64, 128):
+            if bm > 2 * M:
+                continue
+            for bn in (128, 256):
+                for warps, stages in ((4, 3), (8, 3), (8, 4)):
+                    if bm * bn > 128 * 128 and warps == 4:
+                        continue
+                    out.append(KC("dot", block_m=bm, block_n=bn, num_warps=warps, num_stages=stages))
+        out.append(KC("dequant"))
+    return out
