@@ -1,0 +1,226 @@
+"""Fused trellis GEMV / GEMM: decode trellis codes in registers, never writing a dequantized weight.
+
+``y = x @ W.T`` for a trellis weight ``W = U.T @ Wt @ V`` (docs/formats-trellis.md) runs as
+
+    x' = x @ V.T            (kernels/hadamard.py: signs + block Walsh-Hadamard)
+    y' = x' @ Wt.T          (this file: decode + multiply-accumulate)
+    y  = y' @ U             (kernels/hadamard.py)
+
+Decoding weight ``(k, n)``: its tile is ``(k // 16, n // 16)``, its step ``t = 16*(k % 16) + n % 16``;
+the 16-bit state is the stream window ending at bit ``e = (t+1)*K``: with ``hi = (e-1) // 32`` and
+``r = 32*(hi+1) - e``, ``state = ((word[hi] >> r) | (word[hi-1 mod W] << (32-r))) & 0xFFFF`` (a funnel
+shift over two 32-bit words of the tile). The word offsets and shifts depend only on ``(k % 16, n % 16)``
+and are computed once per program; the K loop does two loads, the funnel shift and the code.
+
+Paths: ``M <= GEMV_MAX_M``: one program per (row, N block, K split) accumulating in fp32 with FMAs
+(split-K partial sums combined with atomics); larger M: a tiled GEMM that decodes a ``[BLOCK_K,
+BLOCK_N]`` weight tile to the activation dtype in registers and uses ``tl.dot``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..formats import QuantizedTensor
+from ..formats import trellis as tf
+from . import hadamard as had
+
+GEMV_MAX_M = 4
+CODE_IDS = {"3inst": 0, "1mad": 1, "hyb": 2}
+
+
+@triton.jit
+def _decode(qw_ptr, tile_base, hi_off, prev_off, rshift, mask, lut_ptr, CODE: tl.constexpr):
+    """Code values (fp32) of a block of weights: ``tile_base`` = int offset of each weight's tile
+    words in ``qw_ptr`` (int32), ``hi_off``/``prev_off`` = word index of the window's two words inside
+    the tile, ``rshift`` = r (uint32, 0..31)."""
+    cur = tl.load(qw_ptr + tile_base + hi_off, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    prv = tl.load(qw_ptr + tile_base + prev_off, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    state = ((cur >> rshift) | ((prv << (31 - rshift)) << 1)) & 0xFFFF
+    if CODE == 0:    # 3inst
+        x = state * 89226354 + 64248484
+        x = (x & tl.full(x.shape, 0x8FFF8FFF, tl.uint32)) ^ tl.full(x.shape, 0x3B603B60, tl.uint32)
+        lo = (x & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+        hi = (x >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+        val = lo + hi
+    elif CODE == 1:  # 1mad
+        x = state * 34038481 + 76625530
+        total = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)
+        val = (total.to(tl.int32) - 510).to(tl.float32)
+    else:            # hyb
+        x = state * tl.full(state.shape, 0xCBAC1FED, tl.uint32)
+        val = tl.load(lut_ptr + (x >> 24).to(tl.int32), mask=mask, other=0.0).to(tl.float32)
+    return val
+
+
+@triton.jit
+def _window_offsets(kk, nn, BITS: tl.constexpr):
+    """Within-tile word offsets and shift of each (k, n) (only k % 16, n % 16 matter)."""
+    W: tl.constexpr = 8 * BITS
+    t = (kk % 16)[:, None] * 16 + (nn % 16)[None, :]
+    e = (t + 1) * BITS
+    hi = (e - 1) // 32
+    r = (32 * (hi + 1) - e).to(tl.uint32)
+    prev = (hi + W - 1) % W
+    return hi, prev, r
+
+
+@triton.jit
+def _trellis_gemv_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm, stride_om, group,
+                         ITERS_PER_SPLIT,
+                         BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr, USE_ATOMIC: tl.constexpr):
+    """x: [M, K] fp32/fp16/bf16 (rotated activations); qw: int32 [K/16, N/16, 8*BITS]; s: [G, N];
+    lut: [256] fp16 (hyb); out: [M, N] fp32 (zeroed when USE_ATOMIC).
+    Grid: (cdiv(N, BLOCK_N), SPLIT_K, M). BLOCK_K divides the scale group."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m = tl.program_id(2)
+    W: tl.constexpr = 8 * BITS
+    nn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    kk = tl.arange(0, BLOCK_K)
+    nmask = nn < N
+    hi, prev, r = _window_offsets(kk, nn, BITS)
+    tile_n = ((nn // 16) * W)[None, :]
+    n_tiles = N // 16
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    k_start = pid_k * ITERS_PER_SPLIT * BLOCK_K
+    for it in range(0, ITERS_PER_SPLIT):
+        k = k_start + it * BLOCK_K + kk
+        kmask = k < K
+        mask = kmask[:, None] & nmask[None, :]
+        tile_base = ((k // 16).to(tl.int64) * n_tiles * W)[:, None] + tile_n
+        val = _decode(qw_ptr, tile_base, hi, prev, r, mask, lut_ptr, CODE)
+        xv = tl.load(x_ptr + m * stride_xm + k, mask=kmask, other=0.0).to(tl.float32)
+        g = (k_start + it * BLOCK_K) // group
+        s = tl.load(s_ptr + g * N + nn, mask=nmask, other=0.0).to(tl.float32)
+        acc += s * tl.sum(val * xv[:, None], axis=0)
+    if USE_ATOMIC:
+        tl.atomic_add(out_ptr + m * stride_om + nn, acc, mask=nmask)
+    else:
+        tl.store(out_ptr + m * stride_om + nn, acc, mask=nmask)
+
+
+@triton.jit
+def _trellis_gemm_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K, stride_xm, stride_om, group,
+                         BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+    """x: [M, K] (rotated activations, the dot dtype); out: [M, N] fp32. Grid: (cdiv(M, BLOCK_M),
+    cdiv(N, BLOCK_N)). BLOCK_K divides the scale group."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    W: tl.constexpr = 8 * BITS
+    mm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    nn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    kk = tl.arange(0, BLOCK_K)
+    nmask = nn < N
+    mmask = mm < M
+    hi, prev, r = _window_offsets(kk, nn, BITS)
+    tile_n = ((nn // 16) * W)[None, :]
+    n_tiles = N // 16
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + kk
+        kmask = k < K
+        mask = kmask[:, None] & nmask[None, :]
+        tile_base = ((k // 16).to(tl.int64) * n_tiles * W)[:, None] + tile_n
+        val = _decode(qw_ptr, tile_base, hi, prev, r, mask, lut_ptr, CODE)
+        s = tl.load(s_ptr + (k0 // group) * N + nn, mask=nmask, other=0.0).to(tl.float32)
+        a = tl.load(x_ptr + mm[:, None] * stride_xm + k[None, :], mask=mmask[:, None] & kmask[None, :],
+                    other=0.0)
+        w = (val * s[None, :]).to(a.dtype)
+        if IEEE:
+            acc = tl.dot(a, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w, acc)
+    tl.store(out_ptr + mm[:, None] * stride_om + nn[None, :], acc, mask=mmask[:, None] & nmask[None, :])
+
+
+def unsupported_reason(x: torch.Tensor, qt: QuantizedTensor) -> str | None:
+    """Why :func:`trellis_qgemm` cannot run this call (``None`` when it can)."""
+    if not qt.format.startswith("trellis"):
+        return f"format {qt.format!r} is not a trellis format"
+    if qt.meta.get("code") not in CODE_IDS:
+        return f"trellis code {qt.meta.get('code')!r} has no kernel"
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"activation dtype {x.dtype} (expected float16, bfloat16 or float32)"
+    if x.device.type not in ("cuda", "cpu"):
+        return f"device {x.device.type} has no Triton backend"
+    for side in ("had_block_in", "had_block_out"):
+        if qt.meta[side] not in (16, 32, 64, 128):
+            return f"Hadamard block {qt.meta[side]} ({side}) is not 16, 32, 64 or 128"
+    return None
+
+
+def _split_k(n_blocks: int, k_iters: int, device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1 if k_iters < 4 else 2
+    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    split = max(1, min(k_iters, target // max(1, n_blocks)))
+    return split
+
+
+def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: int | None = None,
+                           block_k: int = 32, split_k: int | None = None) -> torch.Tensor:
+    """``y' = x' @ Wt.T`` in fp32 for rotated activations ``x' [M, K]`` (the kernel alone)."""
+    M, K = xr.shape
+    N = qt.shape[0]
+    bits = qt.bits
+    group = K if qt.group_size == -1 else qt.group_size
+    if group % block_k:
+        block_k = 16 if group % 16 == 0 else block_k
+    code = CODE_IDS[qt.meta["code"]]
+    qw, s = qt.tensors["qweight"], qt.tensors["scales"]
+    lut = qt.tensors.get("lut", s)        # any valid pointer when the code has no table
+    if M <= GEMV_MAX_M:
+        BLOCK_N = block_n or 64
+        n_blocks = triton.cdiv(N, BLOCK_N)
+        k_iters = triton.cdiv(K, block_k)
+        split = split_k or _split_k(n_blocks, k_iters, xr.device)
+        iters = triton.cdiv(k_iters, split)
+        split = triton.cdiv(k_iters, iters)
+        out = (torch.zeros if split > 1 else torch.empty)((M, N), dtype=torch.float32, device=xr.device)
+        _trellis_gemv_kernel[(n_blocks, split, M)](
+            xr, qw, s, lut, out, N, K, xr.stride(0), out.stride(0), group, iters,
+            BITS=bits, CODE=code, BLOCK_N=BLOCK_N, BLOCK_K=block_k, USE_ATOMIC=split > 1, num_warps=4)
+        return out
+    BLOCK_M = 16 if M <= 16 else (32 if M <= 32 else 64)
+    BLOCK_N = block_n or 64
+    out = torch.empty((M, N), dtype=torch.float32, device=xr.device)
+    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
+    _trellis_gemm_kernel[grid](xr, qw, s, lut, out, M, N, K, xr.stride(0), out.stride(0), group,
+                               BITS=bits, CODE=code, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=block_k,
+                               IEEE=xr.dtype == torch.float32, num_warps=4)
+    return out
+
+
+def trellis_qgemm(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """``x2d [M, K] @ W.T (+ bias) -> [M, N]`` in ``x2d.dtype`` for a trellis weight (Triton)."""
+    reason = unsupported_reason(x2d, qt)
+    if reason is not None:
+        raise ValueError(f"trellis_qgemm cannot run: {reason}")
+    M, K = x2d.shape
+    if K != qt.shape[1]:
+        raise ValueError(f"x2d has K={K}, the weight has K={qt.shape[1]}")
+    # GEMV accumulates in fp32, so keep x' in fp32; the tiled path feeds tensor cores in x's dtype
+    xr_dtype = torch.float32 if M <= GEMV_MAX_M else x2d.dtype
+    xr = had.rotate(x2d, qt.tensors["sv"], qt.meta["had_block_in"], out_dtype=xr_dtype)
+    yr = trellis_matmul_rotated(xr, qt)
+    y = had.unrotate(yr, qt.tensors["su"], qt.meta["had_block_out"], out_dtype=torch.float32)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x2d.dtype)
+
+
+def trellis_qgemm_reference(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None = None
+                            ) -> torch.Tensor:
+    """Torch reference of the same three steps (float64 rotations, fp32 product)."""
+    from ..formats import hadamard as ref
+    xr = ref.rotate(x2d, qt.tensors["sv"], qt.meta["had_block_in"])
+    wt = qt.fmt.rotated_weight(qt).to(torch.float64)
+    y = ref.unrotate(xr @ wt.t(), qt.tensors["su"], qt.meta["had_block_out"])
+    if bias is not None:
+        y = y + bias.to(torch.float64)
+    return y.to(x2d.dtype)
