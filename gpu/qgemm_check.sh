@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Quantized GEMM on the GPU: correctness (tests/test_qgemm.py GPU set, in parallel processes so the
+# Triton compiles overlap), the kernel-variant sweep, the selection table, bench_gemm. Logs and JSON
+# lines go to $OUT/qgemm/ (at most 7 files); a compact table is printed last.
+# Usage (repository root, on the GPU machine): bash gpu/qgemm_check.sh [check|tune|final]
+#   check: GPU tests + int4 variant sweep on 8192x8192 and 28672x8192 (M 1,16,64,256,1024) + bench_gemm
+#          of int4/fp4/mxfp4/int2/int3/int8 at M=1 on the same shapes (~6 min).
+#   tune:  bench_kernel_selection over every format on the issue's shapes, writes
+#          src/triton_marlin/kernels/tuned/<gpu>.json (copied to $OUT/qgemm/) (~8 min).
+#   final: bench_gemm (selection table in use) for the closing table (~5 min).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/out}"
+LOG="$OUT/qgemm"
+mkdir -p "$LOG"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python}"
+MODE="${1:-check}"
+failed=()
+step() {  # step NAME TIMEOUT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  echo "=== $name: $*" | tee -a "$LOG/summary.txt"
+  timeout "$limit" "$@" >"$LOG/$name.log" 2>&1
+  local rc=$?
+  echo "    exit $rc after $((SECONDS - t0)) s" | tee -a "$LOG/summary.txt"
+  tail -n 25 "$LOG/$name.log"
+  [ "$rc" -eq 0 ] || failed+=("$name")
+}
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee -a "$LOG/summary.txt"
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOG/summary.txt"
+BIG=8192x8192,28672x8192
+case "$MODE" in
+check)
+  step tests 240 $PY -m pytest -q -x -n 8 -m gpu tests/test_qgemm.py
+  step variants 300 $PY benchmarks/bench_kernel_variants.py --shapes $BIG --m 1,16,64,256,1024 \
+      --formats int4 --warmup 5 --repeats 20 --output "$LOG/variants.jsonl"
+  step gemm 200 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1 --formats int4,fp4,mxfp4,int2,int3,int8 \
+      --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
+  ;;
+tune)
+  step selection 500 $PY benchmarks/bench_kernel_selection.py \
+      --shapes glm47_expert_gate_up,glm47_expert_down,4096x4096,14336x4096,$BIG \
+      --m 1,2,4,8,16,32,64,128,256,1024 --formats int4 --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
+  cp src/triton_marlin/kernels/tuned/*.json "$LOG/" 2>/dev/null
+  ;;
+final)
+  step gemm 500 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 \
+      --formats int4,fp4,mxfp4,int2,int3,int8 --warmup 5 --repeats 30 --output "$LOG/gemm.jsonl"
+  ;;
+*) echo "usage: $0 [check|tune|final]" >&2; exit 2 ;;
+esac
+$PY gpu/qgemm_summary.py variants="$LOG/variants.jsonl" gemm="$LOG/gemm.jsonl"
+echo "failed steps: ${failed[*]:-none}"
