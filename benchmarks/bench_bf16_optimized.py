@@ -97,6 +97,10 @@ def main(argv=None):
                     runner.record({**case, "impl": triton_label, "block": block}, "bandwidth", gbps, "GB/s",
                                   roofline=gbps / base["copy_GBps"], sweep="block", median_us=st.median_us)
             del x, out, mine
+    for src, dst in pairs:
+        runner.plot(f"{_name(src)}_to_{_name(dst)}", x="numel", series="impl", metric="bandwidth", logx=True,
+                    where=lambda r, s=_name(src), d=_name(dst): (r["case"]["src"], r["case"]["dst"]) == (s, d)
+                    and "sweep" not in r)
     runner.finish()
 
 

@@ -68,6 +68,8 @@ def main(argv=None):
         case = {"access": name, "side": side}
         runner.record(case, "time", st.median_us, "us", stats=st)
         runner.record(case, "bandwidth", gbps, "GB/s", roofline=gbps / base["copy_GBps"])
+    runner.plot("stride", x="stride", series="impl", metric="bandwidth", logx=True,
+                title=f"gather of {n} fp32 by stride, {runner.gpu}")
     runner.finish()
 
 

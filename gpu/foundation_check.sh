@@ -36,11 +36,11 @@ cat "$LOG/env.txt"
 if [ "$MODE" != extras ]; then
   step baseline 200 "$PY" benchmarks/baseline_benchmark.py --output "$LOG/baseline_benchmark.jsonl"
   cp results/baseline-*.json "$LOG/" 2>/dev/null
-  step bf16_optimized 200 "$PY" benchmarks/bench_bf16_optimized.py --blocks 1024 2048 4096 8192 16384 \
+  step bf16_optimized 200 "$PY" benchmarks/bench_bf16_optimized.py --blocks 1024 2048 4096 8192 16384 --plot-dir "$LOG/plots" \
     --output "$LOG/bench_bf16_optimized.jsonl"
   step bf16_optimized_graph 90 "$PY" benchmarks/bench_bf16_optimized.py --graph --sizes 65536 1048576 \
     --output "$LOG/bench_bf16_optimized_graph.jsonl"
-  step memory_access 120 "$PY" benchmarks/bench_memory_access.py --output "$LOG/bench_memory_access.jsonl"
+  step memory_access 120 "$PY" benchmarks/bench_memory_access.py --plot-dir "$LOG/plots" --output "$LOG/bench_memory_access.jsonl"
   step unified_memory 120 "$PY" benchmarks/bench_unified_memory.py --output "$LOG/bench_unified_memory.jsonl"
   step tests 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_bench_harness.py tests/test_bf16_convert.py \
     tests/test_ab_stats.py

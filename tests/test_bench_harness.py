@@ -210,3 +210,18 @@ def test_plot_lines(tmp_path, capsys):
         return
     with pytest.raises(ValueError, match="metric"):
         bench.plot_lines(recs, x="M", series="impl", path=tmp_path / "q.png", metric="bandwidth")
+
+
+def test_runner_plot_only_with_plot_dir(tmp_path):
+    runner, _ = _runner(tmp_path)
+    runner.record({"n": 1, "impl": "a"}, "bandwidth", 1.0, "GB/s")
+    assert runner.plot("x", x="n", series="impl", metric="bandwidth") is None  # no --plot-dir: nothing drawn
+    runner.finish()
+    runner, _ = _runner(tmp_path, "--plot-dir", str(tmp_path / "plots"))
+    for n in (1, 2):
+        runner.record({"n": n, "impl": "a"}, "bandwidth", float(n), "GB/s")
+        runner.record({"n": n, "impl": "b"}, "bandwidth", float(n) / 2, "GB/s", sweep="x")
+    path = runner.plot("bw", x="n", series="impl", metric="bandwidth", where=lambda r: "sweep" not in r)
+    if bench.have_matplotlib():
+        assert path == tmp_path / "plots" / "t_bench_bw.png" and path.is_file()
+    runner.finish()

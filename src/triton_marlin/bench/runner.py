@@ -132,6 +132,8 @@ class BenchRunner:
         std.add_argument("--repeats", type=int, default=None,
                          help=f"timed samples per case (default {DEFAULT_REPEATS}; {QUICK_REPEATS} with --quick)")
         std.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+        std.add_argument("--plot-dir", default=None, metavar="DIR",
+                         help="write PNG plots (where the script draws any) into DIR; needs matplotlib")
         std.add_argument("--threads", type=int, default=None,
                          help="CPU threads torch may use (default: torch's choice); 1 gives steadier CPU timings "
                               "on a shared machine")
@@ -238,6 +240,31 @@ class BenchRunner:
         """The measured ceilings of this device (see :func:`triton_marlin.bench.load_baseline`)."""
         from .baseline import load_baseline
         return load_baseline(self.device)
+
+    def plot(self, name: str, x: str, series: str, metric: str, *, title: str | None = None,
+             logx: bool = False, logy: bool = False, where: dict | Callable[[dict], bool] | None = None):
+        """Plot ``metric`` against ``case[x]``, one line per ``case[series]``, into ``--plot-dir/<benchmark>_<name>.png``
+        (records filtered by ``where``: a dict of case key -> value, or a predicate on the record). Does nothing
+        without ``--plot-dir``."""
+        if not self.args.plot_dir:
+            return None
+        from .plots import plot_lines
+        if where is None or callable(where):
+            keep = where or (lambda r: True)
+        else:
+            def keep(r):
+                return all(r["case"].get(k) == v for k, v in where.items())
+        rows = [r for r in self.records if r["metric"] == metric and x in r["case"] and series in r["case"]
+                and keep(r)]
+        if not rows:
+            self.note(f"plot {name}: no {metric!r} records to draw")
+            return None
+        path = plot_lines(rows, x=x, series=series, metric=metric,
+                          path=Path(self.args.plot_dir) / f"{self.name}_{name}.png",
+                          title=title or f"{self.name} on {self.gpu}", logx=logx, logy=logy)
+        if path is not None:
+            print(f"plot: {path}")
+        return path
 
     def finish(self) -> list[dict]:
         """Close the output file and print the table of every record (and the notes). Returns the records."""
