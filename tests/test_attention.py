@@ -266,6 +266,73 @@ def test_fake_impls_give_output_shapes():
         assert out.shape == (2, 4, 64) and out.dtype == torch.float16
 
 
+# ----------------------------------------------------------------- compiles for Hopper (no GPU needed)
+
+_AOT_SCRIPT = r"""
+import json, re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton_marlin.kernels import attention as A
+from triton_marlin import kvcache as KV
+
+def build(fn, ptrs, consts, num_warps, num_stages=1):
+    # what the JIT does at launch: unit strides become constants, other ints and pointers get divisibility 16
+    names = fn.arg_names
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if n not in consts and (n in ptrs or n.startswith("stride"))}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()}, attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
+    return {"shared": k.metadata.shared, "async_copies": len(re.findall("async_copy_global_to_local", k.asm["ttgir"]))}
+
+out = {}
+for dt, D, causal in (("fp16", 128, True), ("bf16", 64, False)):
+    cfg = A.PrefillConfig(128, 64, 8 if D == 128 else 4, 3)
+    p = {n: "*" + dt for n in ("Q", "K", "V", "Out")}
+    p["qk_scale"] = "fp32"
+    c = dict(stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1, GROUP=10, CAUSAL=causal, HEAD_DIM=D,
+             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOT_F32=False)
+    out[f"prefill_{dt}_{D}"] = build(A._attn_fwd_kernel, p, c, cfg.num_warps, cfg.num_stages)
+p = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "SeqLens": "*i32", "PartO": "*fp32", "PartLse": "*fp32",
+     "qk_scale": "fp32"}
+c = dict(stride_qd=1, stride_kd=1, stride_vd=1, stride_pod=1, GROUP=10, GROUP_PAD=16, HEAD_DIM=128, BLOCK_N=64,
+         DOT_F32=False)
+out["decode_split"] = build(A._decode_split_kernel, p, c, 4, 2)
+out["decode_combine"] = build(A._decode_combine_kernel, {"PartO": "*fp32", "PartLse": "*fp32", "Out": "*bf16"},
+                              dict(stride_pod=1, stride_od=1, HEAD_DIM=128, SPLITS_PAD=64), 4)
+p = {n: "*fp16" for n in ("KNew", "VNew", "KCache", "VCache")}
+p.update(SeqLens="*i32", NumNew="*i32")
+out["kv_append"] = build(KV._kv_append_kernel, p, dict(stride_knd=1, stride_vnd=1, stride_kcd=1, stride_vcd=1,
+                                                        HAS_NUM_NEW=True, HEAD_DIM=128, BLOCK_T=64), 4)
+print(json.dumps(out))
+"""
+
+
+def test_kernels_compile_for_hopper_and_pipeline():
+    """Compile every kernel for sm_90 (Triton's own ptxas, no GPU): catches what the interpreter accepts but the
+    compiler rejects, checks shared memory fits an H100/H200 (227 KiB) and that the prefill K/V loads are
+    software-pipelined (async copies), as its launch config intends."""
+    import json
+    import os
+    import subprocess
+    import sys
+    try:
+        import triton.backends.nvidia  # noqa: F401
+    except ImportError:
+        pytest.skip("Triton's NVIDIA backend is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(info) == {"prefill_fp16_128", "prefill_bf16_64", "decode_split", "decode_combine", "kv_append"}
+    for name, meta in info.items():
+        assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
+    # Q tile + 3 stages of K and V tiles: 32 + 3 * 32 KiB at D=128
+    assert info["prefill_fp16_128"]["shared"] == 128 * 1024
+    assert info["prefill_fp16_128"]["async_copies"] > 0 and info["decode_split"]["async_copies"] > 0
+
+
 # ----------------------------------------------------------------- GPU (larger shapes)
 
 @pytest.mark.gpu
