@@ -3,8 +3,8 @@
 ``rotate(x, s, b)`` = ``x @ V.T`` and ``unrotate(y, s, b)`` = ``y @ V`` on the last dimension, with
 ``V = blockdiag(H_b) diag(s)`` (the convention of :mod:`triton_marlin.formats.hadamard`). One program
 transforms ``BLOCK_R`` rows of one ``b``-wide column block as a ``[BLOCK_R, b] @ [b, b]`` product with
-the +-1 Sylvester matrix (exact in fp16/bf16 operands, fp32 accumulation; fp32 input uses IEEE fp32
-dot), then scales by ``1/sqrt(b)``. For ``b <= 128`` this costs ``b`` MACs per element on tensor
+the +-1 Sylvester matrix (products exact: fp16 operands for fp16 input, tf32 for bf16 input, IEEE
+fp32 for fp32 input; fp32 accumulation), then scales by ``1/sqrt(b)``. For ``b <= 128`` this costs ``b`` MACs per element on tensor
 cores, far under the memory time of reading the row, so it is a memory-bound pass.
 """
 from __future__ import annotations
@@ -75,13 +75,15 @@ def hadamard_transform(x: torch.Tensor, signs: torch.Tensor, block: int, *, sign
     out = torch.empty((R, D), dtype=out_dtype, device=x.device)
     if R == 0:
         return out.reshape(*x.shape[:-1], D)
-    dot_dtype = x.dtype if x.dtype != torch.float32 else torch.float32
+    # fp16: fp16 operands; bf16: fp32 operands through tf32, which holds every bf16 value and +-1
+    # exactly; fp32: IEEE fp32. All accumulate in fp32.
+    dot_dtype = torch.float16 if x.dtype == torch.float16 else torch.float32
     h = _sylvester(block, dot_dtype, x.device)
     BLOCK_R = 16 if R <= 16 else 64
     grid = (triton.cdiv(R, BLOCK_R), D // block)
     _hadamard_kernel[grid](x2, signs, h, out, R, x2.stride(0), out.stride(0), 1.0 / block ** 0.5,
                            HB=block, BLOCK_R=BLOCK_R, SIGN_BEFORE=sign_before,
-                           IEEE=dot_dtype == torch.float32, num_warps=4)
+                           IEEE=x.dtype == torch.float32, num_warps=4)
     return out.reshape(*x.shape[:-1], D)
 
 

@@ -86,14 +86,15 @@ def _trellis_gemv_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm
     n_tiles = N // 16
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     k_start = pid_k * ITERS_PER_SPLIT * BLOCK_K
-    for it in range(0, ITERS_PER_SPLIT):
-        k = k_start + it * BLOCK_K + kk
+    k_end = tl.minimum(k_start + ITERS_PER_SPLIT * BLOCK_K, K)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        k = k0 + kk
         kmask = k < K
         mask = kmask[:, None] & nmask[None, :]
         tile_base = ((k // 16).to(tl.int64) * n_tiles * W)[:, None] + tile_n
         val = _decode(qw_ptr, tile_base, hi, prev, r, mask, lut_ptr, CODE)
         xv = tl.load(x_ptr + m * stride_xm + k, mask=kmask, other=0.0).to(tl.float32)
-        g = (k_start + it * BLOCK_K) // group
+        g = k0 // group
         s = tl.load(s_ptr + g * N + nn, mask=nmask, other=0.0).to(tl.float32)
         acc += s * tl.sum(val * xv[:, None], axis=0)
     if USE_ATOMIC:
@@ -161,9 +162,20 @@ def _split_k(n_blocks: int, k_iters: int, device: torch.device) -> int:
     return split
 
 
+def _output(out, M: int, N: int, device) -> torch.Tensor:
+    if out is None:
+        return torch.empty((M, N), dtype=torch.float32, device=device)
+    if out.shape != (M, N) or out.dtype != torch.float32 or out.stride(1) != 1 or out.device != device:
+        raise ValueError(f"out must be a float32 [{M}, {N}] tensor with unit column stride on {device}")
+    return out
+
+
 def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: int | None = None,
-                           block_k: int = 32, split_k: int | None = None) -> torch.Tensor:
-    """``y' = x' @ Wt.T`` in fp32 for rotated activations ``x' [M, K]`` (the kernel alone)."""
+                           block_k: int = 32, split_k: int | None = None,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
+    """``y' = x' @ Wt.T`` in fp32 for rotated activations ``x' [M, K]`` (the kernel alone).
+
+    ``out``: optional fp32 ``[M, N]`` buffer (contiguous rows); split-K zeroes it first."""
     M, K = xr.shape
     N = qt.shape[0]
     bits = qt.bits
@@ -180,14 +192,16 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
         split = split_k or _split_k(n_blocks, k_iters, xr.device)
         iters = triton.cdiv(k_iters, split)
         split = triton.cdiv(k_iters, iters)
-        out = (torch.zeros if split > 1 else torch.empty)((M, N), dtype=torch.float32, device=xr.device)
+        out = _output(out, M, N, xr.device)
+        if split > 1:
+            out.zero_()
         _trellis_gemv_kernel[(n_blocks, split, M)](
             xr, qw, s, lut, out, N, K, xr.stride(0), out.stride(0), group, iters,
             BITS=bits, CODE=code, BLOCK_N=BLOCK_N, BLOCK_K=block_k, USE_ATOMIC=split > 1, num_warps=4)
         return out
     BLOCK_M = 16 if M <= 16 else (32 if M <= 32 else 64)
     BLOCK_N = block_n or 64
-    out = torch.empty((M, N), dtype=torch.float32, device=xr.device)
+    out = _output(out, M, N, xr.device)
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
     _trellis_gemm_kernel[grid](xr, qw, s, lut, out, M, N, K, xr.stride(0), out.stride(0), group,
                                BITS=bits, CODE=code, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=block_k,

@@ -1,0 +1,102 @@
+"""Fused trellis decode GEMV/GEMM (Triton; the CPU interpreter at small sizes, larger on the GPU)."""
+import pytest
+import torch
+
+from triton_marlin.formats import QuantizedTensor
+from triton_marlin.formats import hadamard
+from triton_marlin.formats import trellis as tf
+
+from conftest import rel_err
+
+pytest.importorskip("triton")
+from triton_marlin.kernels import trellis_gemm as tg  # noqa: E402
+
+
+def random_trellis(N, K, bits, code, group_size, gen, device="cpu", scale_dtype=torch.float16):
+    """A trellis weight with random streams: every bit pattern is a valid tail-biting stream."""
+    W = tf.words_per_tile(bits)
+    words = torch.randint(-2 ** 31, 2 ** 31, (K // 16, N // 16, W), generator=gen, dtype=torch.int64)
+    G = 1 if group_size == -1 else K // group_size
+    tensors = {
+        "qweight": words.to(torch.int32),
+        "scales": (torch.rand(G, N, generator=gen) * 0.02 + 0.005).to(scale_dtype),
+        "su": hadamard.random_signs(N, gen), "sv": hadamard.random_signs(K, gen),
+    }
+    if code == "hyb":
+        tensors["lut"] = torch.randn(256, generator=gen).to(torch.float16)
+    meta = tf.make_meta(bits, code, N, K, scale_dtype, method="random")
+    qt = QuantizedTensor(f"trellis{bits}", (N, K), group_size, tensors, meta)
+    return qt.to(device)
+
+
+CASES = [  # (N, K, bits, code, group_size)
+    (16, 48, 2, "3inst", -1),
+    (48, 64, 3, "1mad", 32),
+    (32, 96, 4, "hyb", -1),
+    (80, 32, 3, "3inst", 32),
+    (16, 256, 4, "1mad", 128),
+]
+
+
+@pytest.mark.parametrize("N,K,bits,code,group", CASES)
+@pytest.mark.parametrize("M", [1, 3, 5, 17])
+def test_rotated_kernel_matches_decoded_weight(N, K, bits, code, group, M, gen):
+    qt = random_trellis(N, K, bits, code, group, gen)
+    wt = qt.fmt.rotated_weight(qt).double()
+    xr = torch.randn(M, K, generator=gen)
+    out = torch.full((M, N), float("nan"))
+    tg.trellis_matmul_rotated(xr, qt, split_k=1, out=out)      # every element must be written
+    assert rel_err(out, xr.double() @ wt.t()) < 1e-5
+    if M <= tg.GEMV_MAX_M and K >= 64:                         # split-K with atomics
+        out2 = tg.trellis_matmul_rotated(xr, qt, split_k=2)
+        assert rel_err(out2, xr.double() @ wt.t()) < 1e-5
+
+
+@pytest.mark.parametrize("N,K,bits,code,group", CASES[:3])
+@pytest.mark.parametrize("M,dtype", [(1, torch.float16), (2, torch.float32), (18, torch.float16)])
+def test_trellis_qgemm_end_to_end(N, K, bits, code, group, M, dtype, gen):
+    qt = random_trellis(N, K, bits, code, group, gen)
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    bias = torch.randn(N, generator=gen).to(dtype)
+    y = tg.trellis_qgemm(x, qt, bias)
+    assert y.dtype == dtype and y.shape == (M, N)
+    ref = x.double() @ qt.dequantize(torch.float64).t() + bias.double()
+    tol = 1e-5 if dtype == torch.float32 else 1e-3
+    assert rel_err(y, ref) < tol
+    assert rel_err(tg.trellis_qgemm_reference(x, qt, bias), ref) < tol
+
+
+def test_unsupported_reason_and_errors(gen):
+    qt = random_trellis(16, 32, 2, "3inst", -1, gen)
+    assert tg.unsupported_reason(torch.randn(1, 32), qt) is None
+    assert "dtype" in tg.unsupported_reason(torch.randn(1, 32).double(), qt)
+    with pytest.raises(ValueError, match="out must be"):
+        tg.trellis_matmul_rotated(torch.randn(1, 32), qt, out=torch.empty(1, 8))
+    from triton_marlin import quantize
+    int_qt = quantize(torch.randn(16, 32), "int4", group_size=32)
+    assert "not a trellis" in tg.unsupported_reason(torch.randn(1, 32), int_qt)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits,code", [(2, "3inst"), (3, "1mad"), (4, "hyb"), (3, "3inst")])
+@pytest.mark.parametrize("M", [1, 4, 64, 333])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_trellis_qgemm(bits, code, M, dtype, gen):
+    N, K = 1024, 2048
+    qt = random_trellis(N, K, bits, code, -1, gen, device="cuda")
+    x = torch.randn(M, K, generator=gen).to(dtype).cuda()
+    y = tg.trellis_qgemm(x, qt)
+    ref = x.double() @ qt.dequantize(torch.float64).t()
+    assert rel_err(y, ref) < (1e-3 if dtype == torch.float16 else 8e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_viterbi_encode_matches_cpu_quality(gen):
+    import triton_marlin as tm
+    w = torch.randn(64, 128, generator=gen)
+    gpu = tm.quantize(w.cuda(), "trellis3", method="viterbi")
+    cpu = tm.quantize(w, "trellis3", method="viterbi")
+    mse_gpu = ((gpu.dequantize(torch.float64).cpu() - w.double()) ** 2).mean().item()
+    mse_cpu = ((cpu.dequantize(torch.float64) - w.double()) ** 2).mean().item()
+    assert mse_gpu == pytest.approx(mse_cpu, rel=0.02)
+    assert mse_gpu < 0.019
