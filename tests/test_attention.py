@@ -255,6 +255,21 @@ def test_decode_bad_num_splits(gen):
         A.decode_attention_triton(q, k, k, torch.tensor([16], dtype=torch.int32), num_splits=0)
 
 
+@needs_triton
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+def test_torch_compile_fullgraph_traces_the_custom_ops(gen):
+    """Under torch.compile (fullgraph: no graph break allowed) both entry points become custom ops."""
+    q, k, v = _qkv(gen, 1, 4, 2, 17, 17, 64, torch.float16)
+    compiled = torch.compile(lambda q, k, v: A.attention(q, k, v, causal=True) * 2, fullgraph=True, backend="eager")
+    assert rel_err(compiled(q, k, v), 2 * _ref64(q, k, v, True)) < TOL[torch.float16]
+    qd = torch.randn(1, 4, 64, generator=gen).half()
+    seq_lens = torch.tensor([13], dtype=torch.int32)
+    decode = torch.compile(lambda q, k, v, s: A.decode_attention(q, k, v, s, max_seq_len=13) + 1, fullgraph=True,
+                           backend="eager")
+    ref = A.decode_attention_reference(qd.double(), k.double(), v.double(), seq_lens) + 1
+    assert rel_err(decode(qd, k, v, seq_lens), ref) < TOL[torch.float16]
+
+
 def test_fake_impls_give_output_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
@@ -297,8 +312,10 @@ for dt, D, causal in (("fp16", 128, True), ("bf16", 64, False)):
 p = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "SeqLens": "*i32", "PartO": "*fp32", "PartLse": "*fp32",
      "qk_scale": "fp32"}
 c = dict(stride_qd=1, stride_kd=1, stride_vd=1, stride_pod=1, GROUP=10, GROUP_PAD=16, HEAD_DIM=128, BLOCK_N=64,
-         DOT_F32=False)
+         DOT_F32=False, WRITE_LSE=True)
 out["decode_split"] = build(A._decode_split_kernel, p, c, 4, 2)
+p["PartO"] = "*bf16"  # one chunk: writes the output directly
+out["decode_direct"] = build(A._decode_split_kernel, p, dict(c, WRITE_LSE=False), 4, 2)
 out["decode_combine"] = build(A._decode_combine_kernel, {"PartO": "*fp32", "PartLse": "*fp32", "Out": "*bf16"},
                               dict(stride_pod=1, stride_od=1, HEAD_DIM=128, SPLITS_PAD=64), 4)
 p = {n: "*fp16" for n in ("KNew", "VNew", "KCache", "VCache")}
@@ -325,7 +342,8 @@ def test_kernels_compile_for_hopper_and_pipeline():
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(info) == {"prefill_fp16_128", "prefill_bf16_64", "decode_split", "decode_combine", "kv_append"}
+    assert set(info) == {"prefill_fp16_128", "prefill_bf16_64", "decode_split", "decode_direct", "decode_combine",
+                         "kv_append"}
     for name, meta in info.items():
         assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
     # Q tile + 3 stages of K and V tiles: 32 + 3 * 32 KiB at D=128

@@ -16,7 +16,8 @@ Decode (``decode_attention``): one query token per sequence, ``q [B, Hq, D]``, a
 Stage 1 splits each sequence into ``num_splits`` chunks; a program handles one (batch, KV head, chunk) for all
 ``Hq // Hkv`` query heads of that KV head at once (each K/V byte is read once per step, not once per query
 head) and writes a normalized partial output plus its log-sum-exp. Stage 2 merges the chunks per (batch,
-query head). A sequence of length 0 gives an all-zero output.
+query head); with a single chunk stage 1 writes the output itself and stage 2 is skipped. A sequence of length 0
+gives an all-zero output.
 
 Layers: ``_attn_fwd_kernel`` / ``_decode_split_kernel`` + ``_decode_combine_kernel`` (Triton),
 ``flash_attention_triton`` / ``decode_attention_triton`` (checks, allocation, launch config), the custom ops
@@ -366,8 +367,13 @@ if _HAVE_TRITON:
 
         Q, Out: [B, Hq, Sq, HEAD_DIM]; K, V: [B, Hq // GROUP, Sk, HEAD_DIM]; all addressed through the given
         (batch, head, seq, dim) strides. qk_scale = sm_scale * log2(e). Grid: (cdiv(Sq, BLOCK_M), B * Hq).
+        Causal: query blocks are taken last-first, so the longest rows start first and the short ones fill
+        the tail of the launch.
         """
-        pid_m = tl.program_id(0)
+        if CAUSAL:
+            pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+        else:
+            pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // num_heads).to(tl.int64)
         h = pid_bh % num_heads
@@ -417,13 +423,14 @@ if _HAVE_TRITON:
                              stride_plb, stride_plh, stride_pls,
                              capacity, chunk, qk_scale,
                              GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                             BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
+                             BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr, WRITE_LSE: tl.constexpr):
         """Partial attention of the GROUP query heads of one KV head over one chunk of one sequence.
 
         Q: [B, Hq, HEAD_DIM]; K, V: [B, Hkv, capacity, HEAD_DIM] (any strides); SeqLens: [B];
         PartO: [B, Hq, num_splits, HEAD_DIM] fp32 (normalized within the chunk); PartLse: [B, Hq, num_splits]
         fp32, base-2 log-sum-exp of the chunk's logits (-inf for an empty chunk).
-        Grid: (B, Hkv, num_splits); chunk is a multiple of BLOCK_N.
+        Grid: (B, Hkv, num_splits); chunk is a multiple of BLOCK_N. With one chunk (WRITE_LSE=False) PartO is
+        the output itself ([B, Hq, HEAD_DIM] in q's dtype, stride_pos unused) and no merge is needed.
         """
         b = tl.program_id(0).to(tl.int64)
         kvh = tl.program_id(1).to(tl.int64)
@@ -472,8 +479,9 @@ if _HAVE_TRITON:
         out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
         lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), float("-inf"))
         tl.store(PartO + b * stride_pob + heads[:, None] * stride_poh + split * stride_pos
-                 + offs_d[None, :] * stride_pod, out, mask=g_mask[:, None])
-        tl.store(PartLse + b * stride_plb + heads * stride_plh + split * stride_pls, lse, mask=g_mask)
+                 + offs_d[None, :] * stride_pod, out.to(PartO.dtype.element_ty), mask=g_mask[:, None])
+        if WRITE_LSE:
+            tl.store(PartLse + b * stride_plb + heads * stride_plh + split * stride_pls, lse, mask=g_mask)
 
     @triton.jit
     def _decode_combine_kernel(PartO, PartLse, Out,
@@ -588,21 +596,26 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
         raise ValueError(f"num_splits: expected an int >= 1, got {num_splits!r}")
     chunk, num_splits = split_plan(max_seq_len, num_splits, cfg.block_n)
+    group = Hq // Hkv
+    kernels = _get_kernels()
+    consts = dict(GROUP=group, GROUP_PAD=max(16, _next_pow2(group)), HEAD_DIM=D, BLOCK_N=cfg.block_n,
+                  DOT_F32=_dot_in_fp32(q), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if num_splits == 1:  # one chunk: normalize and write the output directly, no merge kernel
+        kernels["decode_split"][(B, Hkv, 1)](
+            q, k_cache, v_cache, seq_lens, out, out,
+            *q.stride(), *k_cache.stride(), *v_cache.stride(), out.stride(0), out.stride(1), 0, out.stride(2),
+            0, 0, 0, capacity, chunk, scale * _LOG2E, WRITE_LSE=False, **consts)
+        return out
     if _POISON_WORKSPACE:
         part_o = torch.full((B, Hq, num_splits, D), float("nan"), dtype=torch.float32, device=q.device)
         part_lse = torch.full((B, Hq, num_splits), float("nan"), dtype=torch.float32, device=q.device)
     else:
         part_o = torch.empty(B, Hq, num_splits, D, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(B, Hq, num_splits, dtype=torch.float32, device=q.device)
-    group = Hq // Hkv
-    kernels = _get_kernels()
     kernels["decode_split"][(B, Hkv, num_splits)](
         q, k_cache, v_cache, seq_lens, part_o, part_lse,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *part_o.stride(), *part_lse.stride(),
-        capacity, chunk, scale * _LOG2E,
-        GROUP=group, GROUP_PAD=max(16, _next_pow2(group)), HEAD_DIM=D, BLOCK_N=cfg.block_n,
-        DOT_F32=_dot_in_fp32(q),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        capacity, chunk, scale * _LOG2E, WRITE_LSE=True, **consts)
     kernels["decode_combine"][(B, Hq)](
         part_o, part_lse, out, *part_o.stride(), *part_lse.stride(), *out.stride(), num_splits,
         HEAD_DIM=D, SPLITS_PAD=max(2, _next_pow2(num_splits)), num_warps=4 if D >= 128 else 2)
@@ -649,7 +662,8 @@ def _use_triton(op: str, q: torch.Tensor, backend: str) -> bool:
         return True
     if backend == "triton":
         raise ValueError(f"backend='triton': {reason}")
-    dispatch.warn_fallback(op, f"{reason}; running the torch reference")
+    if not _compiling():
+        dispatch.warn_fallback(op, f"{reason}; running the torch reference")
     return False
 
 
@@ -668,11 +682,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     _check_prefill(q, k, v, causal)
     scale = _scale(sm_scale, q.shape[-1])
     if _use_triton("attention", q, backend):
-        dispatch.record("attention", "triton")
-        if _compiling():
+        if _compiling():  # traced once: the custom op is what runs; dispatch's counters are host state
             return _attention_op(q, k, v, bool(causal), scale)
+        dispatch.record("attention", "triton")
         return flash_attention_triton(q, k, v, causal, scale)
-    dispatch.record("attention", "torch")
+    if not _compiling():
+        dispatch.record("attention", "torch")
     return attention_reference(q, k, v, causal, scale)
 
 
@@ -696,12 +711,13 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _check_decode(q, k_cache, v_cache, seq_lens)
     scale = _scale(sm_scale, q.shape[-1])
     if _use_triton("decode_attention", q, backend):
-        dispatch.record("decode_attention", "triton")
         if _compiling():
             if max_seq_len is None:
                 max_seq_len = k_cache.shape[2]
             return _decode_attention_op(q, k_cache, v_cache, seq_lens, scale, max_seq_len, num_splits or 0)
+        dispatch.record("decode_attention", "triton")
         return decode_attention_triton(q, k_cache, v_cache, seq_lens, scale, max_seq_len=max_seq_len,
                                        num_splits=num_splits)
-    dispatch.record("decode_attention", "torch")
+    if not _compiling():
+        dispatch.record("decode_attention", "torch")
     return decode_attention_reference(q, k_cache, v_cache, seq_lens, scale)
