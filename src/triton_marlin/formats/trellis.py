@@ -228,3 +228,24 @@ def make_meta(bits: int, code: str, N: int, K: int, scale_dtype: torch.dtype, me
 
 
 TRELLIS_FORMATS = {b: register_format(TrellisFormat(b)) for b in (2, 3, 4)}
+
+
+def random_trellis_weight(N: int, K: int, bits: int, code: str = "3inst", group_size: int = -1,
+                          generator: torch.Generator | None = None, device="cpu",
+                          scale: float = 0.02, scale_dtype: torch.dtype = torch.float16) -> QuantizedTensor:
+    """A trellis weight with uniformly random streams (every bit pattern is a valid tail-biting
+    stream): what kernel timing needs without paying for an encode. Quality figures need a real
+    encode (method='viterbi' or 'ldlq')."""
+    check_trellis_shape(N, K)
+    if code not in CODES:
+        raise ValueError(f"code must be one of {CODES}, got {code!r}")
+    words = torch.randint(-2 ** 31, 2 ** 31, (K // TILE, N // TILE, words_per_tile(bits)),
+                          generator=generator, dtype=torch.int64).to(torch.int32)
+    G = 1 if group_size == -1 else K // group_size
+    rms = code_table(code, default_hyb_lut() if code == "hyb" else None).square().mean().sqrt()
+    tensors = {"qweight": words, "scales": torch.full((G, N), scale / rms.item()).to(scale_dtype),
+               "su": hadamard.random_signs(N, generator), "sv": hadamard.random_signs(K, generator)}
+    if code == "hyb":
+        tensors["lut"] = default_hyb_lut()
+    meta = make_meta(bits, code, N, K, scale_dtype, method="random")
+    return QuantizedTensor(f"trellis{bits}", (N, K), group_size, tensors, meta).to(device)

@@ -28,6 +28,7 @@ from . import hadamard as had
 
 GEMV_MAX_M = 4
 CODE_IDS = {"3inst": 0, "1mad": 1, "hyb": 2}
+LAST_COMPILED: dict = {}   # path -> the compiled kernel of the latest launch (benchmarks read its asm)
 
 
 @triton.jit
@@ -195,7 +196,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
         out = _output(out, M, N, xr.device)
         if split > 1:
             out.zero_()
-        _trellis_gemv_kernel[(n_blocks, split, M)](
+        LAST_COMPILED["gemv"] = _trellis_gemv_kernel[(n_blocks, split, M)](
             xr, qw, s, lut, out, N, K, xr.stride(0), out.stride(0), group, iters,
             BITS=bits, CODE=code, BLOCK_N=BLOCK_N, BLOCK_K=block_k, USE_ATOMIC=split > 1, num_warps=4)
         return out
@@ -203,9 +204,10 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     BLOCK_N = block_n or 64
     out = _output(out, M, N, xr.device)
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
-    _trellis_gemm_kernel[grid](xr, qw, s, lut, out, M, N, K, xr.stride(0), out.stride(0), group,
-                               BITS=bits, CODE=code, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=block_k,
-                               IEEE=xr.dtype == torch.float32, num_warps=4)
+    LAST_COMPILED["gemm"] = _trellis_gemm_kernel[grid](
+        xr, qw, s, lut, out, M, N, K, xr.stride(0), out.stride(0), group,
+        BITS=bits, CODE=code, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=block_k,
+        IEEE=xr.dtype == torch.float32, num_warps=4)
     return out
 
 

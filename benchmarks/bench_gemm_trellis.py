@@ -1,0 +1,179 @@
+"""Fused trellis GEMV/GEMM (trellis2/3/4) against fp16 cuBLAS and int4 qmatmul, same run.
+
+Per case (shape x format x code x M): the full path (Hadamard on x, fused decode GEMM, Hadamard on y)
+and the decode GEMM alone, timed by CUDA-graph replay (launch excluded) and launch-inclusive; GB/s of
+the bytes the call must move (codes, scales, signs, x, out) and the fraction of the measured copy
+bandwidth; decode rate (weights/s); speedup against fp16 cuBLAS (F.linear on the dequantized weight)
+and against int4 group-128 qmatmul; relative error against an fp64 reference.
+
+Kernel speed does not depend on which codes are stored, so weights hold random streams by default
+(--encode runs the Viterbi encoder instead; quality is measured by bench_trellis_performance.py).
+
+    python benchmarks/bench_gemm_trellis.py --shapes 8192x8192,28672x8192 --m 1 --formats trellis2,trellis3,trellis4
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _gemm_common as G  # noqa: E402
+
+from triton_marlin.bench import BenchRunner, load_baseline  # noqa: E402
+
+
+def add_args(p):
+    G.add_case_args(p, default_formats="trellis2,trellis3,trellis4")
+    p.add_argument("--codes", default="3inst,1mad,hyb", help="comma-separated trellis codes: 3inst,1mad,hyb")
+    p.add_argument("--encode", action="store_true",
+                   help="encode a Gaussian weight with Viterbi instead of random streams (slow on big shapes)")
+    p.add_argument("--no-int4", action="store_true", help="skip the int4 qmatmul comparison")
+    p.add_argument("--sweep", action="store_true",
+                   help="also time the decode GEMV over block_n x block_k x split_k configurations (M <= 4)")
+    p.add_argument("--asm-dir", default=None, metavar="DIR",
+                   help="write the PTX of each compiled decode kernel into DIR with an op count of it")
+
+
+def sweep_configs(quick: bool):
+    if quick:
+        return [(64, 32, None)]
+    return [(bn, bk, sk) for bn in (64, 128, 256) for bk in (16, 32, 64) for sk in (None, 1, 4, 16)]
+
+
+def ptx_op_counts(ptx: str) -> dict:
+    """Instruction mnemonics (first token of each PTX instruction line) and their counts."""
+    counts: dict = {}
+    for line in ptx.splitlines():
+        t = line.strip()
+        if not t or t.startswith(("//", ".", "{", "}", "$", "@%p")) or t.endswith(":"):
+            if t.startswith("@%p"):
+                t = t.split(None, 1)[1] if " " in t else t
+            else:
+                continue
+        op = t.split()[0].rstrip(";")
+        counts[op] = counts.get(op, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def main(argv=None):
+    runner = BenchRunner("bench_gemm_trellis", description=__doc__.split("\n\n")[0], add_args=add_args, argv=argv)
+    args = runner.args
+    G.prepare(args.device)
+    import triton_marlin as tm
+    from triton_marlin.formats import trellis as tf
+    from triton_marlin.kernels import hadamard as kh
+    from triton_marlin.kernels import trellis_gemm as tg
+
+    dtype = G.act_dtype(args)
+    base = load_baseline(args.device)
+    copy_gbps = base["copy_GBps"]
+    gen = torch.Generator().manual_seed(args.seed)
+    graph = not args.no_graph
+    if args.device.type == "cpu":
+        runner.note("CPU: Triton kernels run in the interpreter; times are not performance figures")
+    shapes = G.shapes_from(args)
+    if args.quick and args.shapes is None:
+        shapes = {"tiny_160x256": (160, 256)}
+    formats = G.parse_list(args.formats)
+    if args.quick and args.formats == "trellis2,trellis3,trellis4":
+        formats = ["trellis3"]
+    codes = G.parse_list(args.codes)
+    if args.quick and args.codes == "3inst,1mad,hyb":
+        codes = ["3inst"]
+    for f in formats:
+        if f not in ("trellis2", "trellis3", "trellis4"):
+            raise SystemExit(f"--formats: {f!r} is not trellis2, trellis3 or trellis4")
+    asm_dir = Path(args.asm_dir) if args.asm_dir else None
+    if asm_dir:
+        asm_dir.mkdir(parents=True, exist_ok=True)
+
+    for name, (N, K) in shapes.items():
+        fp_cache = {}
+        int4_wc = None
+        if not args.no_int4:
+            int4_wc = G.make_weight(name, "int4", N, K, args.device, dtype, gen)
+        w_fp = (torch.randn(N, K, generator=gen) * 0.02).to(dtype).to(args.device)
+        for fmt in formats:
+            bits = int(fmt[-1])
+            for code in codes:
+                if args.encode:
+                    qt = tm.quantize(w_fp.float(), fmt, method="viterbi", code=code)
+                else:
+                    qt = tf.random_trellis_weight(N, K, bits, code, -1, gen, device=args.device)
+                w_deq = qt.dequantize(torch.float64)
+                for M in runner.progress(G.m_values_from(args), desc=f"{name} {fmt} {code}"):
+                    x = torch.randn(M, K, generator=gen).to(dtype).to(args.device)
+                    case = {"shape": name, "N": N, "K": K, "M": M, "format": fmt, "code": code,
+                            "dtype": args.dtype, "weights": "viterbi" if args.encode else "random"}
+                    ref = x.double() @ w_deq.t()
+                    out = torch.full((M, N), float("nan"), dtype=dtype, device=args.device)
+                    out.copy_(tg.trellis_qgemm(x, qt))
+                    err = ((out.double() - ref).norm() / ref.norm()).item()
+                    xr = kh.rotate(x, qt.tensors["sv"], qt.meta["had_block_in"],
+                                   out_dtype=torch.float32 if M <= tg.GEMV_MAX_M else dtype)
+                    full_g, full_l = G.time_both(lambda: tg.trellis_qgemm(x, qt), args, graph)
+                    kern_g, kern_l = G.time_both(lambda: tg.trellis_matmul_rotated(xr, qt), args, graph)
+                    if M not in fp_cache:
+                        fp_cache[M] = G.time_both(lambda: F.linear(x, w_fp), args, graph)
+                    fp_g, fp_l = fp_cache[M]
+                    timing = "graph" if full_g is not None else "launch"
+                    full_t, kern_t, fp_t = G.headline(full_g, full_l), G.headline(kern_g, kern_l), G.headline(fp_g, fp_l)
+                    io = qt.nbytes + M * K * x.element_size() + M * N * x.element_size()
+                    for impl, st_g, st_l, t in (("trellis_full", full_g, full_l, full_t),
+                                                ("trellis_kernel", kern_g, kern_l, kern_t)):
+                        c = dict(case, impl=impl)
+                        if st_g is not None:
+                            runner.record(c, "time", st_g.median_us, "us", stats=st_g, timing="graph")
+                        runner.record(c, "time_launch", st_l.median_us, "us", stats=st_l, timing="launch")
+                        gbps = io / (t * 1e-6) / 1e9
+                        runner.record(c, "bandwidth", gbps, "GB/s", roofline=gbps / copy_gbps, timing=timing)
+                        runner.record(c, "decode_rate", N * K / (t * 1e-6) / 1e9, "Gweight/s", timing=timing)
+                        runner.record(c, "speedup_vs_fp16", fp_t / t, "x", timing=timing)
+                    runner.record(dict(case, impl="trellis_full"), "rel_err_vs_fp64", err, "", timing=timing)
+                    runner.record(dict(case, impl="trellis_full"), "bits_per_weight", qt.bits_per_weight, "bit")
+                    fcase = dict(case, impl="fp16_cublas" if args.device.type == "cuda" else "fp16_torch",
+                                 format="fp16", code="")
+                    if fp_g is not None:
+                        runner.record(fcase, "time", fp_g.median_us, "us", stats=fp_g, timing="graph")
+                    runner.record(fcase, "time_launch", fp_l.median_us, "us", stats=fp_l, timing="launch")
+                    fgbps = (N * K + M * K + M * N) * x.element_size() / (fp_t * 1e-6) / 1e9
+                    runner.record(fcase, "bandwidth", fgbps, "GB/s", roofline=fgbps / copy_gbps, timing=timing)
+                    if int4_wc is not None:
+                        i_g, i_l = G.time_both(lambda: tm.qmatmul(x, int4_wc.qt), args, graph)
+                        i_t = G.headline(i_g, i_l)
+                        icase = dict(case, impl="int4_g128_qmatmul", format="int4", code="")
+                        if i_g is not None:
+                            runner.record(icase, "time", i_g.median_us, "us", stats=i_g, timing="graph")
+                        runner.record(icase, "time_launch", i_l.median_us, "us", stats=i_l, timing="launch")
+                        runner.record(dict(case, impl="trellis_full"), "speedup_vs_int4", i_t / full_t, "x",
+                                      timing=timing)
+                    if asm_dir and args.device.type == "cuda":
+                        path = "gemv" if M <= tg.GEMV_MAX_M else "gemm"
+                        compiled = tg.LAST_COMPILED.get(path)
+                        if compiled is not None and "ptx" in getattr(compiled, "asm", {}):
+                            stem = asm_dir / f"{path}_{fmt}_{code}"
+                            stem.with_suffix(".ptx").write_text(compiled.asm["ptx"])
+                            counts = ptx_op_counts(compiled.asm["ptx"])
+                            stem.with_suffix(".ops.txt").write_text(
+                                "\n".join(f"{v:6d} {k}" for k, v in counts.items()) + "\n")
+                    if args.sweep and M <= tg.GEMV_MAX_M:
+                        best = None
+                        for bn, bk, sk in sweep_configs(args.quick):
+                            st_g, st_l = G.time_both(
+                                lambda: tg.trellis_matmul_rotated(xr, qt, block_n=bn, block_k=bk, split_k=sk),
+                                args, graph)
+                            t = G.headline(st_g, st_l)
+                            c = dict(case, impl="trellis_kernel", block_n=bn, block_k=bk, split_k=sk or "auto")
+                            runner.record(c, "sweep_time", t, "us", stats=st_g or st_l, timing=timing)
+                            if best is None or t < best[0]:
+                                best = (t, bn, bk, sk)
+                        runner.note(f"{name} {fmt} {code} M={M}: best decode GEMV config block_n={best[1]} "
+                                    f"block_k={best[2]} split_k={best[3] or 'auto'}: {best[0]:.1f} us")
+    runner.finish()
+
+
+if __name__ == "__main__":
+    main()
