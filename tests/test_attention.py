@@ -247,6 +247,16 @@ def test_decode_bad_input(call, exc, msg, gen):
         call(q, k, k.clone(), seq_lens)
 
 
+def test_prefill_rejects_int32_offset_overflow():
+    """A (batch, head) slice whose offsets do not fit int32 is refused, not silently wrapped (meta tensors:
+    nothing is allocated)."""
+    A._check_int32_span("k", torch.empty(1, 1, 2 ** 24, 64, device="meta"))  # spans 2^30 elements
+    # [B, S, H, D] storage seen as [B, H, S, D]: sequence stride 2^17, 2^14 + 1 positions
+    big = torch.empty(1, 2 ** 14 + 1, 2 ** 10, 128, device="meta").transpose(1, 2)
+    with pytest.raises(ValueError, match="k: one .batch, head. slice spans 2.31"):
+        A._check_int32_span("k", big)
+
+
 @needs_triton
 def test_decode_bad_num_splits(gen):
     q = torch.randn(1, 2, 64, generator=gen).half()

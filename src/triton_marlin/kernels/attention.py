@@ -529,6 +529,13 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _check_int32_span(name: str, t: torch.Tensor) -> None:
+    """The prefill kernel forms (seq, dim) offsets within one (batch, head) slice in int32."""
+    if (t.shape[2] - 1) * abs(t.stride(2)) + (t.shape[3] - 1) * abs(t.stride(3)) >= 2 ** 31:
+        raise ValueError(f"{name}: one (batch, head) slice spans 2^31 elements or more with strides "
+                         f"{t.stride()}; use a layout with a smaller sequence stride")
+
+
 def _check_triton(q: torch.Tensor) -> None:
     reason = unsupported_reason(q)
     if reason is not None:
@@ -552,6 +559,8 @@ def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
                          f"{out.dtype} {tuple(out.shape)} on {out.device}")
     if B == 0 or Sq == 0:
         return out
+    for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
+        _check_int32_span(name, t)
     cfg = config or default_prefill_config(D, q.device)
     grid = (-(-Sq // cfg.block_m), B * Hq)
     _get_kernels()["prefill"][grid](
