@@ -152,6 +152,10 @@ def main(argv=None, name: str = "mixed_precision_bench"):
     shrink = small_dims(dev, a.quick)
     strategies = list(STRATEGIES) if a.full else list(dict.fromkeys(["slow_path"] + a.strategies))
     tokens_list = FULL_TOKENS if a.full else (a.batch_size * a.seq_len,)
+    if dev.type == "cpu" and triton_enabled_for(dev) and triton_interpret():
+        a.warmup, a.repeats = min(a.warmup, 1), min(a.repeats, 2)
+        tokens_list = tokens_list[:1]
+        runner.note("Triton CPU interpreter: 1 warmup and 2 timed calls per case, first token count only")
     if shrink:
         tokens_list = tuple(min(t, 4) for t in tokens_list)
         runner.note("quick run off CUDA: dimensions shrunk to hidden 128, intermediate 128 (and 16 experts for "
