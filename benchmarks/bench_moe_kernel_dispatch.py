@@ -96,6 +96,11 @@ def main(argv=None):
         in_us = put("fused_in_graph", st)
         runner.record({"tokens": T, "path": "fused_in_graph", "recipe": a.recipe}, "speedup_vs_slow_path",
                       slow_us / in_us, "x")
+    from triton_marlin.moe.strategies import tuning_enabled
+    if tuning_enabled():
+        from triton_marlin.kernels.moe_gemm import tuned_configs
+        for key, cfg in tuned_configs().items():
+            runner.note(f"tuned launch config: tokens<={key[0]}, slots/token {key[1]}: {cfg}")
     return runner.finish()
 
 
