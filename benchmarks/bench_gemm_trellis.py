@@ -40,7 +40,7 @@ def add_args(p):
 def sweep_configs(quick: bool):
     if quick:
         return [(64, 32, None)]
-    return [(bn, bk, sk) for bn in (64, 128, 256) for bk in (16, 32, 64) for sk in (None, 1, 4, 16)]
+    return [(bn, bk, sk) for bn in (64, 128, 256) for bk in (32, 64) for sk in (None, 1, 8)]
 
 
 def ptx_op_counts(ptx: str) -> dict:

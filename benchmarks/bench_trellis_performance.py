@@ -139,7 +139,7 @@ def proxy(runner, args, bits_list, codes):
     import triton_marlin as tm
     from triton_marlin.quantize.gptq import proxy_loss
     cuda = args.device.type == "cuda"
-    N, K = _shape(args.proxy_shape, "16x64" if args.quick else ("512x1024" if cuda else "32x128"))
+    N, K = _shape(args.proxy_shape, "16x32" if args.quick else ("512x1024" if cuda else "32x128"))
     gen = torch.Generator().manual_seed(args.seed)
     w = torch.randn(N, K, generator=gen).to(args.device)
     # calibration activations with a few large channels and correlated inputs

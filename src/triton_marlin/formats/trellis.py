@@ -181,8 +181,12 @@ class TrellisFormat(WeightFormat):
         """``Wt = code(states) * scales`` in the rotated basis, float32 ``[N, K]``."""
         N, K = qt.shape
         words = qt.tensors["qweight"].reshape(-1, words_per_tile(self.bits))
-        states = stream_states(words, self.bits)
-        vals = self.table(qt)[states].reshape(K // TILE, N // TILE, TILE_WEIGHTS)
+        table = self.table(qt)
+        vals = torch.empty(words.shape[0], TILE_WEIGHTS, dtype=torch.float32, device=words.device)
+        step = 8192          # tiles per chunk: the bit-level unpack holds ~32 KiB per tile
+        for lo in range(0, words.shape[0], step):
+            vals[lo:lo + step] = table[stream_states(words[lo:lo + step], self.bits)]
+        vals = vals.reshape(K // TILE, N // TILE, TILE_WEIGHTS)
         wt = tiles_to_matrix(vals, N, K)
         group = K if qt.group_size == -1 else qt.group_size
         scales = qt.tensors["scales"].to(torch.float32).t().repeat_interleave(group, dim=1)

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# GPU checks and timings of the trellis area (formats/trellis.py, quantize/{viterbi,ldlq,gptq}.py,
+# kernels/{trellis_gemm,hadamard}.py), in order of importance so a cut-short run keeps the key figures:
+#   1. bench_gemm_trellis at M=1 (and 16) on 8192x8192 and 28672x8192, trellis2/3/4 x 3inst/1mad/hyb,
+#      against fp16 cuBLAS and int4 qmatmul; PTX op counts of the decode kernels;
+#   2. Viterbi encode time of a 4096x4096 matrix at 3 bits (bar: < 60 s);
+#   3. distortion at 2/3/4 bits per code on i.i.d. Gaussian data (256x256) + proxy loss (512x1024);
+#   4. pytest -m gpu on the trellis/Hadamard tests;
+#   5. a decode-GEMV config sweep at M=1 on 8192x8192 (3inst).
+# Run from anywhere on the GPU machine: bash gpu/trellis_check.sh
+# Writes $OUT/trellis.log (all output, tables included), $OUT/trellis.jsonl (all records) and
+# $OUT/trellis_asm/ (PTX + op counts). Exits non-zero if any step failed. Expected device time ~5-6 min.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/trellis_out}"
+mkdir -p "$OUT"
+LOG="$OUT/trellis.log"
+JSONL="$OUT/trellis.jsonl"
+: > "$LOG"
+: > "$JSONL"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+WORK="$(mktemp -d)"
+status=0
+
+step() {  # step NAME TIMEOUT_S CMD...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  echo "===== $name: $*" | tee -a "$LOG"
+  timeout "$limit" "$@" >> "$LOG" 2>&1
+  local rc=$?
+  echo "===== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv >> "$LOG" 2>&1
+step gemm_trellis 150 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
+  --m 1,16 --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --repeats 30 \
+  --asm-dir "$OUT/trellis_asm" -o "$WORK/gemm.jsonl"
+step encode_4096 120 python benchmarks/bench_trellis_performance.py --device cuda --sections encode \
+  --encode-shape 4096x4096 --encode-bits 3 -o "$WORK/encode.jsonl"
+step quality 120 python benchmarks/bench_trellis_performance.py --device cuda --sections distortion,proxy,decode \
+  --distortion-shape 256x256 --proxy-shape 512x1024 --decode-shape 8192x8192 -o "$WORK/quality.jsonl"
+step pytest_gpu 120 python -m pytest -q -m gpu tests/test_trellis_kernels.py tests/test_hadamard.py \
+  tests/test_trellis.py tests/test_gptq.py
+step gemv_sweep 90 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 --m 1 \
+  --formats trellis2,trellis3,trellis4 --codes 3inst --no-int4 --sweep --repeats 20 -o "$WORK/sweep.jsonl"
+
+cat "$WORK"/*.jsonl > "$JSONL" 2>/dev/null
+echo "records: $(wc -l < "$JSONL")" | tee -a "$LOG"
+exit $status
