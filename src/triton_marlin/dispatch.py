@@ -5,14 +5,22 @@ import collections
 import threading
 import warnings
 
+import torch
+
 _lock = threading.Lock()
 _counts: collections.Counter = collections.Counter()
 _warned: set = set()
 
 
 def record(op: str, path: str) -> None:
+    if _compiling():  # inside a torch.compile trace the lock cannot be traced; the compiled call is not counted
+        return
     with _lock:
         _counts[(op, path)] += 1
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
 
 
 def counts() -> dict[tuple[str, str], int]:
