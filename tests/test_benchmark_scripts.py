@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,15 @@ def _run(args, cwd, baseline=None, timeout=TIMEOUT_S):
         return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=_env(baseline), capture_output=True,
                               text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{args[0]} did not finish within {timeout} s with --quick; quick runs must take seconds\n"
-                    f"{(exc.stdout or b'')[-2000:]!r}")
+        return subprocess.CompletedProcess(exc.cmd, returncode=None, stdout=str(exc.stdout or ""),
+                                           stderr=f"timed out after {timeout} s")
+
+
+def _ok(proc, what):
+    if proc.returncode is None:
+        pytest.fail(f"{what} did not finish in time; --quick runs must take seconds\n{proc.stdout[-2000:]}")
+    assert proc.returncode == 0, f"{what}: exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\n" \
+                                 f"stderr:\n{proc.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +63,34 @@ def baseline_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("baseline") / "baseline.json"
     proc = _run([ROOT / "benchmarks" / "baseline_benchmark.py", "--quick", "--device", "cpu", "--save",
                  "--baseline-out", path], cwd=path.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _ok(proc, "baseline_benchmark.py --quick --save")
     data = json.loads(path.read_text())
     assert data["copy_GBps"] > 0
     assert all(data["matmul_TFLOPs"][dt] > 0 for dt in ("float16", "bfloat16", "float32"))
     return path
+
+
+@pytest.fixture(scope="module")
+def runs(request, baseline_file, tmp_path_factory):
+    """Start every selected script run at once, one per CPU core; each test waits for its own run."""
+    wanted = set()
+    for item in request.session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.module is request.module and "script" in params:
+            wanted.add((item.originalname, params["script"]))
+    pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+    futures = {}
+    for test, script in sorted(wanted, key=str):
+        if test == "test_script_help":
+            futures[test, script] = pool.submit(_run, [script, "--help"], ROOT, None, 60)
+        else:
+            tmp = tmp_path_factory.mktemp(script.stem)
+            out = tmp / "out.jsonl"
+            futures[test, script] = pool.submit(
+                lambda s=script, o=out, t=tmp: (_run([s, "--quick", "--device", "cpu", "--output", o], t,
+                                                     baseline_file), o))
+    yield futures
+    pool.shutdown(cancel_futures=True)
 
 
 def test_discovery_finds_the_foundation_scripts():
@@ -68,17 +99,16 @@ def test_discovery_finds_the_foundation_scripts():
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_script_help(script):
-    proc = _run([script, "--help"], cwd=ROOT, timeout=60)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_script_help(script, runs):
+    proc = runs["test_script_help", script].result()
+    _ok(proc, f"{script.name} --help")
     assert "--quick" in proc.stdout and "--output" in proc.stdout and "--device" in proc.stdout
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_script_quick_cpu(script, tmp_path, baseline_file):
-    out = tmp_path / "out.jsonl"
-    proc = _run([script, "--quick", "--device", "cpu", "--output", out], cwd=tmp_path, baseline=baseline_file)
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-3000:]}"
+def test_script_quick_cpu(script, runs):
+    proc, out = runs["test_script_quick_cpu", script].result()
+    _ok(proc, f"{script.name} --quick --device cpu")
     assert out.is_file(), f"{script.name} wrote no --output file"
     lines = [line for line in out.read_text().splitlines() if line.strip()]
     assert lines, f"{script.name} recorded nothing"
