@@ -23,8 +23,10 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 SMOKE_HEADS = {"smoke-gqa": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 64}}
 ALL_HEADS = {**HEAD_CONFIGS, **SMOKE_HEADS}
 SDPA_BACKENDS = ("flash", "efficient", "math", "cudnn")
-# Alternative launch configs timed beside the default on the GPU (all fit an H100's shared memory at D=128).
-GPU_ALT_CONFIGS = ("m64n64w4s3", "m128n128w8s2", "m128n32w4s4")
+# Alternative launch configs timed beside the default on the GPU, per head dim (each fits an H100's shared
+# memory; sm_90 compiles use at most 255 registers per thread with little or no spilling).
+GPU_ALT_CONFIGS = {64: ("m64n64w4s3", "m128n128w8s2"), 128: ("m64n64w4s3", "m128n128w8s2", "m128n32w4s4"),
+                   256: ("m128n32w8s2", "m64n64w8s2")}
 
 
 def _parse_config(text: str) -> PrefillConfig:
@@ -37,13 +39,14 @@ def _parse_config(text: str) -> PrefillConfig:
 
 def _add_args(p):
     p.add_argument("--heads", nargs="+", choices=sorted(ALL_HEADS), default=None,
-                   help="head configurations (default glm47-flash-gqa-standin and mha-d64 on GPU, smoke-gqa elsewhere)")
+                   help="head configurations (default glm47-flash-mla-prefill and glm47-flash-gqa-standin on GPU, "
+                        "smoke-gqa elsewhere)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
     p.add_argument("--seq-lens", type=int, nargs="+", default=None, help="sequence lengths (default 1024 4096)")
     p.add_argument("--tokens", type=int, default=8192, help="tokens per case: batch = tokens // seq_len")
     p.add_argument("--configs", nargs="*", default=None,
-                   help=f"extra launch configs of our kernel, like m128n64w8s3 (default on GPU: "
-                        f"{' '.join(GPU_ALT_CONFIGS)})")
+                   help=f"extra launch configs of our kernel, like m128n64w8s3 (default on GPU, by head dim: "
+                        f"{GPU_ALT_CONFIGS})")
     p.add_argument("--max-score-gib", type=float, default=4.0,
                    help="skip the naive variant and the fp32 reference when B*H*S*S*4 bytes exceed this")
 
@@ -101,11 +104,10 @@ def main(argv=None):
         runner.note(f"our Triton kernel cannot run on {dev} (CUDA, or CPU with TRITON_INTERPRET=1): not measured")
     elif path == "triton-interpreter":
         runner.note("our kernel runs through the CPU interpreter here: its times say nothing about kernel speed")
-    heads = a.heads or (["glm47-flash-gqa-standin", "mha-d64"] if gpu else list(SMOKE_HEADS))
+    heads = a.heads or (["glm47-flash-mla-prefill", "glm47-flash-gqa-standin"] if gpu else list(SMOKE_HEADS))
     seq_lens = a.seq_lens or (([1024] if a.quick else [1024, 4096]) if gpu else [33])
     tokens = a.tokens if gpu or a.seq_lens else max(seq_lens)
-    alt_configs = [_parse_config(c) for c in (a.configs if a.configs is not None else
-                                              (GPU_ALT_CONFIGS if gpu and not a.quick else ()))]
+    given = [_parse_config(c) for c in a.configs] if a.configs is not None else None
     dtype = DTYPES[a.dtype]
     peak = load_baseline(dev)["matmul_TFLOPs"].get(a.dtype)
     unavailable = {}
@@ -124,7 +126,9 @@ def main(argv=None):
         variants = []  # (name, fn, extra case fields)
         if path is not None:
             default = default_prefill_config(D, dev)
-            for pc in [default] + [c for c in alt_configs if c != default]:
+            alt = given if given is not None else \
+                [_parse_config(c) for c in GPU_ALT_CONFIGS.get(D, ())] if gpu and not a.quick else []
+            for pc in [default] + [c for c in alt if c != default]:
                 out = torch.empty_like(q)
                 variants.append((f"ours[{pc.label()}]" + ("" if pc != default else "*"),
                                  lambda pc=pc, out=out: flash_attention_triton(q, k, v, causal, scale, config=pc,

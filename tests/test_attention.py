@@ -45,6 +45,7 @@ PREFILL_SHAPES = [
     (1, 2, 2, 17, 65, 128, True),     # chunked prefill: bottom-right causal, Sq < Sk
     (1, 3, 3, 33, 47, 64, False),     # ragged Sq and Sk
     (1, 5, 1, 1, 65, 128, True),      # one query token, GQA 5:1
+    (1, 2, 2, 33, 33, 256, True),     # GLM-4.7-Flash MLA prefill head dim
 ]
 
 
@@ -133,6 +134,7 @@ DECODE_CASES = [
     (2, 20, 2, 50, 64, [33, 50], 7),      # GQA 10:1 (pads to 16 rows), 7 splits
     (1, 2, 2, 20, 64, [20], 1),           # no split
     (2, 2, 1, 30, 64, [3, 30], 8),        # more splits than a short sequence fills
+    (2, 2, 2, 33, 256, [33, 9], 2),
 ]
 
 
@@ -208,6 +210,7 @@ def test_dispatch_records_path(gen):
 def test_unsupported_head_dim_falls_back_with_warning(gen):
     q, k, v = _qkv(gen, 1, 2, 2, 5, 5, 96, torch.float16)
     dispatch.reset()
+    assert 96 not in A.SUPPORTED_HEAD_DIMS
     with pytest.warns(RuntimeWarning, match="attention"):
         out = A.attention(q, k, v, backend="auto")
     assert dispatch.counts() == {("attention", "torch"): 1}
@@ -295,6 +298,7 @@ def test_fake_impls_give_output_shapes():
 
 _AOT_SCRIPT = r"""
 import json, re, sys
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -312,8 +316,8 @@ def build(fn, ptrs, consts, num_warps, num_stages=1):
     return {"shared": k.metadata.shared, "async_copies": len(re.findall("async_copy_global_to_local", k.asm["ttgir"]))}
 
 out = {}
-for dt, D, causal in (("fp16", 128, True), ("bf16", 64, False)):
-    cfg = A.PrefillConfig(128, 64, 8 if D == 128 else 4, 3)
+for dt, D, causal in (("fp16", 128, True), ("bf16", 64, False), ("bf16", 256, True)):
+    cfg = A.default_prefill_config(D, torch.device("cuda"))
     p = {n: "*" + dt for n in ("Q", "K", "V", "Out")}
     p["qk_scale"] = "fp32"
     c = dict(stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1, GROUP=10, CAUSAL=causal, HEAD_DIM=D,
@@ -352,8 +356,8 @@ def test_kernels_compile_for_hopper_and_pipeline():
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(info) == {"prefill_fp16_128", "prefill_bf16_64", "decode_split", "decode_direct", "decode_combine",
-                         "kv_append"}
+    assert set(info) == {"prefill_fp16_128", "prefill_bf16_64", "prefill_bf16_256", "decode_split", "decode_direct",
+                         "decode_combine", "kv_append"}
     for name, meta in info.items():
         assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
     # Q tile + 3 stages of K and V tiles: 32 + 3 * 32 KiB at D=128
@@ -370,6 +374,7 @@ def test_kernels_compile_for_hopper_and_pipeline():
     (1, 32, 8, 2047, 2047, 128, False),
     (2, 16, 16, 513, 1537, 64, True),       # chunked prefill
     (1, 8, 2, 1, 4099, 128, True),
+    (1, 20, 20, 1500, 1500, 256, True),    # GLM-4.7-Flash MLA prefill (non-absorbed): 20 heads of 256
 ])
 def test_prefill_gpu_matches_fp32_sdpa(shape, dtype):
     B, Hq, Hkv, Sq, Sk, D, causal = shape

@@ -1,7 +1,7 @@
 """Attention in Triton: a FlashAttention-2-style prefill kernel and a split-K decode kernel over a KV cache.
 
 Prefill (``attention``): ``q [B, Hq, Sq, D]``, ``k``/``v [B, Hkv, Sk, D]`` with ``Hkv`` dividing ``Hq`` (GQA:
-query head ``h`` reads KV head ``h // (Hq // Hkv)``), D in {64, 128}, fp16 or bf16, any strides. One program
+query head ``h`` reads KV head ``h // (Hq // Hkv)``), D in {64, 128, 256}, fp16 or bf16, any strides. One program
 owns BLOCK_M query rows of one (batch, head); it streams K/V in BLOCK_N-row tiles and keeps the softmax online
 in fp32 (running max ``m``, running sum ``l``, unnormalized accumulator), in base 2 with ``log2(e)`` folded
 into the scale. P is rounded to the input dtype before the P @ V tensor-core dot; everything else is fp32.
@@ -46,15 +46,18 @@ __all__ = [
 # Attention head configurations the benchmarks use. GLM-4.7-Flash (Glm4MoeLite) has multi-head latent
 # attention (MLA, DeepSeek-V2 style), not GQA: 20 query heads with a 256-d query/key (192 no-rope + 64 rope)
 # and a 256-d value, over a cache of one 512-d latent plus one 64-d rope key per token and layer (1152 bytes
-# in fp16). These kernels are GQA with head dims 64/128, so the benchmarks use a stated stand-in: the same 20
-# query heads, 2 KV heads of 128 dims (K + V = 1024 bytes per token and layer, close to MLA's 1152).
+# in fp16). Prefill without weight absorption expands the latent into per-head keys and values: exactly MHA
+# with 20 heads of 256 dims ("glm47-flash-mla-prefill"). Decode reads the latent cache; these GQA kernels do
+# not, so decode benchmarks use a stated stand-in: the same 20 query heads, 2 KV heads of 128 dims (K + V =
+# 1024 bytes per token and layer, close to MLA's 1152).
 HEAD_CONFIGS = {
+    "glm47-flash-mla-prefill": {"num_heads": 20, "num_kv_heads": 20, "head_dim": 256},
     "glm47-flash-gqa-standin": {"num_heads": 20, "num_kv_heads": 2, "head_dim": 128},
     "llama3-8b": {"num_heads": 32, "num_kv_heads": 8, "head_dim": 128},
     "mha-d64": {"num_heads": 16, "num_kv_heads": 16, "head_dim": 64},
 }
 
-SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_HEAD_DIMS = (64, 128, 256)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 _LOG2E = 1.4426950408889634
 # Tests set this to fill the decode workspace (partial outputs, LSEs) with NaN, so a chunk the kernel
@@ -103,14 +106,17 @@ class DecodeConfig:
 
 
 def default_prefill_config(head_dim: int, device: torch.device) -> PrefillConfig:
-    """Fixed per head dim. On GPU: 128-row query tiles, 64-row K/V tiles, 3 stages (K+V tiles x 3 stages +
-    the Q tile: 128 KiB of shared memory at D=128, inside the 227 KiB of an H100/H200). Under the
+    """Fixed per head dim. On GPU: 128-row query tiles, 64-row K/V tiles; 3 stages (K+V tiles x 3 stages +
+    the Q tile: 128 KiB of shared memory at D=128, inside the 227 KiB of an H100/H200), 2 at D=256 (192 KiB;
+    sm_90 compiles of these configs use 184-255 registers per thread without spilling). Under the
     interpreter: small tiles, so tests stay fast while still crossing tile boundaries."""
     if device.type != "cuda":
         return PrefillConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
     if head_dim <= 64:
         return PrefillConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)
-    return PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    if head_dim <= 128:
+        return PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    return PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=2)
 
 
 def default_decode_config(head_dim: int, device: torch.device) -> DecodeConfig:
