@@ -32,6 +32,8 @@ def _add_args(p):
                    help="time by CUDA-graph replay (launch overhead excluded; CUDA only)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level")
     p.add_argument("--causal", action="store_true", help="causal attention")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
+                   help="activation/expert dtype (default float16 on GPU, float32 on CPU)")
 
 
 def _rel_err(out, ref):
@@ -208,10 +210,14 @@ def main(argv=None):
         runner.note("the MoE expert loop syncs with the host (.tolist()), so it cannot be graph-captured: "
                     "--graph skips the moe pair")
     pairs = PAIRS if "all" in a.pair else tuple(dict.fromkeys(a.pair))
-    dtype = torch.float16 if a.device.type == "cuda" else torch.float32
-    if a.device.type != "cuda":
-        runner.note("on CPU the pairs run in float32 (CPU fp16 matmul is an unoptimized path, not a kernel "
-                    "worth comparing)")
+    if a.dtype is not None:
+        dtype = getattr(torch, a.dtype)
+    elif a.device.type == "cuda":
+        dtype = torch.float16
+    else:
+        dtype = torch.float32
+        runner.note("on CPU the pairs run in float32 by default (CPU fp16 matmul is an unoptimized path, not a "
+                    "kernel worth comparing); --dtype float16 forces fp16")
     for pair in pairs:
         if pair == "gemm":
             run_gemm(runner, a, dtype)
