@@ -135,6 +135,7 @@ DECODE_CASES = [
     (1, 2, 2, 20, 64, [20], 1),           # no split
     (2, 2, 1, 30, 64, [3, 30], 8),        # more splits than a short sequence fills
     (2, 2, 2, 33, 256, [33, 9], 2),
+    (1, 2, 1, 1030, 256, [1030], 64),     # 64 splits x 256 dims: the merge runs in two column blocks
 ]
 
 
@@ -331,7 +332,7 @@ out["decode_split"] = build(A._decode_split_kernel, p, c, 4, 2)
 p["PartO"] = "*bf16"  # one chunk: writes the output directly
 out["decode_direct"] = build(A._decode_split_kernel, p, dict(c, WRITE_LSE=False), 4, 2)
 out["decode_combine"] = build(A._decode_combine_kernel, {"PartO": "*fp32", "PartLse": "*fp32", "Out": "*bf16"},
-                              dict(stride_pod=1, stride_od=1, HEAD_DIM=128, SPLITS_PAD=64), 4)
+                              dict(stride_pod=1, stride_od=1, BLOCK_D=128, SPLITS_PAD=64), 4)
 p = {n: "*fp16" for n in ("KNew", "VNew", "KCache", "VCache")}
 p.update(SeqLens="*i32", NumNew="*i32")
 out["kv_append"] = build(KV._kv_append_kernel, p, dict(stride_knd=1, stride_vnd=1, stride_kcd=1, stride_vcd=1,

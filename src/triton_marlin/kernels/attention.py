@@ -495,13 +495,14 @@ if _HAVE_TRITON:
                                stride_plb, stride_plh, stride_pls,
                                stride_ob, stride_oh, stride_od,
                                num_splits,
-                               HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr):
+                               BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr):
         """Out[b, h] = sum_s w_s PartO[b, h, s] / sum_s w_s with w_s = 2^(lse_s - max lse); 0 if all empty.
-        Grid: (B, Hq)."""
+        Grid: (B, Hq, head_dim // BLOCK_D): each program merges BLOCK_D columns (SPLITS_PAD x BLOCK_D partials
+        in registers)."""
         b = tl.program_id(0).to(tl.int64)
         h = tl.program_id(1).to(tl.int64)
         offs_s = tl.arange(0, SPLITS_PAD)
-        offs_d = tl.arange(0, HEAD_DIM)
+        offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
         s_mask = offs_s < num_splits
         lse = tl.load(PartLse + b * stride_plb + h * stride_plh + offs_s * stride_pls, mask=s_mask,
                       other=float("-inf"))
@@ -631,10 +632,18 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         q, k_cache, v_cache, seq_lens, part_o, part_lse,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *part_o.stride(), *part_lse.stride(),
         capacity, chunk, scale * _LOG2E, WRITE_LSE=True, **consts)
-    kernels["decode_combine"][(B, Hq)](
-        part_o, part_lse, out, *part_o.stride(), *part_lse.stride(), *out.stride(), num_splits,
-        HEAD_DIM=D, SPLITS_PAD=max(2, _next_pow2(num_splits)), num_warps=4 if D >= 128 else 2)
+    _merge_splits(part_o, part_lse, out, num_splits)
     return out
+
+
+def _merge_splits(part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, num_splits: int) -> None:
+    """Launch the merge of ``num_splits`` partial outputs ``part_o [B, H, splits, D]`` into ``out [B, H, D]``."""
+    B, H, _, D = part_o.shape
+    splits_pad = max(2, _next_pow2(num_splits))
+    block_d = min(D, max(16, 8192 // splits_pad))  # at most 8192 partial values in flight per program
+    _get_kernels()["decode_combine"][(B, H, D // block_d)](
+        part_o, part_lse, out, *part_o.stride(), *part_lse.stride(), *out.stride(), num_splits,
+        BLOCK_D=block_d, SPLITS_PAD=splits_pad, num_warps=4 if block_d * splits_pad >= 4096 else 2)
 
 
 # ----------------------------------------------------------------- custom ops and public entries
