@@ -35,6 +35,8 @@ CASES = [  # (N, K, bits, code, group_size)
     (32, 96, 4, "hyb", -1),
     (80, 32, 3, "3inst", 32),
     (16, 256, 4, "1mad", 128),
+    (64, 64, 2, "hyb", 32),          # even: no masked element (BLOCK_N | N, BLOCK_K | K)
+    (128, 96, 3, "3inst", -1),       # even
 ]
 
 

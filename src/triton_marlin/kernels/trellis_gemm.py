@@ -18,6 +18,8 @@ BLOCK_N]`` weight tile to the activation dtype in registers and uses ``tl.dot``.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -32,13 +34,20 @@ LAST_COMPILED: dict = {}   # path -> the compiled kernel of the latest launch (b
 
 
 @triton.jit
-def _decode(qw_ptr, tile_base, hi_off, prev_off, rshift, mask, lut_ptr, CODE: tl.constexpr):
-    """Code values (fp32) of a block of weights: ``tile_base`` = int offset of each weight's tile
-    words in ``qw_ptr`` (int32), ``hi_off``/``prev_off`` = word index of the window's two words inside
-    the tile, ``rshift`` = r (uint32, 0..31)."""
-    cur = tl.load(qw_ptr + tile_base + hi_off, mask=mask, other=0).to(tl.uint32, bitcast=True)
-    prv = tl.load(qw_ptr + tile_base + prev_off, mask=mask, other=0).to(tl.uint32, bitcast=True)
-    state = ((cur >> rshift) | ((prv << (31 - rshift)) << 1)) & 0xFFFF
+def _decode(base_ptr, off_hi, off_prev, rshift, lshift, mask, lut_ptr, CODE: tl.constexpr,
+            EVEN: tl.constexpr):
+    """Code values (fp32) of a block of weights. ``base_ptr``: the int32 words of the block's first
+    tile row; ``off_hi``/``off_prev``: int32 offsets of each weight's two window words from it;
+    ``rshift`` = r and ``lshift`` = 31 - r (uint32). ``EVEN``: no element is masked."""
+    if EVEN:
+        cur = tl.load(base_ptr + off_hi)
+        prv = tl.load(base_ptr + off_prev)
+    else:
+        cur = tl.load(base_ptr + off_hi, mask=mask, other=0)
+        prv = tl.load(base_ptr + off_prev, mask=mask, other=0)
+    cur = cur.to(tl.uint32, bitcast=True)
+    prv = prv.to(tl.uint32, bitcast=True)
+    state = ((cur >> rshift) | ((prv << lshift) << 1)) & 0xFFFF
     if CODE == 0:    # 3inst
         x = state * 89226354 + 64248484
         x = (x & tl.full(x.shape, 0x8FFF8FFF, tl.uint32)) ^ tl.full(x.shape, 0x3B603B60, tl.uint32)
@@ -49,32 +58,36 @@ def _decode(qw_ptr, tile_base, hi_off, prev_off, rshift, mask, lut_ptr, CODE: tl
         x = state * 34038481 + 76625530
         total = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)
         val = (total.to(tl.int32) - 510).to(tl.float32)
-    else:            # hyb
+    else:            # hyb: a 256-entry fp16 table (512 bytes, stays in L1)
         x = state * tl.full(state.shape, 0xCBAC1FED, tl.uint32)
-        val = tl.load(lut_ptr + (x >> 24).to(tl.int32), mask=mask, other=0.0).to(tl.float32)
+        val = tl.load(lut_ptr + (x >> 24).to(tl.int32)).to(tl.float32)
     return val
 
 
 @triton.jit
-def _window_offsets(kk, nn, BITS: tl.constexpr):
-    """Within-tile word offsets and shift of each (k, n) (only k % 16, n % 16 matter)."""
+def _window_offsets(kk, nn, N, BITS: tl.constexpr):
+    """Per (k, n) of a [BLOCK_K, BLOCK_N] block: int32 offsets of the window's two words from the
+    words of the block's first tile row (tile row = k // 16), and the funnel shifts r, 31 - r.
+    Computed once per program: only k % 16, n % 16 and the tile position inside the block matter."""
     W: tl.constexpr = 8 * BITS
     t = (kk % 16)[:, None] * 16 + (nn % 16)[None, :]
     e = (t + 1) * BITS
     hi = (e - 1) // 32
-    r = (32 * (hi + 1) - e).to(tl.uint32)
+    r = 32 * (hi + 1) - e
     prev = (hi + W - 1) % W
-    return hi, prev, r
+    tile = (kk // 16)[:, None] * ((N // 16) * W) + ((nn // 16) * W)[None, :]
+    return tile + hi, tile + prev, r.to(tl.uint32), (31 - r).to(tl.uint32)
 
 
 @triton.jit
 def _trellis_gemv_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm, stride_om, group,
                          ITERS_PER_SPLIT,
                          BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr, USE_ATOMIC: tl.constexpr):
+                         BLOCK_K: tl.constexpr, USE_ATOMIC: tl.constexpr, EVEN: tl.constexpr):
     """x: [M, K] fp32/fp16/bf16 (rotated activations); qw: int32 [K/16, N/16, 8*BITS]; s: [G, N];
     lut: [256] fp16 (hyb); out: [M, N] fp32 (zeroed when USE_ATOMIC).
-    Grid: (cdiv(N, BLOCK_N), SPLIT_K, M). BLOCK_K divides the scale group."""
+    Grid: (cdiv(N, BLOCK_N), SPLIT_K, M). BLOCK_K divides the scale group; EVEN: BLOCK_N | N and
+    BLOCK_K | K."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
@@ -82,21 +95,22 @@ def _trellis_gemv_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm
     nn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     kk = tl.arange(0, BLOCK_K)
     nmask = nn < N
-    hi, prev, r = _window_offsets(kk, nn, BITS)
-    tile_n = ((nn // 16) * W)[None, :]
-    n_tiles = N // 16
+    off_hi, off_prev, rsh, lsh = _window_offsets(kk, nn, N, BITS)
+    row_words = (N // 16) * W                       # int32 words of one tile row (16 k)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     k_start = pid_k * ITERS_PER_SPLIT * BLOCK_K
     k_end = tl.minimum(k_start + ITERS_PER_SPLIT * BLOCK_K, K)
     for k0 in range(k_start, k_end, BLOCK_K):
         k = k0 + kk
         kmask = k < K
-        mask = kmask[:, None] & nmask[None, :]
-        tile_base = ((k // 16).to(tl.int64) * n_tiles * W)[:, None] + tile_n
-        val = _decode(qw_ptr, tile_base, hi, prev, r, mask, lut_ptr, CODE)
-        xv = tl.load(x_ptr + m * stride_xm + k, mask=kmask, other=0.0).to(tl.float32)
-        g = k0 // group
-        s = tl.load(s_ptr + g * N + nn, mask=nmask, other=0.0).to(tl.float32)
+        base = qw_ptr + (k0 // 16) * row_words        # int32: < 2^31 words (8 GiB of codes)
+        val = _decode(base, off_hi, off_prev, rsh, lsh, kmask[:, None] & nmask[None, :], lut_ptr, CODE, EVEN)
+        if EVEN:
+            xv = tl.load(x_ptr + m * stride_xm + k).to(tl.float32)
+            s = tl.load(s_ptr + (k0 // group) * N + nn).to(tl.float32)
+        else:
+            xv = tl.load(x_ptr + m * stride_xm + k, mask=kmask, other=0.0).to(tl.float32)
+            s = tl.load(s_ptr + (k0 // group) * N + nn, mask=nmask, other=0.0).to(tl.float32)
         acc += s * tl.sum(val * xv[:, None], axis=0)
     if USE_ATOMIC:
         tl.atomic_add(out_ptr + m * stride_om + nn, acc, mask=nmask)
@@ -107,9 +121,10 @@ def _trellis_gemv_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm
 @triton.jit
 def _trellis_gemm_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K, stride_xm, stride_om, group,
                          BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+                         EVEN: tl.constexpr):
     """x: [M, K] (rotated activations, the dot dtype); out: [M, N] fp32. Grid: (cdiv(M, BLOCK_M),
-    cdiv(N, BLOCK_N)). BLOCK_K divides the scale group."""
+    cdiv(N, BLOCK_N)). BLOCK_K divides the scale group; EVEN: BLOCK_N | N and BLOCK_K | K."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     W: tl.constexpr = 8 * BITS
@@ -118,16 +133,14 @@ def _trellis_gemm_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K, stride
     kk = tl.arange(0, BLOCK_K)
     nmask = nn < N
     mmask = mm < M
-    hi, prev, r = _window_offsets(kk, nn, BITS)
-    tile_n = ((nn // 16) * W)[None, :]
-    n_tiles = N // 16
+    off_hi, off_prev, rsh, lsh = _window_offsets(kk, nn, N, BITS)
+    row_words = (N // 16) * W
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + kk
         kmask = k < K
-        mask = kmask[:, None] & nmask[None, :]
-        tile_base = ((k // 16).to(tl.int64) * n_tiles * W)[:, None] + tile_n
-        val = _decode(qw_ptr, tile_base, hi, prev, r, mask, lut_ptr, CODE)
+        base = qw_ptr + (k0 // 16) * row_words        # int32: < 2^31 words (8 GiB of codes)
+        val = _decode(base, off_hi, off_prev, rsh, lsh, kmask[:, None] & nmask[None, :], lut_ptr, CODE, EVEN)
         s = tl.load(s_ptr + (k0 // group) * N + nn, mask=nmask, other=0.0).to(tl.float32)
         a = tl.load(x_ptr + mm[:, None] * stride_xm + k[None, :], mask=mmask[:, None] & kmask[None, :],
                     other=0.0)
@@ -155,10 +168,16 @@ def unsupported_reason(x: torch.Tensor, qt: QuantizedTensor) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=8)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _split_k(n_blocks: int, k_iters: int, device: torch.device) -> int:
+    """K splits so that about 4 programs per SM run (M=1 on a tall-thin grid needs them)."""
     if device.type != "cuda":
         return 1 if k_iters < 4 else 2
-    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    target = 4 * _sm_count(device)
     split = max(1, min(k_iters, target // max(1, n_blocks)))
     return split
 
@@ -198,7 +217,8 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
             out.zero_()
         LAST_COMPILED["gemv"] = _trellis_gemv_kernel[(n_blocks, split, M)](
             xr, qw, s, lut, out, N, K, xr.stride(0), out.stride(0), group, iters,
-            BITS=bits, CODE=code, BLOCK_N=BLOCK_N, BLOCK_K=block_k, USE_ATOMIC=split > 1, num_warps=4)
+            BITS=bits, CODE=code, BLOCK_N=BLOCK_N, BLOCK_K=block_k, USE_ATOMIC=split > 1,
+            EVEN=N % BLOCK_N == 0 and K % block_k == 0, num_warps=4)
         return out
     BLOCK_M = 16 if M <= 16 else (32 if M <= 32 else 64)
     BLOCK_N = block_n or 64
@@ -207,7 +227,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     LAST_COMPILED["gemm"] = _trellis_gemm_kernel[grid](
         xr, qw, s, lut, out, M, N, K, xr.stride(0), out.stride(0), group,
         BITS=bits, CODE=code, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=block_k,
-        IEEE=xr.dtype == torch.float32, num_warps=4)
+        IEEE=xr.dtype == torch.float32, EVEN=N % BLOCK_N == 0 and K % block_k == 0, num_warps=4)
     return out
 
 
