@@ -197,6 +197,85 @@ def test_decode_bytes_counts_kv_of_each_sequence():
     assert A.decode_bytes([10, 30], 8, 2, 64, 2) == 2 * 40 * 2 * 64 * 2 + 2 * 2 * 8 * 64 * 2
 
 
+# ----------------------------------------------------------------- MLA decode (absorbed form)
+
+MLA_CASES = [
+    # B, H, R (kv_lora_rank), P (rope), S_max, lengths, num_splits
+    (2, 5, 64, 16, 40, [33, 0], 3),
+    (3, 20, 512, 64, 70, [1, 17, 65], None),   # GLM-4.7-Flash widths: 20 heads, 512 latent, 64 rope
+    (1, 3, 64, 16, 20, [20], 1),               # one chunk: written directly
+]
+
+
+def _mla_inputs(gen, B, H, R, P, S, dtype, device="cpu"):
+    q_nope = torch.randn(B, H, R, generator=gen).to(dtype).to(device)
+    q_rope = torch.randn(B, H, P, generator=gen).to(dtype).to(device)
+    cache = torch.randn(B, S, R + P, generator=gen).to(dtype).to(device)  # one row per token: [latent | rope]
+    return q_nope, q_rope, cache[..., :R], cache[..., R:]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", MLA_CASES, ids=lambda c: f"B{c[0]}_H{c[1]}_R{c[2]}_P{c[3]}_L{c[5]}_s{c[6]}")
+def test_mla_decode_matches_fp64(case, dtype, gen, monkeypatch):
+    monkeypatch.setattr(A, "_POISON_WORKSPACE", True)
+    B, H, R, P, S, lengths, splits = case
+    q_nope, q_rope, ckv, kpe = _mla_inputs(gen, B, H, R, P, S, dtype)
+    seq_lens = torch.tensor(lengths, dtype=torch.int32)
+    out = torch.full_like(q_nope, float("nan"))
+    A.mla_decode_attention_triton(q_nope, q_rope, ckv, kpe, seq_lens, 0.0625, num_splits=splits, out=out)
+    ref = A.mla_decode_reference(q_nope.double(), q_rope.double(), ckv.double(), kpe.double(), seq_lens, 0.0625)
+    assert rel_err(out, ref) < TOL[dtype]
+    for b, n in enumerate(lengths):
+        if n == 0:
+            assert torch.equal(out[b], torch.zeros_like(out[b]))
+
+
+def test_mla_reference_is_mqa_over_latent_rows(gen):
+    """Absorbed MLA == MQA with keys [latent | rope] and values = latent: check the reference against SDPA."""
+    B, H, R, P, S = 2, 4, 32, 16, 9
+    q_nope, q_rope, ckv, kpe = _mla_inputs(gen, B, H, R, P, S, torch.float64)
+    ref = A.mla_decode_reference(q_nope, q_rope, ckv, kpe, torch.tensor([S, S]), 0.1)
+    q = torch.cat([q_nope, q_rope], -1)[:, :, None]                          # [B, H, 1, R + P]
+    k = torch.cat([ckv, kpe], -1)[:, None].expand(B, H, S, R + P)
+    v = ckv[:, None].expand(B, H, S, R)
+    sdpa = F.scaled_dot_product_attention(q, k, v, scale=0.1)[:, :, 0]
+    assert rel_err(ref, sdpa) < 1e-12
+
+
+def test_mla_decode_unsupported_width_falls_back(gen):
+    q_nope, q_rope, ckv, kpe = _mla_inputs(gen, 1, 2, 48, 16, 8, torch.float16)
+    seq_lens = torch.tensor([8], dtype=torch.int32)
+    dispatch.reset()
+    with pytest.warns(RuntimeWarning, match="mla_decode_attention"):
+        out = A.mla_decode_attention(q_nope, q_rope, ckv, kpe, seq_lens, 0.1)
+    assert dispatch.counts() == {("mla_decode_attention", "torch"): 1}
+    ref = A.mla_decode_reference(q_nope.double(), q_rope.double(), ckv.double(), kpe.double(), seq_lens, 0.1)
+    assert rel_err(out, ref) < TOL[torch.float16]
+    with pytest.raises(ValueError, match="q_nope width 48"):
+        A.mla_decode_attention(q_nope, q_rope, ckv, kpe, seq_lens, 0.1, backend="triton")
+
+
+@pytest.mark.parametrize("mutate,exc,msg", [
+    (lambda a: dict(a, q_rope=a["q_rope"][:1]), ValueError, "q_rope: expected shape"),
+    (lambda a: dict(a, kpe_cache=a["kpe_cache"][:, :4]), ValueError, "kpe_cache: expected shape"),
+    (lambda a: dict(a, ckv_cache=a["ckv_cache"].float()), TypeError, "dtype of q_nope"),
+    (lambda a: dict(a, seq_lens=a["seq_lens"][:1]), ValueError, "one per sequence"),
+    (lambda a: dict(a, sm_scale=0.0), ValueError, "sm_scale"),
+])
+def test_mla_decode_bad_input(mutate, exc, msg, gen):
+    q_nope, q_rope, ckv, kpe = _mla_inputs(gen, 2, 2, 64, 16, 8, torch.float16)
+    args = dict(q_nope=q_nope, q_rope=q_rope, ckv_cache=ckv, kpe_cache=kpe,
+                seq_lens=torch.tensor([3, 8], dtype=torch.int32), sm_scale=0.1)
+    with pytest.raises(exc, match=msg):
+        A.mla_decode_attention(**mutate(args))
+
+
+def test_mla_decode_bytes():
+    # 2 sequences of 10 and 30 tokens, 20 heads, 512 + 64 fp16: cache rows + q (576) and out (512) per head
+    assert A.mla_decode_bytes([10, 30], 20, 512, 64, 2) == (40 * 576 + 2 * 20 * (1024 + 64)) * 2
+
+
 # ----------------------------------------------------------------- dispatch and bad input
 
 @needs_triton
@@ -333,6 +412,12 @@ p["PartO"] = "*bf16"  # one chunk: writes the output directly
 out["decode_direct"] = build(A._decode_split_kernel, p, dict(c, WRITE_LSE=False), 4, 2)
 out["decode_combine"] = build(A._decode_combine_kernel, {"PartO": "*fp32", "PartLse": "*fp32", "Out": "*bf16"},
                               dict(stride_pod=1, stride_od=1, BLOCK_D=128, SPLITS_PAD=64), 4)
+p = {"QN": "*bf16", "QR": "*bf16", "CKV": "*bf16", "KPE": "*bf16", "SeqLens": "*i32", "PartO": "*fp32",
+     "PartLse": "*fp32", "qk_scale": "fp32"}
+mcfg = A.default_mla_decode_config(512, torch.device("cuda"))
+c = dict(stride_qnd=1, stride_qrd=1, stride_cd=1, stride_kd=1, stride_pod=1, HEADS_PAD=32, LATENT=512, ROPE=64,
+         BLOCK_N=mcfg.block_n, DOT_F32=False, WRITE_LSE=True)
+out["mla_decode"] = build(A._mla_decode_split_kernel, p, c, mcfg.num_warps, mcfg.num_stages)
 p = {n: "*fp16" for n in ("KNew", "VNew", "KCache", "VCache")}
 p.update(SeqLens="*i32", NumNew="*i32")
 out["kv_append"] = build(KV._kv_append_kernel, p, dict(stride_knd=1, stride_vnd=1, stride_kcd=1, stride_vcd=1,
@@ -358,12 +443,13 @@ def test_kernels_compile_for_hopper_and_pipeline():
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(info) == {"prefill_fp16_128", "prefill_bf16_64", "prefill_bf16_256", "decode_split", "decode_direct",
-                         "decode_combine", "kv_append"}
+                         "decode_combine", "mla_decode", "kv_append"}
     for name, meta in info.items():
         assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
     # Q tile + 3 stages of K and V tiles: 32 + 3 * 32 KiB at D=128
     assert info["prefill_fp16_128"]["shared"] == 128 * 1024
-    assert info["prefill_fp16_128"]["async_copies"] > 0 and info["decode_split"]["async_copies"] > 0
+    for name in ("prefill_fp16_128", "prefill_bf16_256", "decode_split", "mla_decode"):
+        assert info[name]["async_copies"] > 0, name
 
 
 # ----------------------------------------------------------------- GPU (larger shapes)
@@ -428,3 +514,20 @@ def test_decode_gpu_cuda_graph_replay():
     torch.cuda.synchronize()
     ref = A.decode_attention_reference(q.float(), k.float(), v.float(), seq_lens)
     assert rel_err(out, ref) < GPU_TOL[torch.float16]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mla_decode_gpu_glm47_widths(dtype, monkeypatch):
+    """GLM-4.7-Flash decode: 20 heads over 512-wide latents + 64-wide rope keys, ragged long contexts."""
+    monkeypatch.setattr(A, "_POISON_WORKSPACE", True)
+    cfg = A.MLA_CONFIGS["glm47-flash-mla"]
+    B, H, R, P, S = 5, cfg["num_heads"], cfg["kv_lora_rank"], cfg["rope_dim"], 8200
+    gen = torch.Generator().manual_seed(3)
+    q_nope, q_rope, ckv, kpe = _mla_inputs(gen, B, H, R, P, S, dtype, device="cuda")
+    lengths = [1, 100, 4097, 8199, 8200]
+    seq_lens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    out = torch.full_like(q_nope, float("nan"))
+    A.mla_decode_attention_triton(q_nope, q_rope, ckv, kpe, seq_lens, cfg["sm_scale"], max_seq_len=S, out=out)
+    ref = A.mla_decode_reference(q_nope.float(), q_rope.float(), ckv.float(), kpe.float(), seq_lens, cfg["sm_scale"])
+    assert rel_err(out, ref) < GPU_TOL[dtype]

@@ -40,7 +40,8 @@ __all__ = [
     "HEAD_CONFIGS", "path_label", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES", "PrefillConfig", "DecodeConfig", "attention", "attention_reference",
     "flash_attention_triton", "decode_attention", "decode_attention_reference", "decode_attention_triton",
     "default_prefill_config", "default_decode_config", "choose_num_splits", "split_plan", "attention_flops",
-    "decode_bytes", "unsupported_reason",
+    "decode_bytes", "unsupported_reason", "MLA_CONFIGS", "mla_decode_attention", "mla_decode_attention_triton",
+    "mla_decode_reference", "mla_decode_bytes", "default_mla_decode_config",
 ]
 
 # Attention head configurations the benchmarks use. GLM-4.7-Flash (Glm4MoeLite) has multi-head latent
@@ -55,6 +56,13 @@ HEAD_CONFIGS = {
     "glm47-flash-gqa-standin": {"num_heads": 20, "num_kv_heads": 2, "head_dim": 128},
     "llama3-8b": {"num_heads": 32, "num_kv_heads": 8, "head_dim": 128},
     "mha-d64": {"num_heads": 16, "num_kv_heads": 16, "head_dim": 64},
+}
+
+# GLM-4.7-Flash decode in the absorbed MLA form (see mla_decode_attention): every query head attends over one
+# shared cache row per token, a kv_lora_rank-wide latent (also the value) plus a rope key; softmax scale
+# 1/sqrt(qk_nope_head_dim + qk_rope_head_dim) = 1/sqrt(256) (no YaRN factor in its config).
+MLA_CONFIGS = {
+    "glm47-flash-mla": {"num_heads": 20, "kv_lora_rank": 512, "rope_dim": 64, "sm_scale": 256 ** -0.5},
 }
 
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
@@ -238,14 +246,14 @@ def _check_decode(q, k_cache, v_cache, seq_lens) -> None:
         raise ValueError(f"seq_lens: expected {B} lengths (one per sequence), got {seq_lens.shape[0]}")
 
 
-def unsupported_reason(q: torch.Tensor) -> str | None:
-    """Why the Triton kernels cannot take ``q`` (None when they can)."""
+def unsupported_reason(q: torch.Tensor, head_dims: tuple | None = SUPPORTED_HEAD_DIMS) -> str | None:
+    """Why the Triton kernels cannot take ``q`` (None when they can); ``head_dims=None`` skips the head-dim check."""
     if not triton_enabled_for(q.device):
         return f"Triton cannot run on {q.device} here (CUDA, or CPU with TRITON_INTERPRET=1)"
     if q.dtype not in SUPPORTED_DTYPES:
         return f"dtype {q.dtype} (the kernels take float16 or bfloat16)"
-    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
-        return f"head_dim {q.shape[-1]} (the kernels take {SUPPORTED_HEAD_DIMS})"
+    if head_dims is not None and q.shape[-1] not in head_dims:
+        return f"head_dim {q.shape[-1]} (the kernels take {head_dims})"
     return None
 
 
@@ -308,6 +316,65 @@ def decode_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         scores = torch.einsum("hd,hnd->hn", q[b].to(acc), kb) * scale
         out[b] = torch.einsum("hn,hnd->hd", torch.softmax(scores, dim=-1), vb)
     return out.to(q.dtype)
+
+
+def _check_mla(q_nope, q_rope, ckv_cache, kpe_cache, seq_lens) -> None:
+    _check_tensor("q_nope", q_nope, 3)
+    _check_tensor("q_rope", q_rope, 3)
+    _check_tensor("ckv_cache", ckv_cache, 3)
+    _check_tensor("kpe_cache", kpe_cache, 3)
+    _check_tensor("seq_lens", seq_lens, 1)
+    for name, t in (("q_nope", q_nope), ("q_rope", q_rope), ("ckv_cache", ckv_cache), ("kpe_cache", kpe_cache)):
+        _check_float(name, t)
+        if t.dtype != q_nope.dtype:
+            raise TypeError(f"{name}: expected the dtype of q_nope ({q_nope.dtype}), got {t.dtype}")
+    for name, t in (("q_rope", q_rope), ("ckv_cache", ckv_cache), ("kpe_cache", kpe_cache), ("seq_lens", seq_lens)):
+        if t.device != q_nope.device:
+            raise ValueError(f"{name}: expected a tensor on {q_nope.device}, got {t.device}")
+    if seq_lens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"seq_lens: expected int32 or int64, got {seq_lens.dtype}")
+    B, H, R = q_nope.shape
+    P = q_rope.shape[2]
+    if q_rope.shape[:2] != (B, H):
+        raise ValueError(f"q_rope: expected shape [B={B}, H={H}, P], got {tuple(q_rope.shape)}")
+    if ckv_cache.shape[0] != B or ckv_cache.shape[2] != R:
+        raise ValueError(f"ckv_cache: expected shape [B={B}, S_max, R={R}], got {tuple(ckv_cache.shape)}")
+    if kpe_cache.shape != (B, ckv_cache.shape[1], P):
+        raise ValueError(f"kpe_cache: expected shape [B={B}, S_max={ckv_cache.shape[1]}, P={P}], got "
+                         f"{tuple(kpe_cache.shape)}")
+    if seq_lens.shape[0] != B:
+        raise ValueError(f"seq_lens: expected {B} lengths (one per sequence), got {seq_lens.shape[0]}")
+
+
+def mla_decode_reference(q_nope: torch.Tensor, q_rope: torch.Tensor, ckv_cache: torch.Tensor,
+                         kpe_cache: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    """Absorbed-MLA decode in fp32 (fp64 for fp64 inputs): softmax((q_nope . ckv + q_rope . kpe) * scale) ckv
+    over the first ``seq_lens[b]`` positions; zeros for a sequence of length 0. Shapes as
+    :func:`mla_decode_attention`."""
+    _check_mla(q_nope, q_rope, ckv_cache, kpe_cache, seq_lens)
+    scale = _scale(sm_scale, 1)
+    acc = torch.float64 if q_nope.dtype == torch.float64 else torch.float32
+    B, H, R = q_nope.shape
+    lens = [min(int(n), ckv_cache.shape[1]) for n in seq_lens.tolist()]
+    if any(n < 0 for n in lens):
+        raise ValueError(f"seq_lens: expected lengths >= 0, got {seq_lens.tolist()}")
+    out = torch.zeros(B, H, R, dtype=acc, device=q_nope.device)
+    for b, n in enumerate(lens):
+        if n == 0:
+            continue
+        ckv = ckv_cache[b, :n].to(acc)
+        scores = (q_nope[b].to(acc) @ ckv.T + q_rope[b].to(acc) @ kpe_cache[b, :n].to(acc).T) * scale
+        out[b] = torch.softmax(scores, dim=-1) @ ckv
+    return out.to(q_nope.dtype)
+
+
+def mla_decode_bytes(seq_lens, num_heads: int, kv_lora_rank: int, rope_dim: int, elem_size: int) -> int:
+    """Bytes an absorbed-MLA decode step must move: one latent + rope row per cached token (read once for
+    all heads), plus the queries in and the latent outputs back."""
+    tokens = int(sum(int(s) for s in seq_lens))
+    batch = len(seq_lens)
+    return (tokens * (kv_lora_rank + rope_dim)
+            + batch * num_heads * (2 * kv_lora_rank + rope_dim)) * elem_size
 
 
 # ----------------------------------------------------------------- Triton kernels
@@ -517,12 +584,81 @@ if _HAVE_TRITON:
         tl.store(Out + b * stride_ob + h * stride_oh + offs_d * stride_od, out.to(Out.dtype.element_ty))
 
 
+    @triton.jit
+    def _mla_decode_split_kernel(QN, QR, CKV, KPE, SeqLens, PartO, PartLse,
+                                 stride_qnb, stride_qnh, stride_qnd,
+                                 stride_qrb, stride_qrh, stride_qrd,
+                                 stride_cb, stride_cs, stride_cd,
+                                 stride_kb, stride_ks, stride_kd,
+                                 stride_pob, stride_poh, stride_pos, stride_pod,
+                                 stride_plb, stride_plh, stride_pls,
+                                 num_heads, capacity, chunk, qk_scale,
+                                 HEADS_PAD: tl.constexpr, LATENT: tl.constexpr, ROPE: tl.constexpr,
+                                 BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr, WRITE_LSE: tl.constexpr):
+        """Absorbed-MLA partial attention of all heads of one sequence over one chunk of its cache.
+
+        QN: [B, H, LATENT], QR: [B, H, ROPE]; CKV: [B, capacity, LATENT] (keys' latent part and the values),
+        KPE: [B, capacity, ROPE]; logits = (QN . CKV + QR . KPE) * scale. Each CKV tile is loaded once and
+        used twice (for the logits, transposed, and as the values). PartO/PartLse as in _decode_split_kernel
+        (PartO [B, H, splits, LATENT]); with WRITE_LSE=False PartO is the output [B, H, LATENT].
+        Grid: (B, num_splits).
+        """
+        b = tl.program_id(0).to(tl.int64)
+        split = tl.program_id(1)
+        seq_len = tl.minimum(tl.load(SeqLens + b).to(tl.int32), capacity)
+        start = split * chunk
+        end = tl.minimum(start + chunk, seq_len)
+        offs_h = tl.arange(0, HEADS_PAD)
+        h_mask = offs_h < num_heads
+        offs_c = tl.arange(0, LATENT)
+        offs_r = tl.arange(0, ROPE)
+        offs_n = tl.arange(0, BLOCK_N)
+        qn = tl.load(QN + b * stride_qnb + offs_h[:, None] * stride_qnh + offs_c[None, :] * stride_qnd,
+                     mask=h_mask[:, None], other=0.0)
+        qr = tl.load(QR + b * stride_qrb + offs_h[:, None] * stride_qrh + offs_r[None, :] * stride_qrd,
+                     mask=h_mask[:, None], other=0.0)
+        if DOT_F32:
+            qn = qn.to(tl.float32)
+            qr = qr.to(tl.float32)
+        m_i = tl.full([HEADS_PAD], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([HEADS_PAD], dtype=tl.float32)
+        acc = tl.zeros([HEADS_PAD, LATENT], dtype=tl.float32)
+        for start_n in range(start, end, BLOCK_N):
+            cols = start_n + offs_n
+            in_k = cols < end
+            ckv = tl.load(CKV + b * stride_cb + cols[:, None].to(tl.int64) * stride_cs + offs_c[None, :] * stride_cd,
+                          mask=in_k[:, None], other=0.0)                                   # [BLOCK_N, LATENT]
+            kpe_t = tl.load(KPE + b * stride_kb + cols[None, :].to(tl.int64) * stride_ks
+                            + offs_r[:, None] * stride_kd, mask=in_k[None, :], other=0.0)  # [ROPE, BLOCK_N]
+            if DOT_F32:
+                s = tl.dot(qr, kpe_t.to(tl.float32), tl.dot(qn, tl.trans(ckv.to(tl.float32))))
+            else:
+                s = tl.dot(qr, kpe_t, tl.dot(qn, tl.trans(ckv)))
+            s = tl.where(in_k[None, :], s * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp2(s - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            if DOT_F32:
+                acc = tl.dot(p.to(ckv.dtype).to(tl.float32), ckv.to(tl.float32), acc)
+            else:
+                acc = tl.dot(p.to(ckv.dtype), ckv, acc)
+            m_i = m_new
+        nonempty = l_i > 0
+        out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
+        lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), float("-inf"))
+        tl.store(PartO + b * stride_pob + offs_h[:, None] * stride_poh + split * stride_pos
+                 + offs_c[None, :] * stride_pod, out.to(PartO.dtype.element_ty), mask=h_mask[:, None])
+        if WRITE_LSE:
+            tl.store(PartLse + b * stride_plb + offs_h * stride_plh + split * stride_pls, lse, mask=h_mask)
+
 
 def _get_kernels() -> dict:
     if not _HAVE_TRITON:
         raise RuntimeError("Triton is not installed")
     return {"prefill": _attn_fwd_kernel, "decode_split": _decode_split_kernel,
-            "decode_combine": _decode_combine_kernel}
+            "decode_combine": _decode_combine_kernel, "mla_decode_split": _mla_decode_split_kernel}
 
 
 def _dot_in_fp32(q: torch.Tensor) -> bool:
@@ -646,6 +782,70 @@ def _merge_splits(part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Tenso
         BLOCK_D=block_d, SPLITS_PAD=splits_pad, num_warps=4 if block_d * splits_pad >= 4096 else 2)
 
 
+def default_mla_decode_config(kv_lora_rank: int, device: torch.device) -> DecodeConfig:
+    """On GPU: 32-token tiles (a 512-wide latent tile is 32 KiB in fp16) and 8 warps for the
+    [heads, kv_lora_rank] fp32 accumulator."""
+    if device.type != "cuda":
+        return DecodeConfig(block_n=16, num_warps=1, num_stages=1)
+    return DecodeConfig(block_n=32, num_warps=8 if kv_lora_rank >= 256 else 4, num_stages=2)
+
+
+def mla_decode_attention_triton(q_nope: torch.Tensor, q_rope: torch.Tensor, ckv_cache: torch.Tensor,
+                                kpe_cache: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, *,
+                                max_seq_len: int | None = None, num_splits: int | None = None,
+                                config: DecodeConfig | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch the absorbed-MLA decode kernels (shapes and semantics as :func:`mla_decode_attention`)."""
+    _check_mla(q_nope, q_rope, ckv_cache, kpe_cache, seq_lens)
+    reason = unsupported_reason(q_nope, head_dims=None)
+    for name, t in (("q_nope", q_nope), ("q_rope", q_rope)):
+        d = t.shape[2]
+        if d < 16 or d & (d - 1):
+            reason = reason or f"{name} width {d} (the MLA kernel takes powers of two >= 16)"
+    if reason is not None:
+        raise ValueError(f"q_nope: the Triton MLA decode kernel cannot take this input: {reason}")
+    scale = _scale(sm_scale, 1)
+    B, H, R = q_nope.shape
+    P = q_rope.shape[2]
+    capacity = ckv_cache.shape[1]
+    if out is None:
+        out = torch.empty(B, H, R, dtype=q_nope.dtype, device=q_nope.device)
+    elif out.shape != q_nope.shape or out.dtype != q_nope.dtype or out.device != q_nope.device:
+        raise ValueError(f"out: expected a {q_nope.dtype} tensor of shape {tuple(q_nope.shape)} on "
+                         f"{q_nope.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+    if B == 0:
+        return out
+    if max_seq_len is None:
+        max_seq_len = int(seq_lens.max().item())
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 0:
+        raise ValueError(f"max_seq_len: expected an int >= 0, got {max_seq_len!r}")
+    max_seq_len = max(1, min(max_seq_len, capacity))
+    cfg = config or default_mla_decode_config(R, q_nope.device)
+    if num_splits is None:
+        num_splits = choose_num_splits(B, 1, max_seq_len, cfg.block_n, q_nope.device)
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
+        raise ValueError(f"num_splits: expected an int >= 1, got {num_splits!r}")
+    chunk, num_splits = split_plan(max_seq_len, num_splits, cfg.block_n)
+    kernel = _get_kernels()["mla_decode_split"]
+    args = (q_nope, q_rope, ckv_cache, kpe_cache, seq_lens)
+    strides = (*q_nope.stride(), *q_rope.stride(), *ckv_cache.stride(), *kpe_cache.stride())
+    consts = dict(HEADS_PAD=max(16, _next_pow2(H)), LATENT=R, ROPE=P, BLOCK_N=cfg.block_n,
+                  DOT_F32=_dot_in_fp32(q_nope), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if num_splits == 1:
+        kernel[(B, 1)](*args, out, out, *strides, out.stride(0), out.stride(1), 0, out.stride(2), 0, 0, 0,
+                       H, capacity, chunk, scale * _LOG2E, WRITE_LSE=False, **consts)
+        return out
+    fill = float("nan") if _POISON_WORKSPACE else None
+    part_o = torch.empty(B, H, num_splits, R, dtype=torch.float32, device=q_nope.device)
+    part_lse = torch.empty(B, H, num_splits, dtype=torch.float32, device=q_nope.device)
+    if fill is not None:
+        part_o.fill_(fill)
+        part_lse.fill_(fill)
+    kernel[(B, num_splits)](*args, part_o, part_lse, *strides, *part_o.stride(), *part_lse.stride(),
+                            H, capacity, chunk, scale * _LOG2E, WRITE_LSE=True, **consts)
+    _merge_splits(part_o, part_lse, out, num_splits)
+    return out
+
+
 # ----------------------------------------------------------------- custom ops and public entries
 
 @torch.library.custom_op("triton_marlin::attention", mutates_args=())
@@ -745,3 +945,62 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if not _compiling():
         dispatch.record("decode_attention", "torch")
     return decode_attention_reference(q, k_cache, v_cache, seq_lens, scale)
+
+
+@torch.library.custom_op("triton_marlin::mla_decode_attention", mutates_args=())
+def _mla_decode_op(q_nope: torch.Tensor, q_rope: torch.Tensor, ckv_cache: torch.Tensor, kpe_cache: torch.Tensor,
+                   seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int, num_splits: int) -> torch.Tensor:
+    return mla_decode_attention_triton(q_nope, q_rope, ckv_cache, kpe_cache, seq_lens, sm_scale,
+                                       max_seq_len=max_seq_len, num_splits=num_splits if num_splits > 0 else None)
+
+
+@_mla_decode_op.register_fake
+def _(q_nope, q_rope, ckv_cache, kpe_cache, seq_lens, sm_scale, max_seq_len, num_splits):
+    return torch.empty(q_nope.shape, dtype=q_nope.dtype, device=q_nope.device)
+
+
+def mla_decode_attention(q_nope: torch.Tensor, q_rope: torch.Tensor, ckv_cache: torch.Tensor,
+                         kpe_cache: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, *,
+                         max_seq_len: int | None = None, num_splits: int | None = None,
+                         backend: str = "auto") -> torch.Tensor:
+    """Multi-head latent attention (DeepSeek-V2 / GLM-4.7-Flash) decode, with the key and value up-projections
+    absorbed: every head attends over one shared cache row per token.
+
+    Args:
+        q_nope: ``[B, H, R]``: the no-rope query already multiplied by the key up-projection (R = kv_lora_rank).
+        q_rope: ``[B, H, P]``: the rotary part of the query (P = qk_rope_head_dim).
+        ckv_cache: ``[B, S_max, R]``: the compressed latent per token (keys' no-rope part and the values).
+        kpe_cache: ``[B, S_max, P]``: the rotary key per token. Both may be views of one ``[B, S_max, R + P]``.
+        seq_lens: ``[B]`` int32/int64 on the same device.
+        sm_scale: the model's logit scale (GLM-4.7-Flash: 1/sqrt(256)).
+        max_seq_len, num_splits, backend: as in :func:`decode_attention` (R and P: powers of two >= 16 for Triton).
+
+    Returns ``[B, H, R]`` in q_nope's dtype: the attention output in latent space (the value up-projection
+    applies next, outside this op). Zeros for a sequence of length 0.
+    """
+    _check_mla(q_nope, q_rope, ckv_cache, kpe_cache, seq_lens)
+    scale = _scale(sm_scale, 1)
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend: expected 'auto', 'triton' or 'torch', got {backend!r}")
+    reason = None
+    if backend != "torch":
+        reason = unsupported_reason(q_nope, head_dims=None)
+        for name, t in (("q_nope", q_nope), ("q_rope", q_rope)):
+            d = t.shape[2]
+            if reason is None and (d < 16 or d & (d - 1)):
+                reason = f"{name} width {d} (the MLA kernel takes powers of two >= 16)"
+        if reason is None:
+            if _compiling():
+                return _mla_decode_op(q_nope, q_rope, ckv_cache, kpe_cache, seq_lens, scale,
+                                      max_seq_len if max_seq_len is not None else ckv_cache.shape[1],
+                                      num_splits or 0)
+            dispatch.record("mla_decode_attention", "triton")
+            return mla_decode_attention_triton(q_nope, q_rope, ckv_cache, kpe_cache, seq_lens, scale,
+                                               max_seq_len=max_seq_len, num_splits=num_splits)
+        if backend == "triton":
+            raise ValueError(f"backend='triton': {reason}")
+        if not _compiling():
+            dispatch.warn_fallback("mla_decode_attention", f"{reason}; running the torch reference")
+    if not _compiling():
+        dispatch.record("mla_decode_attention", "torch")
+    return mla_decode_reference(q_nope, q_rope, ckv_cache, kpe_cache, seq_lens, scale)
