@@ -53,6 +53,9 @@ def test_reference_every_bf16_code_round_trips():
     half = bc.convert_reference(codes, torch.float16)
     assert torch.equal(half[~nan], codes[~nan].to(torch.float16))
     assert torch.isnan(half[nan]).all()
+    h = _bits(codes)[nan].to(torch.int32) & 0xFFFF
+    expect = ((h & 0x8000) | 0x7E00 | ((h & 0x7F) << 3)).to(torch.int16)  # sign and payload kept, quiet bit set
+    assert torch.equal(_bits(half)[nan], expect)
 
 
 def test_reference_fp16_to_bf16():
@@ -60,7 +63,9 @@ def test_reference_fp16_to_bf16():
     ours = bc.convert_reference(codes, torch.bfloat16)
     nan = torch.isnan(codes)
     assert torch.equal(_bits(ours)[~nan], _bits(codes[~nan].to(torch.bfloat16)))
-    assert torch.isnan(ours[nan]).all()
+    h = _bits(codes)[nan].to(torch.int32) & 0xFFFF
+    expect = ((h & 0x8000) | 0x7FC0 | ((h & 0x3FF) >> 3)).to(torch.int16)
+    assert torch.equal(_bits(ours)[nan], expect)
 
 
 def _poisoned(shape, dtype):

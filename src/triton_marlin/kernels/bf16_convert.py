@@ -8,6 +8,9 @@ Numerics (identical in the kernel and the torch reference, bit for bit):
 * bf16 -> fp32: exact (the 16 bits become the high half of the fp32 word).
 * fp16 -> bf16 goes through fp32 (exact), then rounds as above; bf16 -> fp16 goes through fp32, then rounds to
   nearest-even in fp16 (overflow to inf, gradual underflow).
+* NaN bits are computed with integer operations, never left to a hardware conversion (CPUs and GPUs disagree
+  on the NaN they produce): fp16 NaN -> bf16 ``sign | 0x7FC0 | (mantissa >> 3)``; bf16 NaN -> fp16
+  ``sign | 0x7E00 | (mantissa << 3)``. The payload's top bits survive and the quiet bit is set.
 
 Layers: ``_convert_kernel`` (Triton), ``convert_triton`` (checks, allocation, launch), the custom op
 ``triton_marlin::bf16_convert`` (fake impl for torch.compile), and ``convert`` (picks the path, records it in
@@ -57,10 +60,21 @@ def _fp32_to_bf16_bits(x32: torch.Tensor) -> torch.Tensor:
 def convert_reference(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The torch path: same numerics as the kernel, bit for bit (NaN payloads included)."""
     _check(x, dtype)
+    flat = x.contiguous().reshape(-1)
+    h = flat.view(torch.int16).to(torch.int32) & 0xFFFF if x.element_size() == 2 else None
     if dtype == torch.bfloat16:
-        return _fp32_to_bf16_bits(x.float()).view(torch.bfloat16).reshape(x.shape)
-    x32 = (x.contiguous().view(torch.int16).to(torch.int32) << 16).view(torch.float32).reshape(x.shape)
-    return x32 if dtype == torch.float32 else x32.to(torch.float16)
+        out = _fp32_to_bf16_bits(flat.float()).to(torch.int32) & 0xFFFF
+        if x.dtype == torch.float16:
+            nan = (h & 0x7FFF) > 0x7C00
+            out = torch.where(nan, (h & 0x8000) | 0x7FC0 | ((h & 0x3FF) >> 3), out)
+        return out.to(torch.int16).view(torch.bfloat16).reshape(x.shape)
+    x32 = (h << 16).view(torch.float32).reshape(x.shape)
+    if dtype == torch.float32:
+        return x32
+    out = x32.to(torch.float16).reshape(-1).view(torch.int16).to(torch.int32) & 0xFFFF
+    nan = (h & 0x7FFF) > 0x7F80
+    out = torch.where(nan, (h & 0x8000) | 0x7E00 | ((h & 0x7F) << 3), out)
+    return out.to(torch.int16).view(torch.float16).reshape(x.shape)
 
 
 # ----------------------------------------------------------------- Triton kernel
@@ -76,11 +90,12 @@ def _get_kernel():
     import triton.language as tl
 
     @triton.jit
-    def _convert_kernel(x_ptr, y_ptr, n, SRC_BF16: tl.constexpr, DST_FP16: tl.constexpr,
+    def _convert_kernel(x_ptr, y_ptr, n, SRC_BF16: tl.constexpr, SRC_FP16: tl.constexpr, DST_FP16: tl.constexpr,
                         BLOCK: tl.constexpr):
         """y[i] = convert(x[i]) for i < n over flat contiguous buffers; one BLOCK of elements per program.
 
-        SRC_BF16: x holds bf16 (-> fp32 exactly, then fp16 if DST_FP16); else x holds fp32/fp16 -> bf16 (RNE).
+        SRC_BF16: x holds bf16 -> fp32 exactly (then fp16, RNE, if DST_FP16). Otherwise x holds fp32, or fp16 if
+        SRC_FP16, -> bf16 by RNE. NaN bits come from integer operations (see the module docstring).
         """
         pid = tl.program_id(0)
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -88,16 +103,25 @@ def _get_kernel():
         mask = offs < n
         x = tl.load(x_ptr + offs, mask=mask, eviction_policy="evict_first")
         if SRC_BF16:
-            hi = x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16
-            y = hi.to(tl.float32, bitcast=True)
+            h = x.to(tl.uint16, bitcast=True).to(tl.uint32)
+            y = (h << 16).to(tl.float32, bitcast=True)
             if DST_FP16:
-                y = y.to(tl.float16)
+                y16 = y.to(tl.float16).to(tl.uint16, bitcast=True).to(tl.uint32)
+                is_nan = (h & 0x7FFF) > 0x7F80
+                nan16 = (h & 0x8000) | 0x7E00 | ((h & 0x7F) << 3)
+                y = tl.where(is_nan, nan16, y16).to(tl.uint16).to(tl.float16, bitcast=True)
         else:
             bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
             lsb = (bits >> 16) & 1
             rounded = (bits + 0x7FFF + lsb) >> 16
-            is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
-            y = tl.where(is_nan, (bits >> 16) | 0x0040, rounded).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+            if SRC_FP16:
+                h = x.to(tl.uint16, bitcast=True).to(tl.uint32)
+                is_nan = (h & 0x7FFF) > 0x7C00
+                nan_bf16 = (h & 0x8000) | 0x7FC0 | ((h & 0x3FF) >> 3)
+            else:
+                is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
+                nan_bf16 = (bits >> 16) | 0x0040
+            y = tl.where(is_nan, nan_bf16, rounded).to(tl.uint16).to(tl.bfloat16, bitcast=True)
         tl.store(y_ptr + offs, y, mask=mask, eviction_policy="evict_first")
 
     _kernel = _convert_kernel
@@ -123,8 +147,8 @@ def convert_triton(x: torch.Tensor, dtype: torch.dtype, *, block: int = DEFAULT_
     if num_warps is None:
         num_warps = 8 if block >= 2048 else 4
     grid = (triton_cdiv(n, block),)
-    _get_kernel()[grid](x, out, n, SRC_BF16=x.dtype == torch.bfloat16, DST_FP16=dtype == torch.float16,
-                        BLOCK=block, num_warps=num_warps)
+    _get_kernel()[grid](x, out, n, SRC_BF16=x.dtype == torch.bfloat16, SRC_FP16=x.dtype == torch.float16,
+                        DST_FP16=dtype == torch.float16, BLOCK=block, num_warps=num_warps)
     return out
 
 
