@@ -89,3 +89,18 @@ def test_ldlq_proxy_loss_below_plain_viterbi(gen):
     vi = tm.quantize(w, "trellis3", method="viterbi", code="1mad", chunk_tiles=4)
     assert ld.meta["method"] == "ldlq"
     assert proxy_loss(w, ld.dequantize(torch.float64), H) < 0.7 * proxy_loss(w, vi.dequantize(torch.float64), H)
+
+
+def test_qmatmul_auto_on_rotated_int_weight_is_correct(gen):
+    # whatever path qmatmul picks, a rotated (MR-GPTQ) weight must give x @ W_hat^T
+    K = 128
+    w = torch.randn(32, K, generator=gen)
+    H = _correlated_hessian(K, gen)
+    q = tm.quantize(w, "int4", group_size=64, method="gptq", hessian=H, rotate=True)
+    x = torch.randn(2, K, generator=gen, dtype=torch.float16)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        y = tm.qmatmul(x, q)
+    ref = x.double() @ q.dequantize(torch.float64).t()
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-3
