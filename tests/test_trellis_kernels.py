@@ -95,10 +95,31 @@ def test_gpu_trellis_qgemm(bits, code, M, dtype, gen):
 @pytest.mark.gpu
 def test_gpu_viterbi_encode_matches_cpu_quality(gen):
     import triton_marlin as tm
-    w = torch.randn(64, 128, generator=gen)
+    w = torch.randn(32, 64, generator=gen)
     gpu = tm.quantize(w.cuda(), "trellis3", method="viterbi")
     cpu = tm.quantize(w, "trellis3", method="viterbi")
     mse_gpu = ((gpu.dequantize(torch.float64).cpu() - w.double()) ** 2).mean().item()
     mse_cpu = ((cpu.dequantize(torch.float64) - w.double()) ** 2).mean().item()
     assert mse_gpu == pytest.approx(mse_cpu, rel=0.02)
     assert mse_gpu < 0.019
+
+
+def test_custom_op_matches_eager(gen):
+    qt = random_trellis(32, 64, 3, "hyb", 32, gen)
+    x = torch.randn(2, 64, generator=gen)
+    t = qt.tensors
+    y_op = torch.ops.triton_marlin.trellis_qgemm(
+        x, t["qweight"], t["scales"], t["su"], t["sv"], t["lut"], None, 3, "hyb", 32, 64, 32,
+        qt.meta["had_block_in"], qt.meta["had_block_out"])
+    assert torch.equal(y_op, tg.trellis_qgemm(x, qt))
+    assert tg.trellis_qgemm(x[:0], qt).shape == (0, 32)
+    with pytest.raises(ValueError, match="bias"):
+        tg.trellis_qgemm(x, qt, torch.zeros(31))
+
+
+@pytest.mark.gpu
+def test_gpu_trellis_qgemm_under_torch_compile(gen):
+    qt = random_trellis(256, 512, 4, "3inst", -1, gen, device="cuda")
+    x = torch.randn(1, 512, generator=gen).half().cuda()
+    fn = torch.compile(lambda a: tg.trellis_qgemm(a, qt), fullgraph=True)
+    assert rel_err(fn(x), tg.trellis_qgemm(x, qt)) < 1e-6

@@ -233,13 +233,53 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
 
 def trellis_qgemm(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None = None
                   ) -> torch.Tensor:
-    """``x2d [M, K] @ W.T (+ bias) -> [M, N]`` in ``x2d.dtype`` for a trellis weight (Triton)."""
+    """``x2d [M, K] @ W.T (+ bias) -> [M, N]`` in ``x2d.dtype`` for a trellis weight (Triton).
+
+    Inside a ``torch.compile`` trace the call goes through the custom op ``triton_marlin::trellis_qgemm``
+    (opaque to the compiler, with a fake implementation); eager calls run the launcher directly."""
+    if not isinstance(x2d, torch.Tensor) or x2d.dim() != 2:
+        raise ValueError(f"x2d must be a 2-D [M, K] tensor, got {tuple(getattr(x2d, 'shape', ()))}")
     reason = unsupported_reason(x2d, qt)
     if reason is not None:
         raise ValueError(f"trellis_qgemm cannot run: {reason}")
-    M, K = x2d.shape
-    if K != qt.shape[1]:
-        raise ValueError(f"x2d has K={K}, the weight has K={qt.shape[1]}")
+    N, K = qt.shape
+    if x2d.shape[1] != K:
+        raise ValueError(f"x2d has K={x2d.shape[1]}, the weight has K={K}")
+    if x2d.device != qt.device:
+        raise ValueError(f"x is on {x2d.device} but the weight is on {qt.device}")
+    if bias is not None and (bias.shape != (N,) or bias.device != x2d.device):
+        raise ValueError(f"bias must be a ({N},) tensor on {x2d.device}, got {tuple(bias.shape)} on {bias.device}")
+    if not torch.compiler.is_compiling():
+        return _trellis_qgemm_impl(x2d, qt, bias)
+    t = qt.tensors
+    return torch.ops.triton_marlin.trellis_qgemm(
+        x2d, t["qweight"], t["scales"], t["su"], t["sv"], t.get("lut"), bias, qt.bits, qt.meta["code"],
+        N, K, qt.group_size, qt.meta["had_block_in"], qt.meta["had_block_out"])
+
+
+@torch.library.custom_op("triton_marlin::trellis_qgemm", mutates_args=())
+def _trellis_qgemm_op(x2d: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, su: torch.Tensor,
+                      sv: torch.Tensor, lut: torch.Tensor | None, bias: torch.Tensor | None, bits: int,
+                      code: str, N: int, K: int, group_size: int, had_block_in: int,
+                      had_block_out: int) -> torch.Tensor:
+    tensors = {"qweight": qweight, "scales": scales, "su": su, "sv": sv}
+    if lut is not None:
+        tensors["lut"] = lut
+    meta = tf.make_meta(bits, code, N, K, scales.dtype, method="")
+    meta.update(had_block_in=had_block_in, had_block_out=had_block_out)
+    qt = QuantizedTensor(f"trellis{bits}", (N, K), group_size, tensors, meta)
+    return _trellis_qgemm_impl(x2d, qt, bias)
+
+
+@_trellis_qgemm_op.register_fake
+def _(x2d, qweight, scales, su, sv, lut, bias, bits, code, N, K, group_size, had_block_in, had_block_out):
+    return x2d.new_empty((x2d.shape[0], N))
+
+
+def _trellis_qgemm_impl(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None) -> torch.Tensor:
+    M = x2d.shape[0]
+    if M == 0:
+        return x2d.new_empty((0, qt.shape[0]))
     # GEMV accumulates in fp32, so keep x' in fp32; the tiled path feeds tensor cores in x's dtype
     xr_dtype = torch.float32 if M <= GEMV_MAX_M else x2d.dtype
     xr = had.rotate(x2d, qt.tensors["sv"], qt.meta["had_block_in"], out_dtype=xr_dtype)
