@@ -225,3 +225,39 @@ def test_runner_plot_only_with_plot_dir(tmp_path):
     if bench.have_matplotlib():
         assert path == tmp_path / "plots" / "t_bench_bw.png" and path.is_file()
     runner.finish()
+
+
+def test_samples_flag_keeps_samples(tmp_path):
+    runner, out = _runner(tmp_path, "--samples")
+    st = Stats.from_samples([3.0, 1.0, 2.0])
+    runner.record({"M": 1}, "time", st.median_us, "us", stats=st)
+    runner.finish()
+    assert json.loads(out.read_text())["stats"]["samples_us"] == [3.0, 1.0, 2.0]
+
+
+def test_compare_result_files(tmp_path, capsys):
+    from triton_marlin.bench import compare
+
+    rng = np.random.default_rng(0)
+
+    def write(path, center, extra_case):
+        lines = []
+        for case, c in (({"M": 1}, center), ({"M": 2}, 50.0), (extra_case, 1.0)):
+            s = Stats.from_samples(rng.normal(c, 1.0, 30)).to_dict(with_samples=True)
+            lines.append(json.dumps({"benchmark": "b", "case": case, "metric": "time", "value": s["median_us"],
+                                     "unit": "us", "stats": s}))
+        path.write_text("\n".join(lines) + "\n")
+
+    write(tmp_path / "old.jsonl", 100.0, {"M": 3})
+    write(tmp_path / "new.jsonl", 80.0, {"M": 4})
+    rows = compare.compare_records(compare.load_records(tmp_path / "old.jsonl"),
+                                   compare.load_records(tmp_path / "new.jsonl"))
+    by_m = {r["case"]["M"]: r for r in rows}
+    assert set(by_m) == {1, 2}  # M=3 and M=4 exist on one side only
+    assert by_m[1]["ratio"] == pytest.approx(0.8, rel=0.05) and by_m[1]["verdict"] == "new faster"
+    assert by_m[2]["verdict"] == "no significant difference"
+    assert compare.main([str(tmp_path / "old.jsonl"), str(tmp_path / "new.jsonl")]) == 0
+    assert "new faster" in capsys.readouterr().out
+    (tmp_path / "bad.jsonl").write_text('{"benchmark": "b"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        compare.load_records(tmp_path / "bad.jsonl")

@@ -132,6 +132,9 @@ class BenchRunner:
         std.add_argument("--repeats", type=int, default=None,
                          help=f"timed samples per case (default {DEFAULT_REPEATS}; {QUICK_REPEATS} with --quick)")
         std.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+        std.add_argument("--samples", action="store_true",
+                         help="keep every timing sample in the records (stats.samples_us), for later comparison "
+                              "with python -m triton_marlin.bench.compare")
         std.add_argument("--plot-dir", default=None, metavar="DIR",
                          help="write PNG plots (where the script draws any) into DIR; needs matplotlib")
         std.add_argument("--threads", type=int, default=None,
@@ -194,7 +197,7 @@ class BenchRunner:
             if not math.isfinite(roofline):
                 raise ValueError(f"roofline: expected a finite fraction, got {roofline}")
         if isinstance(stats, Stats):
-            stats = stats.to_dict()
+            stats = stats.to_dict(with_samples=self.args.samples)
         clash = set(extra) & set(RECORD_FIELDS)
         if clash:
             raise ValueError(f"extra: keys {sorted(clash)} are reserved record fields")
