@@ -10,8 +10,10 @@ call after an L2 flush (each layer's K/V comes from HBM in a real step; --warm-c
 instead) and launch-inclusive time, GB/s of K/V bytes that must be read against the measured copy bandwidth. A
 "varlen" case draws each sequence's length uniformly in [1, context]; SDPA then needs a mask.
 
-Head configurations (--heads): see HEAD_CONFIGS in triton_marlin/kernels/attention.py; GLM-4.7-Flash uses MLA,
-so its entry is a GQA stand-in with the same 20 query heads and a similar cache size per token.
+Head configurations (--heads): HEAD_CONFIGS and MLA_CONFIGS in triton_marlin/kernels/attention.py. GLM-4.7-Flash
+uses MLA: its prefill is measured exactly (glm47-flash-mla-prefill: 20 heads of 256), its decode both by our
+absorbed-MLA kernel (glm47-flash-mla: 512-wide latent + 64-wide rope rows, against SDPA as MQA over the same
+rows) and by a GQA stand-in with the same 20 query heads and a similar cache size per token.
 """
 from __future__ import annotations
 
@@ -19,22 +21,25 @@ import torch
 import torch.nn.functional as F
 
 from triton_marlin.bench import BenchRunner, load_baseline, time_fn
-from triton_marlin.kernels.attention import (HEAD_CONFIGS, attention_flops, decode_attention_triton, decode_bytes,
-                                             flash_attention_triton, path_label)
+from triton_marlin.kernels.attention import (HEAD_CONFIGS, MLA_CONFIGS, attention_flops, decode_attention_triton,
+                                             decode_bytes, flash_attention_triton, mla_decode_attention_triton,
+                                             mla_decode_bytes, path_label)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # Off the GPU (smoke runs; under TRITON_INTERPRET=1 every kernel program is interpreted in Python) only this
 # small GQA configuration is run unless --heads says otherwise.
 SMOKE_HEADS = {"smoke-gqa": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 64}}
 ALL_HEADS = {**HEAD_CONFIGS, **SMOKE_HEADS}
+SMOKE_MLA = {"smoke-mla": {"num_heads": 4, "kv_lora_rank": 64, "rope_dim": 16, "sm_scale": 0.125}}
+ALL_MLA = {**MLA_CONFIGS, **SMOKE_MLA}
 DECODE_SKIP = {"glm47-flash-mla-prefill"}
 
 
 def _add_args(p):
-    p.add_argument("--heads", nargs="+", choices=sorted(ALL_HEADS), default=None,
-                   help="head configurations (default on GPU: all of HEAD_CONFIGS, except that decode skips "
-                        "glm47-flash-mla-prefill, whose per-head 256-d cache no MLA decode reads; smoke-gqa "
-                        "elsewhere)")
+    p.add_argument("--heads", nargs="+", choices=sorted(ALL_HEADS) + sorted(ALL_MLA), default=None,
+                   help="head configurations (default on GPU: all of HEAD_CONFIGS and MLA_CONFIGS; decode skips "
+                        "glm47-flash-mla-prefill, whose per-head 256-d cache no MLA decode reads, and MLA "
+                        "configs are decode-only; smoke-gqa and smoke-mla elsewhere)")
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["float16"])
     p.add_argument("--part", choices=["prefill", "decode", "both"], default="both")
     p.add_argument("--seq-lens", type=int, nargs="+", default=None,
@@ -100,19 +105,67 @@ def run_prefill(runner, heads, dtype_name, seq_lens, tokens, path, base):
         del q, k, v, out
 
 
+class _GqaDecode:
+    """Inputs of one GQA decode case: q [B, Hq, D], K/V caches [B, Hkv, ctx, D]."""
+
+    def __init__(self, cfg, B, ctx, dev, dtype):
+        self.cfg = cfg
+        Hq, Hkv, D = cfg["num_heads"], cfg["num_kv_heads"], cfg["head_dim"]
+        self.k = torch.randn(B, Hkv, ctx, D, device=dev, dtype=dtype)
+        self.v = torch.randn(B, Hkv, ctx, D, device=dev, dtype=dtype)
+        self.q = torch.randn(B, Hq, D, device=dev, dtype=dtype)
+        self.out = torch.empty_like(self.q)
+
+    def nbytes(self, lengths):
+        c = self.cfg
+        return decode_bytes(lengths, c["num_heads"], c["num_kv_heads"], c["head_dim"], self.q.element_size())
+
+    def ours(self, seq_lens, max_len):
+        return lambda: decode_attention_triton(self.q, self.k, self.v, seq_lens, max_seq_len=max_len, out=self.out)
+
+    def sdpa(self, mask):
+        q4 = self.q[:, :, None, :]
+        return lambda: _sdpa(q4, self.k, self.v, False, mask)[:, :, 0]
+
+
+class _MlaDecode:
+    """Inputs of one absorbed-MLA decode case: one [B, ctx, R + P] cache ([latent | rope] per token)."""
+
+    def __init__(self, cfg, B, ctx, dev, dtype):
+        self.cfg = cfg
+        H, R, P = cfg["num_heads"], cfg["kv_lora_rank"], cfg["rope_dim"]
+        self.cache = torch.randn(B, ctx, R + P, device=dev, dtype=dtype)
+        self.q = torch.randn(B, H, R + P, device=dev, dtype=dtype)
+        self.out = torch.empty(B, H, R, device=dev, dtype=dtype)
+
+    def nbytes(self, lengths):
+        c = self.cfg
+        return mla_decode_bytes(lengths, c["num_heads"], c["kv_lora_rank"], c["rope_dim"], self.q.element_size())
+
+    def ours(self, seq_lens, max_len):
+        R = self.cfg["kv_lora_rank"]
+        q_nope, q_rope, ckv, kpe = self.q[..., :R], self.q[..., R:], self.cache[..., :R], self.cache[..., R:]
+        return lambda: mla_decode_attention_triton(q_nope, q_rope, ckv, kpe, seq_lens, self.cfg["sm_scale"],
+                                                   max_seq_len=max_len, out=self.out)
+
+    def sdpa(self, mask):
+        # MQA over the shared cache rows: keys [latent | rope] (576 wide for GLM), values the latent (512)
+        R = self.cfg["kv_lora_rank"]
+        q4, k, v = self.q[:, :, None, :], self.cache[:, None], self.cache[:, None, :, :R]
+        return lambda: F.scaled_dot_product_attention(q4, k, v, attn_mask=mask, scale=self.cfg["sm_scale"],
+                                                      enable_gqa=True)[:, :, 0]
+
+
 def run_decode(runner, heads, dtype_name, contexts, batches, path, base):
     a, dev = runner.args, runner.args.device
     dtype = DTYPES[dtype_name]
-    cfg = ALL_HEADS[heads]
-    Hq, Hkv, D = cfg["num_heads"], cfg["num_kv_heads"], cfg["head_dim"]
+    make = _MlaDecode if heads in ALL_MLA else _GqaDecode
+    cfg = ALL_MLA.get(heads) or ALL_HEADS[heads]
     graph = dev.type == "cuda"
     gen = torch.Generator().manual_seed(a.seed)
     for ctx in contexts:
         for B in batches:
-            k = torch.randn(B, Hkv, ctx, D, device=dev, dtype=dtype)
-            v = torch.randn(B, Hkv, ctx, D, device=dev, dtype=dtype)
-            q = torch.randn(B, Hq, D, device=dev, dtype=dtype)
-            out = torch.empty_like(q)
+            inputs = make(cfg, B, ctx, dev, dtype)
             for lengths_kind in ("uniform", "varlen"):
                 if lengths_kind == "uniform":
                     lengths = [ctx] * B
@@ -124,12 +177,10 @@ def run_decode(runner, heads, dtype_name, contexts, batches, path, base):
                     pos = torch.arange(ctx, device=dev)
                     mask = (pos[None, :] < torch.tensor(lengths, device=dev)[:, None])[:, None, None, :]
                 seq_lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
-                nbytes = decode_bytes(lengths, Hq, Hkv, D, q.element_size())
-                q4 = q[:, :, None, :]
-                impls = {"sdpa": lambda: _sdpa(q4, k, v, False, mask)}
+                nbytes = inputs.nbytes(lengths)
+                impls = {"sdpa": inputs.sdpa(mask)}
                 if path is not None:
-                    impls[path] = lambda: decode_attention_triton(q, k, v, seq_lens, max_seq_len=max(lengths),
-                                                                  out=out)
+                    impls[path] = inputs.ours(seq_lens, max(lengths))
                 gpu_times = {}
                 for name, fn in impls.items():
                     case = {"part": "decode", "heads": heads, "impl": name, "B": B, "context": ctx,
@@ -148,9 +199,8 @@ def run_decode(runner, heads, dtype_name, contexts, batches, path, base):
                     case = {"part": "decode", "heads": heads, "impl": path, "B": B, "context": ctx,
                             "lengths": lengths_kind, "dtype": dtype_name}
                     runner.record(case, "speedup_vs_sdpa", gpu_times["sdpa"] / gpu_times[path], "x")
-                    ours = impls[path]()[:, :, None, :]
-                    runner.record(case, "rel_diff_vs_sdpa", _rel_diff(ours, impls["sdpa"]()), "1")
-            del k, v, q, out
+                    runner.record(case, "rel_diff_vs_sdpa", _rel_diff(impls[path](), impls["sdpa"]()), "1")
+            del inputs
 
 
 def main(argv=None):
@@ -165,7 +215,7 @@ def main(argv=None):
         runner.note("Triton kernels run through the CPU interpreter here: their times say nothing about "
                     "kernel speed")
     gpu = dev.type == "cuda"
-    heads = a.heads or (sorted(HEAD_CONFIGS) if gpu else list(SMOKE_HEADS))
+    heads = a.heads or (sorted(HEAD_CONFIGS) + sorted(MLA_CONFIGS) if gpu else list(SMOKE_HEADS) + list(SMOKE_MLA))
     if a.quick:
         seq_lens, contexts, batches = [1024] if gpu else [33], [4096] if gpu else [48], [1, 8] if gpu else [1, 3]
     else:
@@ -177,7 +227,7 @@ def main(argv=None):
     base = load_baseline(dev)
     for h in runner.progress(heads, desc="heads"):
         for dtype_name in a.dtypes:
-            if a.part in ("prefill", "both"):
+            if a.part in ("prefill", "both") and h not in ALL_MLA:
                 run_prefill(runner, h, dtype_name, seq_lens, tokens, path, base)
             if a.part in ("decode", "both") and (a.heads or h not in DECODE_SKIP):
                 run_decode(runner, h, dtype_name, contexts, batches, path, base)

@@ -190,6 +190,16 @@ def test_choose_num_splits_bounds():
     assert A.choose_num_splits(1, 1, 10, 16, cpu) == 1                 # one tile: no split
     assert A.choose_num_splits(64, 8, 100000, 64, cpu) == 1           # plenty of programs already
     assert 1 < A.choose_num_splits(1, 2, 100000, 64, cpu) <= 128
+    assert A.choose_num_splits(1, 1, 1000, 16, cpu, min_chunk=500) == 2  # chunks no shorter than min_chunk
+
+
+def test_merge_min_chunk_bounds_partial_traffic():
+    for rows, out_dim, kv_per_token, block_n in ((20, 512, 1152, 32), (10, 128, 512, 64), (1, 64, 256, 16)):
+        chunk = A.merge_min_chunk(rows, out_dim, kv_per_token, block_n)
+        assert chunk % block_n == 0 and chunk >= 2 * block_n
+        assert rows * out_dim * 8 <= 0.1 * chunk * kv_per_token            # within the 10% budget
+        if chunk > 2 * block_n:                                             # and the shortest such chunk
+            assert rows * out_dim * 8 > 0.1 * (chunk - block_n) * kv_per_token
 
 
 def test_decode_bytes_counts_kv_of_each_sequence():

@@ -39,7 +39,8 @@ from ..device import triton_enabled_for, triton_interpret
 __all__ = [
     "HEAD_CONFIGS", "path_label", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES", "PrefillConfig", "DecodeConfig", "attention", "attention_reference",
     "flash_attention_triton", "decode_attention", "decode_attention_reference", "decode_attention_triton",
-    "default_prefill_config", "default_decode_config", "choose_num_splits", "split_plan", "attention_flops",
+    "default_prefill_config", "default_decode_config", "choose_num_splits", "merge_min_chunk", "decode_num_splits",
+    "mla_decode_num_splits", "split_plan", "attention_flops",
     "decode_bytes", "unsupported_reason", "MLA_CONFIGS", "mla_decode_attention", "mla_decode_attention_triton",
     "mla_decode_reference", "mla_decode_bytes", "default_mla_decode_config",
 ]
@@ -138,16 +139,40 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def merge_min_chunk(rows: int, out_dim: int, kv_bytes_per_token: int, block_n: int, budget: float = 0.1) -> int:
+    """Shortest split-K chunk (whole tiles, at least two) whose fp32 partial outputs, written and read back by
+    the merge (``rows * out_dim * 8`` bytes per program), stay within ``budget`` of the K/V bytes the chunk
+    reads (``kv_bytes_per_token`` per token). GLM-4.7-Flash MLA (20 rows x 512, 1152 B/token): 736 tokens;
+    the GQA stand-in (10 rows x 128, 512 B/token per KV head): 256."""
+    tokens = rows * out_dim * 8 / (budget * kv_bytes_per_token)
+    return max(2 * block_n, -(-int(math.ceil(tokens)) // block_n) * block_n)
+
+
 def choose_num_splits(batch: int, num_kv_heads: int, max_seq_len: int, block_n: int,
-                      device: torch.device) -> int:
-    """Chunks per sequence: enough (batch, KV head, chunk) programs for about two waves of the GPU's SMs,
-    but no chunk shorter than two K/V tiles (below that the merge costs more than the extra parallelism
-    buys), and at most 128. Off CUDA a stand-in of 4 SMs keeps several chunks in play for tests."""
+                      device: torch.device, min_chunk: int | None = None) -> int:
+    """Chunks per sequence: enough (batch, KV head, chunk) programs for about two waves of the GPU's SMs, but
+    no chunk shorter than ``min_chunk`` (default two tiles; the launchers pass :func:`merge_min_chunk`, so the
+    merge's traffic stays small beside the cache's), and at most 128. Off CUDA a stand-in of 4 SMs keeps
+    several chunks in play for tests."""
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 4
     want = -(-2 * sms // max(1, batch * num_kv_heads))
-    most = max(1, -(-max_seq_len // (2 * block_n)))
+    most = max(1, -(-max_seq_len // (min_chunk or 2 * block_n)))
     return int(max(1, min(want, most, 128)))
+
+
+def decode_num_splits(batch: int, num_heads: int, num_kv_heads: int, head_dim: int, elem_size: int,
+                      max_seq_len: int, block_n: int, device: torch.device) -> int:
+    """The chunk count the GQA decode launcher picks when none is given (before :func:`split_plan`)."""
+    min_chunk = merge_min_chunk(num_heads // num_kv_heads, head_dim, 2 * head_dim * elem_size, block_n)
+    return choose_num_splits(batch, num_kv_heads, max_seq_len, block_n, device, min_chunk)
+
+
+def mla_decode_num_splits(batch: int, num_heads: int, kv_lora_rank: int, rope_dim: int, elem_size: int,
+                          max_seq_len: int, block_n: int, device: torch.device) -> int:
+    """The chunk count the MLA decode launcher picks when none is given (before :func:`split_plan`)."""
+    min_chunk = merge_min_chunk(num_heads, kv_lora_rank, (kv_lora_rank + rope_dim) * elem_size, block_n)
+    return choose_num_splits(batch, 1, max_seq_len, block_n, device, min_chunk)
 
 
 def split_plan(max_seq_len: int, num_splits: int, block_n: int) -> tuple[int, int]:
@@ -744,7 +769,7 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     max_seq_len = max(1, min(max_seq_len, capacity))
     cfg = config or default_decode_config(D, q.device)
     if num_splits is None:
-        num_splits = choose_num_splits(B, Hkv, max_seq_len, cfg.block_n, q.device)
+        num_splits = decode_num_splits(B, Hq, Hkv, D, q.element_size(), max_seq_len, cfg.block_n, q.device)
     if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
         raise ValueError(f"num_splits: expected an int >= 1, got {num_splits!r}")
     chunk, num_splits = split_plan(max_seq_len, num_splits, cfg.block_n)
@@ -821,7 +846,8 @@ def mla_decode_attention_triton(q_nope: torch.Tensor, q_rope: torch.Tensor, ckv_
     max_seq_len = max(1, min(max_seq_len, capacity))
     cfg = config or default_mla_decode_config(R, q_nope.device)
     if num_splits is None:
-        num_splits = choose_num_splits(B, 1, max_seq_len, cfg.block_n, q_nope.device)
+        num_splits = mla_decode_num_splits(B, H, R, P, q_nope.element_size(), max_seq_len, cfg.block_n,
+                                           q_nope.device)
     if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
         raise ValueError(f"num_splits: expected an int >= 1, got {num_splits!r}")
     chunk, num_splits = split_plan(max_seq_len, num_splits, cfg.block_n)
