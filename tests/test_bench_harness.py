@@ -261,3 +261,19 @@ def test_compare_result_files(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"benchmark": "b"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         compare.load_records(tmp_path / "bad.jsonl")
+
+
+def test_record_timing_derives_bandwidth_and_rate(tmp_path, monkeypatch):
+    path = tmp_path / "base.json"
+    monkeypatch.setenv(ENV_BASELINE, str(path))
+    save_baseline("cpu", {"copy_GBps": 100.0, "matmul_TFLOPs": {"float16": 2.0, "float32": 1.0}})
+    runner, _ = _runner(tmp_path)
+    st = Stats.from_samples([10.0, 10.0, 10.0])  # 10 us
+    recs = runner.record_timing({"n": 1}, st, bytes_moved=5e5, flops=4e6, dtype=torch.float32, impl="x")
+    assert [r["metric"] for r in recs] == ["time", "bandwidth", "rate"]
+    assert recs[1]["value"] == pytest.approx(50.0) and recs[1]["roofline"] == pytest.approx(0.5)
+    assert recs[2]["value"] == pytest.approx(0.4) and recs[2]["roofline"] == pytest.approx(0.4)
+    assert all(r["impl"] == "x" for r in recs)
+    with pytest.raises(TypeError, match="stats"):
+        runner.record_timing({"n": 1}, 10.0)
+    runner.finish()

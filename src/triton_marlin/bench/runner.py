@@ -166,6 +166,7 @@ class BenchRunner:
         self.gpu = device_name(args.device)
         self.records: list[dict] = []
         self.notes: list[str] = []
+        self._baseline = None
         self._out = None
         if args.output:
             path = Path(args.output)
@@ -225,6 +226,28 @@ class BenchRunner:
             self._out.flush()
         return rec
 
+    def record_timing(self, case: dict, stats: Stats, *, bytes_moved: float | None = None,
+                      flops: float | None = None, dtype: torch.dtype | str = torch.float16, metric: str = "time",
+                      **extra) -> list[dict]:
+        """Record a timing and what follows from it: ``metric`` in us; with ``bytes_moved`` the bandwidth in GB/s
+        against the measured copy bandwidth; with ``flops`` the rate in TFLOP/s against the measured matmul rate
+        of ``dtype``. Returns the records made."""
+        if not isinstance(stats, Stats):
+            raise TypeError(f"stats: expected a Stats from time_fn, got {type(stats).__name__}")
+        recs = [self.record(case, metric, stats.median_us, "us", stats=stats, **extra)]
+        seconds = stats.median_us * 1e-6
+        if bytes_moved is not None:
+            gbps = bytes_moved / seconds / 1e9
+            recs.append(self.record(case, "bandwidth", gbps, "GB/s", roofline=gbps / self.baseline()["copy_GBps"],
+                                    **extra))
+        if flops is not None:
+            name = str(dtype).removeprefix("torch.")
+            peak = self.baseline()["matmul_TFLOPs"].get(name)
+            tflops = flops / seconds / 1e12
+            recs.append(self.record(case, "rate", tflops, "TFLOP/s", roofline=tflops / peak if peak else None,
+                                    **extra))
+        return recs
+
     def note(self, text: str) -> None:
         """Print a remark now and again under the table (e.g. a measurement that does not apply here)."""
         self.notes.append(text)
@@ -240,9 +263,11 @@ class BenchRunner:
         return tqdm(iterable, desc=desc, total=total, disable=None, leave=False, file=sys.stderr)
 
     def baseline(self) -> dict:
-        """The measured ceilings of this device (see :func:`triton_marlin.bench.load_baseline`)."""
-        from .baseline import load_baseline
-        return load_baseline(self.device)
+        """The measured ceilings of this device (see :func:`triton_marlin.bench.load_baseline`), loaded once."""
+        if self._baseline is None:
+            from .baseline import load_baseline
+            self._baseline = load_baseline(self.device)
+        return self._baseline
 
     def plot(self, name: str, x: str, series: str, metric: str, *, title: str | None = None,
              logx: bool = False, logy: bool = False, where: dict | Callable[[dict], bool] | None = None):
