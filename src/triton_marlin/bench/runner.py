@@ -103,6 +103,16 @@ def format_table(records: list[dict]) -> str:
     return "\n\n".join(_one_table(g) for g in groups.values())
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the script docstring's layout; shows a flag's default only when it says something."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
 class BenchRunner:
     """The shell of a benchmark script.
 
@@ -118,8 +128,7 @@ class BenchRunner:
         if not name or not isinstance(name, str):
             raise ValueError(f"name: expected the benchmark's name, got {name!r}")
         self.name = name
-        parser = argparse.ArgumentParser(prog=name, description=description,
-                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        parser = argparse.ArgumentParser(prog=name, description=description, formatter_class=_HelpFormatter)
         std = parser.add_argument_group("standard benchmark options")
         std.add_argument("--device", default="auto",
                          help="auto | cuda | cuda:N | mps | cpu (an unavailable device falls back with a warning)")
