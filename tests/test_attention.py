@@ -272,6 +272,7 @@ def test_mla_decode_unsupported_width_falls_back(gen):
     (lambda a: dict(a, ckv_cache=a["ckv_cache"].float()), TypeError, "dtype of q_nope"),
     (lambda a: dict(a, seq_lens=a["seq_lens"][:1]), ValueError, "one per sequence"),
     (lambda a: dict(a, sm_scale=0.0), ValueError, "sm_scale"),
+    (lambda a: dict(a, sm_scale=None), ValueError, "sm_scale: expected the model's logit scale"),
 ])
 def test_mla_decode_bad_input(mutate, exc, msg, gen):
     q_nope, q_rope, ckv, kpe = _mla_inputs(gen, 2, 2, 64, 16, 8, torch.float16)

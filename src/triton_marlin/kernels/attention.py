@@ -19,11 +19,16 @@ head) and writes a normalized partial output plus its log-sum-exp. Stage 2 merge
 query head); with a single chunk stage 1 writes the output itself and stage 2 is skipped. A sequence of length 0
 gives an all-zero output.
 
-Layers: ``_attn_fwd_kernel`` / ``_decode_split_kernel`` + ``_decode_combine_kernel`` (Triton),
-``flash_attention_triton`` / ``decode_attention_triton`` (checks, allocation, launch config), the custom ops
-``triton_marlin::attention`` / ``triton_marlin::decode_attention`` (fake impls for torch.compile) and
-``attention`` / ``decode_attention`` (pick the path, record it in :mod:`triton_marlin.dispatch`).
-``attention_reference`` / ``decode_attention_reference`` are the torch paths (explicit fp32 softmax).
+MLA decode (``mla_decode_attention``): multi-head latent attention (DeepSeek-V2, GLM-4.7-Flash) in the absorbed
+form: all heads attend over one shared cache row per token, a latent (keys' no-rope part and the values) plus
+a rope key. Same split-K scheme, one program per (batch, chunk) for all heads; each latent tile is read once.
+
+Layers: ``_attn_fwd_kernel`` / ``_decode_split_kernel`` / ``_mla_decode_split_kernel`` + ``_decode_combine_kernel``
+(Triton); ``flash_attention_triton`` / ``decode_attention_triton`` / ``mla_decode_attention_triton`` (checks,
+allocation, launch config); the custom ops ``triton_marlin::attention`` / ``::decode_attention`` /
+``::mla_decode_attention`` (fake impls for torch.compile); ``attention`` / ``decode_attention`` /
+``mla_decode_attention`` (pick the path, record it in :mod:`triton_marlin.dispatch`). ``attention_reference`` /
+``decode_attention_reference`` / ``mla_decode_reference`` are the torch paths (explicit fp32 softmax).
 """
 from __future__ import annotations
 
@@ -37,21 +42,25 @@ from .. import dispatch
 from ..device import triton_enabled_for, triton_interpret
 
 __all__ = [
-    "HEAD_CONFIGS", "path_label", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES", "PrefillConfig", "DecodeConfig", "attention", "attention_reference",
-    "flash_attention_triton", "decode_attention", "decode_attention_reference", "decode_attention_triton",
-    "default_prefill_config", "default_decode_config", "choose_num_splits", "merge_min_chunk", "decode_num_splits",
-    "mla_decode_num_splits", "split_plan", "attention_flops",
-    "decode_bytes", "unsupported_reason", "MLA_CONFIGS", "mla_decode_attention", "mla_decode_attention_triton",
-    "mla_decode_reference", "mla_decode_bytes", "default_mla_decode_config",
+    # entry points and references
+    "attention", "attention_reference", "flash_attention_triton",
+    "decode_attention", "decode_attention_reference", "decode_attention_triton",
+    "mla_decode_attention", "mla_decode_reference", "mla_decode_attention_triton",
+    # configuration
+    "HEAD_CONFIGS", "MLA_CONFIGS", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES", "PrefillConfig", "DecodeConfig",
+    "default_prefill_config", "default_decode_config", "default_mla_decode_config",
+    "choose_num_splits", "merge_min_chunk", "decode_num_splits", "mla_decode_num_splits", "split_plan",
+    # counts and queries
+    "attention_flops", "decode_bytes", "mla_decode_bytes", "unsupported_reason", "path_label",
 ]
 
 # Attention head configurations the benchmarks use. GLM-4.7-Flash (Glm4MoeLite) has multi-head latent
 # attention (MLA, DeepSeek-V2 style), not GQA: 20 query heads with a 256-d query/key (192 no-rope + 64 rope)
 # and a 256-d value, over a cache of one 512-d latent plus one 64-d rope key per token and layer (1152 bytes
 # in fp16). Prefill without weight absorption expands the latent into per-head keys and values: exactly MHA
-# with 20 heads of 256 dims ("glm47-flash-mla-prefill"). Decode reads the latent cache; these GQA kernels do
-# not, so decode benchmarks use a stated stand-in: the same 20 query heads, 2 KV heads of 128 dims (K + V =
-# 1024 bytes per token and layer, close to MLA's 1152).
+# with 20 heads of 256 dims ("glm47-flash-mla-prefill"). Its decode reads the latent cache (MLA_CONFIGS and
+# mla_decode_attention); for the GQA decode kernel and the KV-cache layouts a stated stand-in keeps the same
+# 20 query heads with 2 KV heads of 128 dims (K + V = 1024 bytes per token and layer, close to MLA's 1152).
 HEAD_CONFIGS = {
     "glm47-flash-mla-prefill": {"num_heads": 20, "num_kv_heads": 20, "head_dim": 256},
     "glm47-flash-gqa-standin": {"num_heads": 20, "num_kv_heads": 2, "head_dim": 128},
@@ -299,6 +308,12 @@ def _scale(sm_scale, head_dim) -> float:
     return float(sm_scale)
 
 
+def _mla_scale(sm_scale) -> float:
+    if sm_scale is None:  # the model's scale (qk head dim, YaRN factor) is not recoverable from the shapes
+        raise ValueError("sm_scale: expected the model's logit scale (GLM-4.7-Flash: 1/sqrt(256)), got None")
+    return _scale(sm_scale, 1)
+
+
 # ----------------------------------------------------------------- torch references
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
@@ -377,7 +392,7 @@ def mla_decode_reference(q_nope: torch.Tensor, q_rope: torch.Tensor, ckv_cache: 
     over the first ``seq_lens[b]`` positions; zeros for a sequence of length 0. Shapes as
     :func:`mla_decode_attention`."""
     _check_mla(q_nope, q_rope, ckv_cache, kpe_cache, seq_lens)
-    scale = _scale(sm_scale, 1)
+    scale = _mla_scale(sm_scale)
     acc = torch.float64 if q_nope.dtype == torch.float64 else torch.float32
     B, H, R = q_nope.shape
     lens = [min(int(n), ckv_cache.shape[1]) for n in seq_lens.tolist()]
@@ -828,7 +843,7 @@ def mla_decode_attention_triton(q_nope: torch.Tensor, q_rope: torch.Tensor, ckv_
             reason = reason or f"{name} width {d} (the MLA kernel takes powers of two >= 16)"
     if reason is not None:
         raise ValueError(f"q_nope: the Triton MLA decode kernel cannot take this input: {reason}")
-    scale = _scale(sm_scale, 1)
+    scale = _mla_scale(sm_scale)
     B, H, R = q_nope.shape
     P = q_rope.shape[2]
     capacity = ckv_cache.shape[1]
@@ -1005,7 +1020,7 @@ def mla_decode_attention(q_nope: torch.Tensor, q_rope: torch.Tensor, ckv_cache: 
     applies next, outside this op). Zeros for a sequence of length 0.
     """
     _check_mla(q_nope, q_rope, ckv_cache, kpe_cache, seq_lens)
-    scale = _scale(sm_scale, 1)
+    scale = _mla_scale(sm_scale)
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend: expected 'auto', 'triton' or 'torch', got {backend!r}")
     reason = None
