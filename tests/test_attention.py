@@ -6,7 +6,6 @@ error of about u (fp16: u = 2^-11 ~ 4.9e-4, measured ~2.5e-4; bf16: u = 2^-8 ~ 3
 the GPU's round-to-nearest and ~4.8e-3 under the interpreter, whose bf16 down-conversion truncates). The
 bounds below are 1e-3 (fp16) and 1e-2 (bf16); NaN anywhere fails (rel_err returns inf).
 """
-import math
 
 import pytest
 import torch
