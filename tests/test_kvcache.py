@@ -108,6 +108,32 @@ def test_decode_through_every_layout(dtype, gen):
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
+@needs_triton
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_chunked_prefill_through_the_cache(layout, gen):
+    """Two prefill chunks (17 then 16 tokens) through the cache equal one causal pass over all 33 tokens."""
+    B, Hq, H, D, T = 2, 4, 2, 64, 33
+    q = torch.randn(B, Hq, T, D, generator=gen).half()
+    k = torch.randn(B, H, T, D, generator=gen).half()
+    v = torch.randn(B, H, T, D, generator=gen).half()
+    cache = KVCache(B, H, D, 40, layout=layout, dtype=torch.float16)
+    cache.append(k[:, :, :17], v[:, :, :17])
+    first = cache.attend_prefill(q[:, :, :17])
+    cache.append(k[:, :, 17:], v[:, :, 17:])
+    second = cache.attend_prefill(q[:, :, 17:])
+    ref = A.attention_reference(q.double(), k.double(), v.double(), causal=True)
+    assert rel_err(torch.cat([first, second], dim=2), ref) < 1e-3
+
+
+def test_attend_prefill_needs_equal_lengths(gen):
+    cache = KVCache(2, 1, 64, 8, dtype=torch.float16)
+    with pytest.raises(ValueError, match="nothing cached"):
+        cache.attend_prefill(torch.randn(2, 1, 1, 64).half())
+    cache.append(torch.randn(2, 1, 3, 64).half(), torch.randn(2, 1, 3, 64).half(), num_new=[3, 2])
+    with pytest.raises(ValueError, match="equal lengths"):
+        cache.attend_prefill(torch.randn(2, 1, 1, 64).half())
+
+
 def test_attend_torch_path(gen):
     cache = KVCache(2, 1, 64, 16, layout="BSHD", dtype=torch.float32)
     k = torch.randn(2, 1, 9, 64, generator=gen)

@@ -23,7 +23,7 @@ import torch
 
 from . import dispatch
 from .device import triton_enabled_for
-from .kernels.attention import decode_attention
+from .kernels.attention import attention, decode_attention
 
 __all__ = ["LAYOUTS", "KVCache", "kv_append", "kv_append_reference", "kv_append_triton", "logical_view",
            "storage_shape"]
@@ -283,3 +283,16 @@ class KVCache:
         """Decode attention of ``q`` (``[B, Hq, D]``, one token per sequence) over the cached positions."""
         return decode_attention(q, self.keys(), self.values(), self.seq_lens, sm_scale,
                                 max_seq_len=max(self.lengths), num_splits=num_splits, backend=backend)
+
+    def attend_prefill(self, q: torch.Tensor, causal: bool = True, sm_scale: float | None = None, *,
+                       backend: str = "auto") -> torch.Tensor:
+        """Prefill attention of ``q`` (``[B, Hq, T, D]``: the last T cached positions' queries) over everything
+        cached, read in place through the layout's strides. Causal masking is bottom-right aligned, so a chunk
+        appended after earlier ones (chunked prefill) sees the whole history. Needs equal lengths across the
+        batch (the prefill kernel has one key length per launch)."""
+        n = self.lengths[0]
+        if any(m != n for m in self.lengths):
+            raise ValueError(f"lengths: attend_prefill needs equal lengths across the batch, got {self.lengths}")
+        if n == 0:
+            raise ValueError("lengths: nothing cached yet; append the prompt's K/V first")
+        return attention(q, self.keys()[:, :, :n], self.values()[:, :, :n], causal, sm_scale, backend=backend)
