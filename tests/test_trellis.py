@@ -224,3 +224,17 @@ def test_bad_arguments():
         tm.quantize(w, "trellis3", method="ldlq")
     with pytest.raises(ValueError, match="group_size"):
         tm.quantize(torch.randn(32, 48), "trellis3", method="viterbi", group_size=32)
+
+
+def test_hyb_table_training_lowers_distortion_and_travels_with_the_weight(tmp_path, gen):
+    w = torch.randn(16, 16, generator=gen)
+    plain = tm.quantize(w, "trellis4", method="viterbi", code="hyb")
+    trained = tm.quantize(w, "trellis4", method="viterbi", code="hyb", lut_iters=1)
+    assert not torch.equal(trained.tensors["lut"], tf.default_hyb_lut())
+    mse = [((q.dequantize(torch.float64) - w.double()) ** 2).mean().item() for q in (plain, trained)]
+    assert mse[1] < mse[0]
+    trained.save(tmp_path / "h.safetensors")
+    back = QuantizedTensor.load(tmp_path / "h.safetensors")
+    assert torch.equal(back.dequantize(torch.float32), trained.dequantize(torch.float32))
+    with pytest.raises(ValueError, match="lut_iters"):
+        tm.quantize(w, "trellis4", method="viterbi", code="3inst", lut_iters=1)

@@ -217,6 +217,17 @@ class TrellisSetup:
         s = torch.where(s > 0, s, torch.ones_like(s)).t()
         return s.to(self.scale_dtype).to(torch.float32).contiguous()
 
+    def train_lut(self, targets: torch.Tensor, states: torch.Tensor) -> None:
+        """Lloyd update of the hyb table: each entry becomes the mean target of the steps using it."""
+        idx = tf.hyb_index(states).reshape(-1)
+        sums = torch.zeros(tf.HYB_LUT_SIZE, dtype=torch.float64, device=idx.device)
+        sums.index_add_(0, idx, targets.reshape(-1).to(torch.float64))
+        counts = torch.bincount(idx, minlength=tf.HYB_LUT_SIZE)
+        old = self.lut.to(device=idx.device, dtype=torch.float64)
+        new = torch.where(counts > 0, sums / counts.clamp_min(1), old)
+        self.lut = new.to(torch.float16).cpu()
+        self.values = tf.code_table("hyb", self.lut, device=self.device)
+
     def finish(self, states: torch.Tensor, scales: torch.Tensor, method: str, **extra_meta) -> QuantizedTensor:
         """Pack the states ``[K/16, N/16, 256]`` and build the artifact (tensors on the CPU's device
         of the input weight's choosing: the encode device)."""
@@ -235,13 +246,15 @@ def quantize_viterbi(weight: torch.Tensor, format: str, group_size: int, *, code
                      scale_dtype: torch.dtype = torch.float16, seed: int = 0,
                      lut: torch.Tensor | None = None, scale_factor: float | None = None,
                      refit: bool = True, progress: bool | None = None, device=None,
-                     chunk_tiles: int | None = None, hessian=None) -> QuantizedTensor:
+                     chunk_tiles: int | None = None, lut_iters: int = 0, hessian=None) -> QuantizedTensor:
     """Trellis-quantize ``weight [N, K]`` tile by tile with tail-biting Viterbi (no Hessian).
 
     Options: ``code`` (3inst | 1mad | hyb), ``scale_dtype``, ``seed`` (Hadamard signs), ``lut`` (hyb
     table, fp16 [256]), ``scale_factor`` (override the tuned default), ``refit`` (least-squares
     rescale of each row after the search), ``progress`` (tqdm bar; default on above 4096 tiles),
-    ``device`` (where to encode; default the weight's), ``chunk_tiles``.
+    ``device`` (where to encode; default the weight's), ``chunk_tiles``, ``lut_iters`` (code hyb:
+    rounds of table training, each a Lloyd update of the 256 entries from the current paths followed
+    by a new search; the trained table is stored in the artifact).
     """
     if hessian is not None:
         raise ValueError("method 'viterbi' ignores calibration data; pass hessian= to method='ldlq'")
@@ -250,8 +263,14 @@ def quantize_viterbi(weight: torch.Tensor, format: str, group_size: int, *, code
     scales = setup.initial_scales(wt)
     targets = tf.matrix_to_tiles(wt / setup.expand_scales(scales)).reshape(-1, tf.TILE_WEIGHTS)
     bar = _Progress(targets.shape[0], want_progress(progress, targets.shape[0]), f"viterbi {format}")
+    if not isinstance(lut_iters, int) or lut_iters < 0 or (lut_iters and code != "hyb"):
+        raise ValueError(f"lut_iters must be an int >= 0, and only code 'hyb' has a table; got {lut_iters!r} "
+                         f"with code {code!r}")
     try:
         states = encode_tiles(targets, setup.values, setup.bits, bar, chunk_tiles)
+        for _ in range(lut_iters):
+            setup.train_lut(targets, states)
+            states = encode_tiles(targets, setup.values, setup.bits, None, chunk_tiles)
     finally:
         bar.close()
     states = states.reshape(setup.K // tf.TILE, setup.N // tf.TILE, tf.TILE_WEIGHTS)
