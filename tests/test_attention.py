@@ -431,7 +431,9 @@ out["mla_decode"] = build(A._mla_decode_split_kernel, p, c, mcfg.num_warps, mcfg
 p = {n: "*fp16" for n in ("KNew", "VNew", "KCache", "VCache")}
 p.update(SeqLens="*i32", NumNew="*i32")
 out["kv_append"] = build(KV._kv_append_kernel, p, dict(stride_knd=1, stride_vnd=1, stride_kcd=1, stride_vcd=1,
-                                                        HAS_NUM_NEW=True, HEAD_DIM=128, BLOCK_T=64), 4)
+                                                        HAS_NUM_NEW=True, DIM_K=128, DIM_V=128, BLOCK_T=64), 4)
+out["latent_append"] = build(KV._kv_append_kernel, p, dict(stride_knd=1, stride_vnd=1, stride_kcd=1, stride_vcd=1,
+                                                            HAS_NUM_NEW=False, DIM_K=512, DIM_V=64, BLOCK_T=1), 1)
 print(json.dumps(out))
 """
 
@@ -453,7 +455,7 @@ def test_kernels_compile_for_hopper_and_pipeline():
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(info) == {"prefill_fp16_128", "prefill_bf16_64", "prefill_bf16_256", "decode_split", "decode_direct",
-                         "decode_combine", "mla_decode", "kv_append"}
+                         "decode_combine", "mla_decode", "kv_append", "latent_append"}
     for name, meta in info.items():
         assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
     # Q tile + 3 stages of K and V tiles: 32 + 3 * 32 KiB at D=128

@@ -23,10 +23,10 @@ import torch
 
 from . import dispatch
 from .device import triton_enabled_for
-from .kernels.attention import attention, decode_attention
+from .kernels.attention import attention, decode_attention, mla_decode_attention
 
-__all__ = ["LAYOUTS", "KVCache", "kv_append", "kv_append_reference", "kv_append_triton", "logical_view",
-           "storage_shape"]
+__all__ = ["LAYOUTS", "KVCache", "LatentKVCache", "kv_append", "kv_append_reference", "kv_append_triton",
+           "logical_view", "storage_shape"]
 
 LAYOUTS = ("BHSD", "BSHD", "HBSD")
 # storage dim order for each layout, as indices into the logical (B, H, S, D)
@@ -64,13 +64,16 @@ def _check_append(k_cache, v_cache, k_new, v_new, seq_lens, num_new) -> None:
             raise ValueError(f"{name}: expected a tensor on {k_cache.device}, got {t.device}")
         if t.dtype != k_cache.dtype:
             raise TypeError(f"{name}: expected dtype {k_cache.dtype}, got {t.dtype}")
-    if v_cache.shape != k_cache.shape:
-        raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
-    if v_new.shape != k_new.shape:
-        raise ValueError(f"v_new: expected the shape of k_new {tuple(k_new.shape)}, got {tuple(v_new.shape)}")
+    # K and V rows may differ in width (an MLA cache: 512-wide latents beside 64-wide rope keys)
+    if v_cache.shape[:3] != k_cache.shape[:3]:
+        raise ValueError(f"v_cache: expected [B, H, S_max] = {tuple(k_cache.shape[:3])} like k_cache, got "
+                         f"{tuple(v_cache.shape)}")
     B, H, _, D = k_cache.shape
     if k_new.shape[0] != B or k_new.shape[1] != H or k_new.shape[3] != D:
         raise ValueError(f"k_new: expected shape [B={B}, H={H}, T, D={D}], got {tuple(k_new.shape)}")
+    if v_new.shape[:3] != k_new.shape[:3] or v_new.shape[3] != v_cache.shape[3]:
+        raise ValueError(f"v_new: expected shape [{B}, {H}, {k_new.shape[2]}, {v_cache.shape[3]}], got "
+                         f"{tuple(v_new.shape)}")
     for name, t in (("seq_lens", seq_lens), ("num_new", num_new)):
         if t is None:
             continue
@@ -113,14 +116,16 @@ if _HAVE_TRITON:
                           stride_kcb, stride_kch, stride_kcs, stride_kcd,
                           stride_vcb, stride_vch, stride_vcs, stride_vcd,
                           num_tokens, capacity,
-                          HAS_NUM_NEW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+                          HAS_NUM_NEW: tl.constexpr, DIM_K: tl.constexpr, DIM_V: tl.constexpr,
+                          BLOCK_T: tl.constexpr):
         """KCache[b, h, SeqLens[b] + t] = KNew[b, h, t] (same for V) for t < NumNew[b] (or num_tokens) and
-        SeqLens[b] + t < capacity. New: [B, H, T, HEAD_DIM]; caches: [B, H, capacity, HEAD_DIM], any strides.
-        Grid: (B, H, cdiv(T, BLOCK_T))."""
+        SeqLens[b] + t < capacity. New: [B, H, T, DIM_K] and [B, H, T, DIM_V]; caches: [B, H, capacity, DIM_K]
+        and [B, H, capacity, DIM_V]; any strides. Grid: (B, H, cdiv(T, BLOCK_T))."""
         b = tl.program_id(0).to(tl.int64)
         h = tl.program_id(1).to(tl.int64)
         offs_t = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
-        offs_d = tl.arange(0, HEAD_DIM)
+        offs_k = tl.arange(0, DIM_K)
+        offs_v = tl.arange(0, DIM_V)
         start = tl.load(SeqLens + b)
         if HAS_NUM_NEW:
             n = tl.load(NumNew + b)
@@ -130,12 +135,12 @@ if _HAVE_TRITON:
         keep = (offs_t < n) & (offs_t < num_tokens) & (pos < capacity)
         mask = keep[:, None]
         kn = tl.load(KNew + b * stride_knb + h * stride_knh + offs_t[:, None] * stride_knt
-                     + offs_d[None, :] * stride_knd, mask=mask)
+                     + offs_k[None, :] * stride_knd, mask=mask)
         vn = tl.load(VNew + b * stride_vnb + h * stride_vnh + offs_t[:, None] * stride_vnt
-                     + offs_d[None, :] * stride_vnd, mask=mask)
-        tl.store(KCache + b * stride_kcb + h * stride_kch + pos[:, None] * stride_kcs + offs_d[None, :] * stride_kcd,
+                     + offs_v[None, :] * stride_vnd, mask=mask)
+        tl.store(KCache + b * stride_kcb + h * stride_kch + pos[:, None] * stride_kcs + offs_k[None, :] * stride_kcd,
                  kn, mask=mask)
-        tl.store(VCache + b * stride_vcb + h * stride_vch + pos[:, None] * stride_vcs + offs_d[None, :] * stride_vcd,
+        tl.store(VCache + b * stride_vcb + h * stride_vch + pos[:, None] * stride_vcs + offs_v[None, :] * stride_vcd,
                  vn, mask=mask)
 
 
@@ -146,13 +151,14 @@ def _pow2(n: int) -> bool:
 def kv_append_triton(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
                      seq_lens: torch.Tensor, num_new: torch.Tensor | None = None) -> None:
     """The Triton append kernel; semantics of :func:`kv_append_reference` (reads positions from the device
-    ``seq_lens``: no host sync, capturable in a CUDA graph). Head dim must be a power of two."""
+    ``seq_lens``: no host sync, capturable in a CUDA graph). K and V widths must be powers of two."""
     _check_append(k_cache, v_cache, k_new, v_new, seq_lens, num_new)
     if not _HAVE_TRITON or not triton_enabled_for(k_cache.device):
         raise ValueError(f"k_cache: the Triton append kernel cannot run on {k_cache.device} here")
-    B, H, T, D = k_new.shape
-    if not _pow2(D):
-        raise ValueError(f"k_new: the Triton append kernel needs a power-of-two head dim, got {D}")
+    B, H, T, DK = k_new.shape
+    DV = v_new.shape[3]
+    if not (_pow2(DK) and _pow2(DV)):
+        raise ValueError(f"k_new, v_new: the Triton append kernel needs power-of-two widths, got {DK} and {DV}")
     if B == 0 or T == 0:
         return
     block_t = min(64, max(1, 1 << (T - 1).bit_length()))
@@ -160,7 +166,8 @@ def kv_append_triton(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.
     _kv_append_kernel[grid](
         k_new, v_new, k_cache, v_cache, seq_lens, num_new if num_new is not None else seq_lens,
         *k_new.stride(), *v_new.stride(), *k_cache.stride(), *v_cache.stride(), T, k_cache.shape[2],
-        HAS_NUM_NEW=num_new is not None, HEAD_DIM=D, BLOCK_T=block_t, num_warps=4 if block_t * D >= 2048 else 1)
+        HAS_NUM_NEW=num_new is not None, DIM_K=DK, DIM_V=DV, BLOCK_T=block_t,
+        num_warps=4 if block_t * (DK + DV) >= 4096 else 1)
 
 
 def kv_append(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
@@ -174,8 +181,8 @@ def kv_append(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
         reason = None
         if not _HAVE_TRITON or not triton_enabled_for(k_cache.device):
             reason = f"Triton cannot run on {k_cache.device} here (CUDA, or CPU with TRITON_INTERPRET=1)"
-        elif not _pow2(k_new.shape[3]):
-            reason = f"head dim {k_new.shape[3]} is not a power of two"
+        elif not (_pow2(k_new.shape[3]) and _pow2(v_new.shape[3])):
+            reason = f"widths {k_new.shape[3]} and {v_new.shape[3]} are not both powers of two"
         if reason is None:
             dispatch.record("kv_append", "triton")
             kv_append_triton(k_cache, v_cache, k_new, v_new, seq_lens, num_new)
@@ -189,7 +196,57 @@ def kv_append(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
 
 # ----------------------------------------------------------------- the cache
 
-class KVCache:
+class _Lengths:
+    """Per-sequence lengths kept twice: ``seq_lens`` (int32 on the device, read by the kernels) and ``lengths``
+    (host ints: capacity checks and chunk sizing without a device sync)."""
+
+    def _init_lengths(self, batch_size: int, max_seq_len: int, device: torch.device) -> None:
+        self.batch_size, self.max_seq_len, self.device = batch_size, max_seq_len, device
+        self.seq_lens = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self.lengths: list[int] = [0] * batch_size
+
+    def reset(self, lengths: Sequence[int] | None = None) -> None:
+        """Set every sequence's length (default 0). Stored rows are kept; positions past a length are unused."""
+        lengths = [0] * self.batch_size if lengths is None else [int(n) for n in lengths]
+        if len(lengths) != self.batch_size or any(n < 0 or n > self.max_seq_len for n in lengths):
+            raise ValueError(f"lengths: expected {self.batch_size} values in [0, {self.max_seq_len}], got {lengths}")
+        self.lengths = lengths
+        self.seq_lens.copy_(torch.tensor(lengths, dtype=torch.int32))
+
+    def _plan_append(self, T: int, num_new, what: str):
+        """Validated per-sequence counts (host list) and their device tensor (None when all are T)."""
+        counts = [T] * self.batch_size if num_new is None else [int(n) for n in num_new]
+        if len(counts) != self.batch_size or any(n < 0 or n > T for n in counts):
+            raise ValueError(f"num_new: expected {self.batch_size} counts in [0, {T}], got {list(num_new)}")
+        over = [b for b, (n, c) in enumerate(zip(self.lengths, counts)) if n + c > self.max_seq_len]
+        if over:
+            raise ValueError(f"{what}: appending overflows max_seq_len={self.max_seq_len} for sequences {over} "
+                             f"(lengths {[self.lengths[b] for b in over]} + {[counts[b] for b in over]})")
+        num_new_t = None
+        if num_new is not None:
+            num_new_t = torch.tensor(counts, dtype=torch.int32).to(self.device, non_blocking=True)
+        return counts, num_new_t
+
+    def _commit_append(self, T: int, counts, num_new_t) -> None:
+        if num_new_t is None:
+            self.seq_lens += T
+        else:
+            self.seq_lens += num_new_t
+        self.lengths = [n + c for n, c in zip(self.lengths, counts)]
+
+
+def _check_sizes(**sizes) -> None:
+    for name, val in sizes.items():
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {val!r}")
+
+
+def _check_dtype(dtype) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+
+
+class KVCache(_Lengths):
     """K and V storage for ``batch_size`` sequences of up to ``max_seq_len`` positions.
 
     Example::
@@ -204,22 +261,14 @@ class KVCache:
     def __init__(self, batch_size: int, num_kv_heads: int, head_dim: int, max_seq_len: int,
                  layout: str = "BHSD", dtype: torch.dtype = torch.float16,
                  device: torch.device | str | None = None):
-        for name, val in (("batch_size", batch_size), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
-                          ("max_seq_len", max_seq_len)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {val!r}")
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+        _check_sizes(batch_size=batch_size, num_kv_heads=num_kv_heads, head_dim=head_dim, max_seq_len=max_seq_len)
+        _check_dtype(dtype)
         self.layout = _check_layout(layout)
-        self.batch_size, self.num_kv_heads, self.head_dim, self.max_seq_len = \
-            batch_size, num_kv_heads, head_dim, max_seq_len
-        self.dtype = dtype
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.num_kv_heads, self.head_dim, self.dtype = num_kv_heads, head_dim, dtype
+        self._init_lengths(batch_size, max_seq_len, torch.device(device) if device is not None else torch.device("cpu"))
         shape = storage_shape(layout, batch_size, num_kv_heads, max_seq_len, head_dim)
         self.k_storage = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v_storage = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.seq_lens = torch.zeros(batch_size, dtype=torch.int32, device=self.device)
-        self.lengths: list[int] = [0] * batch_size
 
     def __repr__(self) -> str:
         return (f"KVCache(layout={self.layout}, batch={self.batch_size}, kv_heads={self.num_kv_heads}, "
@@ -239,14 +288,6 @@ class KVCache:
         """Logical ``[B, H, S_max, D]`` view of V (no copy)."""
         return logical_view(self.v_storage, self.layout)
 
-    def reset(self, lengths: Sequence[int] | None = None) -> None:
-        """Set every sequence's length (default 0). Stored rows are kept; positions past a length are unused."""
-        lengths = [0] * self.batch_size if lengths is None else [int(n) for n in lengths]
-        if len(lengths) != self.batch_size or any(n < 0 or n > self.max_seq_len for n in lengths):
-            raise ValueError(f"lengths: expected {self.batch_size} values in [0, {self.max_seq_len}], got {lengths}")
-        self.lengths = lengths
-        self.seq_lens.copy_(torch.tensor(lengths, dtype=torch.int32))
-
     def append(self, k: torch.Tensor, v: torch.Tensor, num_new: Sequence[int] | None = None, *,
                backend: str = "auto") -> None:
         """Append ``k``/``v`` (``[B, H, T, D]``, any strides) after each sequence's current length.
@@ -261,22 +302,9 @@ class KVCache:
                 raise ValueError(f"{name}: expected shape [{self.batch_size}, {self.num_kv_heads}, T, "
                                  f"{self.head_dim}], got {tuple(t.shape)}")
         T = k.shape[2]
-        counts = [T] * self.batch_size if num_new is None else [int(n) for n in num_new]
-        if len(counts) != self.batch_size or any(n < 0 or n > T for n in counts):
-            raise ValueError(f"num_new: expected {self.batch_size} counts in [0, {T}], got {list(num_new)}")
-        over = [b for b, (n, c) in enumerate(zip(self.lengths, counts)) if n + c > self.max_seq_len]
-        if over:
-            raise ValueError(f"k: appending overflows max_seq_len={self.max_seq_len} for sequences {over} "
-                             f"(lengths {[self.lengths[b] for b in over]} + {[counts[b] for b in over]})")
-        num_new_t = None
-        if num_new is not None:
-            num_new_t = torch.tensor(counts, dtype=torch.int32).to(self.device, non_blocking=True)
+        counts, num_new_t = self._plan_append(T, num_new, "k")
         kv_append(self.keys(), self.values(), k, v, self.seq_lens, num_new_t, backend=backend)
-        if num_new_t is None:
-            self.seq_lens += T
-        else:
-            self.seq_lens += num_new_t
-        self.lengths = [n + c for n, c in zip(self.lengths, counts)]
+        self._commit_append(T, counts, num_new_t)
 
     def attend(self, q: torch.Tensor, sm_scale: float | None = None, *, num_splits: int | None = None,
                backend: str = "auto") -> torch.Tensor:
@@ -296,3 +324,66 @@ class KVCache:
         if n == 0:
             raise ValueError("lengths: nothing cached yet; append the prompt's K/V first")
         return attention(q, self.keys()[:, :, :n], self.values()[:, :, :n], causal, sm_scale, backend=backend)
+
+
+class LatentKVCache(_Lengths):
+    """Cache of multi-head latent attention (DeepSeek-V2, GLM-4.7-Flash): per token one ``kv_lora_rank``-wide
+    latent and one ``rope_dim``-wide rotary key, shared by every head, stored as one ``[B, S_max, R + P]``
+    tensor (GLM-4.7-Flash: 512 + 64 = 1152 bytes per token and layer in fp16). Heads do not exist in it, so
+    the BHSD/BSHD/HBSD question does not arise.
+
+    Example::
+
+        cache = LatentKVCache(batch_size=4, kv_lora_rank=512, rope_dim=64, max_seq_len=8192, device="cuda")
+        cache.append(ckv, kpe)                               # [4, T, 512], [4, T, 64]
+        out = cache.attend(q_nope, q_rope, sm_scale=256 ** -0.5)   # [4, 20, 512] latent-space outputs
+    """
+
+    def __init__(self, batch_size: int, kv_lora_rank: int, rope_dim: int, max_seq_len: int,
+                 dtype: torch.dtype = torch.float16, device: torch.device | str | None = None):
+        _check_sizes(batch_size=batch_size, kv_lora_rank=kv_lora_rank, rope_dim=rope_dim, max_seq_len=max_seq_len)
+        _check_dtype(dtype)
+        self.kv_lora_rank, self.rope_dim, self.dtype = kv_lora_rank, rope_dim, dtype
+        self._init_lengths(batch_size, max_seq_len, torch.device(device) if device is not None else torch.device("cpu"))
+        self.storage = torch.zeros(batch_size, max_seq_len, kv_lora_rank + rope_dim, dtype=dtype, device=self.device)
+
+    def __repr__(self) -> str:
+        return (f"LatentKVCache(batch={self.batch_size}, kv_lora_rank={self.kv_lora_rank}, rope_dim={self.rope_dim}, "
+                f"max_seq_len={self.max_seq_len}, dtype={self.dtype}, device={self.device}, lengths={self.lengths})")
+
+    @property
+    def nbytes(self) -> int:
+        return self.storage.numel() * self.storage.element_size()
+
+    def latents(self) -> torch.Tensor:
+        """``[B, S_max, R]`` view of the latents (no copy)."""
+        return self.storage[..., :self.kv_lora_rank]
+
+    def rope_keys(self) -> torch.Tensor:
+        """``[B, S_max, P]`` view of the rotary keys (no copy)."""
+        return self.storage[..., self.kv_lora_rank:]
+
+    def append(self, ckv: torch.Tensor, kpe: torch.Tensor, num_new: Sequence[int] | None = None, *,
+               backend: str = "auto") -> None:
+        """Append latents ``ckv [B, T, R]`` and rotary keys ``kpe [B, T, P]`` (any strides) after each
+        sequence's current length; ``num_new`` as in :meth:`KVCache.append`."""
+        for name, t, width in (("ckv", ckv, self.kv_lora_rank), ("kpe", kpe, self.rope_dim)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 3 or t.shape[0] != self.batch_size or t.shape[2] != width:
+                raise ValueError(f"{name}: expected shape [{self.batch_size}, T, {width}], got {tuple(t.shape)}")
+        if kpe.shape[1] != ckv.shape[1]:
+            raise ValueError(f"kpe: expected {ckv.shape[1]} tokens like ckv, got {kpe.shape[1]}")
+        T = ckv.shape[1]
+        counts, num_new_t = self._plan_append(T, num_new, "ckv")
+        # one "head": the append kernel writes latent and rope rows of each token in one program
+        kv_append(self.latents()[:, None], self.rope_keys()[:, None], ckv[:, None], kpe[:, None], self.seq_lens,
+                  num_new_t, backend=backend)
+        self._commit_append(T, counts, num_new_t)
+
+    def attend(self, q_nope: torch.Tensor, q_rope: torch.Tensor, sm_scale: float, *, num_splits: int | None = None,
+               backend: str = "auto") -> torch.Tensor:
+        """Absorbed-MLA decode (:func:`~triton_marlin.kernels.attention.mla_decode_attention`) over the cached
+        positions: ``q_nope [B, H, R]``, ``q_rope [B, H, P]`` -> ``[B, H, R]``."""
+        return mla_decode_attention(q_nope, q_rope, self.latents(), self.rope_keys(), self.seq_lens, sm_scale,
+                                    max_seq_len=max(self.lengths), num_splits=num_splits, backend=backend)
