@@ -257,3 +257,24 @@ def test_gpu_prefill_decode_loop(layout):
                                                cache.seq_lens)
             assert rel_err(out, ref) < 1e-3
     assert cache.seq_lens.tolist() == [n + 50 for n in lengths] == cache.lengths
+
+
+@pytest.mark.gpu
+def test_gpu_latent_cache_glm47_widths():
+    """GLM-4.7-Flash MLA cache (512 + 64 per token): ragged prefill, 20 decode steps, attention at the end."""
+    B, H, R, P, cap = 4, 20, 512, 64, 6000
+    gen = torch.Generator(device="cuda").manual_seed(12)
+    cache = LatentKVCache(B, R, P, cap, dtype=torch.bfloat16, device="cuda")
+    lengths = [5000, 3, 777, 4096]
+    rows = torch.randn(B, 5000, R + P, device="cuda", generator=gen).bfloat16()
+    cache.append(rows[..., :R], rows[..., R:], num_new=lengths)
+    for _ in range(20):
+        row = torch.randn(B, 1, R + P, device="cuda", generator=gen).bfloat16()
+        cache.append(row[..., :R], row[..., R:])
+    assert cache.seq_lens.tolist() == [n + 20 for n in lengths] == cache.lengths
+    q_nope = torch.randn(B, H, R, device="cuda", generator=gen).bfloat16()
+    q_rope = torch.randn(B, H, P, device="cuda", generator=gen).bfloat16()
+    out = cache.attend(q_nope, q_rope, sm_scale=256 ** -0.5)
+    ref = A.mla_decode_reference(q_nope.float(), q_rope.float(), cache.latents().float(), cache.rope_keys().float(),
+                                 cache.seq_lens, 256 ** -0.5)
+    assert rel_err(out, ref) < 6e-3
