@@ -113,19 +113,23 @@ def test_verdict_only_when_significant():
 
 
 def test_ab_compare_interleaved_detects_a_real_difference():
-    import torch
+    import time
 
-    x = torch.randn(96, 96)
+    order = []
 
-    def one():
-        return x @ x
+    def short():  # sleeps never return early, so 1 ms vs 4 ms stays apart on a loaded machine
+        order.append("a")
+        time.sleep(0.001)
 
-    def three():
-        return (x @ x) @ x @ x
+    def long():
+        order.append("b")
+        time.sleep(0.004)
 
-    res = ab_compare(one, three, device="cpu", warmup=2, repeats=15, names=("one", "three"), inner=3)
-    assert res.a.n == res.b.n == 15
-    assert res.verdict == "one faster"
+    res = ab_compare(short, long, device="cpu", warmup=1, repeats=12, names=("short", "long"))
+    assert order == ["a", "b"] * 13  # warmup pair, then A B A B ...
+    assert res.a.n == res.b.n == 12
+    assert res.verdict == "short faster" and res.ratio_ci_high < 1
+    assert res.cliffs_delta < -0.9
 
 
 def test_bad_input_is_rejected():
