@@ -144,6 +144,8 @@ def ab_compare(
     dev = torch.device("cpu") if device is None else torch.device(device)
     if cuda_graph and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
+    if cuda_graph and inner != 1:
+        raise ValueError(f"inner={inner}: calls per sample in graph mode are set by graph_calls, not inner")
     cleanup(dev)
     if dev.type == "cuda":
         with torch.cuda.device(dev):  # events and graphs live on the current device

@@ -221,6 +221,8 @@ def time_fn(
     if cuda_graph and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}; pass "
                          f"cuda_graph=(device.type == 'cuda') to time plainly elsewhere")
+    if cuda_graph and inner != 1:
+        raise ValueError(f"inner={inner}: calls per sample in graph mode are set by graph_calls, not inner")
     if setup is not None and (cuda_graph or not callable(setup)):
         raise ValueError("setup: expected a callable, and only in plain mode (a graph replays without it)")
     if clean:
