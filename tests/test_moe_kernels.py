@@ -49,7 +49,8 @@ def routing(T, E, k, gen, drop=False):
     return ids, torch.rand(T, k, generator=gen) + 0.1
 
 
-DECODE = MoEGemmConfig(1, 32, 2, 32, 2, 2)
+DECODE = MoEGemmConfig(1, 32, 4, 32, 2, 4, up_split_k=3)  # split-K gate_up: SwiGLU formed by the down kernel
+DECODE_H = MoEGemmConfig(1, 16, 2, 32, 1, 2)               # gate_up writes h itself
 TILED = MoEGemmConfig(16, 64, 4, 32, 3, 4)
 
 
@@ -78,7 +79,7 @@ def test_mixed_widths_one_launch_each(gen):
     ids, w = routing(T, E, k, gen, drop=True)
     ref = fused_moe_reference(x, ids, w, ex)
     assert ref[0].abs().max() == 0
-    for cfg in (DECODE, MoEGemmConfig(16, 32, 4, 64, 1, 4)):
+    for cfg in (DECODE, DECODE_H, MoEGemmConfig(16, 32, 4, 64, 1, 4)):
         out = run_fused(x, ids, w, ex, cfg)
         assert rel_err(out, ref) < TOL[torch.float16]
         assert (out[0] == 0).all()
@@ -122,6 +123,15 @@ def test_uniform_compile_equals_table_dispatch(gen):
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # same math, fp32 atomics in another order
     with pytest.raises(ValueError, match="one format per projection"):
         run_fused(x, ids, w, make_experts([("int4", 32), ("int2", 32)], 2, H, I, gen), DECODE, uniform=True)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="block_m"):
+        MoEGemmConfig(8, 64, 4, 64, 1, 4)
+    with pytest.raises(ValueError, match="up_split_k > 1 needs block_m == 1"):
+        MoEGemmConfig(16, 64, 4, 64, 1, 4, up_split_k=2)
+    with pytest.raises(ValueError, match="power of two"):
+        MoEGemmConfig(1, 48, 4, 64, 1, 4)
 
 
 def test_configs():

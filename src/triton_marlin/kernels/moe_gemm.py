@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .decode import decode_scale, dequant
+from .decode import decode_scale, dequant, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp32
 
 # Kind codes: the format kinds of triton_marlin.moe.experts.KIND_CODES, asymmetric integers + 8.
 T_KIND, T_CODE, T_HI, T_SCALE, T_ZERO, T_GROUP, T_FIELDS = 0, 1, 2, 3, 4, 5, 8
@@ -42,62 +42,125 @@ NUM_KINDS = 12
 
 
 @triton.jit
+def _codes_and_scales(words, hi, k0, sl, K, k_lim, N, codes8, scales16, scales8, zeros8, gscale, code_off,
+                      scale_off, zero_off, group, offs_n, n_ok,
+                      BITS: tl.constexpr, LO_BITS: tl.constexpr, SCALE_KIND: tl.constexpr, SYM: tl.constexpr):
+    """Codes ``[len(sl), 16, BN]`` (int32) of slots ``sl`` of the tile starting at ``k0`` (k = k0 + 16 i + w),
+    their scales ``[len(sl), BN]`` (fp32) and zero points (int32, asymmetric integers; else 0).
+    ``words``/``hi``: the tile's 16 word rows of the packed planes (unused for 8-bit codes)."""
+    i3 = sl[:, None, None]
+    if BITS == 8:
+        kidx = k0 + i3 * 16 + tl.arange(0, 16)[None, :, None]
+        q = tl.load(codes8 + code_off + kidx * N + offs_n[None, None, :],
+                    mask=(kidx < k_lim) & n_ok[None, None, :], other=0).to(tl.int32)
+    else:
+        q = (words[None, :, :] >> (i3 * LO_BITS)) & ((1 << LO_BITS) - 1)
+        if BITS == 3:
+            q = q | (((hi[None, :, :] >> i3) & 1) << 2)
+    kslot = k0 + sl * 16
+    srow = kslot // group
+    smask = (kslot < k_lim)[:, None] & n_ok[None, :]
+    soffs = srow[:, None] * N + offs_n[None, :]
+    if SCALE_KIND == 0:
+        raw = tl.load(scales16 + scale_off + soffs, mask=smask, other=0.0)
+    else:
+        raw = tl.load(scales8 + scale_off + soffs, mask=smask, other=0)
+    s = decode_scale(raw, gscale, SCALE_KIND)
+    if SYM:
+        z = 0
+    else:
+        z = tl.load(zeros8 + zero_off + soffs, mask=smask, other=0).to(tl.int32)
+    return q, s, z
+
+
+@triton.jit
 def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
                code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok, pid_k,
                BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
                SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
-               BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
+               BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, A_SWIGLU: tl.constexpr,
+               UNROLL: tl.constexpr):
     """acc [BM, BN] += A[rows, k-range] @ W[k-range, offs_n] for one expert of one kind. ``a_rows``: pointers
-    to the rows of A (unit stride along K); W codes ``[rows, N]`` at ``code_off`` of its buffer. The K tiles
-    are split in ``SPLIT_K`` contiguous ranges; this program does range ``pid_k``.
+    to the rows of A (unit stride along K); W codes ``[rows, N]`` at ``code_off`` of its buffer. A tile is
+    ``SLOTS * 16`` k; the tiles are split in ``SPLIT_K`` contiguous ranges and this program does range
+    ``pid_k``.
 
-    ``BLOCK_M == 1`` (one token slot per program, decode) multiplies on CUDA cores and reduces along K,
-    with no tensor-core layout shuffle; otherwise one ``tl.dot`` per tile."""
-    slot = tl.arange(0, SLOTS)
-    i3 = slot[:, None, None]
-    w3 = tl.arange(0, 16)[None, :, None]
-    n2 = offs_n[None, :]
-    kk = tl.arange(0, SLOTS * 16)
+    ``BLOCK_M == 1`` (one token slot per program, decode) runs on CUDA cores in fp32: codes decode exactly
+    (``q - z`` through the 2**23 magic, minifloats as a power-of-two multiple of their value), one multiply
+    by the scale and one FMA per weight into a [16, BLOCK_N] accumulator that is reduced once after the
+    loop (columns across lanes, nothing crosses threads inside the loop). A tile is done 8 slots at a time
+    (fewer live registers for 2- and 3-bit tiles), ``UNROLL`` tiles per iteration keep several weight loads
+    in flight. ``A_SWIGLU`` (decode only): A holds fp32 ``[gate | up]`` rows (``up`` at column offset K) and
+    the operand is ``silu(gate) * up``, formed as it is loaded.
+    Otherwise (``BLOCK_M >= 16``) the tile dequantizes to fp16/bf16 and goes through one ``tl.dot``."""
     n_tiles = tl.cdiv(K, SLOTS * 16)
     per_split = tl.cdiv(n_tiles, SPLIT_K)
     kt_begin = pid_k * per_split
     kt_end = tl.minimum(kt_begin + per_split, n_tiles)
-    for kt in range(kt_begin, kt_end):
-        k0 = kt * (SLOTS * 16)
-        if BITS == 8:
-            kidx = k0 + i3 * 16 + w3
-            q = tl.load(codes8 + code_off + kidx * N + offs_n[None, None, :],
-                        mask=(kidx < K) & n_ok[None, None, :], other=0).to(tl.int32)
-        else:
-            rows = kt * 16 + tl.arange(0, 16)
-            words = tl.load(codes32 + code_off + rows[:, None] * N + n2, mask=n_ok[None, :], other=0)
-            q = (words[None, :, :] >> (i3 * LO_BITS)) & ((1 << LO_BITS) - 1)
-            if BITS == 3:
-                hi = tl.load(codes16 + hi_off + rows[:, None] * N + n2, mask=n_ok[None, :], other=0).to(tl.int32)
-                q = q | (((hi[None, :, :] >> i3) & 1) << 2)
-        kslot = k0 + slot * 16
-        srow = kslot // group
-        smask = (kslot < K)[:, None] & n_ok[None, :]
-        if SCALE_KIND == 0:
-            raw = tl.load(scales16 + scale_off + srow[:, None] * N + n2, mask=smask, other=0.0)
-        else:
-            raw = tl.load(scales8 + scale_off + srow[:, None] * N + n2, mask=smask, other=0)
-        s = decode_scale(raw, gscale, SCALE_KIND)
-        if SYM:
-            w = dequant(q, s[:, None, :], 0, DKIND, BITS, True, IS_BF16)
-        else:
-            z = tl.load(zeros8 + zero_off + srow[:, None] * N + n2, mask=smask, other=0).to(tl.int32)
-            w = dequant(q, s[:, None, :], z[:, None, :], DKIND, BITS, False, IS_BF16)
-        if BLOCK_M == 1:
-            ka3 = k0 + i3 * 16 + w3  # [SLOTS, 16, 1]
-            a3 = tl.load(a_rows[:, None, None] + ka3, mask=(ka3 < K) & a_ok[:, None, None],
-                         other=0.0).to(tl.float32)
-            part = tl.sum(tl.sum(w.to(tl.float32) * a3, axis=1), axis=0)
-            acc += part[None, :]
-        else:
+    k_lim = tl.minimum(K, kt_end * (SLOTS * 16))  # k at or past this belongs to another split (or is padding)
+    row_lim = kt_end * 16                          # word rows likewise
+    wr = tl.arange(0, 16)
+    n2 = offs_n[None, :]
+    if BLOCK_M == 1:
+        acc2 = tl.zeros([16, BLOCK_N], dtype=tl.float32)  # per-row partial sums
+        for kt0 in range(kt_begin, kt_end, UNROLL):
+            for u in tl.static_range(UNROLL):  # independent tiles: their loads are in flight together
+                kt = kt0 + u  # may pass kt_end on the last iteration: masked by k_lim / row_lim
+                k0 = kt * (SLOTS * 16)
+                rows = kt * 16 + wr
+                wmask = (rows < row_lim)[:, None] & n_ok[None, :]
+                words = 0
+                hi = 0
+                if BITS != 8:
+                    words = tl.load(codes32 + code_off + rows[:, None] * N + n2, mask=wmask, other=0)
+                    if BITS == 3:
+                        hi = tl.load(codes16 + hi_off + rows[:, None] * N + n2, mask=wmask, other=0).to(tl.int32)
+                for h in tl.static_range(SLOTS // 8):
+                    sl = h * 8 + tl.arange(0, 8)
+                    q, s, z = _codes_and_scales(words, hi, k0, sl, K, k_lim, N, codes8, scales16, scales8, zeros8,
+                                                gscale, code_off, scale_off, zero_off, group, offs_n, n_ok,
+                                                BITS, LO_BITS, SCALE_KIND, SYM)
+                    ka = k0 + h * 128 + tl.arange(0, 128)
+                    amask = (ka < k_lim) & a_ok
+                    a = tl.load(a_rows + ka, mask=amask, other=0.0).to(tl.float32)
+                    if A_SWIGLU:
+                        up = tl.load(a_rows + K + ka, mask=amask, other=0.0)
+                        a = a / (1.0 + tl.exp(-a)) * up
+                    a3 = tl.reshape(a, (8, 16))[:, :, None]  # k = k0 + 16 (8 h + i) + w
+                    if DKIND == 0:
+                        if SYM:
+                            qf = int_magic_fp32(q) - (8388608.0 + (1 << (BITS - 1)))  # q - z, exact
+                        else:
+                            qf = int_magic_fp32(q) - (8388608.0 + z.to(tl.float32))[:, None, :]
+                        w = qf * s[:, None, :]
+                    elif DKIND == 1:
+                        w = e2m1_raw_fp16(q).to(tl.float32) * (s * 16384.0)[:, None, :]
+                    else:
+                        w = e4m3_raw_fp16(q).to(tl.float32) * (s * 256.0)[:, None, :]
+                    acc2 += tl.sum(w * a3, axis=0)  # sum over the 8 slots: in registers
+        acc += tl.sum(acc2, axis=0)[None, :]
+    else:
+        sl = tl.arange(0, SLOTS)
+        kk = tl.arange(0, SLOTS * 16)
+        for kt in range(kt_begin, kt_end):
+            k0 = kt * (SLOTS * 16)
+            rows = kt * 16 + wr
+            words = 0
+            hi = 0
+            if BITS != 8:
+                words = tl.load(codes32 + code_off + rows[:, None] * N + n2, mask=n_ok[None, :], other=0)
+                if BITS == 3:
+                    hi = tl.load(codes16 + hi_off + rows[:, None] * N + n2, mask=n_ok[None, :], other=0).to(tl.int32)
+            q, s, z = _codes_and_scales(words, hi, k0, sl, K, k_lim, N, codes8, scales16, scales8, zeros8, gscale,
+                                        code_off, scale_off, zero_off, group, offs_n, n_ok,
+                                        BITS, LO_BITS, SCALE_KIND, SYM)
+            if SYM:
+                w = dequant(q, s[:, None, :], 0, DKIND, BITS, True, IS_BF16)
+            else:
+                w = dequant(q, s[:, None, :], z[:, None, :], DKIND, BITS, False, IS_BF16)
             w = tl.reshape(w, (SLOTS * 16, BLOCK_N))
             ka = k0 + kk
-            a = tl.load(a_rows[:, None] + ka[None, :], mask=a_ok[:, None] & (ka < K)[None, :], other=0.0)
+            a = tl.load(a_rows[:, None] + ka[None, :], mask=a_ok[:, None] & (ka < k_lim)[None, :], other=0.0)
             acc = tl.dot(a, w, acc)
     return acc
 
@@ -105,40 +168,52 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
 @triton.jit
 def _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                zero_off, group, offs_n, n_ok, pid_k, KIND: tl.constexpr, IS_BF16: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
-    """The K loop of one kind (compile-time ``KIND``; asymmetric integers are ``base + 8``): its bits,
-    decode and scale type."""
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, A_SWIGLU: tl.constexpr,
+               UNROLL: tl.constexpr):
+    """The K loop of one kind (compile-time ``KIND``; asymmetric integers are ``base + 8``): its bits
+    (BITS, LO_BITS of the packed plane, SLOTS of 16 k per tile), decode (DKIND: integer, E2M1, E4M3) and
+    scale type (SCALE_KIND: fp16/bf16, E8M0, E4M3 x global)."""
+    # Literal arguments (not tuple assignments): the compiler only treats them as constexpr this way.
+    # Positional tail of _tile_loop: BITS, LO_BITS, SLOTS, DKIND, SCALE_KIND, SYM, IS_BF16, BM, BN, SPLIT_K, SWIGLU
     if KIND % 8 == 0:    # int2
-        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 2, 2, 16, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
+                         zero_off, group, offs_n, n_ok, pid_k,
+                         2, 2, 16, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
     elif KIND % 8 == 1:  # int3: 2-bit plane + 1-bit plane
-        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 3, 2, 16, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
+                         zero_off, group, offs_n, n_ok, pid_k,
+                         3, 2, 16, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
     elif KIND % 8 == 2:  # int4
-        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 4, 4, 8, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
+                         zero_off, group, offs_n, n_ok, pid_k,
+                         4, 4, 8, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
     elif KIND % 8 == 3:  # int8
-        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 8, 8, 8, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
+                         zero_off, group, offs_n, n_ok, pid_k,
+                         8, 8, 8, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
     elif KIND % 8 == 4:  # fp4, fp16/bf16 scales
-        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 4, 4, 8, 1, 0, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
+                         zero_off, group, offs_n, n_ok, pid_k,
+                         4, 4, 8, 1, 0, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
     elif KIND % 8 == 5:  # mxfp4, E8M0 scales
-        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 4, 4, 8, 1, 1, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
+                         zero_off, group, offs_n, n_ok, pid_k,
+                         4, 4, 8, 1, 1, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
     elif KIND % 8 == 6:  # nvfp4, E4M3 scales x global scale
-        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 4, 4, 8, 1, 2, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
-    else:            # fp8 E4M3FN
-        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
-                         scale_off, zero_off, group, offs_n, n_ok, pid_k, 8, 8, 8, 2, 0, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
+                         zero_off, group, offs_n, n_ok, pid_k,
+                         4, 4, 8, 1, 2, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
+    else:                # fp8 E4M3FN
+        acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
+                         zero_off, group, offs_n, n_ok, pid_k,
+                         8, 8, 8, 2, 0, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
     return acc
 
 
 @triton.jit
 def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_n, n_ok, pid_k,
           KINDS: tl.constexpr, UNIFORM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
-          BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
+          BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, A_SWIGLU: tl.constexpr, UNROLL: tl.constexpr):
     """One projection of expert ``e`` for a block of rows: branch on the expert's kind (table column 0)
     over the kinds compiled in, or take the compile-time ``UNIFORM`` kind."""
     row = table + e * 8
@@ -152,7 +227,7 @@ def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_
     if UNIFORM >= 0:
         acc = _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
                          scale_off, zero_off, group, offs_n, n_ok, pid_k, UNIFORM, IS_BF16, BLOCK_M, BLOCK_N,
-                         SPLIT_K)
+                         SPLIT_K, A_SWIGLU, UNROLL)
     else:
         kind = tl.load(row)
         for kc in tl.static_range(12):
@@ -160,7 +235,7 @@ def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_
                 if kind == kc:
                     acc = _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off,
                                      hi_off, scale_off, zero_off, group, offs_n, n_ok, pid_k, kc, IS_BF16,
-                                     BLOCK_M, BLOCK_N, SPLIT_K)
+                                     BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
     return acc
 
 
@@ -171,17 +246,24 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
                         num_slots, H, I,
                         SLOTS_PER_TOKEN: tl.constexpr, G_KINDS: tl.constexpr, G_UNIFORM: tl.constexpr,
                         U_KINDS: tl.constexpr, U_UNIFORM: tl.constexpr, IS_BF16: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ZERO_BLOCK: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
+                        ZERO_BLOCK: tl.constexpr, UNROLL: tl.constexpr):
+    """``SPLIT_K == 1``: ``inter [capacity, I]`` (x's dtype) gets ``silu(gate) * up`` of each row.
+    ``SPLIT_K > 1`` (decode): the K range is split over programs, which add their fp32 partials of gate
+    and up into ``inter [capacity, 2 I]`` (zeroed by the caller); the down kernel applies SwiGLU as it
+    loads them."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     if ZERO_BLOCK > 0:
-        # zero the down kernel's fp32 accumulator: the programs of block row 0 split it
+        # zero the down kernel's fp32 accumulator: the programs of block row 0 (first K split) share it
         if pid_m == 0:
-            chunk = tl.cdiv(tl.cdiv(zero_numel, tl.num_programs(1)), ZERO_BLOCK) * ZERO_BLOCK
-            zr = tl.arange(0, ZERO_BLOCK)
-            for z0 in range(0, chunk, ZERO_BLOCK):
-                offs = pid_n * chunk + z0 + zr
-                tl.store(zero_ptr + offs, tl.zeros([ZERO_BLOCK], tl.float32), mask=offs < zero_numel)
+            if pid_k == 0:
+                chunk = tl.cdiv(tl.cdiv(zero_numel, tl.num_programs(1)), ZERO_BLOCK) * ZERO_BLOCK
+                zr = tl.arange(0, ZERO_BLOCK)
+                for z0 in range(0, chunk, ZERO_BLOCK):
+                    offs = pid_n * chunk + z0 + zr
+                    tl.store(zero_ptr + offs, tl.zeros([ZERO_BLOCK], tl.float32), mask=offs < zero_numel)
     npost = tl.load(npost_ptr)
     if pid_m * BLOCK_M >= npost:
         return
@@ -193,13 +275,19 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
     a_rows = x_ptr + token.to(tl.int64) * stride_x
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
-    g = _proj(a_rows, row_ok, H, I, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok, 0,
-              G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, 1)
-    u = _proj(a_rows, row_ok, H, I, uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok, 0,
-              U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, 1)
-    h = g / (1.0 + tl.exp(-g)) * u
-    tl.store(inter_ptr + offs_m.to(tl.int64)[:, None] * I + offs_n[None, :], h.to(inter_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & n_ok[None, :])
+    g = _proj(a_rows, row_ok, H, I, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok, pid_k,
+              G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL)
+    u = _proj(a_rows, row_ok, H, I, uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok, pid_k,
+              U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL)
+    out_mask = row_ok[:, None] & n_ok[None, :]
+    if SPLIT_K > 1:
+        base = inter_ptr + offs_m.to(tl.int64)[:, None] * (2 * I) + offs_n[None, :]
+        tl.atomic_add(base, g, mask=out_mask, sem="relaxed")
+        tl.atomic_add(base + I, u, mask=out_mask, sem="relaxed")
+    else:
+        h = g / (1.0 + tl.exp(-g)) * u
+        tl.store(inter_ptr + offs_m.to(tl.int64)[:, None] * I + offs_n[None, :], h.to(inter_ptr.dtype.element_ty),
+                 mask=out_mask)
 
 
 @triton.jit
@@ -207,7 +295,10 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
                      dc32, dc16, dc8, ds16, ds8, dz8, dgs, dtab,
                      num_slots, I, H,
                      SLOTS_PER_TOKEN: tl.constexpr, D_KINDS: tl.constexpr, D_UNIFORM: tl.constexpr,
-                     IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
+                     IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
+                     A_SWIGLU: tl.constexpr, UNROLL: tl.constexpr):
+    """``out[token] += w_slot * (h_row @ down_e.T)`` with fp32 atomics; ``A_SWIGLU``: ``inter`` holds the
+    gate_up kernel's split-K ``[gate | up]`` fp32 rows and ``h = silu(gate) * up`` is formed on load."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -219,11 +310,14 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
     slot = tl.load(sorted_ptr + offs_m)
     row_ok = slot < num_slots
     token = slot // SLOTS_PER_TOKEN
-    a_rows = inter_ptr + offs_m.to(tl.int64) * I
+    if A_SWIGLU:
+        a_rows = inter_ptr + offs_m.to(tl.int64) * (2 * I)
+    else:
+        a_rows = inter_ptr + offs_m.to(tl.int64) * I
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < H
     acc = _proj(a_rows, row_ok, I, H, dc32, dc16, dc8, ds16, ds8, dz8, dgs, dtab, e, offs_n, n_ok, pid_k,
-                D_KINDS, D_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K)
+                D_KINDS, D_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
     wt = tl.load(w_ptr + slot, mask=row_ok, other=0.0)
     acc = acc * wt[:, None]
     tl.atomic_add(out_ptr + token.to(tl.int64)[:, None] * H + offs_n[None, :], acc,
@@ -233,7 +327,8 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
 @dataclass(frozen=True)
 class MoEGemmConfig:
     """Launch configuration of the two kernels. ``block_m == 1``: one token slot per program (decode,
-    CUDA-core products); ``>= 16``: tensor-core tiles."""
+    CUDA-core products); ``>= 16``: tensor-core tiles. ``up_split_k > 1`` (decode only) splits the gate_up
+    K range over programs (fp32 partials, SwiGLU applied by the down kernel)."""
 
     block_m: int
     up_block_n: int
@@ -241,6 +336,19 @@ class MoEGemmConfig:
     down_block_n: int
     down_split_k: int
     down_warps: int
+    up_split_k: int = 1
+
+    def __post_init__(self):
+        if self.block_m < 1 or self.block_m & (self.block_m - 1) or 1 < self.block_m < 16:
+            raise ValueError(f"block_m must be 1 or a power of two >= 16, got {self.block_m}")
+        if self.up_split_k > 1 and self.block_m != 1:
+            raise ValueError("up_split_k > 1 needs block_m == 1 (the decode path)")
+        for name in ("up_block_n", "down_block_n"):
+            v = getattr(self, name)
+            if v < 16 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two >= 16, got {v}")
+        if min(self.up_warps, self.down_warps, self.down_split_k, self.up_split_k) < 1:
+            raise ValueError(f"warps and split factors must be >= 1: {self}")
 
 
 def default_config(num_slots: int, num_experts: int) -> MoEGemmConfig:
@@ -249,13 +357,13 @@ def default_config(num_slots: int, num_experts: int) -> MoEGemmConfig:
     small batch, so enough programs are in flight to keep memory busy."""
     per_expert = num_slots / max(1, min(num_experts, num_slots))
     if per_expert <= 2:
-        return MoEGemmConfig(1, 32, 2, 32, 2, 2)
+        return MoEGemmConfig(1, 32, 4, 32, 4, 4, up_split_k=4)
     bm = 16
     while bm < 64 and bm < per_expert:
         bm *= 2
     if num_slots <= 512:
         return MoEGemmConfig(bm, 64, 4, 64, 1, 4)
-    return MoEGemmConfig(bm, 128, 4, 128, 1, 8)
+    return MoEGemmConfig(bm, 128, 8, 128, 1, 8)
 
 
 def candidate_configs(num_slots: int, num_experts: int) -> list[MoEGemmConfig]:
@@ -263,12 +371,14 @@ def candidate_configs(num_slots: int, num_experts: int) -> list[MoEGemmConfig]:
     base = default_config(num_slots, num_experts)
     out = [base]
     if base.block_m == 1:
-        out += [MoEGemmConfig(1, 16, 1, 32, 4, 2), MoEGemmConfig(1, 64, 4, 64, 2, 4),
+        out += [MoEGemmConfig(1, 32, 4, 32, 2, 4, up_split_k=2), MoEGemmConfig(1, 64, 4, 64, 4, 4, up_split_k=8),
+                MoEGemmConfig(1, 32, 4, 32, 8, 4, up_split_k=8), MoEGemmConfig(1, 16, 2, 16, 4, 2, up_split_k=4),
                 MoEGemmConfig(1, 32, 4, 32, 1, 4), MoEGemmConfig(16, 64, 4, 64, 1, 4)]
     else:
         for bm in (16, 32, 64):
             for bn in (64, 128):
-                out.append(MoEGemmConfig(bm, bn, 4, bn, 1, 4 if bn == 64 else 8))
+                w = 4 if bn == 64 else 8
+                out.append(MoEGemmConfig(bm, bn, w, bn, 1, w))
     return list(dict.fromkeys(out))
 
 
@@ -320,7 +430,11 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
     if out is None:
         out = torch.empty((T, H), dtype=torch.float32, device=x.device)
     capacity = sorted_ids.numel()
-    inter = torch.empty((capacity, I), dtype=x.dtype, device=x.device)
+    split_up = config.up_split_k > 1
+    if split_up:  # fp32 [gate | up] partial sums, added into by the split-K programs
+        inter = torch.zeros((capacity, 2 * I), dtype=torch.float32, device=x.device)
+    else:
+        inter = torch.empty((capacity, I), dtype=x.dtype, device=x.device)
     max_blocks = expert_ids.numel()
     if capacity != max_blocks * config.block_m:
         raise ValueError(f"alignment has {capacity} rows in {max_blocks} blocks; config.block_m is {config.block_m}")
@@ -338,17 +452,20 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
     uk, uu = kinds(up, forced[1])
     dk, du = kinds(down, forced[2])
     is_bf16 = x.dtype == torch.bfloat16
-    grid_up = (max_blocks, triton.cdiv(I, config.up_block_n))
+    unroll = 2 if config.block_m == 1 else 1  # the tensor-core loop is software-pipelined instead
+    grid_up = (max_blocks, triton.cdiv(I, config.up_block_n), config.up_split_k)
     _moe_gate_up_kernel[grid_up](
         x, x.stride(0), sorted_ids, expert_ids, npost, inter, out, out.numel(),
         *gate.launch_args(), *up.launch_args(), num_slots, H, I,
         SLOTS_PER_TOKEN=k_total, G_KINDS=gk, G_UNIFORM=gu, U_KINDS=uk, U_UNIFORM=uu, IS_BF16=is_bf16,
-        BLOCK_M=config.block_m, BLOCK_N=config.up_block_n, ZERO_BLOCK=1024, num_warps=config.up_warps)
+        BLOCK_M=config.block_m, BLOCK_N=config.up_block_n, SPLIT_K=config.up_split_k, ZERO_BLOCK=1024,
+        UNROLL=unroll, num_warps=config.up_warps)
     grid_down = (max_blocks, triton.cdiv(H, config.down_block_n), config.down_split_k)
     _moe_down_kernel[grid_down](
         inter, sorted_ids, expert_ids, npost, topk_weights, out, *down.launch_args(), num_slots, I, H,
         SLOTS_PER_TOKEN=k_total, D_KINDS=dk, D_UNIFORM=du, IS_BF16=is_bf16, BLOCK_M=config.block_m,
-        BLOCK_N=config.down_block_n, SPLIT_K=config.down_split_k, num_warps=config.down_warps)
+        BLOCK_N=config.down_block_n, SPLIT_K=config.down_split_k, A_SWIGLU=split_up, UNROLL=unroll,
+        num_warps=config.down_warps)
     return out
 
 
