@@ -210,7 +210,10 @@ def time_fn(
         inner: calls per timed sample (plain mode); the sample is their mean. Use it when one call is
             shorter than the timer's resolution.
         graph_calls: calls of ``fn`` captured into the graph (graph mode).
-        flush_cache: overwrite a 256 MB buffer before each sample so it starts with a cold cache.
+        flush_cache: overwrite a 256 MB buffer before each sample so it starts with a cold cache. In graph mode
+            only the first of the ``graph_calls`` calls starts cold: the others find a working set smaller than L2
+            (50 MB on H100/H200) still there. For cold per-call figures use ``graph_calls=1, flush_cache=True``,
+            or make ``fn`` cycle through copies of its inputs larger than L2 together.
         clean: ``gc.collect()`` and empty the device allocator cache before the warmup.
         setup: called before each timed sample, untimed (plain mode only), e.g. to reset state.
     """
