@@ -147,6 +147,14 @@ def _spin():
     sleep = getattr(torch.cuda, "_sleep", None)
     if sleep is not None:
         sleep(_SPIN_CYCLES)
+    elif not _spin_warned:
+        _spin_warned.append(True)
+        import warnings
+        warnings.warn("torch.cuda._sleep is missing: graph timings may include time the GPU waits for the CPU "
+                      "to enqueue the replay (raise graph_calls to amortize it)", RuntimeWarning, stacklevel=3)
+
+
+_spin_warned: list = []
 
 
 def capture_graph(fn: Callable[[], object], device: torch.device, calls: int, warmup: int = 3):
