@@ -21,7 +21,7 @@ from triton_marlin.bench import BenchRunner, time_fn
 
 def _add_args(p):
     p.add_argument("--shape", type=int, nargs=2, metavar=("N", "K"), default=None,
-                   help="weight shape (default 4096 4096 on GPU, 512 1024 on CPU; 16 256 quick)")
+                   help="weight shape (default 4096 4096 on GPU, 256 512 on CPU; 16 256 quick)")
     p.add_argument("--formats", nargs="+", default=None, help="formats (default: every available format)")
     p.add_argument("--methods", nargs="+", default=None, help="methods (default: every available method)")
     p.add_argument("--group-size", type=int, default=None, help="group size (default: each format's default)")
@@ -51,7 +51,7 @@ def main(argv=None):
     runner = BenchRunner("bench_quantization", description=__doc__, add_args=_add_args, argv=argv)
     a = runner.args
     dev = a.device
-    n, k = a.shape or ((16, 256) if a.quick else ((4096, 4096) if dev.type == "cuda" else (512, 1024)))
+    n, k = a.shape or ((16, 256) if a.quick else ((4096, 4096) if dev.type == "cuda" else (256, 512)))
     samples = a.calib_samples or (2 * k if a.quick else 4 * k)
     formats = a.formats or tm.available_formats()
     methods = a.methods or tm.available_methods()
