@@ -182,6 +182,16 @@ def test_quantize_beats_best_scalar_quantizer(bits, code, gen):
     assert qt.meta["code"] == code and qt.meta["method"] == "viterbi"
 
 
+def test_stored_word_layout(gen):
+    w = torch.randn(32, 32, generator=gen)
+    qt = tm.quantize(w, "trellis2", method="viterbi", code="1mad")
+    q = qt.tensors["qweight"]
+    assert q.shape == (2, 16, 2)
+    words = tf.qweight_to_words(q)              # tile order (tk, tn)
+    assert torch.equal(words[1 * 2 + 0], q[1, :, 0]) and torch.equal(words[0 * 2 + 1], q[0, :, 1])
+    assert torch.equal(tf.words_to_qweight(words.reshape(2, 2, 16)), q)
+
+
 def test_group_scales_and_artifact_round_trip(tmp_path, gen):
     w = torch.randn(16, 64, generator=gen, dtype=torch.float64)
     qt = tm.quantize(w, "trellis3", group_size=32, method="viterbi", code="hyb")
@@ -192,7 +202,7 @@ def test_group_scales_and_artifact_round_trip(tmp_path, gen):
     assert back.meta == qt.meta and back.group_size == 32
     assert torch.equal(back.dequantize(torch.float32), qt.dequantize(torch.float32))
     tensors = dict(qt.tensors)
-    tensors["qweight"] = tensors["qweight"][:, :, :-1]
+    tensors["qweight"] = tensors["qweight"][:, :-1]
     with pytest.raises(FormatError, match="qweight"):
         QuantizedTensor.from_state(qt.header(), tensors)
     tensors = {k: v for k, v in qt.tensors.items() if k != "lut"}

@@ -15,7 +15,7 @@ from triton_marlin.kernels import trellis_gemm as tg  # noqa: E402
 def random_trellis(N, K, bits, code, group_size, gen, device="cpu", scale_dtype=torch.float16):
     """A trellis weight with random streams: every bit pattern is a valid tail-biting stream."""
     W = tf.words_per_tile(bits)
-    words = torch.randint(-2 ** 31, 2 ** 31, (K // 16, N // 16, W), generator=gen, dtype=torch.int64)
+    words = torch.randint(-2 ** 31, 2 ** 31, (K // 16, W, N // 16), generator=gen, dtype=torch.int64)
     G = 1 if group_size == -1 else K // group_size
     tensors = {
         "qweight": words.to(torch.int32),

@@ -15,8 +15,9 @@ bitshift trellis with ``L = 16`` state bits and ``bits`` (K) bits per weight:
   ``1mad``) or ``hyb`` (a hashed 256-entry lookup table stored in the artifact).
 
 Stored tensors (G = K // group_size, or 1 per-channel):
-- ``qweight`` int32 ``[K/16, N/16, 8*K]``: tile (tk, tn)'s stream as 32-bit words, word ``j``
-  holding stream bits ``[32j, 32j+32)`` with stream bit ``32j`` in the word's most significant bit.
+- ``qweight`` int32 ``[K/16, 8*K, N/16]``: ``qweight[tk, j, tn]`` is word ``j`` of tile (tk, tn)'s
+  stream, holding stream bits ``[32j, 32j+32)`` with stream bit ``32j`` in its most significant bit
+  (word-major inside a row of tiles, so word ``j`` of consecutive tiles along N is contiguous).
 - ``scales`` ``[G, N]`` float16/bfloat16 (per row of ``Wt``, per group of its columns).
 - ``su`` int8 ``[N]``, ``sv`` int8 ``[K]``: the Hadamard sign vectors (output and input side).
 - ``lut`` float16 ``[256]`` for code ``hyb`` only.
@@ -47,6 +48,16 @@ U32 = 0xFFFFFFFF
 
 def words_per_tile(bits: int) -> int:
     return TILE_WEIGHTS * bits // 32
+
+
+def words_to_qweight(words: torch.Tensor) -> torch.Tensor:
+    """Per-tile streams ``[K/16, N/16, W]`` -> the stored layout ``[K/16, W, N/16]``."""
+    return words.permute(0, 2, 1).contiguous()
+
+
+def qweight_to_words(qweight: torch.Tensor) -> torch.Tensor:
+    """Stored ``[K/16, W, N/16]`` -> per-tile streams ``[K/16 * N/16, W]`` (tile order tk, tn)."""
+    return qweight.permute(0, 2, 1).reshape(-1, qweight.shape[1])
 
 
 def _fp16_from_bits(b: torch.Tensor) -> torch.Tensor:
@@ -180,7 +191,7 @@ class TrellisFormat(WeightFormat):
     def rotated_weight(self, qt: QuantizedTensor) -> torch.Tensor:
         """``Wt = code(states) * scales`` in the rotated basis, float32 ``[N, K]``."""
         N, K = qt.shape
-        words = qt.tensors["qweight"].reshape(-1, words_per_tile(self.bits))
+        words = qweight_to_words(qt.tensors["qweight"])
         table = self.table(qt)
         vals = torch.empty(words.shape[0], TILE_WEIGHTS, dtype=torch.float32, device=words.device)
         step = 8192          # tiles per chunk: the bit-level unpack holds ~32 KiB per tile
@@ -210,7 +221,7 @@ class TrellisFormat(WeightFormat):
             raise ValueError(f"layout {meta.get('layout')!r} unsupported (expected {LAYOUT!r})")
         G = self.num_groups(shape, group_size)
         out = {
-            "qweight": ((K // TILE, N // TILE, words_per_tile(self.bits)), torch.int32),
+            "qweight": ((K // TILE, words_per_tile(self.bits), N // TILE), torch.int32),
             "scales": ((G, N), dtype_from_name(meta["scale_dtype"])),
             "su": ((N,), torch.int8),
             "sv": ((K,), torch.int8),
@@ -243,7 +254,7 @@ def random_trellis_weight(N: int, K: int, bits: int, code: str = "3inst", group_
     check_trellis_shape(N, K)
     if code not in CODES:
         raise ValueError(f"code must be one of {CODES}, got {code!r}")
-    words = torch.randint(-2 ** 31, 2 ** 31, (K // TILE, N // TILE, words_per_tile(bits)),
+    words = torch.randint(-2 ** 31, 2 ** 31, (K // TILE, words_per_tile(bits), N // TILE),
                           generator=generator, dtype=torch.int64).to(torch.int32)
     G = 1 if group_size == -1 else K // group_size
     rms = code_table(code, default_hyb_lut() if code == "hyb" else None).square().mean().sqrt()

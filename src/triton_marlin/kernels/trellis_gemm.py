@@ -75,8 +75,9 @@ def _window_offsets(kk, nn, N, BITS: tl.constexpr):
     hi = (e - 1) // 32
     r = 32 * (hi + 1) - e
     prev = (hi + W - 1) % W
-    tile = (kk // 16)[:, None] * ((N // 16) * W) + ((nn // 16) * W)[None, :]
-    return tile + hi, tile + prev, r.to(tl.uint32), (31 - r).to(tl.uint32)
+    n_tiles = N // 16
+    tile = (kk // 16)[:, None] * (n_tiles * W) + (nn // 16)[None, :]      # qweight[tk, j, tn]
+    return tile + hi * n_tiles, tile + prev * n_tiles, r.to(tl.uint32), (31 - r).to(tl.uint32)
 
 
 @triton.jit
@@ -84,7 +85,7 @@ def _trellis_gemv_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm
                          ITERS_PER_SPLIT,
                          BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_K: tl.constexpr, USE_ATOMIC: tl.constexpr, EVEN: tl.constexpr):
-    """x: [M, K] fp32/fp16/bf16 (rotated activations); qw: int32 [K/16, N/16, 8*BITS]; s: [G, N];
+    """x: [M, K] fp32/fp16/bf16 (rotated activations); qw: int32 [K/16, 8*BITS, N/16]; s: [G, N];
     lut: [256] fp16 (hyb); out: [M, N] fp32 (zeroed when USE_ATOMIC).
     Grid: (cdiv(N, BLOCK_N), SPLIT_K, M). BLOCK_K divides the scale group; EVEN: BLOCK_N | N and
     BLOCK_K | K."""

@@ -233,7 +233,7 @@ class TrellisSetup:
         of the input weight's choosing: the encode device)."""
         codes = tf.states_to_codes(states.reshape(-1, tf.TILE_WEIGHTS), self.bits)
         words = tf.pack_stream(codes, self.bits).reshape(self.K // tf.TILE, self.N // tf.TILE, -1)
-        tensors = {"qweight": words.contiguous(), "scales": scales.to(self.scale_dtype).contiguous(),
+        tensors = {"qweight": tf.words_to_qweight(words), "scales": scales.to(self.scale_dtype).contiguous(),
                    "su": self.su.to(self.device), "sv": self.sv.to(self.device)}
         if self.lut is not None:
             tensors["lut"] = self.lut.to(self.device)
