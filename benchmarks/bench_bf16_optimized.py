@@ -27,6 +27,8 @@ def _add_args(p):
                    help="elements per tensor (default 2^20 2^24 2^28 on GPU, 2^16 2^20 on CPU; 2^14 quick)")
     p.add_argument("--blocks", type=int, nargs="+", default=None,
                    help=f"kernel block sizes to sweep at the largest size (default: {DEFAULT_BLOCK} only)")
+    p.add_argument("--warps", type=int, nargs="+", default=None,
+                   help="num_warps values to sweep with each --blocks value (default: the launcher's choice)")
     p.add_argument("--graph", action="store_true", help="time by CUDA-graph replay (CUDA only)")
 
 
@@ -94,11 +96,13 @@ def main(argv=None):
                           welch_p=res.welch_p, cliffs_delta=res.cliffs_delta, verdict=res.verdict)
             if a.blocks and numel == max(sizes):
                 for block in a.blocks:
-                    st = time_fn(lambda: convert_triton(x, dst, out=mine, block=block), device=dev,
-                                 warmup=a.warmup, repeats=a.repeats, cuda_graph=a.graph)
-                    gbps = nbytes / (st.median_us * 1e-6) / 1e9
-                    runner.record({**case, "impl": triton_label, "block": block}, "bandwidth", gbps, "GB/s",
-                                  roofline=gbps / base["copy_GBps"], sweep="block", median_us=st.median_us)
+                    for warps in a.warps or [None]:
+                        st = time_fn(lambda: convert_triton(x, dst, out=mine, block=block, num_warps=warps),
+                                     device=dev, warmup=a.warmup, repeats=a.repeats, cuda_graph=a.graph)
+                        gbps = nbytes / (st.median_us * 1e-6) / 1e9
+                        runner.record({**case, "impl": triton_label, "block": block, "warps": warps or "auto"},
+                                      "bandwidth", gbps, "GB/s", roofline=gbps / base["copy_GBps"], sweep="block",
+                                      median_us=st.median_us)
             del x, out, mine
     for src, dst in pairs:
         runner.plot(f"{_name(src)}_to_{_name(dst)}", x="numel", series="impl", metric="bandwidth", logx=True,

@@ -36,7 +36,7 @@ cat "$LOG/env.txt"
 if [ "$MODE" != extras ]; then
   step baseline 200 "$PY" benchmarks/baseline_benchmark.py --output "$LOG/baseline_benchmark.jsonl"
   cp results/baseline-*.json "$LOG/" 2>/dev/null
-  step bf16_optimized 200 "$PY" benchmarks/bench_bf16_optimized.py --blocks 1024 2048 4096 8192 16384 --plot-dir "$LOG/plots" \
+  step bf16_optimized 200 "$PY" benchmarks/bench_bf16_optimized.py --blocks 1024 2048 4096 8192 16384 --warps 4 8 16 --plot-dir "$LOG/plots" \
     --output "$LOG/bench_bf16_optimized.jsonl"
   step bf16_optimized_graph 90 "$PY" benchmarks/bench_bf16_optimized.py --graph --sizes 65536 1048576 \
     --output "$LOG/bench_bf16_optimized_graph.jsonl"
