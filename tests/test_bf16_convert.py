@@ -153,3 +153,11 @@ def test_kernel_large_tensor_on_gpu(src, dst):
     nan = torch.isnan(x)
     assert torch.isnan(out[nan]).all()
     assert torch.equal(_bits(out[~nan]), _bits(x[~nan].to(dst)))
+
+
+@needs_triton
+@pytest.mark.parametrize("src,dst", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float16)])
+def test_custom_op_passes_opcheck(src, dst):
+    x = torch.randn(3, 70, device=DEV).to(src)
+    result = torch.library.opcheck(torch.ops.triton_marlin.bf16_convert.default, (x, dst))
+    assert all(v == "SUCCESS" for v in result.values()), result
