@@ -79,11 +79,15 @@ def main(argv=None):
         tflops = 2 * mm_size ** 3 / (st.median_us * 1e-6) / 1e12
         rates[_name(dtype)] = tflops
         case = {"op": "matmul", "size": mm_size, "dtype": dtype}
+        if dtype == torch.float32 and gpu:
+            case["tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
         runner.record(case, "time", st.median_us, "us", stats=st)
         runner.record(case, "rate", tflops, "TFLOP/s")
         del m1, m2, out
     result["matmul_TFLOPs"] = rates
     result["matmul_size"] = mm_size
+    # float32 matmul runs on tensor cores (TF32) only when this is on; torch leaves it off by default
+    result["float32_matmul_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32) if gpu else False
 
     sdpa_dtype = torch.float16 if gpu else torch.float32
     q, k, v = (torch.randn(B, H, S, D, device=dev, dtype=sdpa_dtype) for _ in range(3))
