@@ -1,4 +1,5 @@
-"""A KV cache with a selectable memory layout, append (prefill and per token), and decode attention over it.
+"""KV caches: GQA caches with a selectable memory layout and MLA latent caches; append (prefill and per token)
+with a Triton kernel; prefill and decode attention over them.
 
 Layouts (the order of the storage dimensions; B batch, H KV heads, S positions, D head dim):
 
@@ -12,8 +13,11 @@ Whatever the layout, :meth:`KVCache.keys` / :meth:`KVCache.values` return the lo
 the storage (a permutation, no copy), and both the append kernel and the decode-attention kernel of
 :mod:`triton_marlin.kernels.attention` address the storage through those strides.
 
+:class:`LatentKVCache` holds multi-head latent attention caches (GLM-4.7-Flash, DeepSeek-V2): one
+``[B, S_max, kv_lora_rank + rope_dim]`` tensor, no head dimension, read by the MLA decode kernel.
+
 Lengths live twice: ``seq_lens`` (int32 on the cache's device, read by the kernels) and ``lengths`` (a host
-list, for capacity checks and chunk sizing without a device sync). Both change only through this class.
+list, for capacity checks and chunk sizing without a device sync). Both change only through the cache classes.
 """
 from __future__ import annotations
 
