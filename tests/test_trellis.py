@@ -23,7 +23,7 @@ def _code_value_numpy(state: int, code: str, lut=None) -> float:
             x = (x & np.uint32(0x8FFF8FFF)) ^ np.uint32(0x3B603B60)
             lo = np.array([x & 0xFFFF], dtype=np.uint16).view(np.float16)[0]
             hi = np.array([x >> 16], dtype=np.uint16).view(np.float16)[0]
-            return float(np.float32(lo) + np.float32(hi))
+            return float(np.float16(lo + hi))           # fp16 add, round to nearest even
         if code == "1mad":
             x = int(np.uint32(state) * np.uint32(34038481) + np.uint32(76625530))
             return float(sum((x >> (8 * i)) & 255 for i in range(4)) - 510)

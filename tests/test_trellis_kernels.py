@@ -36,7 +36,9 @@ CASES = [  # (N, K, bits, code, group_size)
     (80, 32, 3, "3inst", 32),
     (16, 256, 4, "1mad", 128),
     (64, 64, 2, "hyb", 32),          # even: no masked element (BLOCK_N | N, BLOCK_K | K)
-    (128, 96, 3, "3inst", -1),       # even
+    (128, 96, 3, "3inst", -1),       # even; static GEMV (16*8 | N, 32 | K)
+    (128, 64, 4, "1mad", 32),        # static GEMV, grouped scales
+    (256, 32, 2, "hyb", -1),         # static GEMV
 ]
 
 
@@ -46,9 +48,10 @@ def test_rotated_kernel_matches_decoded_weight(N, K, bits, code, group, M, gen):
     qt = random_trellis(N, K, bits, code, group, gen)
     wt = qt.fmt.rotated_weight(qt).double()
     xr = torch.randn(M, K, generator=gen)
-    out = torch.full((M, N), float("nan"))
-    tg.trellis_matmul_rotated(xr, qt, split_k=1, out=out)      # every element must be written
-    assert rel_err(out, xr.double() @ wt.t()) < 1e-5
+    for gemv in ("auto", "generic"):
+        out = torch.full((M, N), float("nan"))
+        tg.trellis_matmul_rotated(xr, qt, split_k=1, out=out, gemv=gemv)  # every element written
+        assert rel_err(out, xr.double() @ wt.t()) < 1e-5
     if M <= tg.GEMV_MAX_M and K >= 64:                         # split-K with atomics
         out2 = tg.trellis_matmul_rotated(xr, qt, split_k=2)
         assert rel_err(out2, xr.double() @ wt.t()) < 1e-5
@@ -66,6 +69,14 @@ def test_trellis_qgemm_end_to_end(N, K, bits, code, group, M, dtype, gen):
     tol = 1e-5 if dtype == torch.float32 else 1e-3
     assert rel_err(y, ref) < tol
     assert rel_err(tg.trellis_qgemm_reference(x, qt, bias), ref) < tol
+
+
+def test_static_gemv_refuses_partial_blocks(gen):
+    qt = random_trellis(48, 64, 3, "3inst", -1, gen)
+    with pytest.raises(ValueError, match="static GEMV"):
+        tg.trellis_matmul_rotated(torch.randn(1, 64), qt, gemv="static")
+    with pytest.raises(ValueError, match="gemv must be"):
+        tg.trellis_matmul_rotated(torch.randn(1, 64), qt, gemv="fast")
 
 
 def test_unsupported_reason_and_errors(gen):
@@ -123,3 +134,17 @@ def test_gpu_trellis_qgemm_under_torch_compile(gen):
     x = torch.randn(1, 512, generator=gen).half().cuda()
     fn = torch.compile(lambda a: tg.trellis_qgemm(a, qt), fullgraph=True)
     assert rel_err(fn(x), tg.trellis_qgemm(x, qt)) < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits,code", [(2, "1mad"), (3, "3inst"), (4, "3inst"), (3, "1mad")])
+@pytest.mark.parametrize("no_asm", ["0", "1"])
+def test_gpu_static_gemv_asm_and_portable_agree(bits, code, no_asm, gen, monkeypatch):
+    # the inline-PTX decode and the portable decode must both equal the reference exactly (fp32 FMA)
+    monkeypatch.setenv("TRITON_MARLIN_NO_ASM", no_asm)
+    qt = random_trellis(512, 1024, bits, code, -1, gen, device="cuda")
+    xr = torch.randn(1, 1024, generator=gen).cuda()
+    out = torch.full((1, 512), float("nan"), device="cuda")
+    tg.trellis_matmul_rotated(xr, qt, split_k=1, out=out, gemv="static")
+    wt = qt.fmt.rotated_weight(qt).double()
+    assert rel_err(out, xr.double() @ wt.t()) < 1e-5

@@ -61,9 +61,9 @@ def qweight_to_words(qweight: torch.Tensor) -> torch.Tensor:
 
 
 def _fp16_from_bits(b: torch.Tensor) -> torch.Tensor:
-    """int64 tensor of 16-bit patterns -> float32 values of those fp16 numbers."""
+    """int64 tensor of 16-bit patterns -> those fp16 numbers."""
     signed = torch.where(b >= 1 << 15, b - (1 << 16), b).to(torch.int16)
-    return signed.view(torch.float16).to(torch.float32)
+    return signed.view(torch.float16)
 
 
 def default_hyb_lut() -> torch.Tensor:
@@ -81,7 +81,7 @@ def decode_states(states: torch.Tensor, code: str, lut: torch.Tensor | None = No
     """Code value (float32) of each trellis state (integers in ``[0, 2**16)``).
 
     - ``3inst``: ``x = state * 89226354 + 64248484 (mod 2^32)``, ``x = (x & 0x8FFF8FFF) ^ 0x3B603B60``,
-      value = fp16(low half) + fp16(high half), summed exactly in float32.
+      value = fp16(low half) + fp16(high half), the sum rounded to fp16 (QTIP's definition).
     - ``1mad``: ``x = state * 34038481 + 76625530 (mod 2^32)``, value = sum of x's 4 bytes - 510.
     - ``hyb``: value = ``lut[(state * 0xCBAC1FED mod 2^32) >> 24]``.
     Every value is exact in float32, so the Triton decoder reproduces it bit for bit.
@@ -90,7 +90,8 @@ def decode_states(states: torch.Tensor, code: str, lut: torch.Tensor | None = No
     if code == "3inst":
         x = (s * INST3_MUL + INST3_ADD) & U32
         x = (x & INST3_MASK) ^ INST3_XOR
-        return _fp16_from_bits(x & 0xFFFF) + _fp16_from_bits(x >> 16)
+        # fp16 + fp16 rounded to fp16 (IEEE round to nearest even, as the GPU's add.f16)
+        return (_fp16_from_bits(x & 0xFFFF) + _fp16_from_bits(x >> 16)).to(torch.float32)
     if code == "1mad":
         x = (s * MAD1_MUL + MAD1_ADD) & U32
         total = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)

@@ -13,8 +13,10 @@ shift over two 32-bit words of the tile). The word offsets and shifts depend onl
 and are computed once per program; the K loop does two loads, the funnel shift and the code.
 
 Paths: ``M <= GEMV_MAX_M``: one program per (row, N block, K split) accumulating in fp32 with FMAs
-(split-K partial sums combined with atomics); larger M: a tiled GEMM that decodes a ``[BLOCK_K,
-BLOCK_N]`` weight tile to the activation dtype in registers and uses ``tl.dot``.
+(split-K partial sums combined with atomics). The static GEMV (whole blocks) loads each tile's words
+once and derives every state with compile-time shifts; the generic GEMV (any shape) computes each
+weight's word offsets and shift. Larger M: a tiled GEMM that decodes a ``[BLOCK_K, BLOCK_N]`` weight
+tile to the activation dtype in registers and uses ``tl.dot``.
 """
 from __future__ import annotations
 
@@ -51,9 +53,9 @@ def _decode(base_ptr, off_hi, off_prev, rshift, lshift, mask, lut_ptr, CODE: tl.
     if CODE == 0:    # 3inst
         x = state * 89226354 + 64248484
         x = (x & tl.full(x.shape, 0x8FFF8FFF, tl.uint32)) ^ tl.full(x.shape, 0x3B603B60, tl.uint32)
-        lo = (x & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-        hi = (x >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-        val = lo + hi
+        lo = (x & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+        hi = (x >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
+        val = (lo + hi).to(tl.float32)
     elif CODE == 1:  # 1mad
         x = state * 34038481 + 76625530
         total = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)
@@ -117,6 +119,162 @@ def _trellis_gemv_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm
         tl.atomic_add(out_ptr + m * stride_om + nn, acc, mask=nmask)
     else:
         tl.store(out_ptr + m * stride_om + nn, acc, mask=nmask)
+
+
+@triton.jit
+def _code_value(state, lut_ptr, CODE: tl.constexpr, ASM: tl.constexpr = False):
+    """The code (fp32) of 16-bit states held in uint32 (see formats/trellis.py: decode_states).
+
+    ``ASM`` (compiled CUDA only; the interpreter runs the portable branch): the same arithmetic in
+    inline PTX, which the compiler cannot derive from the portable form: 3inst adds the two fp16
+    halves of the 32-bit word in place (``mov.b32 {lo, hi}``, ``add.f16``); 1mad sums the 4 bytes
+    with one ``dp4a``."""
+    if ASM and CODE == 0:
+        x = state * 89226354 + 64248484
+        x = (x & tl.full(x.shape, 0x8FFF8FFF, tl.uint32)) ^ tl.full(x.shape, 0x3B603B60, tl.uint32)
+        val = tl.inline_asm_elementwise(
+            "{ .reg .b16 lo, hi, s; mov.b32 {lo, hi}, $1; add.rn.f16 s, lo, hi; cvt.f32.f16 $0, s; }",
+            "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+    elif ASM and CODE == 1:
+        x = state * 34038481 + 76625530
+        total = tl.inline_asm_elementwise("dp4a.u32.u32 $0, $1, 0x01010101, 0;", "=r,r", [x],
+                                          dtype=tl.int32, is_pure=True, pack=1)
+        val = (total - 510).to(tl.float32)
+    elif CODE == 0:    # 3inst
+        x = state * 89226354 + 64248484
+        x = (x & tl.full(x.shape, 0x8FFF8FFF, tl.uint32)) ^ tl.full(x.shape, 0x3B603B60, tl.uint32)
+        lo = (x & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+        hi = (x >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
+        val = (lo + hi).to(tl.float32)
+    elif CODE == 1:  # 1mad
+        x = state * 34038481 + 76625530
+        total = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)
+        val = (total.to(tl.int32) - 510).to(tl.float32)
+    else:            # hyb
+        x = state * tl.full(state.shape, 0xCBAC1FED, tl.uint32)
+        val = tl.load(lut_ptr + (x >> 24).to(tl.int32)).to(tl.float32)
+    return val
+
+
+@triton.jit
+def _pick(wm1, w0, w1, w2, I: tl.constexpr):
+    """Word I (-1..2) of a column group, chosen at compile time."""
+    if I == -1:
+        return wm1
+    elif I == 0:
+        return w0
+    elif I == 1:
+        return w1
+    else:
+        return w2
+
+
+@triton.jit
+def _window(wm1, w0, w1, w2, T: tl.constexpr, BITS: tl.constexpr):
+    """16-bit state of step T (0 .. 16*P-1) of a column group: the stream window ending at bit
+    (T+1)*BITS counted from the group's first word w0 (wm1 = the word before). Shifts are constants."""
+    E: tl.constexpr = (T + 1) * BITS
+    HI: tl.constexpr = (E - 1) // 32
+    R: tl.constexpr = 32 * (HI + 1) - E
+    cur = _pick(wm1, w0, w1, w2, HI)
+    if R <= 16:
+        st = (cur >> R) & 0xFFFF
+    else:
+        prv = _pick(wm1, w0, w1, w2, HI - 1)
+        st = ((cur >> R) | (prv << (32 - R))) & 0xFFFF
+    return st
+
+
+@triton.jit
+def _column_states(wm1, w0, w1, w2, P0: tl.constexpr, BITS: tl.constexpr):
+    """States of the 16 steps of column P0 of a group, as [G, TN, 16] (n_local last, in registers)."""
+    B: tl.constexpr = 16 * P0
+    a0 = tl.join(_window(wm1, w0, w1, w2, B + 0, BITS), _window(wm1, w0, w1, w2, B + 8, BITS))
+    a1 = tl.join(_window(wm1, w0, w1, w2, B + 1, BITS), _window(wm1, w0, w1, w2, B + 9, BITS))
+    a2 = tl.join(_window(wm1, w0, w1, w2, B + 2, BITS), _window(wm1, w0, w1, w2, B + 10, BITS))
+    a3 = tl.join(_window(wm1, w0, w1, w2, B + 3, BITS), _window(wm1, w0, w1, w2, B + 11, BITS))
+    a4 = tl.join(_window(wm1, w0, w1, w2, B + 4, BITS), _window(wm1, w0, w1, w2, B + 12, BITS))
+    a5 = tl.join(_window(wm1, w0, w1, w2, B + 5, BITS), _window(wm1, w0, w1, w2, B + 13, BITS))
+    a6 = tl.join(_window(wm1, w0, w1, w2, B + 6, BITS), _window(wm1, w0, w1, w2, B + 14, BITS))
+    a7 = tl.join(_window(wm1, w0, w1, w2, B + 7, BITS), _window(wm1, w0, w1, w2, B + 15, BITS))
+    b0 = tl.join(a0, a4)
+    b1 = tl.join(a1, a5)
+    b2 = tl.join(a2, a6)
+    b3 = tl.join(a3, a7)
+    c0 = tl.join(b0, b2)
+    c1 = tl.join(b1, b3)
+    d = tl.join(c0, c1)            # [G, TN, 2, 2, 2, 2]: element [x, y, z, w] is step 8x + 4y + 2z + w
+    return tl.reshape(d, (d.shape[0], d.shape[1], 16))
+
+
+@triton.jit
+def _load_word(base, g, tn, tk_words, n_tiles, I: tl.constexpr, WG: tl.constexpr, W: tl.constexpr,
+               GPT: tl.constexpr):
+    """Word I (-1 .. WG-1) of each column group: qweight[tk, (j*WG + I) mod W, tn] for group g."""
+    j = g % GPT
+    wi = (j * WG + I + W) % W
+    off = ((g // GPT) * tk_words + wi * n_tiles)[:, None] + tn[None, :]
+    return tl.load(base + off).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _trellis_gemv_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm, stride_om, group,
+                                ITERS_PER_SPLIT,
+                                BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_TN: tl.constexpr,
+                                BLOCK_TK: tl.constexpr, USE_ATOMIC: tl.constexpr, GROUPED: tl.constexpr,
+                                ASM: tl.constexpr):
+    """Decode GEMV with compile-time window shifts (full blocks only: 16*BLOCK_TN | N, 16*BLOCK_TK | K).
+
+    The 16 k of a tile are cut into column groups of P columns (P = 2 for 3 bits, else 1) whose
+    steps start on a word boundary: group j of a tile owns words j*WG .. j*WG+WG-1 (WG = BITS*P/2)
+    plus the word before it. Each program loads those words once per (group, tile) and derives all
+    16*P states of the group with constant shifts, so per weight the loop spends a shift or funnel
+    shift and a mask, the code, and an FMA. The accumulator keeps n_local (16) in registers.
+    x: [M, K] (rotated activations); qw: int32 [K/16, 8*BITS, N/16]; s: [G, N]; out: [M, N] fp32.
+    Grid: (N/16/BLOCK_TN, SPLIT_K, M)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m = tl.program_id(2)
+    W: tl.constexpr = 8 * BITS
+    P: tl.constexpr = 2 if BITS == 3 else 1
+    WG: tl.constexpr = BITS * P // 2
+    GPT: tl.constexpr = 16 // P                     # column groups per tile
+    G: tl.constexpr = BLOCK_TK * GPT
+    n_tiles = N // 16
+    tk_words = W * n_tiles
+    g = tl.arange(0, G)
+    tn = pid_n * BLOCK_TN + tl.arange(0, BLOCK_TN)
+    nl = tl.arange(0, 16)
+    acc = tl.zeros((G, BLOCK_TN, 16), dtype=tl.float32)
+    k_start = pid_k * ITERS_PER_SPLIT * (16 * BLOCK_TK)
+    k_end = tl.minimum(k_start + ITERS_PER_SPLIT * (16 * BLOCK_TK), K)
+    for k0 in range(k_start, k_end, 16 * BLOCK_TK):
+        base = qw_ptr + (k0 // 16) * tk_words
+        wm1 = _load_word(base, g, tn, tk_words, n_tiles, -1, WG, W, GPT)
+        w0 = _load_word(base, g, tn, tk_words, n_tiles, 0, WG, W, GPT)
+        w1 = w0
+        w2 = w0
+        if WG > 1:
+            w1 = _load_word(base, g, tn, tk_words, n_tiles, 1, WG, W, GPT)
+        if WG > 2:
+            w2 = _load_word(base, g, tn, tk_words, n_tiles, 2, WG, W, GPT)
+        for p in tl.static_range(P):
+            val = _code_value(_column_states(wm1, w0, w1, w2, p, BITS), lut_ptr, CODE, ASM)
+            xv = tl.load(x_ptr + m * stride_xm + k0 + g * P + p).to(tl.float32)
+            if GROUPED:
+                sg = tl.load(s_ptr + ((k0 + g * P + p) // group)[:, None, None] * N
+                             + (tn * 16)[None, :, None] + nl[None, None, :]).to(tl.float32)
+                acc += val * (xv[:, None, None] * sg)
+            else:
+                acc += val * xv[:, None, None]
+    res = tl.sum(acc, axis=0)                                            # [BLOCK_TN, 16]
+    cols = (tn * 16)[:, None] + nl[None, :]
+    if not GROUPED:
+        res = res * tl.load(s_ptr + cols).to(tl.float32)
+    if USE_ATOMIC:
+        tl.atomic_add(out_ptr + m * stride_om + cols, res)
+    else:
+        tl.store(out_ptr + m * stride_om + cols, res)
 
 
 @triton.jit
@@ -191,12 +349,26 @@ def _output(out, M: int, N: int, device) -> torch.Tensor:
     return out
 
 
+GEMV_KERNELS = ("auto", "static", "generic")
+
+
+def use_asm(device: torch.device) -> bool:
+    """Inline-PTX code paths: compiled CUDA only (never the interpreter); TRITON_MARLIN_NO_ASM=1 turns
+    them off (the portable branch computes the same values)."""
+    import os
+    return device.type == "cuda" and os.environ.get("TRITON_MARLIN_NO_ASM", "0") != "1"
+
+
 def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: int | None = None,
                            block_k: int = 32, split_k: int | None = None,
-                           out: torch.Tensor | None = None) -> torch.Tensor:
+                           out: torch.Tensor | None = None, gemv: str = "auto",
+                           block_tn: int = 8, block_tk: int | None = None) -> torch.Tensor:
     """``y' = x' @ Wt.T`` in fp32 for rotated activations ``x' [M, K]`` (the kernel alone).
 
-    ``out``: optional fp32 ``[M, N]`` buffer (contiguous rows); split-K zeroes it first."""
+    ``out``: optional fp32 ``[M, N]`` buffer (contiguous rows); split-K zeroes it first.
+    ``gemv`` (M <= 4): ``static`` = the compile-time-shift kernel (needs 16*block_tn | N and
+    16*block_tk | K), ``generic`` = per-weight window offsets (any shape), ``auto`` = static when the
+    shape allows. ``block_n``/``block_k`` configure the generic and tiled kernels."""
     M, K = xr.shape
     N = qt.shape[0]
     bits = qt.bits
@@ -206,6 +378,28 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     code = CODE_IDS[qt.meta["code"]]
     qw, s = qt.tensors["qweight"], qt.tensors["scales"]
     lut = qt.tensors.get("lut", s)        # any valid pointer when the code has no table
+    if block_tk is None:       # 3 bits: 8 column groups per tile; 2 tiles keep G x TN = 128 threads busy
+        block_tk = 2 if bits == 3 else 1
+    if gemv not in GEMV_KERNELS:
+        raise ValueError(f"gemv must be one of {GEMV_KERNELS}, got {gemv!r}")
+    static_ok = N % (16 * block_tn) == 0 and K % (16 * block_tk) == 0
+    if gemv == "static" and not static_ok:
+        raise ValueError(f"the static GEMV needs N % {16 * block_tn} == 0 and K % {16 * block_tk} == 0, "
+                         f"got N={N}, K={K}")
+    if M <= GEMV_MAX_M and gemv != "generic" and static_ok:
+        n_blocks = N // (16 * block_tn)
+        k_iters = K // (16 * block_tk)
+        split = split_k or _split_k(n_blocks, k_iters, xr.device)
+        iters = triton.cdiv(k_iters, split)
+        split = triton.cdiv(k_iters, iters)
+        out = _output(out, M, N, xr.device)
+        if split > 1:
+            out.zero_()
+        LAST_COMPILED["gemv"] = _trellis_gemv_static_kernel[(n_blocks, split, M)](
+            xr, qw, s, lut, out, N, K, xr.stride(0), out.stride(0), group, iters,
+            BITS=bits, CODE=code, BLOCK_TN=block_tn, BLOCK_TK=block_tk, USE_ATOMIC=split > 1,
+            GROUPED=qt.group_size != -1, ASM=use_asm(xr.device), num_warps=4)
+        return out
     if M <= GEMV_MAX_M:
         BLOCK_N = block_n or 64
         n_blocks = triton.cdiv(N, BLOCK_N)
