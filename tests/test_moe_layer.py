@@ -45,21 +45,22 @@ def small_layer():
 def test_layer_forward_matches_reference(small_layer, gen):
     layer = small_layer
     assert layer.experts.num_shared == 1 and layer.correction_bias is not None
-    x = torch.randn(3, 64, generator=gen).half()
+    x = torch.randn(2, 64, generator=gen).half()
     ids, w = layer.route(x)
-    assert ids.shape == (3, 5) and (ids[:, 4] == 16).all() and (w[:, 4] == 1).all()
+    assert ids.shape == (2, 5) and (ids[:, 4] == 16).all() and (w[:, 4] == 1).all()
     ref_route = route_reference(layer.router_logits(x), layer.routing, layer.correction_bias)
     assert torch.equal(ids[:, :4], ref_route.topk_ids)
     ref = fused_moe_reference(x, ids, w, layer.experts)
-    for name in ("slow_path", "fast_mixed", "hybrid", "max_bits_padded"):
+    for name in ("slow_path", "fast_mixed"):  # every strategy: test_moe_strategies.py
         assert rel_err(layer(x, name), ref) < 1.5e-3, name
 
 
 def test_forward_static_masks_padding_rows(small_layer, gen):
-    x = torch.randn(4, 64, generator=gen).half()
+    x = torch.randn(3, 64, generator=gen).half()
     out = small_layer.forward_static(x, torch.tensor([2], dtype=torch.int32))
     assert (out[2:] == 0).all()
-    assert rel_err(out[:2], small_layer(x[:2], "slow_path")) < 3e-3
+    ids, w = small_layer.route(x[:2])
+    assert rel_err(out[:2], fused_moe_reference(x[:2], ids, w, small_layer.experts)) < 1.5e-3
     with pytest.raises(ValueError, match="cannot run in a CUDA graph"):
         small_layer.forward_static(x, torch.tensor([2], dtype=torch.int32), "hybrid")
 
