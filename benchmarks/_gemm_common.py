@@ -183,36 +183,42 @@ def headline(replay, launch):
 
 
 def candidate_configs(M: int, quick: bool = False) -> list:
-    """The kernel configurations bench_kernel_variants times for a batch of M rows."""
+    """The kernel configurations bench_kernel_variants times for a batch of M rows (split-K is a
+    run-time argument: it costs no extra compile)."""
     from triton_marlin.kernels.qgemm import KernelConfig as KC
 
     if quick:
         if M <= 4:
-            return [KC("gemv", block_m=1 if M == 1 else 4, block_n=64), KC("dot", block_m=16, block_n=64)]
-        return [KC("dot", block_m=16, block_n=64), KC("dequant")]
+            return [KC("gemv", block_m=1 if M == 1 else 4, block_n=64),
+                    KC("dot", block_m=16, block_n=64, fold=1, split_k=2)]
+        return [KC("dot", block_m=16, block_n=64, fold=1), KC("dot", block_m=16, block_n=64, wide=1),
+                KC("dequant")]
     out = []
     if M <= 4:
         bm = 1 << max(0, (M - 1).bit_length())
-        for bn in (64, 128, 256):
-            for split in (1, 2, 4, 8):
+        for bn in (128, 256):
+            for split in (4, 8):
                 out.append(KC("gemv", block_m=bm, block_n=bn, split_k=split, num_warps=4))
-    if M <= 64:
-        bms = [b for b in (16, 32, 64) if b >= min(M, 16) and b // 2 < max(M, 16)]
-        for bm in bms:
-            for bn in (64, 128, 256):
-                for split in (1, 2, 4, 8):
-                    if bm * bn > 64 * 256:
-                        continue
-                    out.append(KC("dot", block_m=bm, block_n=bn, split_k=split, num_warps=4,
-                                  num_stages=3))
-    if M >= 32:
-        for bm in (64, 128):
+    if M <= 16:
+        for bn in (128, 256):
+            for split in (1, 2, 4, 8):
+                out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=4, num_stages=3,
+                              fold=1))
+        out.append(KC("dot", block_m=16, block_n=256, split_k=8, num_warps=4, num_stages=3))  # no fold
+    if 16 < M <= 256:
+        for bm, bn in ((32, 128), (64, 64), (64, 128)):
             if bm > 2 * M:
                 continue
-            for bn in (128, 256):
-                for warps, stages in ((4, 3), (8, 3), (8, 4)):
-                    if bm * bn > 128 * 128 and warps == 4:
-                        continue
-                    out.append(KC("dot", block_m=bm, block_n=bn, num_warps=warps, num_stages=stages))
+            for split in (1, 2, 4):
+                out.append(KC("dot", block_m=bm, block_n=bn, split_k=split, num_warps=4, num_stages=3,
+                              fold=1))
+    if M >= 32:
+        for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (128, 256, 8)):
+            if bm > 2 * M:
+                continue
+            for split in ((1, 2) if M <= 256 else (1,)):
+                out.append(KC("dot", block_m=bm, block_n=bn, num_warps=warps, num_stages=3, wide=1,
+                              split_k=split))
+    if M >= 64:
         out.append(KC("dequant"))
     return out

@@ -5,8 +5,9 @@
 # Usage (repository root, on the GPU machine): bash gpu/qgemm_check.sh [check|tune|final]
 #   check: GPU tests + int4 variant sweep on 8192x8192 and 28672x8192 (M 1,16,64,256,1024) + bench_gemm
 #          of int4/fp4/mxfp4/int2/int3/int8 at M=1 on the same shapes (~6 min).
-#   tune:  bench_kernel_selection over every format on the issue's shapes, writes
-#          src/triton_marlin/kernels/tuned/<gpu>.json (copied to $OUT/qgemm/) (~8 min).
+#   tune:  GPU tests of the PTX-unpack formats, bench_kernel_selection for int4 on the issue's shapes
+#          (writes src/triton_marlin/kernels/tuned/<gpu>.json, copied to $OUT/qgemm/), then bench_gemm
+#          of six formats at M 1..1024 on the two large shapes with that table (~6 min).
 #   final: bench_gemm (selection table in use) for the closing table (~5 min).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,10 +41,13 @@ check)
       --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   ;;
 tune)
-  step selection 500 $PY benchmarks/bench_kernel_selection.py \
+  step tests 150 $PY -m pytest -q -x -n 12 -m gpu tests/test_qgemm.py -k "int4 or int3 or int2 or fp4 or graph or compile or cublas"
+  step selection 300 $PY benchmarks/bench_kernel_selection.py \
       --shapes glm47_expert_gate_up,glm47_expert_down,4096x4096,14336x4096,$BIG \
-      --m 1,2,4,8,16,32,64,128,256,1024 --formats int4 --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
+      --m 1,4,16,64,256,1024 --formats int4 --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
   cp src/triton_marlin/kernels/tuned/*.json "$LOG/" 2>/dev/null
+  step gemm 200 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 \
+      --formats int4,fp4,mxfp4,int2,int3,int8 --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   ;;
 final)
   step gemm 500 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 \

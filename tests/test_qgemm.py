@@ -60,12 +60,12 @@ def _quant(fmt, N, K, gen, device, **opts):
 _COMBOS = [
     (1, 333, Q.KernelConfig("gemv", block_m=1, block_n=128)),
     (3, 7, Q.KernelConfig("gemv", block_m=4, block_n=32, split_k=2)),
-    (17, 333, Q.KernelConfig("dot", block_m=32, block_n=128)),
-    (65, 7, Q.KernelConfig("dot", block_m=64, block_n=32, split_k=2)),
+    (17, 333, Q.KernelConfig("dot", block_m=32, block_n=128, fold=1)),
+    (65, 7, Q.KernelConfig("dot", block_m=64, block_n=32, split_k=2, wide=1)),
     (3, 1, Q.KernelConfig("dot", block_m=16, block_n=16)),
     (17, 7, Q.KernelConfig("dequant")),
-    (1, 1, Q.KernelConfig("gemv", block_m=1, block_n=16)),
-    (65, 333, Q.KernelConfig("dot", block_m=128, block_n=128, num_warps=8)),
+    (1, 1, Q.KernelConfig("dot", block_m=16, block_n=16, fold=1, split_k=3)),
+    (65, 333, Q.KernelConfig("dot", block_m=128, block_n=128, num_warps=8, wide=1)),
 ]
 CASES = [(fmt, dt, *_COMBOS[(i + j * 3) % len(_COMBOS)])
          for i, fmt in enumerate(FORMATS) for j, dt in enumerate((torch.float16, torch.bfloat16))]
@@ -87,15 +87,31 @@ def test_formats_dtypes_odd_shapes(fmt, dtype, M, N, cfg, gen):
     ("fp4", {"group_size": -1}),
     ("fp8", {"group_size": 128}),
 ])
-@pytest.mark.parametrize("family", ["gemv", "dot"])
-def test_group_sizes_and_zero_points(fmt, opts, family, gen):
-    """Asymmetric codes, groups spanning several tiles or part of one, per-channel scales, K > one tile."""
+@pytest.mark.parametrize("variant", ["gemv", "dot", "fold", "wide"])
+def test_group_sizes_and_zero_points(fmt, opts, variant, gen):
+    """Asymmetric codes, groups spanning several tiles or part of one, per-channel scales, K > one
+    tile, split-K (each split owning several tiles)."""
     K = 384 if opts["group_size"] != 256 else 512
     qt = _quant(fmt, 40, K, gen, _device(), **opts)
     x = torch.randn(5, K, generator=gen).half().to(_device())
-    cfg = (Q.KernelConfig("gemv", block_m=4, block_n=32, split_k=3) if family == "gemv"
-           else Q.KernelConfig("dot", block_m=16, block_n=32, split_k=2))
+    cfg = {"gemv": Q.KernelConfig("gemv", block_m=4, block_n=32, split_k=3),
+           "dot": Q.KernelConfig("dot", block_m=16, block_n=32, split_k=2),
+           "fold": Q.KernelConfig("dot", block_m=16, block_n=32, split_k=2, fold=1),
+           "wide": Q.KernelConfig("dot", block_m=16, block_n=32, wide=1)}[variant]
     _check(x, qt, cfg)
+
+
+def test_split_k_tickets_reset_between_calls(gen):
+    """Split-K's last-arriving split reduces and re-zeroes its tile counter: repeated calls (and a
+    different grid next) must all be right."""
+    qt = _quant("int4", 64, 512, gen, _device(), group_size=128)
+    for cfg in (Q.KernelConfig("dot", block_m=16, block_n=32, split_k=4, fold=1),
+                Q.KernelConfig("gemv", block_m=1, block_n=32, split_k=4),
+                Q.KernelConfig("dot", block_m=16, block_n=64, split_k=2)):
+        for _ in range(2):
+            x = torch.randn(3, 512, generator=gen).half().to(_device())
+            _check(x, qt, cfg)
+    assert all(int(buf.abs().sum()) == 0 for buf in Q._counters.values())
 
 
 def test_bias_strided_x_and_scale_dtype(gen):
@@ -181,10 +197,11 @@ def test_selection_table_load_lookup_reset(tmp_path, gen):
 def test_default_config_is_sane():
     qt = tm.quantize(torch.randn(64, 256), "int4")
     dev = torch.device("cpu")
-    assert C.default_config(1, 64, 256, qt, dev).family == "gemv"
-    assert C.default_config(16, 64, 256, qt, dev).family == "dot"
+    small = C.default_config(1, 64, 256, qt, dev)
+    assert small.family == "dot" and small.fold and small.block_m == 16
+    assert C.default_config(40, 64, 256, qt, dev).block_m == 64
     big = C.default_config(1024, 64, 256, qt, dev)
-    assert big.family == "dot" and big.block_m == 128
+    assert big.family == "dot" and big.block_m == 128 and big.wide
     assert C.m_bucket(1) == 1 and C.m_bucket(3) == 4 and C.m_bucket(5000) == C.MAX_M_BUCKET
 
 
@@ -201,8 +218,10 @@ GPU_FAMILIES = [
     Q.KernelConfig("gemv", block_m=1, block_n=64, split_k=4),
     Q.KernelConfig("gemv", block_m=4, block_n=128),
     Q.KernelConfig("dot", block_m=16, block_n=128, split_k=3),
+    Q.KernelConfig("dot", block_m=16, block_n=256, split_k=4, fold=1, num_stages=3),  # PTX unpack
+    Q.KernelConfig("dot", block_m=64, block_n=64, fold=1, num_stages=3),
     Q.KernelConfig("dot", block_m=64, block_n=128, num_stages=3),
-    Q.KernelConfig("dot", block_m=128, block_n=128, num_warps=8),
+    Q.KernelConfig("dot", block_m=128, block_n=128, num_warps=8, wide=1, split_k=2),
     Q.KernelConfig("dequant"),
 ]
 

@@ -170,3 +170,101 @@ def dequant(codes, scale, zero, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRI
         else:
             w = (raw * 256.0) * scale.to(tl.float16)
     return w
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU-only (PTX) unpackers: two words per instance, every code slot at once. Each output register
+# holds two fp16 values (one per word), so one LOP3 makes two weights and the f16x2 pair needs no
+# repacking; a PRMT per half-word set gathers the two words' halves first. Not available under the
+# CPU interpreter (it cannot run PTX): kernels take them behind a constexpr flag.
+# ------------------------------------------------------------------------------------------------
+def _magic_asm(bits: int) -> str:
+    """PTX for :func:`unpack_magic_fp16_asm`: outputs $0..$(S-1) = 0x6400 | code of slot i, two lanes."""
+    slots = 32 // bits
+    half = slots // 2
+    mask = (1 << bits) - 1
+    mask2 = mask | (mask << 16)
+    lines = ["{", ".reg .b32 lo, hi, t;",
+             f"prmt.b32 lo, ${slots}, ${slots + 1}, 0x5410;",
+             f"prmt.b32 hi, ${slots}, ${slots + 1}, 0x7632;"]
+    for i in range(slots):
+        src = "lo" if i < half else "hi"
+        shift = (i % half) * bits
+        if shift:
+            lines.append(f"shr.u32 t, {src}, {shift};")
+            src = "t"
+        lines.append(f"lop3.b32 ${i}, {src}, {mask2:#x}, 0x64006400, 0xea;")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _e2m1_asm() -> str:
+    """PTX for :func:`unpack_e2m1_fp16_asm`: outputs = e2m1 raw fp16 (value * 2**-14) per slot."""
+    lines = ["{", ".reg .b32 lo, hi, a, b;",
+             "prmt.b32 lo, $8, $9, 0x5410;",
+             "prmt.b32 hi, $8, $9, 0x7632;"]
+    for i in range(8):
+        src = "lo" if i < 4 else "hi"
+        j = (i % 4) * 4
+        # magnitude bits [j, j+3) -> [9, 12); sign bit j+3 -> 15 (in both 16-bit lanes)
+        lines.append(f"shl.b32 a, {src}, {9 - j};" if 9 - j >= 0 else f"shr.u32 a, {src}, {j - 9};")
+        lines.append(f"shl.b32 b, {src}, {12 - j};" if 12 - j >= 0 else f"shr.u32 b, {src}, {j - 12};")
+        lines.append("and.b32 b, b, 0x80008000;")
+        lines.append(f"lop3.b32 ${i}, a, 0x0e000e00, b, 0xea;")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _int3_asm() -> str:
+    """PTX for :func:`unpack_int3_magic_fp16_asm`: $16,$17 the 2-bit plane words, $18 the two int16
+    high-bit words (packed in one register); outputs 0x6400 | lo | hi << 2 per slot, two lanes."""
+    lines = ["{", ".reg .b32 lo, hi, t, h;",
+             "prmt.b32 lo, $16, $17, 0x5410;",
+             "prmt.b32 hi, $16, $17, 0x7632;"]
+    for i in range(16):
+        src = "lo" if i < 8 else "hi"
+        shift = (i % 8) * 2
+        if shift:
+            lines.append(f"shr.u32 t, {src}, {shift};")
+            src = "t"
+        lines.append(f"shl.b32 h, $18, {2 - i};" if i <= 2 else f"shr.u32 h, $18, {i - 2};")
+        lines.append("lop3.b32 h, h, 0x40004, 0x64006400, 0xea;")
+        lines.append(f"lop3.b32 ${i}, {src}, 0x30003, h, 0xea;")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+MAGIC_ASM_4 = tl.constexpr(_magic_asm(4))
+INT3_ASM = tl.constexpr(_int3_asm())
+MAGIC_ASM_2 = tl.constexpr(_magic_asm(2))
+E2M1_ASM = tl.constexpr(_e2m1_asm())
+
+
+@triton.jit
+def unpack_magic_fp16_asm(words, BITS: tl.constexpr):
+    """int32 words -> tuple of 32/BITS fp16 tensors ``1024 + code of slot i`` (BITS in 2, 4; GPU only)."""
+    if BITS == 4:
+        return tl.inline_asm_elementwise(
+            MAGIC_ASM_4, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [words],
+            dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+    else:
+        return tl.inline_asm_elementwise(
+            MAGIC_ASM_2, "=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,r,r", [words],
+            dtype=(tl.float16,) * 16, is_pure=True, pack=2)
+
+
+@triton.jit
+def unpack_int3_magic_fp16_asm(words_lo, words_hi):
+    """2-bit plane (int32) + high-bit plane (int16) words -> tuple of 16 fp16 tensors ``1024 + code``
+    (GPU only)."""
+    return tl.inline_asm_elementwise(
+        INT3_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,r,r,r", [words_lo, words_hi],
+        dtype=(tl.float16,) * 16, is_pure=True, pack=2)
+
+
+@triton.jit
+def unpack_e2m1_fp16_asm(words):
+    """int32 words of E2M1 codes -> tuple of 8 fp16 tensors ``e2m1(code of slot i) * 2**-14`` (GPU only)."""
+    return tl.inline_asm_elementwise(
+        E2M1_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [words],
+        dtype=(tl.float16,) * 8, is_pure=True, pack=2)

@@ -12,15 +12,17 @@ table per GPU, or a default):
 - ``dequant``: dequantize to a ``[K, N]`` fp16/bf16 buffer with a Triton kernel, then cuBLAS
   (``torch.matmul``). For large M, where fp16 is compute-bound and the fused kernels lose.
 
-``gemv`` and ``dot`` take a split-K factor: with ``SPLIT_K > 1`` each program adds its fp32 partial
-into a zeroed fp32 buffer with atomics, cast to the output dtype afterwards (partials land in any
-order, so such results vary in the last bits between runs).
+``gemv`` and ``dot`` take a split-K factor: with ``split_k > 1`` the K tiles are shared out among
+that many programs per output tile; each stores its fp32 partial, and the last one to finish sums
+them in a fixed order and writes the output (see :func:`_splitk_reduce`): one launch, no zero-fill,
+deterministic results.
 
 The op is registered as the torch custom op ``triton_marlin::qgemm`` with a fake implementation, so it
 runs under ``torch.compile`` and inside CUDA graphs.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +32,9 @@ import triton.language as tl
 from ..formats import QuantizedTensor
 from ..formats.packing import code_tile_k
 from . import decode as D
-from .decode import dequant, decode_scale, int_magic_fp32, e2m1_raw_fp16, e4m3_raw_fp16, unpack_codes
+from .decode import (dequant, decode_scale, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_bf16, int_magic_fp16,
+                     int_magic_fp32, unpack_codes, unpack_e2m1_fp16_asm, unpack_int3_magic_fp16_asm,
+                     unpack_magic_fp16_asm)
 
 SUPPORTED_FORMATS = ("int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8")
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
@@ -84,14 +88,40 @@ def format_spec(qt: QuantizedTensor) -> FormatSpec:
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _load_codes(qw_ptr, words, words_hi, t, rows, offs_n, mask_n, N, K,
-                SLOT: tl.constexpr, BITS: tl.constexpr, TILE_K: tl.constexpr):
+                SLOT: tl.constexpr, BITS: tl.constexpr, TILE_K: tl.constexpr, EVEN_K: tl.constexpr,
+                EVEN_N: tl.constexpr):
     """Codes ``[16, BLOCK_N]`` (int32) of k = t*TILE_K + 16*SLOT + rows."""
     if BITS == 8:
         k = t * TILE_K + SLOT * 16 + rows
         ptrs = qw_ptr + k[:, None] * N + offs_n[None, :]
-        return tl.load(ptrs, mask=(k < K)[:, None] & mask_n[None, :], other=0).to(tl.int32)
+        if EVEN_K and EVEN_N:
+            return tl.load(ptrs).to(tl.int32)
+        else:
+            return tl.load(ptrs, mask=(k < K)[:, None] & mask_n[None, :], other=0).to(tl.int32)
     else:
         return unpack_codes(words, words_hi, SLOT, BITS)
+
+
+@triton.jit
+def _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS: tl.constexpr, EVEN_N: tl.constexpr):
+    """The 16 word rows of K tile ``t`` (and the int3 high-bit plane); placeholders for 8-bit codes."""
+    if BITS != 8:
+        offs = (t * 16 + rows)[:, None] * N + offs_n[None, :]
+        if EVEN_N:
+            words = tl.load(qw_ptr + offs)
+        else:
+            words = tl.load(qw_ptr + offs, mask=mask_n[None, :], other=0)
+        if BITS == 3:
+            if EVEN_N:
+                words_hi = tl.load(qh_ptr + offs)
+            else:
+                words_hi = tl.load(qh_ptr + offs, mask=mask_n[None, :], other=0)
+        else:
+            words_hi = words
+    else:
+        words = 0
+        words_hi = 0
+    return words, words_hi
 
 
 @triton.jit
@@ -114,7 +144,7 @@ def _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G,
 
 @triton.jit
 def _raw_fp32(codes, zero, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr):
-    """Exact fp32 value of codes, up to the constant factor the scale absorbs (see _RAW_FACTOR)."""
+    """Exact fp32 value of codes, up to the constant factor the scale absorbs (see _raw_factor)."""
     if KIND == 0:
         if SYMMETRIC:
             return int_magic_fp32(codes) - (8388608.0 + (1 << (BITS - 1)))
@@ -137,9 +167,65 @@ def _raw_factor(KIND: tl.constexpr):
 
 
 @triton.jit
-def _gemv_row(acc, part, x_row, k, kmask, v, GROUP_SLOTS: tl.constexpr):
+def _raw_operand(codes, KIND: tl.constexpr, IS_BF16: tl.constexpr):
+    """Tensor-core operand holding the codes exactly, without scale or zero point (FOLD mode):
+    integers ``MAGIC + q`` (fp16: 1024 + q, bf16: 128 + q), minifloats ``value * 2**-14 / 2**-8`` (fp16)."""
+    if KIND == 0:
+        if IS_BF16:
+            return int_magic_bf16(codes)
+        else:
+            return int_magic_fp16(codes)
+    elif KIND == 1:
+        return e2m1_raw_fp16(codes)
+    else:
+        return e4m3_raw_fp16(codes)
+
+
+@triton.jit
+def _fold_offset(z, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
+                 IS_BF16: tl.constexpr):
+    """What FOLD mode subtracts per activation sum: ``MAGIC + z`` for integers, 0 for minifloats."""
+    if KIND == 0:
+        if IS_BF16:
+            magic = 128.0
+        else:
+            magic = 1024.0
+        if SYMMETRIC:
+            return z.to(tl.float32) * 0.0 + (magic + (1 << (BITS - 1)))
+        else:
+            return z.to(tl.float32) + magic
+    else:
+        return z.to(tl.float32) * 0.0
+
+
+@triton.jit
+def _splitk_reduce(res, ws_ptr, cnt_ptr, tile_id, pid_k, M, N, offs_m, offs_n, mask, out_ptrs,
+                   bias, HAS_BIAS: tl.constexpr, SPLIT_K):
+    """Split-K without atomics on the output: every split stores its fp32 partial ``[BM, BN]`` to the
+    workspace ``ws [SPLIT_K, M, N]``, then takes a ticket on the tile's counter; the split that takes
+    the last ticket sums the partials in a fixed order, writes the output and resets the counter to 0
+    for the next call. Results are deterministic; no zero-fill or extra kernel is needed."""
+    wofs = offs_m[:, None] * N + offs_n[None, :]
+    tl.store(ws_ptr + pid_k * M * N + wofs, res, mask=mask)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel")
+    if ticket == SPLIT_K - 1:
+        total = tl.load(ws_ptr + wofs, mask=mask, other=0.0, cache_modifier=".cg")
+        for sk in range(1, SPLIT_K):
+            total += tl.load(ws_ptr + sk * M * N + wofs, mask=mask, other=0.0, cache_modifier=".cg")
+        if HAS_BIAS:
+            total += bias[None, :]
+        tl.store(out_ptrs, total.to(out_ptrs.dtype.element_ty), mask=mask)
+        tl.atomic_xchg(cnt_ptr + tile_id, 0)
+
+
+@triton.jit
+def _gemv_row(acc, part, x_row, k, kmask, v, GROUP_SLOTS: tl.constexpr, MASKED: tl.constexpr):
     """One activation row's share of a slot: ``acc/part[16, BN] += x[k, None] * v`` (fp32)."""
-    xs = tl.load(x_row + k, mask=kmask, other=0.0).to(tl.float32)
+    if MASKED:
+        xs = tl.load(x_row + k, mask=kmask, other=0.0).to(tl.float32)
+    else:
+        xs = tl.load(x_row + k).to(tl.float32)
     if GROUP_SLOTS != 0:
         part += xs[:, None] * v
     else:
@@ -147,21 +233,24 @@ def _gemv_row(acc, part, x_row, k, kmask, v, GROUP_SLOTS: tl.constexpr):
     return acc, part
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "G", "TILES", "TILES_PER_SPLIT", "SPLIT_K"])
 def _qgemv_kernel(
-        x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, out_ptr,
-        M, N, K, G, TILES, TILES_PER_SPLIT,
+        x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
+        M, N, K, G, TILES, TILES_PER_SPLIT, SPLIT_K,
         stride_xm, stride_xk, stride_om,
         KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
         GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """CUDA-core quantized GEMV for M <= 4 rows per program (BLOCK_M in 1, 2, 4).
 
     x ``[M, K]`` (strides ``stride_xm, stride_xk``); qw packed words ``[TILES*16, N]`` (int32) or bytes
     ``[K, N]`` (8-bit); qh the int16 high-bit plane of int3; scales/zeros ``[G, N]``; out ``[M, N]``
-    (row stride ``stride_om``), fp32 partial sums when SPLIT_K > 1. Grid: (N blocks, SPLIT_K, M blocks).
-    Each row keeps its own ``[16, BN]`` fp32 accumulator (same layout as the weight tile, so the
-    activations broadcast along N without layout shuffles); rows reduce once, after the K loop.
+    (row stride ``stride_om``); ws ``[SPLIT_K, M, N]`` fp32 and cnt (int32 tile counters, zero) for
+    split-K (SPLIT: SPLIT_K > 1). Grid: (N blocks, SPLIT_K, M blocks). Each row keeps its own
+    ``[16, BN]`` fp32 accumulator in the weight tile's layout (activations broadcast along N without
+    layout shuffles) and reduces once after the K loop; group scales multiply a partial sum per
+    group, not every weight.
     """
     TILE_K: tl.constexpr = 16 * SLOTS
     pid_n = tl.program_id(0)
@@ -186,17 +275,7 @@ def _qgemv_kernel(
     if GROUP_SLOTS == 0:
         s_pc, z = _load_group(s_ptr, z_ptr, gs_ptr, 0, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
     for t in range(t_begin, t_end):
-        if BITS != 8:
-            w_ptrs = qw_ptr + (t * 16 + rows)[:, None] * N + offs_n[None, :]
-            words = tl.load(w_ptrs, mask=mask_n[None, :], other=0)
-            if BITS == 3:
-                words_hi = tl.load(qh_ptr + (t * 16 + rows)[:, None] * N + offs_n[None, :],
-                                   mask=mask_n[None, :], other=0)
-            else:
-                words_hi = words
-        else:
-            words = 0
-            words_hi = 0
+        words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
         for i in tl.static_range(SLOTS):
             if GROUP_SLOTS != 0:
                 if i % GROUP_SLOTS == 0:
@@ -212,16 +291,21 @@ def _qgemv_kernel(
                 part1 = zero
                 part2 = zero
                 part3 = zero
-            codes = _load_codes(qw_ptr, words, words_hi, t, rows, offs_n, mask_n, N, K, i, BITS, TILE_K)
+            codes = _load_codes(qw_ptr, words, words_hi, t, rows, offs_n, mask_n, N, K, i, BITS,
+                                TILE_K, EVEN_K, EVEN_N)
             v = _raw_fp32(codes, z[None, :], KIND, BITS, SYMMETRIC)
-            k = (t * TILE_K + i * 16 + rows) * stride_xk
-            kmask = (t * TILE_K + i * 16 + rows) < K
-            acc0, part0 = _gemv_row(acc0, part0, x0, k, kmask & ((rows * 0 + m0) < M), v, GROUP_SLOTS)
+            kk = t * TILE_K + i * 16 + rows
+            k = kk * stride_xk
+            kmask = kk < K
+            acc0, part0 = _gemv_row(acc0, part0, x0, k, kmask, v, GROUP_SLOTS, not EVEN_K)
             if BLOCK_M > 1:
-                acc1, part1 = _gemv_row(acc1, part1, x1, k, kmask & ((rows * 0 + m0 + 1) < M), v, GROUP_SLOTS)
+                acc1, part1 = _gemv_row(acc1, part1, x1, k, kmask & ((rows * 0 + m0 + 1) < M), v,
+                                        GROUP_SLOTS, True)
             if BLOCK_M > 2:
-                acc2, part2 = _gemv_row(acc2, part2, x2, k, kmask & ((rows * 0 + m0 + 2) < M), v, GROUP_SLOTS)
-                acc3, part3 = _gemv_row(acc3, part3, x3, k, kmask & ((rows * 0 + m0 + 3) < M), v, GROUP_SLOTS)
+                acc2, part2 = _gemv_row(acc2, part2, x2, k, kmask & ((rows * 0 + m0 + 2) < M), v,
+                                        GROUP_SLOTS, True)
+                acc3, part3 = _gemv_row(acc3, part3, x3, k, kmask & ((rows * 0 + m0 + 3) < M), v,
+                                        GROUP_SLOTS, True)
             if GROUP_SLOTS != 0:
                 if i % GROUP_SLOTS == GROUP_SLOTS - 1:
                     acc0 += part0 * s[None, :]
@@ -239,40 +323,53 @@ def _qgemv_kernel(
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     else:
         bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    _gemv_store(out_ptr + m0 * stride_om, acc0, col_scale, bias, offs_n, mask_n & ((offs_n * 0 + m0) < M), SPLIT_K)
+    # gather the rows into one [BLOCK_M, BN] result (rows are tiny: a select per row)
+    r = tl.arange(0, BLOCK_M)[:, None]
+    res = tl.where(r == 0, (tl.sum(acc0, axis=0) * col_scale)[None, :], 0.0)
     if BLOCK_M > 1:
-        _gemv_store(out_ptr + (m0 + 1) * stride_om, acc1, col_scale, bias, offs_n,
-                    mask_n & ((offs_n * 0 + m0 + 1) < M), SPLIT_K)
+        res = tl.where(r == 1, (tl.sum(acc1, axis=0) * col_scale)[None, :], res)
     if BLOCK_M > 2:
-        _gemv_store(out_ptr + (m0 + 2) * stride_om, acc2, col_scale, bias, offs_n,
-                    mask_n & ((offs_n * 0 + m0 + 2) < M), SPLIT_K)
-        _gemv_store(out_ptr + (m0 + 3) * stride_om, acc3, col_scale, bias, offs_n,
-                    mask_n & ((offs_n * 0 + m0 + 3) < M), SPLIT_K)
-
-
-@triton.jit
-def _gemv_store(out_row, acc, col_scale, bias, offs_n, mask, SPLIT_K: tl.constexpr):
-    res = tl.sum(acc, axis=0) * col_scale
-    if SPLIT_K == 1:
-        tl.store(out_row + offs_n, (res + bias).to(out_row.dtype.element_ty), mask=mask)
+        res = tl.where(r == 2, (tl.sum(acc2, axis=0) * col_scale)[None, :], res)
+        res = tl.where(r == 3, (tl.sum(acc3, axis=0) * col_scale)[None, :], res)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    mask = (offs_m < M)[:, None] & mask_n[None, :]
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    if not SPLIT:
+        tl.store(out_ptrs, (res + bias[None, :]).to(out_ptr.dtype.element_ty), mask=mask)
     else:
-        tl.atomic_add(out_row + offs_n, res, mask=mask, sem="relaxed")
+        tile_id = pid_m * tl.num_programs(0) + pid_n
+        _splitk_reduce(res, ws_ptr, cnt_ptr, tile_id, pid_k, M, N, offs_m, offs_n, mask, out_ptrs,
+                       bias, HAS_BIAS, SPLIT_K)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "G", "TILES", "TILES_PER_SPLIT", "SPLIT_K"])
 def _qgemm_dot_kernel(
-        x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, out_ptr,
-        M, N, K, G, TILES, TILES_PER_SPLIT,
+        x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
+        M, N, K, G, TILES, TILES_PER_SPLIT, SPLIT_K,
         stride_xm, stride_xk, stride_om,
         KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
         GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, HAS_BIAS: tl.constexpr,
-        IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr, SPLIT_K: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+        EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+        IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr, FOLD: tl.constexpr, WIDE: tl.constexpr,
+        ASM: tl.constexpr,
+        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """Tensor-core quantized GEMM (BLOCK_M >= 16).
 
     Same operands as :func:`_qgemv_kernel`. Grid: (M blocks * N blocks, SPLIT_K); program ids are
     swizzled in groups of GROUP_M row blocks so neighbouring programs share weight tiles in L2.
-    Per-channel scales (GROUP_SLOTS == 0) are applied to the accumulator once at the end.
+
+    Three ways to feed the tensor cores:
+    - default: each 16-row slot is dequantized (scale, zero point) to fp16/bf16 and multiplied in
+      its own k=16 ``tl.dot``;
+    - FOLD: the operand is the raw exact code value (integers ``1024 + q`` in fp16 / ``128 + q`` in
+      bf16, minifloats times a power of two) with no per-weight arithmetic past the bit tricks; the
+      group scale multiplies the per-group partial product, and the integer offset is removed as
+      ``scale * (MAGIC + z) * sum(x over the group)`` (exact products in fp32; the cancellation
+      costs ~1e-5 relative, far below the fp16 output rounding);
+    - WIDE: the whole K tile (16*SLOTS rows) is dequantized into one ``[TILE_K, BN]`` operand and
+      multiplied in one ``tl.dot`` (fewer, larger tensor-core steps for large M).
+    ASM (FOLD with fp16 int2/int4/fp4 on CUDA): the raw operands of all slots come from one PTX block
+    per word pair (:func:`.decode.unpack_magic_fp16_asm`), ~1 instruction per weight.
     DOT_FP32 widens the operands to fp32 before ``tl.dot`` (same products, exact): only for bf16
     under the CPU interpreter, whose bf16 ``tl.dot`` is wrong.
     """
@@ -296,51 +393,137 @@ def _qgemm_dot_kernel(
     x_row = x_ptr + offs_m[:, None] * stride_xm
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    zero_acc = acc
     t_begin = pid_k * TILES_PER_SPLIT
     t_end = tl.minimum(t_begin + TILES_PER_SPLIT, TILES)
     if GROUP_SLOTS == 0:
         s_pc, z = _load_group(s_ptr, z_ptr, gs_ptr, 0, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
         unit = tl.full((BLOCK_N,), 1.0, tl.float32)
+        xsum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for t in range(t_begin, t_end):
-        if BITS != 8:
-            w_ptrs = qw_ptr + (t * 16 + rows)[:, None] * N + offs_n[None, :]
-            words = tl.load(w_ptrs, mask=mask_n[None, :], other=0)
-            if BITS == 3:
-                words_hi = tl.load(qh_ptr + (t * 16 + rows)[:, None] * N + offs_n[None, :],
-                                   mask=mask_n[None, :], other=0)
+        words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
+        if WIDE:
+            # [SLOTS, 16, BN] codes of the whole tile -> one [TILE_K, BN] operand (k = 16*slot + row)
+            slot3 = tl.arange(0, SLOTS)[:, None, None]
+            if BITS == 8:
+                k3 = t * TILE_K + slot3 * 16 + rows[None, :, None]
+                ptr3 = qw_ptr + k3 * N + offs_n[None, None, :]
+                if EVEN_K and EVEN_N:
+                    codes3 = tl.load(ptr3).to(tl.int32)
+                else:
+                    codes3 = tl.load(ptr3, mask=(k3 < K) & mask_n[None, None, :], other=0).to(tl.int32)
             else:
-                words_hi = words
-        else:
-            words = 0
-            words_hi = 0
-        for i in tl.static_range(SLOTS):
+                w3 = words.to(tl.int32).to(tl.uint32, bitcast=True)[None, :, :]
+                if BITS == 3:
+                    lo = (w3 >> (slot3 * 2).to(tl.uint32)) & 3
+                    h3 = words_hi.to(tl.int32).to(tl.uint32, bitcast=True)[None, :, :]
+                    hi = (h3 >> slot3.to(tl.uint32)) & 1
+                    codes3 = (lo | (hi << 2)).to(tl.int32, bitcast=True)
+                else:
+                    codes3 = ((w3 >> (slot3 * BITS).to(tl.uint32)) & ((1 << BITS) - 1)).to(tl.int32, bitcast=True)
             if GROUP_SLOTS != 0:
-                if i % GROUP_SLOTS == 0:
-                    g = (t * TILE_K + i * 16) // GROUP
-                    s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND,
-                                       SYMMETRIC)
-                scale = s
+                g3 = (t * TILE_K + slot3 * 16) // GROUP  # [SLOTS, 1, 1]
+                ok3 = mask_n[None, None, :] & (g3 < G)
+                raw3 = tl.load(s_ptr + g3 * N + offs_n[None, None, :], mask=ok3, other=0)
+                if SCALE_KIND == 2:
+                    gscale = tl.load(gs_ptr)
+                else:
+                    gscale = 1.0
+                scale3 = decode_scale(raw3, gscale, SCALE_KIND)
+                if SYMMETRIC:
+                    z3 = 0
+                else:
+                    z3 = tl.load(z_ptr + g3 * N + offs_n[None, None, :], mask=ok3, other=0).to(tl.int32)
             else:
-                scale = unit
-            codes = _load_codes(qw_ptr, words, words_hi, t, rows, offs_n, mask_n, N, K, i, BITS, TILE_K)
-            w = dequant(codes, scale[None, :], z[None, :], KIND, BITS, SYMMETRIC, IS_BF16)
-            k = t * TILE_K + i * 16 + rows
-            a = tl.load(x_row + k[None, :] * stride_xk, mask=mask_m[:, None] & (k < K)[None, :],
-                        other=0.0)
+                scale3 = unit[None, None, :]
+                z3 = z[None, None, :]
+            w = tl.reshape(dequant(codes3, scale3, z3, KIND, BITS, SYMMETRIC, IS_BF16), (TILE_K, BLOCK_N))
+            kt = t * TILE_K + tl.arange(0, TILE_K)
+            if EVEN_K:
+                a = tl.load(x_row + kt[None, :] * stride_xk, mask=mask_m[:, None], other=0.0)
+            else:
+                a = tl.load(x_row + kt[None, :] * stride_xk, mask=mask_m[:, None] & (kt < K)[None, :],
+                            other=0.0)
             if DOT_FP32:
                 acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
             else:
                 acc = tl.dot(a, w, acc)
+        else:
+            if ASM:
+                if BITS == 3:
+                    raws = unpack_int3_magic_fp16_asm(words, words_hi)
+                elif KIND == 0:
+                    raws = unpack_magic_fp16_asm(words, BITS)
+                else:
+                    raws = unpack_e2m1_fp16_asm(words)
+            for i in tl.static_range(SLOTS):
+                if GROUP_SLOTS != 0:
+                    if i % GROUP_SLOTS == 0:
+                        g = (t * TILE_K + i * 16) // GROUP
+                        s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND,
+                                           SYMMETRIC)
+                        if FOLD:
+                            part = zero_acc
+                            xsum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+                    scale = s
+                else:
+                    scale = unit
+                if not ASM:
+                    codes = _load_codes(qw_ptr, words, words_hi, t, rows, offs_n, mask_n, N, K, i, BITS,
+                                        TILE_K, EVEN_K, EVEN_N)
+                k = t * TILE_K + i * 16 + rows
+                if EVEN_K:
+                    a = tl.load(x_row + k[None, :] * stride_xk, mask=mask_m[:, None], other=0.0)
+                else:
+                    a = tl.load(x_row + k[None, :] * stride_xk, mask=mask_m[:, None] & (k < K)[None, :],
+                                other=0.0)
+                if ASM:
+                    w = raws[i]
+                    if KIND == 0:
+                        xsum += tl.sum(a.to(tl.float32), axis=1)
+                elif FOLD:
+                    w = _raw_operand(codes, KIND, IS_BF16)
+                    if KIND == 0:
+                        xsum += tl.sum(a.to(tl.float32), axis=1)
+                else:
+                    w = dequant(codes, scale[None, :], z[None, :], KIND, BITS, SYMMETRIC, IS_BF16)
+                if FOLD and GROUP_SLOTS != 0:
+                    if DOT_FP32:
+                        part = tl.dot(a.to(tl.float32), w.to(tl.float32), part)
+                    else:
+                        part = tl.dot(a, w, part)
+                    if i % GROUP_SLOTS == GROUP_SLOTS - 1:
+                        # scale the group's partial product and remove the integer offset
+                        fs = s * _raw_factor(KIND)
+                        acc += part * fs[None, :]
+                        if KIND == 0:
+                            off = _fold_offset(z, KIND, BITS, SYMMETRIC, IS_BF16) * fs
+                            acc -= xsum[:, None] * off[None, :]
+                else:
+                    if DOT_FP32:
+                        acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
+                    else:
+                        acc = tl.dot(a, w, acc)
     if GROUP_SLOTS == 0:
-        acc = acc * s_pc[None, :]
+        if FOLD:
+            fs = s_pc * _raw_factor(KIND)
+            acc = acc * fs[None, :]
+            if KIND == 0:
+                off = _fold_offset(z, KIND, BITS, SYMMETRIC, IS_BF16) * fs
+                acc -= xsum[:, None] * off[None, :]
+        else:
+            acc = acc * s_pc[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     else:
-        tl.atomic_add(out_ptrs, acc, mask=mask, sem="relaxed")
+        bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if not SPLIT:
+        tl.store(out_ptrs, (acc + bias[None, :]).to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        _splitk_reduce(acc, ws_ptr, cnt_ptr, pid, pid_k, M, N, offs_m, offs_n, mask, out_ptrs,
+                       bias, HAS_BIAS, SPLIT_K)
 
 
 @triton.jit
@@ -348,7 +531,7 @@ def _dequant_kernel(
         qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, w_ptr, N, K, G,
         KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
         GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, IS_BF16: tl.constexpr,
-        BLOCK_N: tl.constexpr):
+        EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr):
     """Dequantize one K tile x BLOCK_N columns into ``w [K, N]`` (fp16/bf16). Grid: (N blocks, tiles)."""
     TILE_K: tl.constexpr = 16 * SLOTS
     pid_n = tl.program_id(0)
@@ -356,17 +539,7 @@ def _dequant_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows = tl.arange(0, 16)
-    if BITS != 8:
-        w_ptrs = qw_ptr + (t * 16 + rows)[:, None] * N + offs_n[None, :]
-        words = tl.load(w_ptrs, mask=mask_n[None, :], other=0)
-        if BITS == 3:
-            words_hi = tl.load(qh_ptr + (t * 16 + rows)[:, None] * N + offs_n[None, :],
-                               mask=mask_n[None, :], other=0)
-        else:
-            words_hi = words
-    else:
-        words = 0
-        words_hi = 0
+    words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
     if GROUP_SLOTS == 0:
         s, z = _load_group(s_ptr, z_ptr, gs_ptr, 0, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
     for i in tl.static_range(SLOTS):
@@ -374,7 +547,8 @@ def _dequant_kernel(
             if i % GROUP_SLOTS == 0:
                 g = (t * TILE_K + i * 16) // GROUP
                 s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
-        codes = _load_codes(qw_ptr, words, words_hi, t, rows, offs_n, mask_n, N, K, i, BITS, TILE_K)
+        codes = _load_codes(qw_ptr, words, words_hi, t, rows, offs_n, mask_n, N, K, i, BITS, TILE_K,
+                            EVEN_K, EVEN_N)
         w = dequant(codes, s[None, :], z[None, :], KIND, BITS, SYMMETRIC, IS_BF16)
         k = t * TILE_K + i * 16 + rows
         tl.store(w_ptr + k[:, None] * N + offs_n[None, :], w, mask=(k < K)[:, None] & mask_n[None, :])
@@ -385,7 +559,9 @@ def _dequant_kernel(
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class KernelConfig:
-    """One launch configuration. ``family`` is gemv, dot or dequant."""
+    """One launch configuration. ``family`` is gemv, dot or dequant; ``fold`` and ``wide`` pick the
+    dot family's operand mode (see :func:`_qgemm_dot_kernel`; fold applies where the format and
+    dtype allow it, see :func:`fold_supported`)."""
     family: str
     block_m: int = 16
     block_n: int = 64
@@ -393,15 +569,17 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 2
     group_m: int = 8
+    fold: int = 0
+    wide: int = 0
+
+    _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide")
 
     def as_dict(self) -> dict:
-        return {"family": self.family, "block_m": self.block_m, "block_n": self.block_n,
-                "split_k": self.split_k, "num_warps": self.num_warps, "num_stages": self.num_stages,
-                "group_m": self.group_m}
+        return {k: getattr(self, k) for k in self._KEYS}
 
     @classmethod
     def from_dict(cls, d: dict) -> "KernelConfig":
-        unknown = set(d) - {"family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m"}
+        unknown = set(d) - set(cls._KEYS)
         if unknown:
             raise ValueError(f"unknown kernel config keys {sorted(unknown)}")
         cfg = cls(**d)
@@ -421,6 +599,23 @@ class KernelConfig:
             raise ValueError(f"the dot family needs block_m >= 16, got {self.block_m}")
         if not isinstance(self.split_k, int) or self.split_k < 1:
             raise ValueError(f"split_k must be a positive int, got {self.split_k!r}")
+        if self.fold and self.wide:
+            raise ValueError("fold and wide are exclusive operand modes")
+
+
+def fold_supported(spec: FormatSpec, dtype: torch.dtype) -> bool:
+    """FOLD needs the raw code value exact in the operand dtype: integers 1024 + q (fp16) or 128 + q
+    (bf16, codes below 128); E2M1/E4M3 raw values exist in fp16 only."""
+    if spec.kind == D.KIND_INT:
+        return dtype == torch.float16 or spec.bits <= 7
+    return dtype == torch.float16
+
+
+def asm_supported(spec: FormatSpec, x: torch.Tensor) -> bool:
+    """The PTX unpackers: fp16 activations on CUDA, 2/3/4-bit integer codes or E2M1 codes."""
+    if x.device.type != "cuda" or x.dtype != torch.float16:
+        return False
+    return (spec.kind == D.KIND_INT and spec.bits in (2, 3, 4)) or spec.kind == D.KIND_E2M1
 
 
 def _operands(qt: QuantizedTensor):
@@ -442,10 +637,32 @@ def _tiles(spec: FormatSpec, K: int) -> int:
     return triton.cdiv(K, spec.tile_k)
 
 
+_counter_lock = threading.Lock()
+_counters: dict = {}
+
+
+def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 split-K tickets, one buffer per (device, stream): kernels leave them at zero."""
+    if device.type == "cuda":
+        key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    else:
+        key = (str(device), 0)
+    buf = _counters.get(key)
+    if buf is None or buf.numel() < n:
+        with _counter_lock:
+            buf = _counters.get(key)
+            if buf is None or buf.numel() < n:
+                buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+                _counters[key] = buf
+    return buf
+
+
 def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None,
-                 cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
+                 cfg: KernelConfig, out: torch.Tensor | None = None,
+                 spec: FormatSpec | None = None) -> torch.Tensor:
     """Run the gemv or dot family on ``x [M, K]`` (any strides) into ``out [M, N]`` (allocated if None)."""
-    spec = format_spec(qt)
+    if spec is None:
+        spec = format_spec(qt)
     M, K = x.shape
     N = qt.shape[0]
     if out is None:
@@ -456,30 +673,34 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
     split = max(1, min(cfg.split_k, tiles))
     per_split = triton.cdiv(tiles, split)
     split = triton.cdiv(tiles, per_split)  # no empty splits
-    dest = out if split == 1 else torch.zeros((M, N), dtype=torch.float32, device=x.device)
-    has_bias = bias is not None and split == 1
+    even_n = N % cfg.block_n == 0
+    even_k = K % spec.tile_k == 0
     bias_arg = bias if bias is not None else s
-    common = (x, qw, qh, s, z, gs, bias_arg, dest, M, N, K, G, tiles, per_split,
-              x.stride(0), x.stride(1), dest.stride(0))
     if cfg.family == "gemv":
         grid = (triton.cdiv(N, cfg.block_n), split, triton.cdiv(M, cfg.block_m))
-        _qgemv_kernel[grid](*common, **_meta(spec), HAS_BIAS=has_bias, SPLIT_K=split,
-                            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.family == "dot":
         grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n), split)
-        _qgemm_dot_kernel[grid](*common, **_meta(spec), HAS_BIAS=has_bias,
-                                IS_BF16=x.dtype == torch.bfloat16,
-                                DOT_FP32=x.dtype == torch.bfloat16 and x.device.type == "cpu",
-                                SPLIT_K=split,
-                                BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
-                                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         raise ValueError(f"launch_fused runs the gemv or dot family, got {cfg.family!r}")
     if split > 1:
-        if bias is not None:
-            dest += bias.to(torch.float32)
-        out.copy_(dest)
+        ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device)
+        cnt = _tile_counters(x.device, grid[0] * (grid[2] if len(grid) == 3 else 1))
+    else:
+        ws, cnt = s, s
+    common = (x, qw, qh, s, z, gs, bias_arg, out, ws, cnt, M, N, K, G, tiles, per_split, split,
+              x.stride(0), x.stride(1), out.stride(0))
+    flags = dict(_meta(spec), HAS_BIAS=bias is not None, EVEN_K=even_k, EVEN_N=even_n, SPLIT=split > 1,
+                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
+    if cfg.family == "gemv":
+        _qgemv_kernel[grid](*common, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    else:
+        is_bf16 = x.dtype == torch.bfloat16
+        _qgemm_dot_kernel[grid](*common, **flags, IS_BF16=is_bf16,
+                                DOT_FP32=is_bf16 and x.device.type == "cpu",
+                                FOLD=bool(cfg.fold) and fold_supported(spec, x.dtype),
+                                WIDE=bool(cfg.wide), ASM=bool(cfg.fold) and asm_supported(spec, x),
+                                GROUP_M=cfg.group_m,
+                                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
 
@@ -492,7 +713,8 @@ def dequantize_kn(qt: QuantizedTensor, dtype: torch.dtype, block_n: int = 128,
     w = torch.empty((K, N), dtype=dtype, device=qw.device)
     grid = (triton.cdiv(N, block_n), _tiles(spec, K))
     _dequant_kernel[grid](qw, qh, s, z, gs, w, N, K, s.shape[0], **_meta(spec),
-                          IS_BF16=dtype == torch.bfloat16, BLOCK_N=block_n, num_warps=num_warps)
+                          IS_BF16=dtype == torch.bfloat16, EVEN_K=K % spec.tile_k == 0,
+                          EVEN_N=N % block_n == 0, BLOCK_N=block_n, num_warps=num_warps)
     return w
 
 
@@ -501,10 +723,9 @@ def launch(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None, cfg:
     """Run configuration ``cfg`` (any family) on ``x [M, K]``."""
     if cfg.family == "dequant":
         w = dequantize_kn(qt, x.dtype)
-        out = torch.matmul(x, w)
         if bias is not None:
-            out += bias.to(out.dtype)
-        return out
+            return torch.addmm(bias.to(x.dtype), x, w)
+        return torch.matmul(x, w)
     return launch_fused(x, qt, bias, cfg)
 
 
@@ -521,12 +742,19 @@ def unsupported_reason(x: torch.Tensor, qt: QuantizedTensor) -> str | None:
         return f"weight layout {qt.meta.get('layout')!r} is not one the kernels read"
     if x.device.type not in ("cuda", "cpu"):
         return f"device {x.device.type!r} cannot run Triton kernels"
+    if qt.meta.get("hadamard_block"):
+        return "the weight is stored in a Hadamard-rotated basis (MR-GPTQ); the kernels do not rotate x"
     return None
 
 
 def qgemm(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None = None,
           config: KernelConfig | None = None) -> torch.Tensor:
-    """``x2d [M, K] @ W.T (+ bias)`` through the custom op; ``config`` overrides the selection table."""
+    """``x2d [M, K] @ W.T (+ bias)``; ``config`` overrides the selection table.
+
+    Inside a ``torch.compile`` trace the call goes through the custom op ``triton_marlin::qgemm``
+    (opaque to the compiler, with a fake implementation); in eager mode the same implementation runs
+    directly, without the dispatcher's per-call cost.
+    """
     if x2d.dim() != 2:
         raise ValueError(f"x2d must be 2-D [M, K], got shape {tuple(x2d.shape)}")
     N, K = qt.shape
@@ -540,6 +768,14 @@ def qgemm(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None = No
     if bias is not None and (bias.shape != (N,) or bias.device != x2d.device):
         raise ValueError(f"bias must be a ({N},) tensor on {x2d.device}, got {tuple(bias.shape)} on "
                          f"{bias.device}")
+    if not torch.compiler.is_compiling():
+        if x2d.shape[0] == 0:
+            return x2d.new_empty((0, N))
+        if config is None:
+            from .qgemm_config import select_config  # noqa: PLC0415
+
+            config = select_config(x2d, qt)
+        return launch(x2d, qt, bias, config)
     qw, qh, s, z, gs = _operands(qt)
     cfg_key = "" if config is None else _config_key(config)
     return torch.ops.triton_marlin.qgemm(

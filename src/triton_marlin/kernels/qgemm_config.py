@@ -35,6 +35,7 @@ ENV_TABLE = "TRITON_MARLIN_QGEMM_TABLE"
 
 _lock = threading.Lock()
 _tables: dict[str, dict | None] = {}  # gpu slug -> table (None: looked, none found)
+_chosen: dict[tuple, KernelConfig] = {}  # per-call memo of select_config, cleared with the tables
 
 
 def gpu_slug(name: str) -> str:
@@ -42,9 +43,14 @@ def gpu_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
 def device_gpu_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
     return "cpu"
 
 
@@ -90,6 +96,7 @@ def load_table(gpu_name: str, path: str | os.PathLike | None = None) -> dict | N
             table = validate_table(json.load(f), str(path))
     with _lock:
         _tables[slug] = table
+        _chosen.clear()
     return table
 
 
@@ -99,6 +106,7 @@ def set_table(gpu_name: str, table: dict | None) -> None:
         validate_table(table)
     with _lock:
         _tables[gpu_slug(gpu_name)] = table
+        _chosen.clear()
 
 
 def reset(gpu_name: str | None = None) -> None:
@@ -108,6 +116,7 @@ def reset(gpu_name: str | None = None) -> None:
             _tables.clear()
         else:
             _tables.pop(gpu_slug(gpu_name), None)
+        _chosen.clear()
 
 
 def current_table(gpu_name: str) -> dict | None:
@@ -138,27 +147,28 @@ def _split_for(programs: int, tiles: int, sms: int, max_split: int = 16) -> int:
 
 
 def default_config(M: int, N: int, K: int, qt: QuantizedTensor, device: torch.device) -> KernelConfig:
-    """The rule used where no measured entry exists."""
+    """The rule used where no measured entry exists (shaped by the H200 sweep in docs/perf/gemm.md):
+    small M: tensor-core tiles of 16 rows with raw-code operands (fold) and split-K to fill the GPU;
+    large M: whole-tile operands (wide) on 128-row tiles."""
     spec = format_spec(qt)
     tiles = -(-K // spec.tile_k)
     sms = sm_count(device)
-    if M <= 4:
-        block_m = 1 << max(0, (M - 1).bit_length())
-        block_n = 64
+    if M <= 16:
+        block_n = 256 if N >= 4096 else 128
         programs = -(-N // block_n)
-        return KernelConfig("gemv", block_m=block_m, block_n=block_n,
-                            split_k=_split_for(programs, tiles, sms), num_warps=4, num_stages=2)
+        return KernelConfig("dot", block_m=16, block_n=block_n, fold=1, num_warps=4, num_stages=3,
+                            split_k=_split_for(programs, tiles, sms))
     if M <= 64:
-        block_m = 16 if M <= 16 else (32 if M <= 32 else 64)
-        block_n = 64
+        block_m = 32 if M <= 32 else 64
+        block_n = 128 if block_m == 32 else 64
         programs = -(-N // block_n) * -(-M // block_m)
-        return KernelConfig("dot", block_m=block_m, block_n=block_n,
-                            split_k=_split_for(programs, tiles, sms), num_warps=4, num_stages=2)
+        return KernelConfig("dot", block_m=block_m, block_n=block_n, fold=1, num_warps=4, num_stages=3,
+                            split_k=_split_for(programs, tiles, sms, max_split=4))
     block_m = 64 if M <= 128 else 128
-    block_n = 128
+    block_n = 128 if M <= 256 else 256
     programs = -(-N // block_n) * -(-M // block_m)
-    return KernelConfig("dot", block_m=block_m, block_n=block_n,
-                        split_k=_split_for(programs, tiles, sms, max_split=4), num_warps=8, num_stages=2)
+    return KernelConfig("dot", block_m=block_m, block_n=block_n, wide=1, num_warps=8, num_stages=3,
+                        split_k=_split_for(programs, tiles, sms, max_split=4))
 
 
 def _nearest_shape(shapes: list[str], N: int, K: int) -> str:
@@ -189,12 +199,18 @@ def lookup(table: dict | None, fmt: str, N: int, K: int, M: int) -> tuple[Kernel
 
 
 def select_config(x: torch.Tensor, qt: QuantizedTensor) -> KernelConfig:
+    """The configuration for this call: the table's entry, else :func:`default_config` (memoized
+    per device, format, shape and M bucket, so a steady decode loop pays a dict lookup)."""
     M, K = x.shape
     N = qt.shape[0]
+    key = (x.device, qt.format, qt.group_size, N, K, m_bucket(M) if M > 16 else M)
+    cfg = _chosen.get(key)
+    if cfg is not None:
+        return cfg
     found = lookup(current_table(device_gpu_name(x.device)), qt.format, N, K, M)
-    if found is not None:
-        return found[0]
-    return default_config(M, N, K, qt, x.device)
+    cfg = found[0] if found is not None else default_config(M, N, K, qt, x.device)
+    _chosen[key] = cfg
+    return cfg
 
 
 def explain(x: torch.Tensor, qt: QuantizedTensor) -> str:

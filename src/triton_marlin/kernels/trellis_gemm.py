@@ -32,6 +32,7 @@ from . import hadamard as had
 
 GEMV_MAX_M = 4
 CODE_IDS = {"3inst": 0, "1mad": 1, "hyb": 2}
+HAS_GATHER = hasattr(tl, "gather")   # register/shared-memory table reads (Triton >= 3.2)
 LAST_COMPILED: dict = {}   # path -> the compiled kernel of the latest launch (benchmarks read its asm)
 
 
@@ -122,14 +123,20 @@ def _trellis_gemv_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm
 
 
 @triton.jit
-def _code_value(state, lut_ptr, CODE: tl.constexpr, ASM: tl.constexpr = False):
+def _code_value(state, lut_ptr, CODE: tl.constexpr, ASM: tl.constexpr = False, GATHER: tl.constexpr = False):
     """The code (fp32) of 16-bit states held in uint32 (see formats/trellis.py: decode_states).
 
     ``ASM`` (compiled CUDA only; the interpreter runs the portable branch): the same arithmetic in
     inline PTX, which the compiler cannot derive from the portable form: 3inst adds the two fp16
     halves of the 32-bit word in place (``mov.b32 {lo, hi}``, ``add.f16``); 1mad sums the 4 bytes
-    with one ``dp4a``."""
-    if ASM and CODE == 0:
+    with one ``dp4a``. ``GATHER`` (hyb): the table is loaded once per program and read with
+    ``tl.gather`` (shared memory on the GPU) instead of a global load per weight."""
+    if GATHER and CODE == 2:
+        lut = tl.load(lut_ptr + tl.arange(0, 256)).to(tl.float32)
+        x = state * tl.full(state.shape, 0xCBAC1FED, tl.uint32)
+        idx = tl.reshape((x >> 24).to(tl.int32), (state.numel,))
+        val = tl.reshape(tl.gather(lut, idx, 0), state.shape)
+    elif ASM and CODE == 0:
         x = state * 89226354 + 64248484
         x = (x & tl.full(x.shape, 0x8FFF8FFF, tl.uint32)) ^ tl.full(x.shape, 0x3B603B60, tl.uint32)
         val = tl.inline_asm_elementwise(
@@ -222,7 +229,7 @@ def _trellis_gemv_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, st
                                 ITERS_PER_SPLIT,
                                 BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_TN: tl.constexpr,
                                 BLOCK_TK: tl.constexpr, USE_ATOMIC: tl.constexpr, GROUPED: tl.constexpr,
-                                ASM: tl.constexpr):
+                                ASM: tl.constexpr, GATHER: tl.constexpr):
     """Decode GEMV with compile-time window shifts (full blocks only: 16*BLOCK_TN | N, 16*BLOCK_TK | K).
 
     The 16 k of a tile are cut into column groups of P columns (P = 2 for 3 bits, else 1) whose
@@ -259,7 +266,7 @@ def _trellis_gemv_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, st
         if WG > 2:
             w2 = _load_word(base, g, tn, tk_words, n_tiles, 2, WG, W, GPT)
         for p in tl.static_range(P):
-            val = _code_value(_column_states(wm1, w0, w1, w2, p, BITS), lut_ptr, CODE, ASM)
+            val = _code_value(_column_states(wm1, w0, w1, w2, p, BITS), lut_ptr, CODE, ASM, GATHER)
             xv = tl.load(x_ptr + m * stride_xm + k0 + g * P + p).to(tl.float32)
             if GROUPED:
                 sg = tl.load(s_ptr + ((k0 + g * P + p) // group)[:, None, None] * N
@@ -398,7 +405,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
         LAST_COMPILED["gemv"] = _trellis_gemv_static_kernel[(n_blocks, split, M)](
             xr, qw, s, lut, out, N, K, xr.stride(0), out.stride(0), group, iters,
             BITS=bits, CODE=code, BLOCK_TN=block_tn, BLOCK_TK=block_tk, USE_ATOMIC=split > 1,
-            GROUPED=qt.group_size != -1, ASM=use_asm(xr.device), num_warps=4)
+            GROUPED=qt.group_size != -1, ASM=use_asm(xr.device), GATHER=HAS_GATHER, num_warps=4)
         return out
     if M <= GEMV_MAX_M:
         BLOCK_N = block_n or 64
