@@ -41,12 +41,12 @@ check)
       --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   ;;
 tune)
-  step tests 150 $PY -m pytest -q -x -n 12 -m gpu tests/test_qgemm.py -k "int4 or int3 or int2 or fp4 or graph or compile or cublas"
-  step selection 300 $PY benchmarks/bench_kernel_selection.py \
-      --shapes glm47_expert_gate_up,glm47_expert_down,4096x4096,14336x4096,$BIG \
+  step tests 120 $PY -m pytest -q -x -n 12 -m gpu tests/test_qgemm.py -k "int4 or int3 or int2 or fp4 or graph or compile or cublas"
+  step selection 240 $PY benchmarks/bench_kernel_selection.py \
+      --shapes glm47_expert_gate_up,glm47_expert_down,4096x4096,$BIG \
       --m 1,4,16,64,256,1024 --formats int4 --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
   cp src/triton_marlin/kernels/tuned/*.json "$LOG/" 2>/dev/null
-  step gemm 200 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 \
+  step gemm 150 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 \
       --formats int4,fp4,mxfp4,int2,int3,int8 --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   ;;
 final)
