@@ -30,7 +30,7 @@ from triton_marlin.models.glm4_moe_lite import GLM4_RECIPE_TEXT, Glm4MoeLiteConf
 from triton_marlin.moe.experts import QuantizedExperts
 from triton_marlin.moe.layer import MoELayer
 from triton_marlin.moe.routing import RoutingConfig
-from triton_marlin.moe.strategies import STRATEGIES, make_strategy, report
+from triton_marlin.moe.strategies import STRATEGIES, report
 
 SYNTHETIC = {"num_experts": 8, "top_k": 2, "hidden": 512, "intermediate": 1408}
 SYNTHETIC_RECIPE = [("int4", "int4", "int4")] * 4 + [("int2", "int2", "int3"), ("int3", "int3", "int4"),
@@ -99,7 +99,7 @@ def run_model(runner: BenchRunner, layer: MoELayer, model_name: str, strategies,
     x = torch.randn(tokens, H, device=dev).half()
     ids, w = layer.route(x)
     fused_ok = triton_enabled_for(dev)
-    slow = make_strategy("slow_path", layer.experts)
+    slow = layer.get_strategy("slow_path")
     ref = slow(x, ids, w)
     slow_us = None
     for name in runner.progress(strategies, desc=f"{model_name} T={tokens}"):
@@ -108,7 +108,7 @@ def run_model(runner: BenchRunner, layer: MoELayer, model_name: str, strategies,
             runner.note(f"{name}: fused Triton kernels need CUDA (or TRITON_INTERPRET=1 on CPU); not measured on {dev}")
             continue
         try:
-            strat = slow if name == "slow_path" else make_strategy(name, layer.experts)
+            strat = layer.get_strategy(name)  # built once per model (max_bits_padded re-packs here)
         except ValueError as err:
             runner.note(f"{name} on {model_name}: {err}")
             continue

@@ -2,9 +2,9 @@
 """Per-dispatch latency of MoE expert kernels: launched one by one from a Python loop, replayed from a CUDA
 graph (native dispatch: the launches recorded once, replayed without Python), or merged into one fused launch.
 
-One dispatch = the fused expert kernels (gate_up with SwiGLU, then down with the routing weight and the
-scatter-add: two Triton kernels) for one token routed to its top-2 of 8 small int4 experts (hidden 256,
-intermediate 256), alignment precomputed. The GPU work of one dispatch is about a microsecond, so the loop
+One dispatch = the fused expert kernels for one token routed to its top-2 of 8 small int4 experts (hidden 256,
+intermediate 256), alignment precomputed: in this decode configuration a memset of the split-K buffer, the
+gate_up kernel and the down kernel (routing weight and scatter-add fused), three launches. The GPU work of one dispatch is about a microsecond, so the loop
 measures launch overhead. For each count N:
 
 - ``python_loop``: N calls of the launcher from Python; time / N.
@@ -62,8 +62,8 @@ def main(argv=None):
     experts = build(dev, a.seed)
     x1 = torch.randn(1, H, device=dev).half()
     ids1, w1 = routed(1, dev, a.seed)
-    runner.note(f"one dispatch = gate_up + down fused expert kernels for 1 token, top-{TOPK} of {E} int4 experts, "
-                f"hidden {H}, intermediate {I}")
+    runner.note(f"one dispatch = the fused expert kernels (memset, gate_up, down) for 1 token, top-{TOPK} of {E} "
+                f"int4 experts, hidden {H}, intermediate {I}")
 
     if not cuda:
         runner.note(f"no CUDA on {dev}: Triton launches, CUDA-graph replay and the fused launch are not measured; "
