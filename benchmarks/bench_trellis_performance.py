@@ -1,5 +1,6 @@
 """Trellis quantization: distortion per code and bits on i.i.d. Gaussian data, encode time, decode
-throughput, and proxy loss with a correlated Hessian (LDLQ vs Viterbi vs GPTQ/MR-GPTQ int4).
+throughput, proxy loss with a correlated Hessian (LDLQ vs Viterbi vs GPTQ/MR-GPTQ int4), and the
+SASS instruction mix per weight of the decode GEMV (compiled for sm_90 on any machine).
 
 Distortion is the mean squared error per weight of the stored artifact (scales in fp16 included) on
 unit Gaussian weights. It is printed beside three published constants, labelled as references: the
@@ -7,6 +8,7 @@ rate-distortion bound 2^(-2R), the best scalar (Lloyd-Max) quantizer, and the ba
 
     python benchmarks/bench_trellis_performance.py                      # everything, default sizes
     python benchmarks/bench_trellis_performance.py --sections encode --encode-shape 4096x4096
+    python benchmarks/bench_trellis_performance.py --sections sass     # SASS counts, no GPU needed
 """
 from __future__ import annotations
 
@@ -27,7 +29,14 @@ from triton_marlin.device import synchronize  # noqa: E402
 RD_BOUND = {2: 0.0625, 3: 0.015625, 4: 0.00390625}      # D(R) = 2^(-2R)
 LLOYD_MAX = {2: 0.1175, 3: 0.03454, 4: 0.009497}        # best scalar quantizer (Max 1960)
 ISSUE_BAR = {2: 0.072, 3: 0.019, 4: 0.0050}             # issue 5 "done when"
-SECTIONS = ("distortion", "encode", "decode", "proxy")
+SECTIONS = ("distortion", "encode", "decode", "proxy", "sass")
+# SASS opcode -> the pipe it issues to (for the per-weight instruction mix of the decode loop)
+PIPES = {"int": ("IMAD", "IADD3", "LOP3", "SHF", "PRMT", "SGXT", "LEA", "VIADD", "IDP", "ISETP", "SEL", "IABS",
+                 "MOV", "UIADD3", "UIMAD", "ULEA", "USHF", "UISETP", "UMOV", "PLOP3"),
+         "fp32": ("FFMA", "FADD", "FMUL", "FSETP", "FSEL"),
+         "fp16": ("HADD2", "HFMA2", "HMUL2"),
+         "convert": ("I2FP", "F2FP", "I2F", "F2I", "MUFU"),
+         "memory": ("LDG", "LDS", "STS", "LDC", "BAR", "ATOM", "RED", "STG")}
 
 
 def add_args(p):
@@ -176,6 +185,34 @@ def proxy(runner, args, bits_list, codes):
                       "proxy_loss_vs_gptq_int4", loss / ref, "x")
 
 
+def sass(runner, args, bits_list, codes):
+    """Instructions per weight of the decode GEMV's K loop, from SASS compiled for sm_90 here."""
+    import json
+    import os
+    import subprocess
+    helper = Path(__file__).resolve().parent / "_trellis_sass.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    for bits in bits_list:
+        for code in codes:
+            for asm in ((1,) if args.quick else (1, 0)):
+                proc = subprocess.run([sys.executable, str(helper), "--bits", str(bits), "--code", code,
+                                       "--asm", str(asm)], env=env, capture_output=True, text=True, timeout=300)
+                if proc.returncode != 0:
+                    runner.note(f"sass: trellis{bits} {code} asm={asm} did not compile: {proc.stderr[-500:]}")
+                    continue
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                case = {"section": "sass", "format": f"trellis{bits}", "code": code, "asm": bool(asm),
+                        "arch": f"sm_{r['arch']}", "block": f"{r['block_tn']}x{r['block_tk']}"}
+                runner.record(case, "instr_per_weight", r["instr_per_weight"], "instr", opcodes=r["opcodes"],
+                              triton_compiler=r["triton"])
+                wpt = r["weights_per_thread"]
+                for pipe, names in PIPES.items():
+                    n = sum(v for k, v in r["opcodes"].items() if k in names)
+                    runner.record(case, f"{pipe}_per_weight", n / wpt, "instr")
+
+
 def main(argv=None):
     runner = BenchRunner("bench_trellis_performance", description=__doc__.split("\n\n")[0], add_args=add_args,
                          argv=argv)
@@ -203,6 +240,8 @@ def main(argv=None):
         decode(runner, args, bits_list, codes)
     if "proxy" in sections:
         proxy(runner, args, bits_list, codes)
+    if "sass" in sections:
+        sass(runner, args, bits_list, codes)
     runner.finish()
 
 

@@ -1,0 +1,86 @@
+"""Compile the trellis decode GEMV for a GPU architecture (no GPU needed: Triton bundles ptxas and
+nvdisasm) and count the SASS instructions of its K loop per decoded weight.
+
+Run as a script (bench_trellis_performance.py --sections sass does, in a subprocess without
+TRITON_INTERPRET); prints one JSON object.
+
+    python benchmarks/_trellis_sass.py --bits 3 --code 3inst --asm 1
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+
+
+def loop_counts(sass: str) -> tuple[int, dict]:
+    """Instructions of the longest backward-branch loop of a SASS listing, and their opcodes."""
+    ins, labels = [], {}
+    for line in sass.splitlines():
+        m = re.match(r"\s*(\.?L\w+):", line)
+        if m:
+            labels[m.group(1)] = len(ins)
+            continue
+        m = re.match(r"\S+\t(.*?);", line)
+        if m:
+            ins.append(m.group(1).strip())
+    best = None
+    for i, t in enumerate(ins):
+        m = re.search(r"BRA\s+(\.?L\w+)", t)
+        if m and m.group(1) in labels and labels[m.group(1)] <= i:
+            a = labels[m.group(1)]
+            if best is None or i - a > best[1] - best[0]:
+                best = (a, i)
+    if best is None:
+        raise RuntimeError("no loop found in the SASS listing")
+    body = ins[best[0]:best[1] + 1]
+    ops = collections.Counter()
+    for t in body:
+        parts = t.split()
+        op = parts[1] if parts[0].startswith("@") else parts[0]
+        ops[op.split(".")[0]] += 1
+    return len(body), dict(ops.most_common())
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bits", type=int, default=3)
+    p.add_argument("--code", default="3inst", choices=["3inst", "1mad", "hyb"])
+    p.add_argument("--asm", type=int, default=1, help="1: inline-PTX decode (what CUDA runs), 0: portable")
+    p.add_argument("--block-tn", type=int, default=8)
+    p.add_argument("--block-tk", type=int, default=None)
+    p.add_argument("--num-warps", type=int, default=4)
+    p.add_argument("--arch", type=int, default=90, help="SM architecture (90 = Hopper)")
+    a = p.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("run without TRITON_INTERPRET=1: the kernel must be compiled, not interpreted")
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.tools.disasm import get_sass
+
+    from triton_marlin.kernels import trellis_gemm as tg
+
+    tk = a.block_tk or (2 if a.bits == 3 else 1)
+    sig = {"x_ptr": "*fp32", "qw_ptr": "*i32", "s_ptr": "*fp16", "lut_ptr": "*fp16", "out_ptr": "*fp32",
+           "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32", "group": "i32",
+           "ITERS_PER_SPLIT": "i32", "BITS": "constexpr", "CODE": "constexpr", "BLOCK_TN": "constexpr",
+           "BLOCK_TK": "constexpr", "USE_ATOMIC": "constexpr", "GROUPED": "constexpr", "ASM": "constexpr",
+           "GATHER": "constexpr"}
+    const = {"BITS": a.bits, "CODE": tg.CODE_IDS[a.code], "BLOCK_TN": a.block_tn, "BLOCK_TK": tk,
+             "USE_ATOMIC": True, "GROUPED": False, "ASM": bool(a.asm), "GATHER": tg.HAS_GATHER}
+    k = triton.compile(ASTSource(fn=tg._trellis_gemv_static_kernel, signature=sig, constexprs=const),
+                       target=GPUTarget("cuda", a.arch, 32), options={"num_warps": a.num_warps})
+    n, ops = loop_counts(get_sass(k.asm["cubin"]))
+    weights_per_thread = a.block_tn * tk * 256 / (32 * a.num_warps)
+    print(json.dumps({"bits": a.bits, "code": a.code, "asm": bool(a.asm), "arch": a.arch, "block_tn": a.block_tn,
+                      "block_tk": tk, "num_warps": a.num_warps, "loop_instructions": n,
+                      "weights_per_thread": weights_per_thread, "instr_per_weight": n / weights_per_thread,
+                      "opcodes": ops, "triton": triton.__version__}))
+
+
+if __name__ == "__main__":
+    main()
