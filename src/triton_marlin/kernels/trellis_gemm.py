@@ -285,6 +285,61 @@ def _trellis_gemv_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, st
 
 
 @triton.jit
+def _trellis_gemm_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K, stride_xm, stride_om, group,
+                                BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_M: tl.constexpr,
+                                BLOCK_TN: tl.constexpr, BLOCK_TK: tl.constexpr, IEEE: tl.constexpr,
+                                GROUPED: tl.constexpr, ASM: tl.constexpr, GATHER: tl.constexpr):
+    """Tiled GEMM with the static decode: a [16*BLOCK_TK, 16*BLOCK_TN] weight tile is decoded in
+    registers (compile-time shifts, as _trellis_gemv_static_kernel) and fed to tl.dot in x's dtype.
+    x: [M, K] rotated activations; out: [M, N] fp32. Grid: (cdiv(M, BLOCK_M), N/16/BLOCK_TN).
+    Needs 16*BLOCK_TN | N, 16*BLOCK_TK | K and (grouped) 16*BLOCK_TK | group."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    W: tl.constexpr = 8 * BITS
+    P: tl.constexpr = 2 if BITS == 3 else 1
+    WG: tl.constexpr = BITS * P // 2
+    GPT: tl.constexpr = 16 // P
+    G: tl.constexpr = BLOCK_TK * GPT
+    BK: tl.constexpr = 16 * BLOCK_TK
+    BN: tl.constexpr = 16 * BLOCK_TN
+    n_tiles = N // 16
+    tk_words = W * n_tiles
+    g = tl.arange(0, G)
+    tn = pid_n * BLOCK_TN + tl.arange(0, BLOCK_TN)
+    mm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    nn = pid_n * BN + tl.arange(0, BN)
+    kk = tl.arange(0, BK)
+    mmask = mm < M
+    acc = tl.zeros((BLOCK_M, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        base = qw_ptr + (k0 // 16) * tk_words
+        wm1 = _load_word(base, g, tn, tk_words, n_tiles, -1, WG, W, GPT)
+        w0 = _load_word(base, g, tn, tk_words, n_tiles, 0, WG, W, GPT)
+        w1 = w0
+        w2 = w0
+        if WG > 1:
+            w1 = _load_word(base, g, tn, tk_words, n_tiles, 1, WG, W, GPT)
+        if WG > 2:
+            w2 = _load_word(base, g, tn, tk_words, n_tiles, 2, WG, W, GPT)
+        v0 = _code_value(_column_states(wm1, w0, w1, w2, 0, BITS), lut_ptr, CODE, ASM, GATHER)
+        if P == 1:
+            w = tl.reshape(v0, (BK, BN))                                   # k = g, n = 16 tn + n_local
+        else:
+            v1 = _code_value(_column_states(wm1, w0, w1, w2, 1, BITS), lut_ptr, CODE, ASM, GATHER)
+            w = tl.reshape(tl.permute(tl.join(v0, v1), (0, 3, 1, 2)), (BK, BN))   # k = 2 g + p
+        if GROUPED:
+            w = w * tl.load(s_ptr + (k0 // group) * N + nn).to(tl.float32)[None, :]
+        a = tl.load(x_ptr + mm[:, None] * stride_xm + (k0 + kk)[None, :], mask=mmask[:, None], other=0.0)
+        if IEEE:
+            acc = tl.dot(a, w.to(a.dtype), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w.to(a.dtype), acc)
+    if not GROUPED:
+        acc = acc * tl.load(s_ptr + nn).to(tl.float32)[None, :]
+    tl.store(out_ptr + mm[:, None] * stride_om + nn[None, :], acc, mask=mmask[:, None])
+
+
+@triton.jit
 def _trellis_gemm_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K, stride_xm, stride_om, group,
                          BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
@@ -423,6 +478,14 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
             EVEN=N % BLOCK_N == 0 and K % block_k == 0, num_warps=4)
         return out
     BLOCK_M = 16 if M <= 16 else (32 if M <= 32 else 64)
+    if gemv != "generic" and N % 128 == 0 and K % 32 == 0 and group % 32 == 0:
+        out = _output(out, M, N, xr.device)
+        grid = (triton.cdiv(M, BLOCK_M), N // 128)
+        LAST_COMPILED["gemm"] = _trellis_gemm_static_kernel[grid](
+            xr, qw, s, lut, out, M, N, K, xr.stride(0), out.stride(0), group,
+            BITS=bits, CODE=code, BLOCK_M=BLOCK_M, BLOCK_TN=8, BLOCK_TK=2, IEEE=xr.dtype == torch.float32,
+            GROUPED=qt.group_size != -1, ASM=use_asm(xr.device), GATHER=HAS_GATHER, num_warps=4)
+        return out
     BLOCK_N = block_n or 64
     out = _output(out, M, N, xr.device)
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
