@@ -59,6 +59,18 @@ def test_triton_kernel_matches_reference(dtype, tol, R, D, block, gen):
         assert fn(x, s, block).dtype == dtype
 
 
+def test_triton_unrotate_adds_bias(gen):
+    from triton_marlin.kernels import hadamard as kh
+    s = ref.random_signs(64, gen)
+    y = torch.randn(3, 64, generator=gen)
+    bias = torch.randn(64, generator=gen).half()
+    out = kh.unrotate(y, s, 32, out_dtype=torch.float16, bias=bias)
+    assert out.dtype == torch.float16
+    assert rel_err(out, ref.unrotate(y, s, 32) + bias.double()) < 1e-3
+    with pytest.raises(ValueError, match="bias"):
+        kh.unrotate(y, s, 32, bias=torch.zeros(63))
+
+
 def test_triton_kernel_bad_arguments():
     from triton_marlin.kernels import hadamard as kh
     x = torch.randn(2, 64)

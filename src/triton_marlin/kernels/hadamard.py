@@ -19,11 +19,12 @@ _H_CACHE: dict = {}
 
 
 @triton.jit
-def _hadamard_kernel(x_ptr, s_ptr, h_ptr, out_ptr, R, stride_xr, stride_or, scale,
+def _hadamard_kernel(x_ptr, s_ptr, h_ptr, bias_ptr, out_ptr, R, stride_xr, stride_or, scale,
                      HB: tl.constexpr, BLOCK_R: tl.constexpr, SIGN_BEFORE: tl.constexpr,
-                     IEEE: tl.constexpr):
+                     IEEE: tl.constexpr, HAS_BIAS: tl.constexpr):
     """x: [R, D] (row stride stride_xr, unit column stride); s: [D] int8; h: [HB, HB] +-1 in the dot
-    dtype; out: [R, D] (row stride stride_or). Grid: (cdiv(R, BLOCK_R), D // HB)."""
+    dtype; bias: [D] (added after the transform when HAS_BIAS); out: [R, D] (row stride stride_or).
+    Grid: (cdiv(R, BLOCK_R), D // HB)."""
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -43,6 +44,8 @@ def _hadamard_kernel(x_ptr, s_ptr, h_ptr, out_ptr, R, stride_xr, stride_or, scal
     y = y * scale
     if not SIGN_BEFORE:
         y = y * s[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + cols).to(tl.float32)[None, :]
     tl.store(out_ptr + rows[:, None] * stride_or + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=rmask)
 
 
@@ -54,8 +57,9 @@ def _sylvester(block: int, dtype: torch.dtype, device: torch.device) -> torch.Te
 
 
 def hadamard_transform(x: torch.Tensor, signs: torch.Tensor, block: int, *, sign_before: bool,
-                       out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Triton launcher: ``rotate`` (``sign_before=True``) or ``unrotate`` on the last dimension."""
+                       out_dtype: torch.dtype | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton launcher: ``rotate`` (``sign_before=True``) or ``unrotate`` on the last dimension,
+    optionally adding ``bias`` ([D]) to the result."""
     if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"x must be a float16/bfloat16/float32 tensor, got "
                         f"{getattr(x, 'dtype', type(x).__name__)}")
@@ -67,6 +71,8 @@ def hadamard_transform(x: torch.Tensor, signs: torch.Tensor, block: int, *, sign
         raise ValueError(f"block must be 16, 32, 64 or 128 and divide {D}, got {block}")
     if signs.device != x.device:
         raise ValueError(f"signs are on {signs.device}, x on {x.device}")
+    if bias is not None and (bias.shape != (D,) or bias.device != x.device):
+        raise ValueError(f"bias must be a ({D},) tensor on {x.device}, got {tuple(bias.shape)} on {bias.device}")
     out_dtype = out_dtype or x.dtype
     x2 = x.reshape(-1, D)
     if x2.stride(-1) != 1:
@@ -81,9 +87,10 @@ def hadamard_transform(x: torch.Tensor, signs: torch.Tensor, block: int, *, sign
     h = _sylvester(block, dot_dtype, x.device)
     BLOCK_R = 16 if R <= 16 else 64
     grid = (triton.cdiv(R, BLOCK_R), D // block)
-    _hadamard_kernel[grid](x2, signs, h, out, R, x2.stride(0), out.stride(0), 1.0 / block ** 0.5,
-                           HB=block, BLOCK_R=BLOCK_R, SIGN_BEFORE=sign_before,
-                           IEEE=x.dtype == torch.float32, num_warps=4)
+    _hadamard_kernel[grid](x2, signs, h, bias if bias is not None else signs, out, R, x2.stride(0),
+                           out.stride(0), 1.0 / block ** 0.5, HB=block, BLOCK_R=BLOCK_R,
+                           SIGN_BEFORE=sign_before, IEEE=x.dtype == torch.float32,
+                           HAS_BIAS=bias is not None, num_warps=4)
     return out.reshape(*x.shape[:-1], D)
 
 
@@ -92,9 +99,9 @@ def rotate(x: torch.Tensor, signs: torch.Tensor, block: int, out_dtype=None) -> 
     return hadamard_transform(x, signs, block, sign_before=True, out_dtype=out_dtype)
 
 
-def unrotate(y: torch.Tensor, signs: torch.Tensor, block: int, out_dtype=None) -> torch.Tensor:
-    """``y @ V`` (Triton)."""
-    return hadamard_transform(y, signs, block, sign_before=False, out_dtype=out_dtype)
+def unrotate(y: torch.Tensor, signs: torch.Tensor, block: int, out_dtype=None, bias=None) -> torch.Tensor:
+    """``y @ V (+ bias)`` (Triton)."""
+    return hadamard_transform(y, signs, block, sign_before=False, out_dtype=out_dtype, bias=bias)
 
 
 def rotate_reference(x, signs, block, out_dtype=None):

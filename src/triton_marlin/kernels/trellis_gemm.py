@@ -549,10 +549,8 @@ def _trellis_qgemm_impl(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tens
     xr_dtype = torch.float32 if M <= GEMV_MAX_M else x2d.dtype
     xr = had.rotate(x2d, qt.tensors["sv"], qt.meta["had_block_in"], out_dtype=xr_dtype)
     yr = trellis_matmul_rotated(xr, qt)
-    y = had.unrotate(yr, qt.tensors["su"], qt.meta["had_block_out"], out_dtype=torch.float32)
-    if bias is not None:
-        y = y + bias.to(torch.float32)
-    return y.to(x2d.dtype)
+    # the output transform also adds the bias and writes x's dtype: no extra pass
+    return had.unrotate(yr, qt.tensors["su"], qt.meta["had_block_out"], out_dtype=x2d.dtype, bias=bias)
 
 
 def trellis_qgemm_reference(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None = None
