@@ -9,14 +9,17 @@
 Decoding weight ``(k, n)``: its tile is ``(k // 16, n // 16)``, its step ``t = 16*(k % 16) + n % 16``;
 the 16-bit state is the stream window ending at bit ``e = (t+1)*K``: with ``hi = (e-1) // 32`` and
 ``r = 32*(hi+1) - e``, ``state = ((word[hi] >> r) | (word[hi-1 mod W] << (32-r))) & 0xFFFF`` (a funnel
-shift over two 32-bit words of the tile). The word offsets and shifts depend only on ``(k % 16, n % 16)``
-and are computed once per program; the K loop does two loads, the funnel shift and the code.
+shift over two 32-bit words of the tile).
 
-Paths: ``M <= GEMV_MAX_M``: one program per (row, N block, K split) accumulating in fp32 with FMAs
-(split-K partial sums combined with atomics). The static GEMV (whole blocks) loads each tile's words
-once and derives every state with compile-time shifts; the generic GEMV (any shape) computes each
-weight's word offsets and shift. Larger M: a tiled GEMM that decodes a ``[BLOCK_K, BLOCK_N]`` weight
-tile to the activation dtype in registers and uses ``tl.dot``.
+Kernels (docs/perf/trellis.md counts their instructions):
+- static GEMV (M <= GEMV_MAX_M, whole blocks of tiles): the 16 columns of a tile are cut into
+  groups whose steps start on a word boundary; a thread loads a group's few words once and derives
+  all of its states with compile-time shifts, n_local (16) held in registers; fp32 FMAs, split-K
+  partial sums combined with atomics;
+- generic GEMV (any shape): per-weight word offsets and shifts (computed once per program), two
+  loads and a variable funnel shift per weight;
+- static / generic tiled GEMM (M > GEMV_MAX_M): the same two decodes into a weight tile in the
+  activation dtype, multiplied with ``tl.dot``.
 """
 from __future__ import annotations
 
