@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks and timings of the trellis area (formats/trellis.py, quantize/{viterbi,ldlq,gptq}.py,
 # kernels/{trellis_gemm,hadamard}.py), in order of importance so a cut-short run keeps the key figures:
-#   1. bench_gemm_trellis at M=1 (and 16) on 8192x8192 and 28672x8192, trellis2/3/4 x 3inst/1mad/hyb,
-#      against fp16 cuBLAS and int4 qmatmul; PTX op counts of the decode kernels;
+#   1. bench_gemm_trellis at M=1 on 8192x8192 and 28672x8192, trellis2/3/4 x 3inst/1mad/hyb, against
+#      fp16 cuBLAS and int4 qmatmul; PTX op counts of the decode kernels; then M=4/16/128 (3inst);
 #   2. Viterbi encode time of a 4096x4096 matrix at 3 bits (bar: < 60 s);
 #   3. distortion at 2/3/4 bits per code on i.i.d. Gaussian data (256x256) + proxy loss (512x1024);
 #   4. pytest -m gpu on the trellis/Hadamard tests;
@@ -10,7 +10,7 @@
 # Run from anywhere on the GPU machine: bash gpu/trellis_check.sh
 # Writes $OUT/trellis.log (all output, tables included), $OUT/trellis.jsonl (all records) and
 # $OUT/trellis_asm/ (PTX + op counts). Exits non-zero if any step failed. Expected device time ~5 min
-# (each step has a timeout; the worst case is ~9 min).
+# (each step has a timeout; the worst case is ~10 min).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/trellis_out}"
@@ -36,8 +36,10 @@ step() {  # step NAME TIMEOUT_S CMD...
 
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv >> "$LOG" 2>&1
 step gemm_trellis 180 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
-  --m 1,16 --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --repeats 30 \
+  --m 1 --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --repeats 30 \
   --asm-dir "$OUT/trellis_asm" -o "$WORK/gemm.jsonl"
+step gemm_trellis_batched 90 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 \
+  --m 4,16,128 --formats trellis2,trellis3,trellis4 --codes 3inst --repeats 30 -o "$WORK/gemm_batched.jsonl"
 step encode_4096 90 python benchmarks/bench_trellis_performance.py --device cuda --sections encode \
   --encode-shape 4096x4096 --encode-bits 3 -o "$WORK/encode.jsonl"
 step quality 100 python benchmarks/bench_trellis_performance.py --device cuda --sections distortion,proxy,decode \
