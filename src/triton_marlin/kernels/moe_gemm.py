@@ -490,3 +490,53 @@ def fused_moe_reference(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
         y = h @ ex["down"].dequantize(torch.float32).to(dtype).t()
         out.index_add_(0, tok, y * topk_weights[tok, j].to(dtype)[:, None])
     return out
+
+
+# -- torch custom op (torch.compile / CUDA graphs) ----------------------------------------------------
+
+class _FlatArgs:
+    """What :func:`moe_gemm_launch` reads of a flattened projection, rebuilt from the op's tensor list."""
+
+    def __init__(self, tensors, N: int, kinds_mask: int, uniform_kind: int):
+        self.tensors = tuple(tensors)
+        self.N = N
+        self.kinds_mask = kinds_mask
+        self.uniform_kind = uniform_kind if uniform_kind >= 0 else None
+        self.kinds = tuple(k for k in range(NUM_KINDS) if kinds_mask >> k & 1)
+
+    def launch_args(self) -> tuple:
+        return self.tensors
+
+
+@torch.library.custom_op("triton_marlin::moe_experts", mutates_args=())
+def moe_experts_op(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, gate: list[torch.Tensor],
+                   up: list[torch.Tensor], down: list[torch.Tensor], intermediate: int, kinds_masks: list[int],
+                   uniform_kinds: list[int], uniform: bool, config: list[int]) -> torch.Tensor:
+    """Alignment + fused gate_up + down for ``x [T, H]``; returns ``[T, H]`` in x's dtype.
+
+    ``gate``/``up``/``down``: a :class:`~triton_marlin.moe.experts.FlatProjection`'s ``launch_args()``
+    (8 tensors each); ``kinds_masks``/``uniform_kinds``: per projection (-1: not uniform); ``config``: the
+    fields of :class:`MoEGemmConfig` in order."""
+    from .moe_align import align_triton
+
+    cfg = MoEGemmConfig(*config)
+    T, H = x.shape
+    if T == 0:
+        return x.new_empty((0, H))
+    num_experts = gate[7].shape[0]  # table rows
+    num_slots = topk_ids.numel()
+    # worst-case aligned rows, as triton_marlin.moe.align.align_capacity
+    rows = num_slots + min(num_experts, num_slots) * (cfg.block_m - 1)
+    blocks = max(1, (rows + cfg.block_m - 1) // cfg.block_m)
+    sorted_ids, expert_ids, npost = align_triton(topk_ids, num_experts, cfg.block_m, blocks * cfg.block_m, blocks)
+    flats = [_FlatArgs(t, n, m, u) for t, n, m, u in zip((gate, up, down), (intermediate, intermediate, H),
+                                                           kinds_masks, uniform_kinds)]
+    weights = topk_weights.float().contiguous()
+    out = moe_gemm_launch(x.contiguous(), weights, sorted_ids, expert_ids, npost, *flats, config=cfg,
+                          uniform=uniform)
+    return out.to(x.dtype)
+
+
+@moe_experts_op.register_fake
+def _(x, topk_ids, topk_weights, gate, up, down, intermediate, kinds_masks, uniform_kinds, uniform, config):
+    return x.new_empty(x.shape)

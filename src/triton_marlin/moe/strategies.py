@@ -21,6 +21,7 @@ error elsewhere: there is no silent fallback to the loop.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -133,6 +134,21 @@ def select_config(x, topk_ids, weights, experts: QuantizedExperts, uniform: bool
     return best
 
 
+def fused_experts_op(x, topk_ids, topk_weights, experts: QuantizedExperts, *, uniform: bool, config=None):
+    """The fused experts through the registered custom op ``triton_marlin::moe_experts`` (what runs under
+    ``torch.compile``); output in x's dtype."""
+    from ..kernels.moe_gemm import default_config, moe_experts_op
+
+    flats = [experts.flat(p) for p in PROJECTIONS]
+    cfg = config or default_config(topk_ids.numel(), experts.num_total)
+    uniform_kinds = [(f.uniform_kind if uniform else -1) for f in flats]
+    if uniform and None in uniform_kinds:
+        raise ValueError("uniform launch needs one format per projection")
+    return moe_experts_op(x, topk_ids, topk_weights, [*flats[0].launch_args()], [*flats[1].launch_args()],
+                          [*flats[2].launch_args()], experts.intermediate_size, [f.kinds_mask for f in flats],
+                          uniform_kinds, uniform, list(dataclasses.astuple(cfg)))
+
+
 def _fused_acc(x, topk_ids, topk_weights, experts: QuantizedExperts, *, uniform: bool,
                uniform_kinds=None, out=None, config=None) -> torch.Tensor:
     weights = topk_weights if topk_weights.dtype == torch.float32 and topk_weights.is_contiguous() \
@@ -193,6 +209,12 @@ class SlowPath(MoEStrategy):
         return acc.to(x.dtype)
 
 
+def _fused(x, topk_ids, topk_weights, experts, uniform: bool) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return fused_experts_op(x, topk_ids, topk_weights, experts, uniform=uniform)
+    return _fused_acc(x, topk_ids, topk_weights, experts, uniform=uniform).to(x.dtype)
+
+
 class FastUniform(MoEStrategy):
     name = "fast_uniform"
 
@@ -205,14 +227,14 @@ class FastUniform(MoEStrategy):
                              f"have {fmts} (use fast_mixed, hybrid or max_bits_padded)")
 
     def forward(self, x, topk_ids, topk_weights):
-        return _fused_acc(x, topk_ids, topk_weights, self.experts, uniform=True).to(x.dtype)
+        return _fused(x, topk_ids, topk_weights, self.experts, uniform=True)
 
 
 class FastMixed(MoEStrategy):
     name = "fast_mixed"
 
     def forward(self, x, topk_ids, topk_weights):
-        return _fused_acc(x, topk_ids, topk_weights, self.experts, uniform=False).to(x.dtype)
+        return _fused(x, topk_ids, topk_weights, self.experts, uniform=False)
 
 
 class Hybrid(MoEStrategy):
@@ -254,7 +276,7 @@ class MaxBitsPadded(MoEStrategy):
         return self.padded.nbytes - self.experts.nbytes if self.padded is not self.experts else 0
 
     def forward(self, x, topk_ids, topk_weights):
-        return _fused_acc(x, topk_ids, topk_weights, self.padded, uniform=True).to(x.dtype)
+        return _fused(x, topk_ids, topk_weights, self.padded, uniform=True)
 
 
 _CLASSES = {c.name: c for c in (SlowPath, FastUniform, FastMixed, Hybrid, MaxBitsPadded)}
