@@ -45,6 +45,7 @@ def sweep_configs(quick: bool, bits: int):
     out = [{"gemv": "static", "block_tn": tn, "block_tk": tk, "split_k": sk}
            for tn in (4, 8, 16) for tk in tks for sk in (None, 1, 8)]
     out += [{"gemv": "generic", "block_n": bn, "block_k": bk} for bn in (64, 128) for bk in (32, 64)]
+    out += [{"gemv": "mma", "split_k": sk} for sk in (None, 1, 8)]
     return out
 
 
@@ -169,6 +170,8 @@ def main(argv=None):
                         for kw in sweep_configs(args.quick, bits):
                             if kw["gemv"] == "static" and (N % (16 * kw.get("block_tn", 8))
                                                            or K % (16 * (kw.get("block_tk") or 2))):
+                                continue
+                            if kw["gemv"] == "mma" and (N % 128 or K % 32):
                                 continue
                             st_g, st_l = G.time_both(lambda: tg.trellis_matmul_rotated(xr, qt, **kw), args, graph)
                             t = G.headline(st_g, st_l)

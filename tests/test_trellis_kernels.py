@@ -148,3 +148,22 @@ def test_gpu_static_gemv_asm_and_portable_agree(bits, code, no_asm, gen, monkeyp
     tg.trellis_matmul_rotated(xr, qt, split_k=1, out=out, gemv="static")
     wt = qt.fmt.rotated_weight(qt).double()
     assert rel_err(out, xr.double() @ wt.t()) < 1e-5
+
+
+@pytest.mark.parametrize("M,dtype", [(1, torch.float16), (3, torch.float32), (16, torch.float16)])
+@pytest.mark.parametrize("bits,code,group", [(2, "3inst", -1), (3, "hyb", 32), (4, "1mad", -1)])
+def test_tensor_core_gemv(M, dtype, bits, code, group, gen):
+    qt = random_trellis(128, 64, bits, code, group, gen)
+    wt = qt.fmt.rotated_weight(qt).double()
+    xr = torch.randn(M, 64, generator=gen).to(dtype)
+    for split in (1, 2):
+        out = torch.full((M, 128), float("nan"))
+        if split == 2:
+            out.zero_()        # split-K zeroes it anyway; the poison checks the unsplit store
+        tg.trellis_matmul_rotated(xr, qt, gemv="mma", split_k=split, out=out)
+        # fp16 x and fp16 code values multiply exactly; grouped scales are folded into the fp16
+        # operand (one fp16 rounding per weight, ~2^-12 relative)
+        tol = 1e-5 if dtype == torch.float32 or group == -1 else 1e-3
+        assert rel_err(out, xr.double() @ wt.t()) < tol
+    with pytest.raises(ValueError, match="tensor-core GEMV"):
+        tg.trellis_matmul_rotated(torch.randn(17, 64), qt, gemv="mma")

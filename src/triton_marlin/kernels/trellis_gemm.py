@@ -126,8 +126,11 @@ def _trellis_gemv_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm
 
 
 @triton.jit
-def _code_value(state, lut_ptr, CODE: tl.constexpr, ASM: tl.constexpr = False, GATHER: tl.constexpr = False):
-    """The code (fp32) of 16-bit states held in uint32 (see formats/trellis.py: decode_states).
+def _code_value(state, lut_ptr, CODE: tl.constexpr, ASM: tl.constexpr = False, GATHER: tl.constexpr = False,
+                OUT: tl.constexpr = tl.float32):
+    """The code of 16-bit states held in uint32 (see formats/trellis.py: decode_states), in ``OUT``
+    (float32, or float16: every code value is exact in fp16, so a tensor-core operand needs no
+    conversion).
 
     ``ASM`` (compiled CUDA only; the interpreter runs the portable branch): the same arithmetic in
     inline PTX, which the compiler cannot derive from the portable form: 3inst adds the two fp16
@@ -135,34 +138,39 @@ def _code_value(state, lut_ptr, CODE: tl.constexpr, ASM: tl.constexpr = False, G
     with one ``dp4a``. ``GATHER`` (hyb): the table is loaded once per program and read with
     ``tl.gather`` (shared memory on the GPU) instead of a global load per weight."""
     if GATHER and CODE == 2:
-        lut = tl.load(lut_ptr + tl.arange(0, 256)).to(tl.float32)
+        lut = tl.load(lut_ptr + tl.arange(0, 256)).to(OUT)
         x = state * tl.full(state.shape, 0xCBAC1FED, tl.uint32)
         idx = tl.reshape((x >> 24).to(tl.int32), (state.numel,))
         val = tl.reshape(tl.gather(lut, idx, 0), state.shape)
     elif ASM and CODE == 0:
         x = state * 89226354 + 64248484
         x = (x & tl.full(x.shape, 0x8FFF8FFF, tl.uint32)) ^ tl.full(x.shape, 0x3B603B60, tl.uint32)
-        val = tl.inline_asm_elementwise(
-            "{ .reg .b16 lo, hi, s; mov.b32 {lo, hi}, $1; add.rn.f16 s, lo, hi; cvt.f32.f16 $0, s; }",
-            "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+        if OUT == tl.float16:
+            val = tl.inline_asm_elementwise(
+                "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $1; add.rn.f16 $0, lo, hi; }",
+                "=h,r", [x], dtype=tl.float16, is_pure=True, pack=1)
+        else:
+            val = tl.inline_asm_elementwise(
+                "{ .reg .b16 lo, hi, s; mov.b32 {lo, hi}, $1; add.rn.f16 s, lo, hi; cvt.f32.f16 $0, s; }",
+                "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
     elif ASM and CODE == 1:
         x = state * 34038481 + 76625530
         total = tl.inline_asm_elementwise("dp4a.u32.u32 $0, $1, 0x01010101, 0;", "=r,r", [x],
                                           dtype=tl.int32, is_pure=True, pack=1)
-        val = (total - 510).to(tl.float32)
+        val = (total - 510).to(OUT)
     elif CODE == 0:    # 3inst
         x = state * 89226354 + 64248484
         x = (x & tl.full(x.shape, 0x8FFF8FFF, tl.uint32)) ^ tl.full(x.shape, 0x3B603B60, tl.uint32)
         lo = (x & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
         hi = (x >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
-        val = (lo + hi).to(tl.float32)
+        val = (lo + hi).to(OUT)
     elif CODE == 1:  # 1mad
         x = state * 34038481 + 76625530
         total = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)
-        val = (total.to(tl.int32) - 510).to(tl.float32)
+        val = (total.to(tl.int32) - 510).to(OUT)
     else:            # hyb
         x = state * tl.full(state.shape, 0xCBAC1FED, tl.uint32)
-        val = tl.load(lut_ptr + (x >> 24).to(tl.int32)).to(tl.float32)
+        val = tl.load(lut_ptr + (x >> 24).to(tl.int32)).to(OUT)
     return val
 
 
@@ -291,13 +299,17 @@ def _trellis_gemv_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, st
 def _trellis_gemm_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K, stride_xm, stride_om, group,
                                 BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_M: tl.constexpr,
                                 BLOCK_TN: tl.constexpr, BLOCK_TK: tl.constexpr, IEEE: tl.constexpr,
-                                GROUPED: tl.constexpr, ASM: tl.constexpr, GATHER: tl.constexpr):
+                                GROUPED: tl.constexpr, ASM: tl.constexpr, GATHER: tl.constexpr,
+                                ITERS_PER_SPLIT, USE_ATOMIC: tl.constexpr):
     """Tiled GEMM with the static decode: a [16*BLOCK_TK, 16*BLOCK_TN] weight tile is decoded in
-    registers (compile-time shifts, as _trellis_gemv_static_kernel) and fed to tl.dot in x's dtype.
-    x: [M, K] rotated activations; out: [M, N] fp32. Grid: (cdiv(M, BLOCK_M), N/16/BLOCK_TN).
+    registers (compile-time shifts, as _trellis_gemv_static_kernel) straight into x's dtype when
+    that is fp16 (code values are exact in fp16) and fed to tl.dot. Also the tensor-core GEMV: M <= 16
+    in one BLOCK_M=16 row block, K split over programs (fp32 atomics into a zeroed out).
+    x: [M, K] rotated activations; out: [M, N] fp32. Grid: (cdiv(M, BLOCK_M), N/16/BLOCK_TN, SPLIT_K).
     Needs 16*BLOCK_TN | N, 16*BLOCK_TK | K and (grouped) 16*BLOCK_TK | group."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     W: tl.constexpr = 8 * BITS
     P: tl.constexpr = 2 if BITS == 3 else 1
     WG: tl.constexpr = BITS * P // 2
@@ -314,7 +326,10 @@ def _trellis_gemm_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K,
     kk = tl.arange(0, BK)
     mmask = mm < M
     acc = tl.zeros((BLOCK_M, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):
+    DEC: tl.constexpr = tl.float16 if x_ptr.dtype.element_ty == tl.float16 else tl.float32
+    k_start = pid_k * ITERS_PER_SPLIT * BK
+    k_end = tl.minimum(k_start + ITERS_PER_SPLIT * BK, K)
+    for k0 in range(k_start, k_end, BK):
         base = qw_ptr + (k0 // 16) * tk_words
         wm1 = _load_word(base, g, tn, tk_words, n_tiles, -1, WG, W, GPT)
         w0 = _load_word(base, g, tn, tk_words, n_tiles, 0, WG, W, GPT)
@@ -324,11 +339,11 @@ def _trellis_gemm_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K,
             w1 = _load_word(base, g, tn, tk_words, n_tiles, 1, WG, W, GPT)
         if WG > 2:
             w2 = _load_word(base, g, tn, tk_words, n_tiles, 2, WG, W, GPT)
-        v0 = _code_value(_column_states(wm1, w0, w1, w2, 0, BITS), lut_ptr, CODE, ASM, GATHER)
+        v0 = _code_value(_column_states(wm1, w0, w1, w2, 0, BITS), lut_ptr, CODE, ASM, GATHER, DEC)
         if P == 1:
             w = tl.reshape(v0, (BK, BN))                                   # k = g, n = 16 tn + n_local
         else:
-            v1 = _code_value(_column_states(wm1, w0, w1, w2, 1, BITS), lut_ptr, CODE, ASM, GATHER)
+            v1 = _code_value(_column_states(wm1, w0, w1, w2, 1, BITS), lut_ptr, CODE, ASM, GATHER, DEC)
             w = tl.reshape(tl.permute(tl.join(v0, v1), (0, 3, 1, 2)), (BK, BN))   # k = 2 g + p
         if GROUPED:
             w = w * tl.load(s_ptr + (k0 // group) * N + nn).to(tl.float32)[None, :]
@@ -339,7 +354,10 @@ def _trellis_gemm_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K,
             acc = tl.dot(a, w.to(a.dtype), acc)
     if not GROUPED:
         acc = acc * tl.load(s_ptr + nn).to(tl.float32)[None, :]
-    tl.store(out_ptr + mm[:, None] * stride_om + nn[None, :], acc, mask=mmask[:, None])
+    if USE_ATOMIC:
+        tl.atomic_add(out_ptr + mm[:, None] * stride_om + nn[None, :], acc, mask=mmask[:, None])
+    else:
+        tl.store(out_ptr + mm[:, None] * stride_om + nn[None, :], acc, mask=mmask[:, None])
 
 
 @triton.jit
@@ -414,7 +432,28 @@ def _output(out, M: int, N: int, device) -> torch.Tensor:
     return out
 
 
-GEMV_KERNELS = ("auto", "static", "generic")
+GEMV_KERNELS = ("auto", "static", "generic", "mma")
+
+
+def _static_gemm(xr, qt, out, block_m: int, split_k: int | None, label: str) -> torch.Tensor:
+    """Launch _trellis_gemm_static_kernel (blocks of 32 k x 128 n), K split to fill the GPU."""
+    M, K = xr.shape
+    N = qt.shape[0]
+    group = K if qt.group_size == -1 else qt.group_size
+    m_blocks, n_blocks, k_iters = triton.cdiv(M, block_m), N // 128, K // 32
+    split = split_k or _split_k(m_blocks * n_blocks, k_iters, xr.device)
+    iters = triton.cdiv(k_iters, split)
+    split = triton.cdiv(k_iters, iters)
+    out = _output(out, M, N, xr.device)
+    if split > 1:
+        out.zero_()
+    s = qt.tensors["scales"]
+    LAST_COMPILED[label] = _trellis_gemm_static_kernel[(m_blocks, n_blocks, split)](
+        xr, qt.tensors["qweight"], s, qt.tensors.get("lut", s), out, M, N, K, xr.stride(0), out.stride(0),
+        group, BITS=qt.bits, CODE=CODE_IDS[qt.meta["code"]], BLOCK_M=block_m, BLOCK_TN=8, BLOCK_TK=2,
+        IEEE=xr.dtype == torch.float32, GROUPED=qt.group_size != -1, ASM=use_asm(xr.device),
+        GATHER=HAS_GATHER, ITERS_PER_SPLIT=iters, USE_ATOMIC=split > 1, num_warps=4)
+    return out
 
 
 def use_asm(device: torch.device) -> bool:
@@ -431,9 +470,9 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     """``y' = x' @ Wt.T`` in fp32 for rotated activations ``x' [M, K]`` (the kernel alone).
 
     ``out``: optional fp32 ``[M, N]`` buffer (contiguous rows); split-K zeroes it first.
-    ``gemv`` (M <= 4): ``static`` = the compile-time-shift kernel (needs 16*block_tn | N and
-    16*block_tk | K), ``generic`` = per-weight window offsets (any shape), ``auto`` = static when the
-    shape allows. ``block_n``/``block_k`` configure the generic and tiled kernels."""
+    ``gemv`` (M <= 4): ``static`` = the compile-time-shift FMA kernel (needs 16*block_tn | N and
+    16*block_tk | K), ``generic`` = per-weight window offsets (any shape), ``mma`` = the static decode
+    into tensor-core tiles (M <= 16; N % 128, K % 32), ``auto`` = static when the shape allows. ``block_n``/``block_k`` configure the generic and tiled kernels."""
     M, K = xr.shape
     N = qt.shape[0]
     bits = qt.bits
@@ -451,6 +490,11 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     if gemv == "static" and not static_ok:
         raise ValueError(f"the static GEMV needs N % {16 * block_tn} == 0 and K % {16 * block_tk} == 0, "
                          f"got N={N}, K={K}")
+    if gemv == "mma":
+        if M > 16 or N % 128 or K % 32 or group % 32:
+            raise ValueError(f"the tensor-core GEMV needs M <= 16, N % 128 == 0, K % 32 == 0 and a group "
+                             f"multiple of 32; got M={M}, N={N}, K={K}, group={group}")
+        return _static_gemm(xr, qt, out, 16, split_k, "mma")
     if M <= GEMV_MAX_M and gemv != "generic" and static_ok:
         n_blocks = N // (16 * block_tn)
         k_iters = K // (16 * block_tk)
@@ -482,13 +526,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
         return out
     BLOCK_M = 16 if M <= 16 else (32 if M <= 32 else 64)
     if gemv != "generic" and N % 128 == 0 and K % 32 == 0 and group % 32 == 0:
-        out = _output(out, M, N, xr.device)
-        grid = (triton.cdiv(M, BLOCK_M), N // 128)
-        LAST_COMPILED["gemm"] = _trellis_gemm_static_kernel[grid](
-            xr, qw, s, lut, out, M, N, K, xr.stride(0), out.stride(0), group,
-            BITS=bits, CODE=code, BLOCK_M=BLOCK_M, BLOCK_TN=8, BLOCK_TK=2, IEEE=xr.dtype == torch.float32,
-            GROUPED=qt.group_size != -1, ASM=use_asm(xr.device), GATHER=HAS_GATHER, num_warps=4)
-        return out
+        return _static_gemm(xr, qt, out, BLOCK_M, split_k, "gemm")
     BLOCK_N = block_n or 64
     out = _output(out, M, N, xr.device)
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
