@@ -27,6 +27,7 @@ The torch reference these kernels must equal is :func:`fused_moe_reference`.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -351,6 +352,7 @@ class MoEGemmConfig:
             raise ValueError(f"warps and split factors must be >= 1: {self}")
 
 
+@functools.lru_cache(maxsize=1024)
 def default_config(num_slots: int, num_experts: int) -> MoEGemmConfig:
     """Heuristic: one slot per program when experts get about one slot each (decode), else a tensor-core
     block of about the slots an expert gets; small column blocks and split-K on the down projection at

@@ -14,6 +14,7 @@ different widths; the kernel branches on the table, and a program only ever serv
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -103,14 +104,14 @@ class FlatProjection:
     kinds: tuple[int, ...]       # per expert
     expert_nbytes: tuple[int, ...]
 
-    @property
+    @functools.cached_property
     def kinds_mask(self) -> int:
         m = 0
         for k in self.kinds:
             m |= 1 << k
         return m
 
-    @property
+    @functools.cached_property
     def uniform_kind(self) -> int | None:
         return self.kinds[0] if len(set(self.kinds)) == 1 else None
 
