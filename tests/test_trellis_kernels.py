@@ -167,3 +167,24 @@ def test_tensor_core_gemv(M, dtype, bits, code, group, gen):
         assert rel_err(out, xr.double() @ wt.t()) < tol
     with pytest.raises(ValueError, match="tensor-core GEMV"):
         tg.trellis_matmul_rotated(torch.randn(17, 64), qt, gemv="mma")
+
+
+def test_static_gemv_compiles_for_sm90_with_few_instructions_per_weight():
+    # compiled (not interpreted) for Hopper with Triton's bundled ptxas: catches what the interpreter
+    # cannot (lowering, inline PTX) and guards the decode's instruction budget
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root / "src"), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "_trellis_sass.py"), "--bits", "3",
+                           "--code", "3inst", "--asm", "1"], env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr:
+        pytest.skip("this Triton has no bundled ptxas")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["instr_per_weight"] < 12, r
+    assert r["opcodes"].get("LDG", 0) / r["weights_per_thread"] < 0.5      # words loaded once per group
