@@ -13,3 +13,5 @@ timeout 220 python -m pytest -q -p no:cacheprovider -m gpu tests/test_moe_kernel
 echo "pytest gpu rc=$?"
 tail -30 "$OUT/pytest_gpu.log"
 grep -hE "copy|matmul|TFLOP|GB/s" "$OUT/foundation/baseline.log" | tail -20
+# at most 8 files come back: pack everything into one archive
+(cd "$OUT" && tar czf /tmp/smoke_all.tgz . && find . -mindepth 1 -delete && mv /tmp/smoke_all.tgz .)
