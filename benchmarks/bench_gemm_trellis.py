@@ -43,9 +43,9 @@ def sweep_configs(quick: bool, bits: int):
         return [{"gemv": "static"}, {"gemv": "generic"}]
     tks = (2, 4) if bits == 3 else (1, 2)
     out = [{"gemv": "static", "block_tn": tn, "block_tk": tk, "split_k": sk}
-           for tn in (4, 8, 16) for tk in tks for sk in (None, 1, 8)]
+           for tn in (8, 16) for tk in tks for sk in (None, 8)]
     out += [{"gemv": "generic", "block_n": bn, "block_k": bk} for bn in (64, 128) for bk in (32, 64)]
-    out += [{"gemv": "mma", "split_k": sk} for sk in (None, 1, 8)]
+    out += [{"gemv": "mma", "split_k": sk} for sk in (None, 8)]
     return out
 
 

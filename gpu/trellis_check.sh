@@ -6,11 +6,12 @@
 #   2. Viterbi encode time of a 4096x4096 matrix at 3 bits (bar: < 60 s);
 #   3. distortion at 2/3/4 bits per code on i.i.d. Gaussian data (256x256) + proxy loss (512x1024);
 #   4. pytest -m gpu on the trellis/Hadamard tests;
-#   5. a decode-GEMV config sweep at M=1 on 8192x8192 (3inst).
+#   5. a decode-GEMV config sweep at M=1 on 8192x8192 (trellis3, 3inst): static FMA blocks/splits,
+#      generic, tensor-core.
 # Run from anywhere on the GPU machine: bash gpu/trellis_check.sh
 # Writes $OUT/trellis.log (all output, tables included), $OUT/trellis.jsonl (all records) and
-# $OUT/trellis_asm/ (PTX + op counts). Exits non-zero if any step failed. Expected device time ~5 min
-# (each step has a timeout; the worst case is ~10 min).
+# $OUT/trellis_asm/ (PTX + op counts). Exits non-zero if any step failed. Expected device time ~6 min
+# (kernel compiles included; each step has a timeout, the worst case is ~12 min).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/trellis_out}"
@@ -44,10 +45,10 @@ step encode_4096 90 python benchmarks/bench_trellis_performance.py --device cuda
   --encode-shape 4096x4096 --encode-bits 3 -o "$WORK/encode.jsonl"
 step quality 100 python benchmarks/bench_trellis_performance.py --device cuda --sections distortion,proxy,decode \
   --distortion-shape 256x256 --proxy-shape 512x1024 --decode-shape 8192x8192 -o "$WORK/quality.jsonl"
-step pytest_gpu 100 python -m pytest -q -m gpu tests/test_trellis_kernels.py tests/test_hadamard.py \
+step pytest_gpu 150 python -m pytest -q -m gpu tests/test_trellis_kernels.py tests/test_hadamard.py \
   tests/test_trellis.py tests/test_gptq.py
-step gemv_sweep 60 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 --m 1 \
-  --formats trellis2,trellis3,trellis4 --codes 3inst --no-int4 --sweep --repeats 20 -o "$WORK/sweep.jsonl"
+step gemv_sweep 120 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 --m 1 \
+  --formats trellis3 --codes 3inst --no-int4 --sweep --repeats 20 -o "$WORK/sweep.jsonl"
 
 cat "$WORK"/*.jsonl > "$JSONL" 2>/dev/null
 echo "records: $(wc -l < "$JSONL")" | tee -a "$LOG"
