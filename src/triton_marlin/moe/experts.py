@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -38,9 +38,6 @@ KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 ASYM_KIND = 8  # added to an integer kind with zero points
 # Columns of the per-expert table of a flattened projection.
 T_KIND, T_CODE, T_HI, T_SCALE, T_ZERO, T_GROUP, T_FIELDS = 0, 1, 2, 3, 4, 5, 8
-
-ProjSpec = tuple  # (format, group_size or None)
-
 
 def _norm_spec(spec, where: str) -> tuple[str, int | None]:
     if isinstance(spec, str):
@@ -212,8 +209,7 @@ class QuantizedExperts:
                 if qt.format not in KIND_CODES:
                     raise ValueError(f"expert {e} {p}: format {qt.format!r} is not supported for experts; "
                                      f"expected one of {sorted(KIND_CODES)}")
-                gs = K = qt.shape[1]
-                gs = K if qt.group_size == -1 else qt.group_size
+                gs = qt.shape[1] if qt.group_size == -1 else qt.group_size
                 if gs % 16:
                     raise ValueError(f"expert {e} {p}: group size {qt.group_size} is not a multiple of 16")
                 if device is None:
