@@ -196,20 +196,20 @@ def candidate_configs(M: int, quick: bool = False) -> list:
     out = []
     if M <= 4:
         bm = 1 << max(0, (M - 1).bit_length())
+        for split in (8, 16, 32):
+            out.append(KC("gemv", block_m=bm, block_n=256, split_k=split, num_warps=4))
+    if M <= 64:
         for bn in (128, 256):
-            for split in (4, 8):
-                out.append(KC("gemv", block_m=bm, block_n=bn, split_k=split, num_warps=4))
-    if M <= 16:
-        for bn in (128, 256):
-            for split in (1, 2, 4, 8):
+            for split in (4, 8, 16, 32):
                 out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=4, num_stages=3,
                               fold=1))
-        out.append(KC("dot", block_m=16, block_n=256, split_k=8, num_warps=4, num_stages=3))  # no fold
+        for split in (8, 16):
+            out.append(KC("dot", block_m=16, block_n=256, split_k=split, num_warps=4, num_stages=3))
     if 16 < M <= 256:
-        for bm, bn in ((32, 128), (64, 64), (64, 128)):
+        for bm, bn in ((32, 128), (64, 128)):
             if bm > 2 * M:
                 continue
-            for split in (1, 2, 4):
+            for split in (2, 4, 8):
                 out.append(KC("dot", block_m=bm, block_n=bn, split_k=split, num_warps=4, num_stages=3,
                               fold=1))
     if M >= 32:

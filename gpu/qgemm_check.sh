@@ -8,7 +8,8 @@
 #   tune:  GPU tests of the PTX-unpack formats, bench_kernel_selection for int4 on the issue's shapes
 #          (writes src/triton_marlin/kernels/tuned/<gpu>.json, copied to $OUT/qgemm/), then bench_gemm
 #          of six formats at M 1..1024 on the two large shapes with that table (~6 min).
-#   final: bench_gemm (selection table in use) for the closing table (~5 min).
+#   final: GPU tests + parallel compile warm-up, per-format selection for M 1/16/64 on the two large
+#          shapes (merged into the table), then bench_gemm of six formats (~5 min).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/out}"
@@ -50,8 +51,16 @@ tune)
       --formats int4,fp4,mxfp4,int2,int3,int8 --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   ;;
 final)
-  step gemm 500 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 \
-      --formats int4,fp4,mxfp4,int2,int3,int8 --warmup 5 --repeats 30 --output "$LOG/gemm.jsonl"
+  FMTS=int4,fp4,mxfp4,int2,int3,int8
+  # compile in parallel (Triton's disk cache serves the timed runs), GPU tests alongside
+  $PY gpu/qgemm_warm.py --formats $FMTS --m 1,16,64 > "$LOG/warm.log" 2>&1 &
+  step tests 200 $PY -m pytest -q -n 8 -m gpu tests/test_qgemm.py
+  wait; cat "$LOG/warm.log"
+  step selection 200 $PY benchmarks/bench_kernel_selection.py --shapes $BIG --m 1,16,64 \
+      --formats $FMTS --merge --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
+  cp src/triton_marlin/kernels/tuned/*.json "$LOG/" 2>/dev/null
+  step gemm 200 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 \
+      --formats $FMTS --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   ;;
 *) echo "usage: $0 [check|tune|final]" >&2; exit 2 ;;
 esac

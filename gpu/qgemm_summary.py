@@ -21,6 +21,8 @@ def variants(path):
     per_family = defaultdict(lambda: float("inf"))
     for r in recs:
         c = r["case"]
+        if "M" not in c:
+            continue
         key = (c["shape"], c["format"], c["M"])
         if r["metric"] == "time" and c.get("variant") == "fp16_dense":
             fp16[key] = r["value"]

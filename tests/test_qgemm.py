@@ -287,3 +287,19 @@ def test_gpu_large_shape_against_cublas(gen):
         ref = (x.float() @ w16.float().t()).double()
         assert rel_err(out, ref) < TOL[torch.float16], M
         assert math.isfinite(out.float().sum().item())
+
+
+def test_config_too_big_steps_down_and_says_so(gen):
+    """A configuration known not to fit shared memory is replaced by a smaller one, recorded."""
+    qt = _quant("int4", 40, 256, gen, _device(), group_size=128)
+    x = torch.randn(3, 256, generator=gen).half().to(_device())
+    big = Q.KernelConfig("dot", block_m=16, block_n=64, num_stages=3, fold=1)
+    Q._too_big.add((big, 8, torch.float16))
+    try:
+        dispatch.reset()
+        out = Q.launch(x, qt, None, big)
+        assert dispatch.counts().get(("qgemm", "smaller-config")) == 1
+        ref = x.double() @ qt.dequantize(torch.float64).t()
+        assert rel_err(out, ref) < TOL[torch.float16]
+    finally:
+        Q._too_big.discard((big, 8, torch.float16))

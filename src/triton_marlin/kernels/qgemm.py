@@ -23,12 +23,14 @@ runs under ``torch.compile`` and inside CUDA graphs.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
+from .. import dispatch
 from ..formats import QuantizedTensor
 from ..formats.packing import code_tile_k
 from . import decode as D
@@ -167,14 +169,23 @@ def _raw_factor(KIND: tl.constexpr):
 
 
 @triton.jit
-def _raw_operand(codes, KIND: tl.constexpr, IS_BF16: tl.constexpr):
-    """Tensor-core operand holding the codes exactly, without scale or zero point (FOLD mode):
-    integers ``MAGIC + q`` (fp16: 1024 + q, bf16: 128 + q), minifloats ``value * 2**-14 / 2**-8`` (fp16)."""
+def _fold_operand(codes, zero, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
+                  IS_BF16: tl.constexpr):
+    """Tensor-core operand for FOLD mode: the code's exact value without the scale. Integers ``q - z``
+    (exact in fp16, and in bf16 for |q - z| < 256), minifloats ``value * 2**-14 / 2**-8`` (fp16)."""
     if KIND == 0:
         if IS_BF16:
-            return int_magic_bf16(codes)
+            if SYMMETRIC:
+                zf: tl.constexpr = 8388608.0 + (1 << (BITS - 1))
+                return (int_magic_fp32(codes) - zf).to(tl.bfloat16)
+            else:
+                return (int_magic_fp32(codes) - int_magic_fp32(zero)).to(tl.bfloat16)
         else:
-            return int_magic_fp16(codes)
+            if SYMMETRIC:
+                zf16: tl.constexpr = 1024.0 + (1 << (BITS - 1))
+                return int_magic_fp16(codes) - zf16
+            else:
+                return int_magic_fp16(codes) - int_magic_fp16(zero)
     elif KIND == 1:
         return e2m1_raw_fp16(codes)
     else:
@@ -182,20 +193,12 @@ def _raw_operand(codes, KIND: tl.constexpr, IS_BF16: tl.constexpr):
 
 
 @triton.jit
-def _fold_offset(z, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
-                 IS_BF16: tl.constexpr):
-    """What FOLD mode subtracts per activation sum: ``MAGIC + z`` for integers, 0 for minifloats."""
-    if KIND == 0:
-        if IS_BF16:
-            magic = 128.0
-        else:
-            magic = 1024.0
-        if SYMMETRIC:
-            return z.to(tl.float32) * 0.0 + (magic + (1 << (BITS - 1)))
-        else:
-            return z.to(tl.float32) + magic
+def _fold_offset_fp16(z, BITS: tl.constexpr, SYMMETRIC: tl.constexpr):
+    """``1024 + z`` as fp16 (what the PTX unpackers' ``1024 + q`` loses to become ``q - z``)."""
+    if SYMMETRIC:
+        return tl.full(z.shape, 1024.0 + (1 << (BITS - 1)), tl.float16)
     else:
-        return z.to(tl.float32) * 0.0
+        return int_magic_fp16(z)
 
 
 @triton.jit
@@ -361,11 +364,9 @@ def _qgemm_dot_kernel(
     Three ways to feed the tensor cores:
     - default: each 16-row slot is dequantized (scale, zero point) to fp16/bf16 and multiplied in
       its own k=16 ``tl.dot``;
-    - FOLD: the operand is the raw exact code value (integers ``1024 + q`` in fp16 / ``128 + q`` in
-      bf16, minifloats times a power of two) with no per-weight arithmetic past the bit tricks; the
-      group scale multiplies the per-group partial product, and the integer offset is removed as
-      ``scale * (MAGIC + z) * sum(x over the group)`` (exact products in fp32; the cancellation
-      costs ~1e-5 relative, far below the fp16 output rounding);
+    - FOLD: the operand is the code's exact unscaled value (integers ``q - z``, minifloats times a
+      power of two): no scale multiply per weight; the group scale multiplies the group's partial
+      product once per output (exact: the operand is exact and products accumulate in fp32);
     - WIDE: the whole K tile (16*SLOTS rows) is dequantized into one ``[TILE_K, BN]`` operand and
       multiplied in one ``tl.dot`` (fewer, larger tensor-core steps for large M).
     ASM (FOLD with fp16 int2/int4/fp4 on CUDA): the raw operands of all slots come from one PTX block
@@ -399,7 +400,6 @@ def _qgemm_dot_kernel(
     if GROUP_SLOTS == 0:
         s_pc, z = _load_group(s_ptr, z_ptr, gs_ptr, 0, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
         unit = tl.full((BLOCK_N,), 1.0, tl.float32)
-        xsum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for t in range(t_begin, t_end):
         words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
         if WIDE:
@@ -464,7 +464,6 @@ def _qgemm_dot_kernel(
                                            SYMMETRIC)
                         if FOLD:
                             part = zero_acc
-                            xsum = tl.zeros((BLOCK_M,), dtype=tl.float32)
                     scale = s
                 else:
                     scale = unit
@@ -478,13 +477,13 @@ def _qgemm_dot_kernel(
                     a = tl.load(x_row + k[None, :] * stride_xk, mask=mask_m[:, None] & (k < K)[None, :],
                                 other=0.0)
                 if ASM:
-                    w = raws[i]
                     if KIND == 0:
-                        xsum += tl.sum(a.to(tl.float32), axis=1)
+                        # exact q - z in fp16 (one packed subtract per two weights)
+                        w = raws[i] - _fold_offset_fp16(z, BITS, SYMMETRIC)[None, :]
+                    else:
+                        w = raws[i]
                 elif FOLD:
-                    w = _raw_operand(codes, KIND, IS_BF16)
-                    if KIND == 0:
-                        xsum += tl.sum(a.to(tl.float32), axis=1)
+                    w = _fold_operand(codes, z[None, :], KIND, BITS, SYMMETRIC, IS_BF16)
                 else:
                     w = dequant(codes, scale[None, :], z[None, :], KIND, BITS, SYMMETRIC, IS_BF16)
                 if FOLD and GROUP_SLOTS != 0:
@@ -493,12 +492,8 @@ def _qgemm_dot_kernel(
                     else:
                         part = tl.dot(a, w, part)
                     if i % GROUP_SLOTS == GROUP_SLOTS - 1:
-                        # scale the group's partial product and remove the integer offset
-                        fs = s * _raw_factor(KIND)
-                        acc += part * fs[None, :]
-                        if KIND == 0:
-                            off = _fold_offset(z, KIND, BITS, SYMMETRIC, IS_BF16) * fs
-                            acc -= xsum[:, None] * off[None, :]
+                        # one scale multiply per group and output instead of per weight
+                        acc += part * (s * _raw_factor(KIND))[None, :]
                 else:
                     if DOT_FP32:
                         acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
@@ -506,11 +501,7 @@ def _qgemm_dot_kernel(
                         acc = tl.dot(a, w, acc)
     if GROUP_SLOTS == 0:
         if FOLD:
-            fs = s_pc * _raw_factor(KIND)
-            acc = acc * fs[None, :]
-            if KIND == 0:
-                off = _fold_offset(z, KIND, BITS, SYMMETRIC, IS_BF16) * fs
-                acc -= xsum[:, None] * off[None, :]
+            acc = acc * (s_pc * _raw_factor(KIND))[None, :]
         else:
             acc = acc * s_pc[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
@@ -718,15 +709,48 @@ def dequantize_kn(qt: QuantizedTensor, dtype: torch.dtype, block_n: int = 128,
     return w
 
 
+_too_big: set = set()  # (config, slots, dtype) that exceeded this GPU's shared memory
+
+
+def _smaller(cfg: KernelConfig) -> KernelConfig:
+    """A configuration that needs less shared memory: fewer pipeline stages, then narrower tiles."""
+    if cfg.num_stages > 2:
+        return replace(cfg, num_stages=cfg.num_stages - 1)
+    if cfg.block_n > 32:
+        return replace(cfg, block_n=cfg.block_n // 2)
+    if cfg.family == "dot" and cfg.block_m > 16:
+        return replace(cfg, block_m=cfg.block_m // 2)
+    return KernelConfig("dequant")
+
+
 def launch(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None, cfg: KernelConfig
            ) -> torch.Tensor:
-    """Run configuration ``cfg`` (any family) on ``x [M, K]``."""
+    """Run configuration ``cfg`` (any family) on ``x [M, K]``.
+
+    A configuration chosen for one format can need more shared memory for another (int2/int3 tiles
+    hold 16 code slots, int4's 8): such a launch steps down (:func:`_smaller`), warns once and
+    records the path ``qgemm/smaller-config`` in :mod:`triton_marlin.dispatch`.
+    """
     if cfg.family == "dequant":
         w = dequantize_kn(qt, x.dtype)
         if bias is not None:
             return torch.addmm(bias.to(x.dtype), x, w)
         return torch.matmul(x, w)
-    return launch_fused(x, qt, bias, cfg)
+    spec = format_spec(qt)
+    key = (cfg, spec.slots, x.dtype)
+    while key in _too_big:
+        cfg = _smaller(cfg)
+        key = (cfg, spec.slots, x.dtype)
+        dispatch.record("qgemm", "smaller-config")
+        if cfg.family == "dequant":
+            return launch(x, qt, bias, cfg)
+    try:
+        return launch_fused(x, qt, bias, cfg, spec=spec)
+    except OutOfResources as e:
+        _too_big.add(key)
+        dispatch.warn_fallback("qgemm", f"{_config_key(cfg)} does not fit this GPU for {qt.format} "
+                                        f"({e}); stepping down to {_config_key(_smaller(cfg))}")
+        return launch(x, qt, bias, cfg)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -171,31 +171,33 @@ def default_config(M: int, N: int, K: int, qt: QuantizedTensor, device: torch.de
                         split_k=_split_for(programs, tiles, sms, max_split=4))
 
 
-def _nearest_shape(shapes: list[str], N: int, K: int) -> str:
-    def dist(key: str) -> float:
-        n, k = (int(v) for v in key.split("x"))
-        return abs(math.log(n / N)) + abs(math.log(k / K))
-    return min(shapes, key=dist)
+def _shape_distance(key: str, N: int, K: int) -> float:
+    n, k = (int(v) for v in key.split("x"))
+    return abs(math.log(n / N)) + abs(math.log(k / K))
 
 
 def lookup(table: dict | None, fmt: str, N: int, K: int, M: int) -> tuple[KernelConfig, str] | None:
-    """(config, where it came from) from ``table``, or None."""
+    """(config, where it came from) from ``table``, or None.
+
+    Candidates are the format's own entries and int4's (same 4-bit tile; the stand-in for formats
+    not measured); each measured (shape, M bucket) scores its distance in log N + log K + 0.5 log2 M
+    from the call, the format's own entries winning ties.
+    """
     if not table:
         return None
     entries = table["entries"]
-    fmt_key = fmt if fmt in entries else ("int4" if "int4" in entries else None)
-    if fmt_key is None or not entries[fmt_key]:
-        return None
-    shapes = entries[fmt_key]
-    shape = f"{N}x{K}" if f"{N}x{K}" in shapes else _nearest_shape(list(shapes), N, K)
-    buckets = shapes[shape]
-    if not buckets:
-        return None
     mb = m_bucket(M)
-    keys = sorted(int(b) for b in buckets)
-    # the measured bucket nearest in log M
-    best = min(keys, key=lambda b: (abs(math.log2(b) - math.log2(mb)), b))
-    return KernelConfig.from_dict(buckets[str(best)]), f"table:{fmt_key}/{shape}/M{best}"
+    best = None
+    for fmt_key, own in ((fmt, 0), ("int4", 1)):
+        for shape, buckets in entries.get(fmt_key, {}).items():
+            ds = _shape_distance(shape, N, K)
+            for b, cfg in buckets.items():
+                score = (round(ds + 0.5 * abs(math.log2(int(b)) - math.log2(mb)), 6), own, int(b))
+                if best is None or score < best[0]:
+                    best = (score, cfg, f"table:{fmt_key}/{shape}/M{b}")
+    if best is None:
+        return None
+    return KernelConfig.from_dict(best[1]), best[2]
 
 
 def select_config(x: torch.Tensor, qt: QuantizedTensor) -> KernelConfig:
