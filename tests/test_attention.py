@@ -543,3 +543,31 @@ def test_mla_decode_gpu_glm47_widths(dtype, monkeypatch):
     A.mla_decode_attention_triton(q_nope, q_rope, ckv, kpe, seq_lens, cfg["sm_scale"], max_seq_len=S, out=out)
     ref = A.mla_decode_reference(q_nope.float(), q_rope.float(), ckv.float(), kpe.float(), seq_lens, cfg["sm_scale"])
     assert rel_err(out, ref) < GPU_TOL[dtype]
+
+
+@pytest.mark.gpu
+def test_gpu_torch_compile_inductor():
+    """torch.compile with inductor (fullgraph) around all three entry points: the custom ops and fake impls."""
+    gen = torch.Generator(device="cuda").manual_seed(9)
+    q = torch.randn(2, 20, 300, 128, device="cuda", generator=gen).half()
+    k = torch.randn(2, 2, 300, 128, device="cuda", generator=gen).half()
+    v = torch.randn(2, 2, 300, 128, device="cuda", generator=gen).half()
+    seq_lens = torch.tensor([300, 77], dtype=torch.int32, device="cuda")
+    qn = torch.randn(2, 20, 512, device="cuda", generator=gen).half()
+    qr = torch.randn(2, 20, 64, device="cuda", generator=gen).half()
+    cache = torch.randn(2, 300, 576, device="cuda", generator=gen).half()
+
+    def step(q, k, v, seq_lens, qn, qr, cache):
+        pre = A.attention(q, k, v, causal=True)
+        dec = A.decode_attention(q[:, :, -1], k, v, seq_lens, max_seq_len=300)
+        mla = A.mla_decode_attention(qn, qr, cache[..., :512], cache[..., 512:], seq_lens, 0.0625, max_seq_len=300)
+        return pre.float().sum(dim=2), dec.float(), mla.float() * 2
+
+    compiled = torch.compile(step, fullgraph=True)
+    got = compiled(q, k, v, seq_lens, qn, qr, cache)
+    want = (A.attention_reference(q.float(), k.float(), v.float(), True).sum(dim=2),
+            A.decode_attention_reference(q[:, :, -1].float(), k.float(), v.float(), seq_lens),
+            2 * A.mla_decode_reference(qn.float(), qr.float(), cache[..., :512].float(), cache[..., 512:].float(),
+                                       seq_lens, 0.0625))
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 2e-3
