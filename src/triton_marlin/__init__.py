@@ -12,10 +12,13 @@ from .quantize import available_methods, quantize
 from .ops import qmatmul
 from .nn import QuantizedLinear, replace_linear_layers
 from .device import select_device
+from .kernels.attention import attention, decode_attention, mla_decode_attention
+from .kvcache import KVCache, LatentKVCache
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FormatError", "QuantizedTensor", "available_formats", "get_format", "available_methods",
-    "quantize", "qmatmul", "QuantizedLinear", "replace_linear_layers", "select_device", "__version__",
+    "quantize", "qmatmul", "QuantizedLinear", "replace_linear_layers", "select_device", "attention", "decode_attention",
+    "mla_decode_attention", "KVCache", "LatentKVCache", "__version__",
 ]
