@@ -92,3 +92,15 @@ def test_replace_linear_layers_skip_predicate():
     model = nn.Sequential(nn.Linear(128, 128), nn.Linear(128, 128))
     report = tm.replace_linear_layers(model, "int4", skip=lambda name: name == "1")
     assert [r["name"] for r in report] == ["0"]
+
+
+def test_qmatmul_routes_trellis_weights_to_their_kernel(gen):
+    from triton_marlin.device import triton_enabled_for
+    if not triton_enabled_for(torch.device("cpu")):
+        pytest.skip("Triton interpreter not enabled")
+    qt = tm.quantize(torch.randn(16, 128, generator=gen), "trellis2", method="viterbi")
+    x = torch.randn(2, 128, generator=gen)
+    dispatch.reset()
+    out = tm.qmatmul(x, qt)
+    assert dispatch.counts() == {("qmatmul", "triton"): 1}
+    assert rel_err(out, x.double() @ qt.dequantize(torch.float64).t()) < 1e-5

@@ -32,6 +32,17 @@ def check_qmatmul_args(x: torch.Tensor, qweight: QuantizedTensor, bias: torch.Te
             raise ValueError(f"bias is on {bias.device} but x is on {x.device}")
 
 
+def _triton_kernel_for(x: torch.Tensor, qweight: QuantizedTensor):
+    """The Triton implementation for this weight's format and why it can't run (None when it can)."""
+    if qweight.format.startswith("trellis"):
+        from .kernels import trellis_gemm  # noqa: PLC0415  (imports triton)
+
+        return trellis_gemm.trellis_qgemm, trellis_gemm.unsupported_reason(x, qweight)
+    from .kernels import qgemm  # noqa: PLC0415  (imports triton)
+
+    return qgemm.qgemm, qgemm.unsupported_reason(x, qweight)
+
+
 def qmatmul(x: torch.Tensor, qweight: QuantizedTensor, bias: torch.Tensor | None = None, *,
             backend: str = "auto") -> torch.Tensor:
     """``x[..., K] @ W.T (+ bias) -> [..., N]`` for a quantized weight ``W [N, K]``.
@@ -49,12 +60,10 @@ def qmatmul(x: torch.Tensor, qweight: QuantizedTensor, bias: torch.Tensor | None
         return x.new_empty((*lead, N))
     use_triton = backend == "triton" or (backend == "auto" and triton_enabled_for(x.device))
     if use_triton:
-        from .kernels import qgemm  # noqa: PLC0415  (imports triton)
-
-        reason = qgemm.unsupported_reason(x, qweight)
+        kernel, reason = _triton_kernel_for(x, qweight)
         if reason is None:
             dispatch.record("qmatmul", "triton")
-            out = qgemm.qgemm(x.reshape(-1, K), qweight, bias)
+            out = kernel(x.reshape(-1, K), qweight, bias)
             return out.reshape(*lead, N)
         if backend == "triton":
             raise ValueError(f"qmatmul: the Triton kernel cannot run this call: {reason}")
