@@ -128,7 +128,24 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
                         up = tl.load(a_rows + K + ka, mask=amask, other=0.0)
                         a = a / (1.0 + tl.exp(-a)) * up
                     a3 = tl.reshape(a, (8, 16))[:, :, None]  # k = k0 + 16 (8 h + i) + w
-                    if DKIND == 0:
+                    if DKIND == 0 and (BITS == 2 or BITS == 4):
+                        # decode in place: code bits masked where they sit, OR-ed under the 2**23 exponent,
+                        # read as fp32 = 2**23 + q * 2**pos (exact while pos + BITS <= 23; the high slots are
+                        # shifted down 12 first); 2**-pos goes into the scale. One LOP3-type op per weight
+                        # fewer than shift + mask + or.
+                        i3 = sl[:, None, None]
+                        shift3 = tl.where(i3 * BITS + BITS > 23, 12, 0)
+                        pos3 = i3 * BITS - shift3
+                        mant = ((words[None, :, :] >> shift3) & (((1 << BITS) - 1) << pos3)) | 0x4B000000
+                        unit = ((pos3 + 127) << 23).to(tl.float32, bitcast=True)      # 2**pos
+                        inv_unit = ((127 - pos3) << 23).to(tl.float32, bitcast=True)  # 2**-pos
+                        if SYM:
+                            base = 8388608.0 + (1 << (BITS - 1)) * unit
+                        else:
+                            base = 8388608.0 + z.to(tl.float32)[:, None, :] * unit
+                        qf = mant.to(tl.float32, bitcast=True) - base  # (q - z) * 2**pos, exact
+                        w = qf * (s[:, None, :] * inv_unit)
+                    elif DKIND == 0:
                         if SYM:
                             qf = int_magic_fp32(q) - (8388608.0 + (1 << (BITS - 1)))  # q - z, exact
                         else:
