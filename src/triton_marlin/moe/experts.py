@@ -14,11 +14,10 @@ different widths; the kernel branches on the table, and a program only ever serv
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -101,16 +100,12 @@ class FlatProjection:
     kinds: tuple[int, ...]       # per expert
     expert_nbytes: tuple[int, ...]
 
-    @functools.cached_property
-    def kinds_mask(self) -> int:
-        m = 0
-        for k in self.kinds:
-            m |= 1 << k
-        return m
+    kinds_mask: int = field(init=False)           # bit k set when some expert has kind k
+    uniform_kind: int | None = field(init=False)  # the kind every expert has, else None
 
-    @functools.cached_property
-    def uniform_kind(self) -> int | None:
-        return self.kinds[0] if len(set(self.kinds)) == 1 else None
+    def __post_init__(self):
+        self.kinds_mask = sum(1 << k for k in set(self.kinds))
+        self.uniform_kind = self.kinds[0] if len(set(self.kinds)) == 1 else None
 
     @property
     def nbytes(self) -> int:

@@ -188,6 +188,8 @@ class MoEStrategy:
 
     def __call__(self, x, topk_ids, topk_weights):
         check_forward_args(x, topk_ids, topk_weights, self.experts)
+        if torch.compiler.is_compiling():  # traced once: the custom op is what runs (no Python bookkeeping)
+            return self.forward(x, topk_ids, topk_weights)
         if self.fused:
             _need_triton(self.name, x.device)
         dispatch.record("moe_experts", self.name)
