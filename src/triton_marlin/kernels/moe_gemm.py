@@ -18,11 +18,17 @@ constant and the table's kind column is not read (the uniform-width strategy).
 K loop of one kind: a tile of ``SLOTS * 16`` contiguous k is 16 word rows (sub-byte codes, see
 formats/packing.py) shifted by ``BITS * slot`` into a ``[SLOTS, 16, BLOCK_N]`` code block, or 128 rows of
 bytes (8-bit codes) viewed the same way; one scale (and zero point) row per slot of 16 k (groups are
-multiples of 16); decoded with :mod:`triton_marlin.kernels.decode`; reshaped ``[SLOTS*16, BLOCK_N]``; one
-``tl.dot``.
+multiples of 16). Two paths:
+
+- ``BLOCK_M >= 16`` (prefill, batches): the tile is dequantized with :mod:`triton_marlin.kernels.decode`,
+  reshaped ``[SLOTS*16, BLOCK_N]`` and fed to one ``tl.dot``.
+- ``BLOCK_M == 1`` (decode: about one slot per active expert): CUDA cores, exact fp32 decode, the gate_up
+  K range split over programs (``SPLIT_K``) that add fp32 ``[gate | up]`` partials; the down kernel forms
+  ``silu(gate) * up`` as it loads them (``A_SWIGLU``) and splits its own K range too.
 
 Operands: ``x [T, H]`` (fp16/bf16, row stride ``stride_x``), gate/up ``[I, H]``, down ``[H, I]`` per expert,
-intermediate ``h [capacity, I]`` in x's dtype (row = sorted position), output accumulator ``[T, H]`` fp32.
+intermediate ``h [capacity, I]`` in x's dtype (row = sorted position; ``[capacity, 2 I]`` fp32 with split-K
+gate_up), output accumulator ``[T, H]`` fp32.
 The torch reference these kernels must equal is :func:`fused_moe_reference`.
 """
 from __future__ import annotations
@@ -36,9 +42,8 @@ import triton.language as tl
 
 from .decode import decode_scale, dequant, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp32
 
-# Kind codes: the format kinds of triton_marlin.moe.experts.KIND_CODES, asymmetric integers + 8.
-T_KIND, T_CODE, T_HI, T_SCALE, T_ZERO, T_GROUP, T_FIELDS = 0, 1, 2, 3, 4, 5, 8
-ASYM = 8
+# Kind codes: the format kinds of triton_marlin.moe.experts.KIND_CODES, asymmetric integers + 8; the table
+# columns are those of triton_marlin.moe.experts (T_KIND ... T_GROUP, 8 per expert).
 NUM_KINDS = 12
 
 
