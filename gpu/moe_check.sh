@@ -36,11 +36,11 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run, log stdout+stderr, keep going o
 cat "$LOG/env.txt"
 
 step tests 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_moe_kernels.py tests/test_moe_layer.py
-step kernel_dispatch_int4 180 "$PY" benchmarks/bench_moe_kernel_dispatch.py --tokens 1 256 --repeats 30 \
+step kernel_dispatch_int4 180 "$PY" benchmarks/bench_moe_kernel_dispatch.py --tokens 1 256 --repeats 30 --warmup 3 \
   --output "$LOG/kernel_dispatch_int4.jsonl"
-step cpp_dispatch 150 "$PY" scripts/benchmark_cpp_dispatch.py --counts 100 1000 5000 --repeats 10 \
+step cpp_dispatch 150 "$PY" scripts/benchmark_cpp_dispatch.py --counts 100 1000 5000 --repeats 10 --warmup 2 \
   --output "$LOG/cpp_dispatch.jsonl"
-step mixed_glm4_full 300 "$PY" scripts/run_mixed_precision_bench.py --full --model glm4 --repeats 20 \
+step mixed_glm4_full 300 "$PY" scripts/run_mixed_precision_bench.py --full --model glm4 --repeats 20 --warmup 3 \
   --output "$LOG/mixed_glm4_full.jsonl"
 if [ "$MODE" = all ]; then
   step kernel_formats 200 "$PY" benchmarks/bench_moe_kernel.py --tokens 1 256 --repeats 20 \
