@@ -624,8 +624,13 @@ def _meta(spec: FormatSpec) -> dict:
                 GROUP=max(spec.group, 1), GROUP_SLOTS=spec.group_slots, SLOTS=spec.slots)
 
 
+def _cdiv(a: int, b: int) -> int:
+    # plain integer math: triton.cdiv is a jit function, costly to call from the host per launch
+    return -(-a // b)
+
+
 def _tiles(spec: FormatSpec, K: int) -> int:
-    return triton.cdiv(K, spec.tile_k)
+    return _cdiv(K, spec.tile_k)
 
 
 _counter_lock = threading.Lock()
@@ -662,15 +667,15 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
     G = s.shape[0]
     tiles = _tiles(spec, K)
     split = max(1, min(cfg.split_k, tiles))
-    per_split = triton.cdiv(tiles, split)
-    split = triton.cdiv(tiles, per_split)  # no empty splits
+    per_split = _cdiv(tiles, split)
+    split = _cdiv(tiles, per_split)  # no empty splits
     even_n = N % cfg.block_n == 0
     even_k = K % spec.tile_k == 0
     bias_arg = bias if bias is not None else s
     if cfg.family == "gemv":
-        grid = (triton.cdiv(N, cfg.block_n), split, triton.cdiv(M, cfg.block_m))
+        grid = (_cdiv(N, cfg.block_n), split, _cdiv(M, cfg.block_m))
     elif cfg.family == "dot":
-        grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n), split)
+        grid = (_cdiv(M, cfg.block_m) * _cdiv(N, cfg.block_n), split)
     else:
         raise ValueError(f"launch_fused runs the gemv or dot family, got {cfg.family!r}")
     if split > 1:
@@ -702,7 +707,7 @@ def dequantize_kn(qt: QuantizedTensor, dtype: torch.dtype, block_n: int = 128,
     N, K = qt.shape
     qw, qh, s, z, gs = _operands(qt)
     w = torch.empty((K, N), dtype=dtype, device=qw.device)
-    grid = (triton.cdiv(N, block_n), _tiles(spec, K))
+    grid = (_cdiv(N, block_n), _tiles(spec, K))
     _dequant_kernel[grid](qw, qh, s, z, gs, w, N, K, s.shape[0], **_meta(spec),
                           IS_BF16=dtype == torch.bfloat16, EVEN_K=K % spec.tile_k == 0,
                           EVEN_N=N % block_n == 0, BLOCK_N=block_n, num_warps=num_warps)
