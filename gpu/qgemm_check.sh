@@ -10,6 +10,8 @@
 #          of six formats at M 1..1024 on the two large shapes with that table (~6 min).
 #   final: GPU tests + parallel compile warm-up, per-format selection for M 1/16/64 on the two large
 #          shapes (merged into the table), then bench_gemm of six formats (~5 min).
+#   overhead: host-side cost of a small eager call (gpu/qgemm_overhead.py) and int4 bench_gemm at
+#          M 1 and 16 (~1.5 min).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/out}"
@@ -62,7 +64,12 @@ final)
   step gemm 200 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 \
       --formats $FMTS --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   ;;
-*) echo "usage: $0 [check|tune|final]" >&2; exit 2 ;;
+overhead)
+  step overhead 120 $PY gpu/qgemm_overhead.py
+  step gemm 150 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16 --formats int4 \
+      --warmup 5 --repeats 30 --output "$LOG/gemm.jsonl"
+  ;;
+*) echo "usage: $0 [check|tune|final|overhead]" >&2; exit 2 ;;
 esac
 $PY gpu/qgemm_summary.py variants="$LOG/variants.jsonl" gemm="$LOG/gemm.jsonl"
 echo "failed steps: ${failed[*]:-none}"
