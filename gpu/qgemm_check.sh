@@ -66,8 +66,10 @@ final)
   ;;
 overhead)
   step overhead 120 $PY gpu/qgemm_overhead.py
-  step gemm 150 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16 --formats int4 \
-      --warmup 5 --repeats 30 --output "$LOG/gemm.jsonl"
+  step gemm 150 $PY benchmarks/bench_gemm.py --shapes glm47_expert_gate_up,glm47_expert_down,$BIG \
+      --m 1,16 --formats int4 --warmup 5 --repeats 30 --output "$LOG/gemm.jsonl"
+  step fused 120 $PY benchmarks/bench_fused_vs_pytorch.py --shapes 4096x4096 --m 1,16,256 --formats int4 \
+      --warmup 3 --repeats 10 --output "$LOG/fused.jsonl"
   ;;
 *) echo "usage: $0 [check|tune|final|overhead]" >&2; exit 2 ;;
 esac
