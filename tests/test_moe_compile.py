@@ -1,0 +1,85 @@
+"""The MoE kernels compile for Hopper (sm_90, Triton's own toolchain, no GPU needed).
+
+The CPU interpreter runs Python semantics, so it accepts things the compiler rejects (a constexpr computed by a
+tuple assignment, say); this compiles the variants the strategies launch: the routing and alignment kernels,
+the decode (one slot per program, split-K, SwiGLU on load) and tensor-core paths, fp16 and bf16, one kind and
+every kind behind the table branch."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+_AOT_SCRIPT = r"""
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton_marlin.kernels import moe_align as MA, moe_gemm as MG
+
+def build(fn, types, consts, num_warps):
+    # as the JIT launches it: pointers and the listed ints with divisibility 16, the rest plain i32
+    names = fn.arg_names
+    sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if n not in consts and sig[n].startswith("*")}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()}, attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+    return {"shared": k.metadata.shared}
+
+def flat(prefix, scale):
+    return {prefix + "c32": "*i32", prefix + "c16": "*i16", prefix + "c8": "*u8", prefix + "s16": scale,
+            prefix + "s8": "*u8", prefix + "z8": "*u8", prefix + "gs": "*fp32", prefix + "tab": "*i32"}
+
+out = {}
+out["route_grouped"] = build(MA._route_kernel, {"logits_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32",
+                                                "w_ptr": "*fp32", "nvalid_ptr": "*i32"},
+    dict(TOP_K=8, K_TOTAL=9, N_SHARED=1, SIGMOID=True, HAS_BIAS=True, N_GROUP=8, TOPK_GROUP=4, GROUP_SIZE=32,
+         NORM=True, SCALE=2.5, HAS_NVALID=True, BLOCK_E=256, BLOCK_K=16, BLOCK_G=8), 4)
+out["route_glm"] = build(MA._route_kernel, {"logits_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32",
+                                            "w_ptr": "*fp32", "nvalid_ptr": "*i32"},
+    dict(TOP_K=4, K_TOTAL=5, N_SHARED=1, SIGMOID=True, HAS_BIAS=True, N_GROUP=1, TOPK_GROUP=1, GROUP_SIZE=64,
+         NORM=True, SCALE=1.8, HAS_NVALID=False, BLOCK_E=64, BLOCK_K=8, BLOCK_G=1), 1)
+out["align"] = build(MA._align_kernel, {"ids_ptr": "*i32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
+                                        "npost_ptr": "*i32"},
+    dict(BLOCK_M=16, BLOCK_S=64, BLOCK_E=128, BLOCK_B=64), 4)
+every_kind = (1 << MG.NUM_KINDS) - 1
+some_kinds = (1 << 0) | (1 << 5) | (1 << 7) | (1 << 9)  # int2, mxfp4, fp8, asymmetric int3
+for name, dt, kinds, uniform, bm, bn, split, warps in (
+        ("gate_up_decode_mixed_fp16", "fp16", every_kind, -1, 1, 32, 4, 4),
+        ("gate_up_decode_int4_nosplit_bf16", "bf16", 1 << 2, 2, 1, 32, 1, 4),
+        ("gate_up_dot_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4),
+        ("gate_up_dot_int4_fp16", "fp16", 1 << 2, 2, 64, 128, 1, 8)):
+    types = {"x_ptr": "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32", "npost_ptr": "*i32",
+             "inter_ptr": "*fp32" if split > 1 else "*" + dt, "zero_ptr": "*fp32",
+             **flat("g", "*" + dt), **flat("u", "*" + dt)}
+    out[name] = build(MG._moe_gate_up_kernel, types,
+        dict(SLOTS_PER_TOKEN=5, G_KINDS=kinds, G_UNIFORM=uniform, U_KINDS=kinds, U_UNIFORM=uniform,
+             IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=split, ZERO_BLOCK=1024,
+             UNROLL=2 if bm == 1 else 1), warps)
+for name, dt, kinds, uniform, bm, bn, split, swiglu, warps in (
+        ("down_decode_swiglu_mixed", "fp16", some_kinds, -1, 1, 32, 4, True, 4),
+        ("down_dot_split_int8_bf16", "bf16", 1 << 3, 3, 32, 64, 3, False, 4)):
+    types = {"inter_ptr": "*fp32" if swiglu else "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32",
+             "npost_ptr": "*i32", "w_ptr": "*fp32", "out_ptr": "*fp32", **flat("d", "*" + dt)}
+    out[name] = build(MG._moe_down_kernel, types,
+        dict(SLOTS_PER_TOKEN=5, D_KINDS=kinds, D_UNIFORM=uniform, IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn,
+             SPLIT_K=split, A_SWIGLU=swiglu, UNROLL=2 if bm == 1 else 1), warps)
+print(json.dumps(out))
+"""
+
+
+def test_moe_kernels_compile_for_hopper():
+    try:
+        import triton.backends.nvidia  # noqa: F401
+    except ImportError:
+        pytest.skip("Triton's NVIDIA backend is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(info) == 9
+    for name, meta in info.items():
+        assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
