@@ -79,6 +79,19 @@ def test_formats_dtypes_odd_shapes(fmt, dtype, M, N, cfg, gen):
     _check(x, qt, cfg)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_fp16_through_each_family(fmt, gen):
+    """fp16's tight tolerance (2**-10) on every family for every format: a 1% error in any decoder
+    (codes, scales, zero points) fails here."""
+    qt = _quant(fmt, 48, 96, gen, _device())
+    x = torch.randn(3, 96, generator=gen).half().to(_device())
+    for cfg in (Q.KernelConfig("gemv", block_m=4, block_n=32, split_k=2),
+                Q.KernelConfig("dot", block_m=16, block_n=32, fold=1, split_k=2),
+                Q.KernelConfig("dot", block_m=16, block_n=32),
+                Q.KernelConfig("dot", block_m=16, block_n=32, wide=1)):
+        _check(x, qt, cfg)
+
+
 @pytest.mark.parametrize("fmt,opts", [
     ("int4", {"symmetric": False, "group_size": 128}),
     ("int3", {"symmetric": False, "group_size": 64}),
@@ -131,7 +144,10 @@ def test_qmatmul_routes_to_triton_and_keeps_shape(gen):
     x = torch.randn(2, 3, 96, generator=gen).half().to(_device())
     dispatch.reset()
     out = tm.qmatmul(x, qt, backend="triton")
-    assert dispatch.counts() == {("qmatmul", "triton"): 1}
+    counts = dispatch.counts()
+    assert counts.pop(("qmatmul", "triton")) == 1
+    # and which kernel path of qgemm ran (gemv / dot / dot-fold / dot-wide / dequant)
+    assert len(counts) == 1 and next(iter(counts))[0] == "qgemm"
     ref = x.double() @ qt.dequantize(torch.float64).t()
     assert out.shape == (2, 3, 20) and rel_err(out, ref) < TOL[torch.float16]
     empty = tm.qmatmul(x[:0], qt, backend="triton")

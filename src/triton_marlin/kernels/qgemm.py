@@ -738,6 +738,13 @@ def _smaller(cfg: KernelConfig) -> KernelConfig:
     return KernelConfig("dequant")
 
 
+def _path_name(cfg: KernelConfig) -> str:
+    """The path a configuration takes, as recorded in :mod:`triton_marlin.dispatch` (op ``qgemm``)."""
+    if cfg.family == "dot":
+        return "dot-fold" if cfg.fold else ("dot-wide" if cfg.wide else "dot")
+    return cfg.family  # gemv, or dequant (Triton dequantize + cuBLAS)
+
+
 def launch(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None, cfg: KernelConfig
            ) -> torch.Tensor:
     """Run configuration ``cfg`` (any family) on ``x [M, K]``.
@@ -746,6 +753,7 @@ def launch(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None, cfg:
     hold 16 code slots, int4's 8): such a launch steps down (:func:`_smaller`), warns once and
     records the path ``qgemm/smaller-config`` in :mod:`triton_marlin.dispatch`.
     """
+    dispatch.record("qgemm", _path_name(cfg))
     if cfg.family == "dequant":
         w = dequantize_kn(qt, x.dtype)
         if bias is not None:
