@@ -319,3 +319,79 @@ def test_config_too_big_steps_down_and_says_so(gen):
         assert rel_err(out, ref) < TOL[torch.float16]
     finally:
         Q._too_big.discard((big, 8, torch.float16))
+
+
+# ------------------------------------------------------------------------------------------------
+# Compiles for Hopper (no GPU needed): the PTX unpackers and every family go through Triton's own
+# ptxas for sm_90, which the interpreter never does.
+# ------------------------------------------------------------------------------------------------
+_AOT_SCRIPT = r"""
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton_marlin.kernels import qgemm as Q
+
+PTRS = {"x_ptr": "*fp16", "qw_ptr": "*i32", "qh_ptr": "*i16", "s_ptr": "*fp16", "z_ptr": "*u8",
+        "gs_ptr": "*fp32", "bias_ptr": "*fp16", "out_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32",
+        "w_ptr": "*fp16"}
+
+def build(fn, consts, num_warps, num_stages):
+    # what the JIT does at launch: unit strides become constants, pointers and N/K/strides divisible by 16
+    names = fn.arg_names
+    consts = dict(consts)
+    if "stride_xk" in names:
+        consts["stride_xk"] = 1
+    sig = {n: "constexpr" if n in consts else PTRS.get(n, "i32") for n in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if n not in consts and (n in PTRS or n in ("N", "K", "stride_xm", "stride_om"))}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()},
+                    attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=num_warps, num_stages=num_stages))
+    return {"shared": k.metadata.shared, "magic_lop3": k.asm["ptx"].count("0x64006400"),
+            "mma": k.asm["ptx"].count("mma.sync") + k.asm["ptx"].count("wgmma.mma_async")}
+
+def fmt(kind, bits, slots, gs, scale_kind=0, sym=True):
+    return dict(KIND=kind, BITS=bits, SYMMETRIC=sym, SCALE_KIND=scale_kind, GROUP=128, GROUP_SLOTS=gs,
+                SLOTS=slots, EVEN_K=True, EVEN_N=True)
+
+dot = dict(IS_BF16=False, DOT_FP32=False, GROUP_M=8, HAS_BIAS=False)
+out = {}
+for name, f in (("int4", fmt(0, 4, 8, 8)), ("int2", fmt(0, 2, 16, 8)), ("int3", fmt(0, 3, 16, 8, sym=False)),
+                ("fp4", fmt(1, 4, 8, 8))):
+    out[f"fold_asm_{name}"] = build(Q._qgemm_dot_kernel, dict(f, **dot, FOLD=True, WIDE=False, ASM=True,
+                                    SPLIT=True, BLOCK_M=16, BLOCK_N=128), 4, 3)
+out["wide_int4"] = build(Q._qgemm_dot_kernel, dict(fmt(0, 4, 8, 8), **dot, FOLD=False, WIDE=True, ASM=False,
+                         SPLIT=False, BLOCK_M=128, BLOCK_N=128), 8, 3)
+out["gemv_int8"] = build(Q._qgemv_kernel, dict(fmt(0, 8, 8, 8), HAS_BIAS=True, SPLIT=True, BLOCK_M=4,
+                         BLOCK_N=256), 4, 2)
+out["dequant_nvfp4"] = build(Q._dequant_kernel, dict(fmt(1, 4, 8, 1, scale_kind=2), IS_BF16=False,
+                             BLOCK_N=128), 4, 2)
+print(json.dumps(out))
+"""
+
+
+def test_kernels_compile_for_hopper():
+    """Every family compiles for sm_90 with Triton's ptxas (the PTX unpackers included: ptxas checks
+    the inline assembly), fits an H100/H200's 227 KiB of shared memory, and the fold variants carry
+    the pair unpack (one ``0x64006400`` LOP3 per code slot) and tensor-core instructions."""
+    import json
+    import os
+    import subprocess
+    import sys
+    try:
+        import triton.backends.nvidia  # noqa: F401
+    except ImportError:
+        pytest.skip("Triton's NVIDIA backend is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, meta in info.items():
+        assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
+    for name, slots in (("fold_asm_int4", 8), ("fold_asm_int2", 16), ("fold_asm_int3", 16)):
+        assert info[name]["magic_lop3"] >= slots, (name, info[name])
+        assert info[name]["mma"] > 0, (name, info[name])
+    assert info["wide_int4"]["mma"] > 0
