@@ -212,6 +212,10 @@ def candidate_configs(M: int, quick: bool = False) -> list:
             for split in (2, 4, 8):
                 out.append(KC("dot", block_m=bm, block_n=bn, split_k=split, num_warps=4, num_stages=3,
                               fold=1))
+        # per-weight dequant on 64x256 tiles (fold spills at this size): 38.3 us at M=64 on
+        # 8192x8192 in the first sweep (docs/perf/gemm.md), not re-measured since
+        for split in (4, 8, 16):
+            out.append(KC("dot", block_m=64, block_n=256, split_k=split, num_warps=4, num_stages=3))
     if M >= 32:
         for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (128, 256, 8)):
             if bm > 2 * M:
