@@ -1,12 +1,15 @@
 """GLM-4.7-Flash (``Glm4MoeLite``): the MoE layer configuration, and an MoE layer built from it with
 generated weights.
 
-Configuration values from the published checkpoint's config.json (huggingface.co/zai-org/GLM-4.7-Flash,
-model_type ``glm4_moe_lite``; the same values appear in the Hugging Face transformers documentation page
-``model_doc/glm4_moe_lite`` and in re-uploads of the checkpoint): hidden_size 2048, moe_intermediate_size
-1536, n_routed_experts 64, num_experts_per_tok 4, n_shared_experts 1, n_group 1, topk_group 1,
-norm_topk_prob true, routed_scaling_factor 1.8, scoring_func sigmoid, topk_method noaux_tc (the router
-carries an ``e_score_correction_bias`` used for expert selection only), first_k_dense_replace 1, 47 layers.
+Configuration values, checked against public material: config.json files of ``glm4_moe_lite`` checkpoints
+on the Hugging Face Hub derived from zai-org/GLM-4.7-Flash (huggingface.co/shieldstackllc/GLM-4.7-Flash-PRISM-
+mlx-4bit/blob/main/config.json and huggingface.co/dphnAI/flash-beta1/blob/main/config.json: hidden_size 2048,
+moe_intermediate_size 1536, n_routed_experts 64, num_experts_per_tok 4, n_shared_experts 1, n_group 1,
+first_k_dense_replace 1, 47 layers; huggingface.co/naaviii/glm-code-next-4b/blob/main/config.json also lists
+topk_group 1, norm_topk_prob true, routed_scaling_factor 1.8, scoring_func "sigmoid", topk_method
+"noaux_tc"), and the Hugging Face transformers documentation of Glm4MoeLite
+(huggingface.co/docs/transformers/main/model_doc/glm4_moe_lite). noaux_tc: the router carries an
+``e_score_correction_bias`` used for expert selection only.
 
 The router computes its logits in float32 (as the DeepSeek-V3-style router of transformers'
 Glm4MoeLite does); the shared expert is a SwiGLU MLP of intermediate size
