@@ -88,7 +88,7 @@ def test_hybrid_splits_common_and_rare(mixed, gen):
     c = dispatch.counts()
     assert c[("moe_align", "triton")] == 1            # one batched launch sequence
     rare = {e for e in ids.flatten().tolist() if not h.batched_mask[e]}
-    assert c.get(("qmatmul", "torch"), 0) + c.get(("qmatmul", "triton"), 0) == 3 * len(rare)
+    assert sum(v for (op, _), v in c.items() if op == "qmatmul") == 3 * len(rare)
     assert rel_err(out, fused_moe_reference(x, ids, w, mixed)) < 1.5e-3
 
 
