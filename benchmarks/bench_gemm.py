@@ -65,8 +65,7 @@ def main(argv=None):
         out = tm.qmatmul(x, wc.qt)
         ref = x.float() @ wc.w16.float().t()
         err = ((out.float() - ref).norm() / ref.norm()).item()
-        cfg = C.select_config(x, wc.qt) if args.device.type == "cuda" or args.device.type == "cpu" else None
-        path = {"selection": C.explain(x, wc.qt), **(cfg.as_dict() if cfg else {})}
+        path = {"selection": C.explain(x, wc.qt), **C.select_config(x, wc.qt).as_dict()}
 
         ours_g, ours_l = G.time_both(lambda: tm.qmatmul(x, wc.qt), args, graph)
         fp_g, fp_l = G.time_both(lambda: F.linear(x, wc.w16), args, graph)

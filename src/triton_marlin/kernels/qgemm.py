@@ -3,12 +3,14 @@
 Three kernel families, chosen per call by :mod:`triton_marlin.kernels.qgemm_config` (a measured
 table per GPU, or a default):
 
-- ``gemv``: CUDA-core dot products for small M (1-8). Codes decode to exact fp32 values
+- ``gemv``: CUDA-core dot products for small M (up to 4 rows per program). Codes decode to exact fp32 values
   (``(q | 0x4B000000)`` read as fp32 is ``2**23 + q``), one FMA per weight and row, and the group
   scale is applied once per group and column to a partial sum instead of once per weight.
 - ``dot``: tensor-core tiles. Slot ``i`` of 16 word rows is a ``[16, BLOCK_N]`` operand for
   ``tl.dot`` against ``x[:, k0 + 16 i : k0 + 16 i + 16]``; weights dequantize in registers
-  (:mod:`.decode`) and never touch device memory as fp16.
+  (:mod:`.decode`) and never touch device memory as fp16. Operand modes: per-weight dequant, ``fold``
+  (exact unscaled codes, the scale applied per group to the accumulator; on CUDA with fp16 the
+  int2/int3/int4/fp4 codes come from PTX pair unpackers) and ``wide`` (one operand per K tile).
 - ``dequant``: dequantize to a ``[K, N]`` fp16/bf16 buffer with a Triton kernel, then cuBLAS
   (``torch.matmul``). For large M, where fp16 is compute-bound and the fused kernels lose.
 
@@ -34,9 +36,8 @@ from .. import dispatch
 from ..formats import QuantizedTensor
 from ..formats.packing import code_tile_k
 from . import decode as D
-from .decode import (dequant, decode_scale, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_bf16, int_magic_fp16,
-                     int_magic_fp32, unpack_codes, unpack_e2m1_fp16_asm, unpack_int3_magic_fp16_asm,
-                     unpack_magic_fp16_asm)
+from .decode import (dequant, decode_scale, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp16, int_magic_fp32,
+                     unpack_codes, unpack_e2m1_fp16_asm, unpack_int3_magic_fp16_asm, unpack_magic_fp16_asm)
 
 SUPPORTED_FORMATS = ("int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8")
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
