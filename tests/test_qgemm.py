@@ -215,9 +215,8 @@ def test_default_config_is_sane():
     dev = torch.device("cpu")
     small = C.default_config(1, 64, 256, qt, dev)
     assert small.family == "dot" and small.fold and small.block_m == 16
-    assert C.default_config(40, 64, 256, qt, dev).block_m == 64
-    big = C.default_config(1024, 64, 256, qt, dev)
-    assert big.family == "dot" and big.block_m == 128 and big.wide
+    assert C.default_config(40, 64, 256, qt, dev).block_m == 32
+    assert C.default_config(1024, 64, 256, qt, dev).family == "dequant"
     assert C.m_bucket(1) == 1 and C.m_bucket(3) == 4 and C.m_bucket(5000) == C.MAX_M_BUCKET
 
 

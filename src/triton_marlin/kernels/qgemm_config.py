@@ -147,9 +147,10 @@ def _split_for(programs: int, tiles: int, sms: int, max_split: int = 16) -> int:
 
 
 def default_config(M: int, N: int, K: int, qt: QuantizedTensor, device: torch.device) -> KernelConfig:
-    """The rule used where no measured entry exists (shaped by the H200 sweep in docs/perf/gemm.md):
-    small M: tensor-core tiles of 16 rows with raw-code operands (fold) and split-K to fill the GPU;
-    large M: whole-tile operands (wide) on 128-row tiles."""
+    """The rule used where no measured entry exists, shaped by the H200 sweeps (docs/perf/gemm.md):
+    M <= 16: 16-row tensor-core tiles with fold operands and split-K to fill the GPU (best at M = 1
+    and 16); M <= 64: 32-row fold tiles (best at M = 64); larger M: dequantize + cuBLAS (fastest
+    measured from M = 256 on, every shape; the fused tiles reached 20-45% of cuBLAS's rate)."""
     spec = format_spec(qt)
     tiles = -(-K // spec.tile_k)
     sms = sm_count(device)
@@ -159,16 +160,10 @@ def default_config(M: int, N: int, K: int, qt: QuantizedTensor, device: torch.de
         return KernelConfig("dot", block_m=16, block_n=block_n, fold=1, num_warps=4, num_stages=3,
                             split_k=_split_for(programs, tiles, sms))
     if M <= 64:
-        block_m = 32 if M <= 32 else 64
-        block_n = 128 if block_m == 32 else 64
-        programs = -(-N // block_n) * -(-M // block_m)
-        return KernelConfig("dot", block_m=block_m, block_n=block_n, fold=1, num_warps=4, num_stages=3,
+        programs = -(-N // 128) * -(-M // 32)
+        return KernelConfig("dot", block_m=32, block_n=128, fold=1, num_warps=4, num_stages=3,
                             split_k=_split_for(programs, tiles, sms, max_split=4))
-    block_m = 64 if M <= 128 else 128
-    block_n = 128 if M <= 256 else 256
-    programs = -(-N // block_n) * -(-M // block_m)
-    return KernelConfig("dot", block_m=block_m, block_n=block_n, wide=1, num_warps=8, num_stages=3,
-                        split_k=_split_for(programs, tiles, sms, max_split=4))
+    return KernelConfig("dequant")
 
 
 def _shape_distance(key: str, N: int, K: int) -> float:
