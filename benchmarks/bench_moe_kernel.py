@@ -76,7 +76,7 @@ def main(argv=None):
         ids = torch.cat([ref.topk_ids, torch.full((T, S), E, dtype=torch.int32, device=dev)], dim=1)
         weights = torch.cat([ref.topk_weights, torch.ones(T, S, device=dev)], dim=1)
         from triton_marlin.kernels.moe_gemm import default_config
-        mcfg = default_config(ids.numel(), E + S)
+        mcfg = default_config(ids.numel(), E + S, H, I)
         if not cuda:  # the reference alignment loops on the host; on the GPU that would time copies
             timed(lambda: align_reference(ids, E + S, max(16, mcfg.block_m)), {"kernel": "align", "impl": "torch",
                                                                                "tokens": T})

@@ -3,8 +3,8 @@
 graph (native dispatch: the launches recorded once, replayed without Python), or merged into one fused launch.
 
 One dispatch = the fused expert kernels for one token routed to its top-2 of 8 small int4 experts (hidden 256,
-intermediate 256), alignment precomputed: in this decode configuration a memset of the split-K buffer, the
-gate_up kernel and the down kernel (routing weight and scatter-add fused), three launches. The GPU work of one dispatch is about a microsecond, so the loop
+intermediate 256), alignment precomputed: the gate_up kernel (SwiGLU fused) and the down kernel (routing
+weight and scatter-add fused), two launches (K is too small here for the split-K decode configuration). The GPU work of one dispatch is about a microsecond, so the loop
 measures launch overhead. For each count N:
 
 - ``python_loop``: N calls of the launcher from Python; time / N.
@@ -62,8 +62,8 @@ def main(argv=None):
     experts = build(dev, a.seed)
     x1 = torch.randn(1, H, device=dev).half()
     ids1, w1 = routed(1, dev, a.seed)
-    runner.note(f"one dispatch = the fused expert kernels (memset, gate_up, down) for 1 token, top-{TOPK} of {E} "
-                f"int4 experts, hidden {H}, intermediate {I}")
+    runner.note(f"one dispatch = the fused expert kernels for 1 token, top-{TOPK} of {E} int4 experts, hidden {H}, "
+                f"intermediate {I}")
 
     if not cuda:
         runner.note(f"no CUDA on {dev}: Triton launches, CUDA-graph replay and the fused launch are not measured; "
@@ -88,7 +88,7 @@ def main(argv=None):
     from triton_marlin.kernels.moe_gemm import default_config, fused_moe_reference, moe_gemm_launch
 
     gate, up, down = experts.flat("gate"), experts.flat("up"), experts.flat("down")
-    cfg1 = default_config(TOPK, E)
+    cfg1 = default_config(TOPK, E, H, I)
     al1 = align_tokens(ids1, E, cfg1.block_m)
     out1 = torch.empty(1, H, device=dev)
 
@@ -130,7 +130,7 @@ def main(argv=None):
 
         xs = torch.randn(n, H, device=dev).half()
         ids, w = routed(n, dev, a.seed + n)
-        cfg = default_config(n * TOPK, E)
+        cfg = default_config(n * TOPK, E, H, I)
         al = align_tokens(ids, E, cfg.block_m)
         out = torch.empty(n, H, device=dev)
 

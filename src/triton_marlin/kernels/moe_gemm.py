@@ -374,14 +374,24 @@ class MoEGemmConfig:
             raise ValueError(f"warps and split factors must be >= 1: {self}")
 
 
+def _splits(K: int | None) -> int:
+    """K splits for the decode path: about 512 k (4 int4 tiles) per program, at most 4, none when K is
+    unknown-small (a split that gets no tile still costs a program, and the split gate_up a memset)."""
+    if K is None:
+        return 4
+    return max(1, min(4, K // 512))
+
+
 @functools.lru_cache(maxsize=1024)
-def default_config(num_slots: int, num_experts: int) -> MoEGemmConfig:
+def default_config(num_slots: int, num_experts: int, hidden: int | None = None,
+                   intermediate: int | None = None) -> MoEGemmConfig:
     """Heuristic: one slot per program when experts get about one slot each (decode), else a tensor-core
-    block of about the slots an expert gets; small column blocks and split-K on the down projection at
-    small batch, so enough programs are in flight to keep memory busy."""
+    block of about the slots an expert gets; in decode, small column blocks and the K range of both
+    projections split (``hidden`` is gate_up's K, ``intermediate`` down's) so enough programs are in flight
+    to keep memory busy."""
     per_expert = num_slots / max(1, min(num_experts, num_slots))
     if per_expert <= 2:
-        return MoEGemmConfig(1, 32, 4, 32, 4, 4, up_split_k=4)
+        return MoEGemmConfig(1, 32, 4, 32, _splits(intermediate), 4, up_split_k=_splits(hidden))
     bm = 16
     while bm < 64 and bm < per_expert:
         bm *= 2
@@ -390,9 +400,10 @@ def default_config(num_slots: int, num_experts: int) -> MoEGemmConfig:
     return MoEGemmConfig(bm, 128, 8, 128, 1, 8)
 
 
-def candidate_configs(num_slots: int, num_experts: int) -> list[MoEGemmConfig]:
-    """What :func:`tune_config` tries: the default and neighbours of it."""
-    base = default_config(num_slots, num_experts)
+def candidate_configs(num_slots: int, num_experts: int, hidden: int | None = None,
+                      intermediate: int | None = None) -> list[MoEGemmConfig]:
+    """What :func:`triton_marlin.moe.strategies.select_config` tries: the default and neighbours of it."""
+    base = default_config(num_slots, num_experts, hidden, intermediate)
     out = [base]
     if base.block_m == 1:
         out += [MoEGemmConfig(1, 32, 4, 32, 2, 4, up_split_k=2), MoEGemmConfig(1, 64, 4, 64, 4, 4, up_split_k=8),
@@ -410,7 +421,7 @@ _TUNED: dict[tuple, MoEGemmConfig] = {}
 
 
 def tuned_configs() -> dict:
-    """The configurations :func:`tune_config` chose in this process, keyed by problem."""
+    """The configurations measured best in this process (``select_config`` with tuning on), by problem."""
     return dict(_TUNED)
 
 
@@ -429,10 +440,6 @@ def _kinds_mask(kinds) -> int:
     for k in kinds:
         m |= 1 << int(k)
     return m
-
-
-def pick_block_m(num_slots: int, num_experts: int) -> int:
-    return default_config(num_slots, num_experts).block_m
 
 
 def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: torch.Tensor,

@@ -112,12 +112,14 @@ def select_config(x, topk_ids, weights, experts: QuantizedExperts, uniform: bool
     key = mg.config_key(x, topk_ids.numel(), gate, up, down, uniform)
     if key in mg._TUNED:
         return mg._TUNED[key]
-    default = mg.default_config(topk_ids.numel(), experts.num_total)
+    default = mg.default_config(topk_ids.numel(), experts.num_total, experts.hidden_size,
+                                experts.intermediate_size)
     tune = tuning_enabled() if tune is None else tune
     if not tune or x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return default
     best, best_us = default, float("inf")
-    for cfg in mg.candidate_configs(topk_ids.numel(), experts.num_total):
+    for cfg in mg.candidate_configs(topk_ids.numel(), experts.num_total, experts.hidden_size,
+                                    experts.intermediate_size):
         fn = lambda: _launch(x, topk_ids, weights, experts, cfg, uniform, uniform_kinds, None)  # noqa: E731
         fn()
         torch.cuda.synchronize()
@@ -140,7 +142,8 @@ def fused_experts_op(x, topk_ids, topk_weights, experts: QuantizedExperts, *, un
     from ..kernels.moe_gemm import default_config, moe_experts_op
 
     flats = [experts.flat(p) for p in PROJECTIONS]
-    cfg = config or default_config(topk_ids.numel(), experts.num_total)
+    cfg = config or default_config(topk_ids.numel(), experts.num_total, experts.hidden_size,
+                                   experts.intermediate_size)
     uniform_kinds = [(f.uniform_kind if uniform else -1) for f in flats]
     if uniform and None in uniform_kinds:
         raise ValueError("uniform launch needs one format per projection")
