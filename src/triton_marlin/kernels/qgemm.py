@@ -739,11 +739,14 @@ def _smaller(cfg: KernelConfig) -> KernelConfig:
     return KernelConfig("dequant")
 
 
-def _path_name(cfg: KernelConfig) -> str:
-    """The path a configuration takes, as recorded in :mod:`triton_marlin.dispatch` (op ``qgemm``)."""
+def _path_name(cfg: KernelConfig, spec: FormatSpec, dtype: torch.dtype) -> str:
+    """The path a fused launch took, as recorded in :mod:`triton_marlin.dispatch` (op ``qgemm``;
+    ``dequant`` is Triton dequantize + cuBLAS)."""
     if cfg.family == "dot":
-        return "dot-fold" if cfg.fold else ("dot-wide" if cfg.wide else "dot")
-    return cfg.family  # gemv, or dequant (Triton dequantize + cuBLAS)
+        if cfg.fold and fold_supported(spec, dtype):
+            return "dot-fold"
+        return "dot-wide" if cfg.wide else "dot"
+    return cfg.family
 
 
 def launch(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None, cfg: KernelConfig
@@ -754,8 +757,8 @@ def launch(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None, cfg:
     hold 16 code slots, int4's 8): such a launch steps down (:func:`_smaller`), warns once and
     records the path ``qgemm/smaller-config`` in :mod:`triton_marlin.dispatch`.
     """
-    dispatch.record("qgemm", _path_name(cfg))
     if cfg.family == "dequant":
+        dispatch.record("qgemm", "dequant")
         w = dequantize_kn(qt, x.dtype)
         if bias is not None:
             return torch.addmm(bias.to(x.dtype), x, w)
@@ -769,7 +772,9 @@ def launch(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None, cfg:
         if cfg.family == "dequant":
             return launch(x, qt, bias, cfg)
     try:
-        return launch_fused(x, qt, bias, cfg, spec=spec)
+        out = launch_fused(x, qt, bias, cfg, spec=spec)
+        dispatch.record("qgemm", _path_name(cfg, spec, x.dtype))
+        return out
     except OutOfResources as e:
         _too_big.add(key)
         dispatch.warn_fallback("qgemm", f"{_config_key(cfg)} does not fit this GPU for {qt.format} "
