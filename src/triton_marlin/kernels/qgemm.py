@@ -346,6 +346,72 @@ def _qgemv_kernel(
                        bias, HAS_BIAS, SPLIT_K)
 
 
+@triton.jit
+def _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr, s_ptr, z_ptr,
+              gs_ptr, N, K, G, z_pc,
+              KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
+              GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, EVEN_K: tl.constexpr,
+              EVEN_N: tl.constexpr, IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr, FOLD: tl.constexpr,
+              ASM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``acc [BM, BN] += x[:, tile t] @ W[tile t, :]``, one k=16 ``tl.dot`` per code slot (the dot
+    kernel's per-slot path; see :func:`_qgemm_dot_kernel` for the operand modes). ``words`` are the
+    tile's loaded word rows; ``z_pc`` the per-channel zero points (used when GROUP_SLOTS == 0)."""
+    TILE_K: tl.constexpr = 16 * SLOTS
+    rows = tl.arange(0, 16)
+    z = z_pc
+    unit = tl.full((BLOCK_N,), 1.0, tl.float32)
+    zero_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if ASM:
+        if BITS == 3:
+            raws = unpack_int3_magic_fp16_asm(words, words_hi)
+        elif KIND == 0:
+            raws = unpack_magic_fp16_asm(words, BITS)
+        else:
+            raws = unpack_e2m1_fp16_asm(words)
+    for i in tl.static_range(SLOTS):
+        if GROUP_SLOTS != 0:
+            if i % GROUP_SLOTS == 0:
+                g = (t * TILE_K + i * 16) // GROUP
+                s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
+                if FOLD:
+                    part = zero_acc
+            scale = s
+        else:
+            scale = unit
+        if not ASM:
+            codes = _load_codes(qw_ptr, words, words_hi, t, rows, offs_n, mask_n, N, K, i, BITS, TILE_K,
+                                EVEN_K, EVEN_N)
+        k = t * TILE_K + i * 16 + rows
+        if EVEN_K:
+            a = tl.load(x_row + k[None, :] * stride_xk, mask=mask_m[:, None], other=0.0)
+        else:
+            a = tl.load(x_row + k[None, :] * stride_xk, mask=mask_m[:, None] & (k < K)[None, :], other=0.0)
+        if ASM:
+            if KIND == 0:
+                # exact q - z in fp16 (one packed subtract per two weights)
+                w = raws[i] - _fold_offset_fp16(z, BITS, SYMMETRIC)[None, :]
+            else:
+                w = raws[i]
+        elif FOLD:
+            w = _fold_operand(codes, z[None, :], KIND, BITS, SYMMETRIC, IS_BF16)
+        else:
+            w = dequant(codes, scale[None, :], z[None, :], KIND, BITS, SYMMETRIC, IS_BF16)
+        if FOLD and GROUP_SLOTS != 0:
+            if DOT_FP32:
+                part = tl.dot(a.to(tl.float32), w.to(tl.float32), part)
+            else:
+                part = tl.dot(a, w, part)
+            if i % GROUP_SLOTS == GROUP_SLOTS - 1:
+                # one scale multiply per group and output instead of per weight
+                acc += part * (s * _raw_factor(KIND))[None, :]
+        else:
+            if DOT_FP32:
+                acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
+            else:
+                acc = tl.dot(a, w, acc)
+    return acc
+
+
 @triton.jit(do_not_specialize=["M", "G", "TILES", "TILES_PER_SPLIT", "SPLIT_K"])
 def _qgemm_dot_kernel(
         x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
@@ -356,7 +422,8 @@ def _qgemm_dot_kernel(
         EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
         IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr, FOLD: tl.constexpr, WIDE: tl.constexpr,
         ASM: tl.constexpr,
-        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+        UNROLL: tl.constexpr):
     """Tensor-core quantized GEMM (BLOCK_M >= 16).
 
     Same operands as :func:`_qgemv_kernel`. Grid: (M blocks * N blocks, SPLIT_K); program ids are
@@ -374,6 +441,7 @@ def _qgemm_dot_kernel(
     per word pair (:func:`.decode.unpack_magic_fp16_asm`), ~1 instruction per weight.
     DOT_FP32 widens the operands to fp32 before ``tl.dot`` (same products, exact): only for bf16
     under the CPU interpreter, whose bf16 ``tl.dot`` is wrong.
+    UNROLL (1, 2, 4; per-slot modes only) loads the words of that many K tiles before decoding any.
     """
     TILE_K: tl.constexpr = 16 * SLOTS
     pid = tl.program_id(0)
@@ -401,9 +469,48 @@ def _qgemm_dot_kernel(
     if GROUP_SLOTS == 0:
         s_pc, z = _load_group(s_ptr, z_ptr, gs_ptr, 0, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
         unit = tl.full((BLOCK_N,), 1.0, tl.float32)
-    for t in range(t_begin, t_end):
-        words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
-        if WIDE:
+        z_pc = z
+    else:
+        z_pc = tl.zeros_like(offs_n)
+    if not WIDE:
+        # UNROLL tiles per step, every tile's word loads issued before any decode: more independent
+        # 16-byte loads in flight per thread (small M is latency-bound, docs/perf/gemm.md)
+        t_main = t_begin + (t_end - t_begin) // UNROLL * UNROLL
+        for t0 in range(t_begin, t_main, UNROLL):
+            w0, h0 = _load_words(qw_ptr, qh_ptr, t0, rows, offs_n, mask_n, N, BITS, EVEN_N)
+            if UNROLL > 1:
+                w1, h1 = _load_words(qw_ptr, qh_ptr, t0 + 1, rows, offs_n, mask_n, N, BITS, EVEN_N)
+            if UNROLL > 2:
+                w2, h2 = _load_words(qw_ptr, qh_ptr, t0 + 2, rows, offs_n, mask_n, N, BITS, EVEN_N)
+                w3, h3 = _load_words(qw_ptr, qh_ptr, t0 + 3, rows, offs_n, mask_n, N, BITS, EVEN_N)
+            acc = _dot_tile(acc, w0, h0, t0, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
+                            s_ptr, z_ptr, gs_ptr, N, K, G, z_pc, KIND, BITS, SYMMETRIC, SCALE_KIND, GROUP,
+                            GROUP_SLOTS, SLOTS, EVEN_K, EVEN_N, IS_BF16, DOT_FP32, FOLD, ASM,
+                            BLOCK_M, BLOCK_N)
+            if UNROLL > 1:
+                acc = _dot_tile(acc, w1, h1, t0 + 1, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
+                                s_ptr, z_ptr, gs_ptr, N, K, G, z_pc, KIND, BITS, SYMMETRIC, SCALE_KIND,
+                                GROUP, GROUP_SLOTS, SLOTS, EVEN_K, EVEN_N, IS_BF16, DOT_FP32, FOLD, ASM,
+                                BLOCK_M, BLOCK_N)
+            if UNROLL > 2:
+                acc = _dot_tile(acc, w2, h2, t0 + 2, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
+                                s_ptr, z_ptr, gs_ptr, N, K, G, z_pc, KIND, BITS, SYMMETRIC, SCALE_KIND,
+                                GROUP, GROUP_SLOTS, SLOTS, EVEN_K, EVEN_N, IS_BF16, DOT_FP32, FOLD, ASM,
+                                BLOCK_M, BLOCK_N)
+                acc = _dot_tile(acc, w3, h3, t0 + 3, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
+                                s_ptr, z_ptr, gs_ptr, N, K, G, z_pc, KIND, BITS, SYMMETRIC, SCALE_KIND,
+                                GROUP, GROUP_SLOTS, SLOTS, EVEN_K, EVEN_N, IS_BF16, DOT_FP32, FOLD, ASM,
+                                BLOCK_M, BLOCK_N)
+        if UNROLL > 1:
+            for t in range(t_main, t_end):  # the split's last (t_end - t_begin) % UNROLL tiles
+                words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
+                acc = _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n,
+                                qw_ptr, s_ptr, z_ptr, gs_ptr, N, K, G, z_pc, KIND, BITS, SYMMETRIC,
+                                SCALE_KIND, GROUP, GROUP_SLOTS, SLOTS, EVEN_K, EVEN_N, IS_BF16, DOT_FP32,
+                                FOLD, ASM, BLOCK_M, BLOCK_N)
+    else:
+        for t in range(t_begin, t_end):
+            words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
             # [SLOTS, 16, BN] codes of the whole tile -> one [TILE_K, BN] operand (k = 16*slot + row)
             slot3 = tl.arange(0, SLOTS)[:, None, None]
             if BITS == 8:
@@ -449,57 +556,6 @@ def _qgemm_dot_kernel(
                 acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
             else:
                 acc = tl.dot(a, w, acc)
-        else:
-            if ASM:
-                if BITS == 3:
-                    raws = unpack_int3_magic_fp16_asm(words, words_hi)
-                elif KIND == 0:
-                    raws = unpack_magic_fp16_asm(words, BITS)
-                else:
-                    raws = unpack_e2m1_fp16_asm(words)
-            for i in tl.static_range(SLOTS):
-                if GROUP_SLOTS != 0:
-                    if i % GROUP_SLOTS == 0:
-                        g = (t * TILE_K + i * 16) // GROUP
-                        s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND,
-                                           SYMMETRIC)
-                        if FOLD:
-                            part = zero_acc
-                    scale = s
-                else:
-                    scale = unit
-                if not ASM:
-                    codes = _load_codes(qw_ptr, words, words_hi, t, rows, offs_n, mask_n, N, K, i, BITS,
-                                        TILE_K, EVEN_K, EVEN_N)
-                k = t * TILE_K + i * 16 + rows
-                if EVEN_K:
-                    a = tl.load(x_row + k[None, :] * stride_xk, mask=mask_m[:, None], other=0.0)
-                else:
-                    a = tl.load(x_row + k[None, :] * stride_xk, mask=mask_m[:, None] & (k < K)[None, :],
-                                other=0.0)
-                if ASM:
-                    if KIND == 0:
-                        # exact q - z in fp16 (one packed subtract per two weights)
-                        w = raws[i] - _fold_offset_fp16(z, BITS, SYMMETRIC)[None, :]
-                    else:
-                        w = raws[i]
-                elif FOLD:
-                    w = _fold_operand(codes, z[None, :], KIND, BITS, SYMMETRIC, IS_BF16)
-                else:
-                    w = dequant(codes, scale[None, :], z[None, :], KIND, BITS, SYMMETRIC, IS_BF16)
-                if FOLD and GROUP_SLOTS != 0:
-                    if DOT_FP32:
-                        part = tl.dot(a.to(tl.float32), w.to(tl.float32), part)
-                    else:
-                        part = tl.dot(a, w, part)
-                    if i % GROUP_SLOTS == GROUP_SLOTS - 1:
-                        # one scale multiply per group and output instead of per weight
-                        acc += part * (s * _raw_factor(KIND))[None, :]
-                else:
-                    if DOT_FP32:
-                        acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
-                    else:
-                        acc = tl.dot(a, w, acc)
     if GROUP_SLOTS == 0:
         if FOLD:
             acc = acc * (s_pc * _raw_factor(KIND))[None, :]
@@ -553,7 +609,8 @@ def _dequant_kernel(
 class KernelConfig:
     """One launch configuration. ``family`` is gemv, dot or dequant; ``fold`` and ``wide`` pick the
     dot family's operand mode (see :func:`_qgemm_dot_kernel`; fold applies where the format and
-    dtype allow it, see :func:`fold_supported`)."""
+    dtype allow it, see :func:`fold_supported`); ``unroll`` K tiles per loop step (dot, per-slot
+    modes)."""
     family: str
     block_m: int = 16
     block_n: int = 64
@@ -563,8 +620,10 @@ class KernelConfig:
     group_m: int = 8
     fold: int = 0
     wide: int = 0
+    unroll: int = 1
 
-    _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide")
+    _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide",
+             "unroll")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self._KEYS}
@@ -593,6 +652,10 @@ class KernelConfig:
             raise ValueError(f"split_k must be a positive int, got {self.split_k!r}")
         if self.fold and self.wide:
             raise ValueError("fold and wide are exclusive operand modes")
+        if self.unroll not in (1, 2, 4):
+            raise ValueError(f"unroll must be 1, 2 or 4, got {self.unroll!r}")
+        if self.unroll > 1 and (self.family != "dot" or self.wide):
+            raise ValueError("unroll applies to the dot family's per-slot modes (not gemv, dequant or wide)")
 
 
 def fold_supported(spec: FormatSpec, dtype: torch.dtype) -> bool:
@@ -706,7 +769,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 DOT_FP32=is_bf16 and x.device.type == "cpu",
                                 FOLD=bool(cfg.fold) and fold_supported(spec, x.dtype),
                                 WIDE=bool(cfg.wide), ASM=bool(cfg.fold) and asm_supported(spec, x),
-                                GROUP_M=cfg.group_m,
+                                GROUP_M=cfg.group_m, UNROLL=cfg.unroll,
                                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
