@@ -190,7 +190,7 @@ def candidate_configs(M: int, quick: bool = False) -> list:
     if quick:
         if M <= 4:
             return [KC("gemv", block_m=1 if M == 1 else 4, block_n=64),
-                    KC("dot", block_m=16, block_n=64, fold=1, split_k=2)]
+                    KC("dot", block_m=16, block_n=64, fold=1, split_k=2, unroll=2)]
         return [KC("dot", block_m=16, block_n=64, fold=1), KC("dot", block_m=16, block_n=64, wide=1),
                 KC("dequant")]
     out = []
@@ -199,23 +199,37 @@ def candidate_configs(M: int, quick: bool = False) -> list:
         for split in (8, 16, 32):
             out.append(KC("gemv", block_m=bm, block_n=256, split_k=split, num_warps=4))
     if M <= 64:
+        # 16-row fold tiles: unroll (K tiles whose loads are issued together) x warps x width x split
         for bn in (128, 256):
-            for split in (4, 8, 16, 32):
-                out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=4, num_stages=3,
-                              fold=1))
+            for warps in (4, 8):
+                for unroll in (1, 2, 4):
+                    for split in (4, 8, 16):
+                        out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=warps,
+                                      num_stages=3, fold=1, unroll=unroll))
         for split in (8, 16):
             out.append(KC("dot", block_m=16, block_n=256, split_k=split, num_warps=4, num_stages=3))
     if 16 < M <= 256:
         for bm, bn in ((32, 128), (64, 128)):
             if bm > 2 * M:
                 continue
-            for split in (2, 4, 8):
-                out.append(KC("dot", block_m=bm, block_n=bn, split_k=split, num_warps=4, num_stages=3,
-                              fold=1))
-        # per-weight dequant on 64x256 tiles (fold spills at this size): 38.3 us at M=64 on
-        # 8192x8192 in the first sweep (docs/perf/gemm.md), not re-measured since
+            for unroll in (1, 2):
+                for split in (2, 4, 8):
+                    out.append(KC("dot", block_m=bm, block_n=bn, split_k=split, num_warps=4, num_stages=3,
+                                  fold=1, unroll=unroll))
+        # per-weight dequant on 64x256 tiles: 38.3 us at M=64 on 8192x8192 in the first sweep
+        # (docs/perf/gemm.md); 8 warps keep the fold operands of a 64x256 tile out of local memory
         for split in (4, 8, 16):
             out.append(KC("dot", block_m=64, block_n=256, split_k=split, num_warps=4, num_stages=3))
+            out.append(KC("dot", block_m=64, block_n=256, split_k=split, num_warps=8, num_stages=3, fold=1))
+    if 64 <= M <= 1024:
+        # large fused tiles with deeper pipelines, to beat dequantize + cuBLAS where it can
+        for bm, bn in ((128, 128), (128, 256)):
+            if bm > 2 * M:
+                continue
+            for stages in (3, 4):
+                for split in ((1, 2) if M <= 256 else (1,)):
+                    out.append(KC("dot", block_m=bm, block_n=bn, split_k=split, num_warps=8,
+                                  num_stages=stages, fold=1))
     if M >= 32:
         for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (128, 256, 8)):
             if bm > 2 * M:

@@ -2,7 +2,7 @@
 # Quantized GEMM on the GPU: correctness (tests/test_qgemm.py GPU set, in parallel processes so the
 # Triton compiles overlap), the kernel-variant sweep, the selection table, bench_gemm. Logs and JSON
 # lines go to $OUT/qgemm/ (at most 7 files); a compact table is printed last.
-# Usage (repository root, on the GPU machine): bash gpu/qgemm_check.sh [check|tune|final]
+# Usage (repository root, on the GPU machine): bash gpu/qgemm_check.sh [check|tune|final|explore|closing|overhead]
 #   check: GPU tests + int4 variant sweep on 8192x8192 and 28672x8192 (M 1,16,64,256,1024) + bench_gemm
 #          of int4/fp4/mxfp4/int2/int3/int8 at M=1 on the same shapes (~6 min).
 #   tune:  GPU tests of the PTX-unpack formats, bench_kernel_selection for int4 on the shapes
@@ -10,6 +10,11 @@
 #          of six formats at M 1..1024 on the two large shapes with that table (~6 min).
 #   final: GPU tests + parallel compile warm-up, per-format selection for M 1/16/64 on the two large
 #          shapes (merged into the table), then bench_gemm of six formats (~5 min).
+#   explore: a parallel compile of every int4 candidate alongside the dequantize-step probe
+#          (gpu/qgemm_dequant.py), then the int4 variant sweep (unroll / warps / tile candidates) on the
+#          two large shapes at M 1,16,64,256 (~4.5 min).
+#   closing: GPU tests, then bench_gemm of six formats at M 1,16,64,256,1024 on the two large shapes with the table in
+#          use: the closing table, from one run (~3 min).
 #   overhead: host-side cost of a small eager call (gpu/qgemm_overhead.py) and int4 bench_gemm at
 #          M 1 and 16 (~1.5 min).
 set -uo pipefail
@@ -64,6 +69,22 @@ final)
   step gemm 200 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 \
       --formats $FMTS --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   ;;
+explore)
+  $PY gpu/qgemm_warm.py --formats int4 --m 1,16,64,256 --procs 14 > "$LOG/warm.log" 2>&1 &
+  step dequant 60 $PY gpu/qgemm_dequant.py --shapes $BIG
+  cat "$LOG/dequant.log"
+  wait; cat "$LOG/warm.log"
+  step variants 170 $PY benchmarks/bench_kernel_variants.py --shapes $BIG --m 1,16,64,256 \
+      --formats int4 --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
+  ;;
+closing)
+  FMTS=int4,fp4,mxfp4,int2,int3,int8
+  $PY gpu/qgemm_warm.py --formats $FMTS --m 1,16,64,256,1024 --procs 12 > "$LOG/warm.log" 2>&1 &
+  step tests 150 $PY -m pytest -q -n 4 -m gpu tests/test_qgemm.py
+  wait; cat "$LOG/warm.log"
+  step gemm 200 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 \
+      --formats $FMTS --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
+  ;;
 overhead)
   step overhead 120 $PY gpu/qgemm_overhead.py
   step gemm 150 $PY benchmarks/bench_gemm.py --shapes glm47_expert_gate_up,glm47_expert_down,$BIG \
@@ -71,7 +92,7 @@ overhead)
   step fused 120 $PY benchmarks/bench_fused_vs_pytorch.py --shapes 4096x4096 --m 1,16,256 --formats int4 \
       --warmup 3 --repeats 10 --output "$LOG/fused.jsonl"
   ;;
-*) echo "usage: $0 [check|tune|final|overhead]" >&2; exit 2 ;;
+*) echo "usage: $0 [check|tune|final|explore|closing|overhead]" >&2; exit 2 ;;
 esac
 $PY gpu/qgemm_summary.py variants="$LOG/variants.jsonl" gemm="$LOG/gemm.jsonl"
 echo "failed steps: ${failed[*]:-none}"

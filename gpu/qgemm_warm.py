@@ -5,7 +5,7 @@ load them instead of compiling one by one. Runs every candidate configuration of
 benchmarks/_gemm_common.candidate_configs for the given M values, and every configuration of the
 packaged selection table, once on a small weight with the same specialization (N, K multiples of 256).
 
-    python gpu/qgemm_warm.py --formats int4,fp4 --m 1,16,64
+    python gpu/qgemm_warm.py --formats int4,fp4 --m 1,16,64 --procs 12
 """
 import argparse
 import multiprocessing as mp
@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def warm(fmt: str, ms: list[int]) -> str:
+def warm(fmt: str, ms: list[int], part: int = 0, parts: int = 1) -> str:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import torch
     import _gemm_common as G
@@ -33,25 +33,30 @@ def warm(fmt: str, ms: list[int]) -> str:
             for mb, d in buckets.items():
                 configs.add((int(mb), Q.KernelConfig.from_dict(d)))
     failed = 0
-    for M, cfg in sorted(configs, key=lambda mc: (mc[0], str(mc[1]))):
+    mine = sorted(configs, key=lambda mc: (mc[0], str(mc[1])))[part::parts]
+    for M, cfg in mine:
         x = torch.randn(M, 2048, device=dev, dtype=torch.float16)
         try:
             Q.launch(x, wc.qt, None, cfg)
         except Exception:  # reported by the timed run that uses it
             failed += 1
     torch.cuda.synchronize()
-    return f"{fmt}: {len(configs)} configurations warmed in {time.time() - t0:.0f} s ({failed} failed)"
+    return (f"{fmt} part {part + 1}/{parts}: {len(mine)} configurations warmed in {time.time() - t0:.0f} s "
+            f"({failed} failed)")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--formats", default="int4")
     p.add_argument("--m", default="1,16,64,256,1024")
+    p.add_argument("--procs", type=int, default=12, help="compile processes (configurations shared out)")
     args = p.parse_args()
     formats = [f for f in args.formats.split(",") if f]
     ms = [int(m) for m in args.m.split(",") if m]
-    with mp.get_context("spawn").Pool(len(formats)) as pool:
-        for line in pool.starmap(warm, [(f, ms) for f in formats]):
+    parts = max(1, args.procs // len(formats))
+    jobs = [(f, ms, i, parts) for f in formats for i in range(parts)]
+    with mp.get_context("spawn").Pool(min(len(jobs), max(args.procs, len(formats)))) as pool:
+        for line in pool.starmap(warm, jobs):
             print(line, flush=True)
 
 
