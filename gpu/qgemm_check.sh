@@ -11,8 +11,8 @@
 #   final: GPU tests + parallel compile warm-up, per-format selection for M 1/16/64 on the two large
 #          shapes (merged into the table), then bench_gemm of six formats (~5 min).
 #   explore: a parallel compile of every int4 candidate alongside the dequantize-step probe
-#          (gpu/qgemm_dequant.py), then the int4 variant sweep (unroll / warps / tile candidates) on the
-#          two large shapes at M 1,16,64,256 (~4.5 min).
+#          (gpu/qgemm_dequant.py), then the int4 selection sweep (unroll / warps / tile candidates) on the
+#          two large shapes at M 1,16,64,256, merged into the table (~4.5 min).
 #   closing: GPU tests, then bench_gemm of six formats at M 1,16,64,256,1024 on the two large shapes with the table in
 #          use: the closing table, from one run (~3 min).
 #   overhead: host-side cost of a small eager call (gpu/qgemm_overhead.py) and int4 bench_gemm at
@@ -70,12 +70,13 @@ final)
       --formats $FMTS --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   ;;
 explore)
-  $PY gpu/qgemm_warm.py --formats int4 --m 1,16,64,256 --procs 14 > "$LOG/warm.log" 2>&1 &
-  step dequant 60 $PY gpu/qgemm_dequant.py --shapes $BIG
+  timeout 110 $PY gpu/qgemm_warm.py --formats int4 --m 1,16,64,256 --procs 14 > "$LOG/warm.log" 2>&1 &
+  step dequant 45 $PY gpu/qgemm_dequant.py --shapes $BIG
   cat "$LOG/dequant.log"
   wait; cat "$LOG/warm.log"
-  step variants 170 $PY benchmarks/bench_kernel_variants.py --shapes $BIG --m 1,16,64,256 \
-      --formats int4 --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
+  step selection 150 $PY benchmarks/bench_kernel_selection.py --shapes $BIG --m 1,16,64,256 \
+      --formats int4 --merge --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
+  cp src/triton_marlin/kernels/tuned/*.json "$LOG/" 2>/dev/null
   ;;
 closing)
   FMTS=int4,fp4,mxfp4,int2,int3,int8
