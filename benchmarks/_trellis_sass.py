@@ -52,6 +52,9 @@ def main():
     p.add_argument("--block-tn", type=int, default=8)
     p.add_argument("--block-tk", type=int, default=None)
     p.add_argument("--num-warps", type=int, default=4)
+    p.add_argument("--prefetch", type=int, default=None, help="1/0: software prefetch of the next words "
+                   "(default: the launcher's default)")
+    p.add_argument("--rows", type=int, default=1, help="rows of x per program (M <= rows costs one decode)")
     p.add_argument("--arch", type=int, default=90, help="SM architecture (90 = Hopper)")
     a = p.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -64,20 +67,23 @@ def main():
 
     from triton_marlin.kernels import trellis_gemm as tg
 
-    tk = a.block_tk or (2 if a.bits == 3 else 1)
+    tk = a.block_tk or tg.GEMV_DEFAULTS["block_tk"][a.bits]
+    prefetch = tg.GEMV_DEFAULTS["prefetch"] if a.prefetch is None else bool(a.prefetch)
     sig = {"x_ptr": "*fp32", "qw_ptr": "*i32", "s_ptr": "*fp16", "lut_ptr": "*fp16", "out_ptr": "*fp32",
            "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32", "group": "i32",
            "ITERS_PER_SPLIT": "i32", "BITS": "constexpr", "CODE": "constexpr", "BLOCK_TN": "constexpr",
            "BLOCK_TK": "constexpr", "USE_ATOMIC": "constexpr", "GROUPED": "constexpr", "ASM": "constexpr",
-           "GATHER": "constexpr"}
+           "GATHER": "constexpr", "stride_os": "i32", "PREFETCH": "constexpr", "M": "i32",
+           "ROWS": "constexpr"}
     const = {"BITS": a.bits, "CODE": tg.CODE_IDS[a.code], "BLOCK_TN": a.block_tn, "BLOCK_TK": tk,
-             "USE_ATOMIC": True, "GROUPED": False, "ASM": bool(a.asm), "GATHER": tg.HAS_GATHER}
+             "USE_ATOMIC": False, "GROUPED": False, "ASM": bool(a.asm), "GATHER": tg.HAS_GATHER,
+             "PREFETCH": prefetch, "ROWS": a.rows}
     k = triton.compile(ASTSource(fn=tg._trellis_gemv_static_kernel, signature=sig, constexprs=const),
                        target=GPUTarget("cuda", a.arch, 32), options={"num_warps": a.num_warps})
     n, ops = loop_counts(get_sass(k.asm["cubin"]))
-    weights_per_thread = a.block_tn * tk * 256 / (32 * a.num_warps)
+    weights_per_thread = a.block_tn * tk * 256 / (32 * a.num_warps)   # decoded once for all rows
     print(json.dumps({"bits": a.bits, "code": a.code, "asm": bool(a.asm), "arch": a.arch, "block_tn": a.block_tn,
-                      "block_tk": tk, "num_warps": a.num_warps, "loop_instructions": n,
+                      "block_tk": tk, "prefetch": prefetch, "rows": a.rows, "num_warps": a.num_warps, "loop_instructions": n,
                       "weights_per_thread": weights_per_thread, "instr_per_weight": n / weights_per_thread,
                       "opcodes": ops, "triton": triton.__version__}))
 

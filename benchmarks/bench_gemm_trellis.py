@@ -1,7 +1,7 @@
 """Fused trellis GEMV/GEMM (trellis2/3/4) against fp16 cuBLAS and int4 qmatmul, same run.
 
 Per case (shape x format x code x M): the full path (Hadamard on x, fused decode GEMM, Hadamard on y)
-and the decode GEMM alone, timed by CUDA-graph replay (launch excluded) and launch-inclusive; GB/s of
+and the decode GEMM alone, plus each Hadamard launch alone (hadamard_in, hadamard_out), timed by CUDA-graph replay (launch excluded) and launch-inclusive; GB/s of
 the bytes the call must move (codes, scales, signs, x, out) and the fraction of the measured copy
 bandwidth; decode rate (weights/s); speedup against fp16 cuBLAS (F.linear on the dequantized weight)
 and against int4 group-128 qmatmul; relative error against an fp64 reference.
@@ -32,20 +32,29 @@ def add_args(p):
                    help="encode a Gaussian weight with Viterbi instead of random streams (slow on big shapes)")
     p.add_argument("--no-int4", action="store_true", help="skip the int4 qmatmul comparison")
     p.add_argument("--sweep", action="store_true",
-                   help="also time the decode GEMV over block_n x block_k x split_k configurations (M <= 4)")
+                   help="also time the static decode GEMV over K step x prefetch x K-split target x warps "
+                        "(and hyb's table reads) configurations (M <= 4)")
     p.add_argument("--asm-dir", default=None, metavar="DIR",
                    help="write the PTX of each compiled decode kernel into DIR with an op count of it")
 
 
-def sweep_configs(quick: bool, bits: int):
-    """Keyword sets for trellis_matmul_rotated: the static GEMV's blocks and splits, and the generic GEMV."""
+def sweep_configs(quick: bool, bits: int, code: str):
+    """Keyword sets for trellis_matmul_rotated (all with parts=True, as qmatmul runs it): the static
+    GEMV's K step (tiles), software prefetch, K-split target (programs per SM), warps, and for hyb
+    the table in shared memory (gather) or read by global loads."""
     if quick:
-        return [{"gemv": "static"}, {"gemv": "generic"}]
-    tks = (2, 4) if bits == 3 else (1, 2)
-    out = [{"gemv": "static", "block_tn": tn, "block_tk": tk, "split_k": sk}
-           for tn in (8, 16) for tk in tks for sk in (None, 8)]
-    out += [{"gemv": "generic", "block_n": bn, "block_k": bk} for bn in (64, 128) for bk in (32, 64)]
-    out += [{"gemv": "mma", "split_k": sk} for sk in (None, 8)]
+        return [{"gemv": "static"}, {"gemv": "static", "prefetch": False}, {"gemv": "generic"}]
+    if code != "3inst":      # the code changes the decode, not the blocking: a shorter list
+        out = [{"gemv": "static", "block_tk": tk, "prefetch": True, "programs_per_sm": 8} for tk in (1, 2, 4)]
+        out.append({"gemv": "static", "block_tk": 2, "prefetch": False, "programs_per_sm": 8})
+    else:
+        out = [{"gemv": "static", "block_tk": tk, "prefetch": pf, "programs_per_sm": pps}
+               for tk in (1, 2, 4) for pf in (False, True) for pps in (4, 8, 16)]
+        out += [{"gemv": "static", "block_tk": 2, "prefetch": True, "programs_per_sm": pps, "num_warps": 8}
+                for pps in (4, 8)]
+    if code == "hyb":
+        out += [{"gemv": "static", "block_tk": tk, "prefetch": True, "programs_per_sm": 8, "gather": False}
+                for tk in (1, 2)]
     return out
 
 
@@ -121,7 +130,20 @@ def main(argv=None):
                     xr = kh.rotate(x, qt.tensors["sv"], qt.meta["had_block_in"],
                                    out_dtype=torch.float32 if M <= tg.GEMV_MAX_M else dtype)
                     full_g, full_l = G.time_both(lambda: tg.trellis_qgemm(x, qt), args, graph)
-                    kern_g, kern_l = G.time_both(lambda: tg.trellis_matmul_rotated(xr, qt), args, graph)
+                    # the decode kernel as qmatmul launches it (split-K partials, no zeroing)
+                    kern_g, kern_l = G.time_both(lambda: tg.trellis_matmul_rotated(xr, qt, parts=True),
+                                                 args, graph)
+                    yparts = tg.trellis_matmul_rotated(xr, qt, parts=True)
+                    for impl, fn in (("hadamard_in", lambda: kh.rotate(x, qt.tensors["sv"], qt.meta["had_block_in"],
+                                                                      out_dtype=xr.dtype)),
+                                     ("hadamard_out", lambda: kh.unrotate_parts(yparts, qt.tensors["su"],
+                                                                                qt.meta["had_block_out"],
+                                                                                out_dtype=dtype))):
+                        h_g, h_l = G.time_both(fn, args, graph)
+                        hc = dict(case, impl=impl, splits=int(yparts.shape[0]))
+                        if h_g is not None:
+                            runner.record(hc, "time", h_g.median_us, "us", stats=h_g, timing="graph")
+                        runner.record(hc, "time_launch", h_l.median_us, "us", stats=h_l, timing="launch")
                     if M not in fp_cache:
                         fp_cache[M] = G.time_both(lambda: F.linear(x, w_fp), args, graph)
                     fp_g, fp_l = fp_cache[M]
@@ -167,13 +189,12 @@ def main(argv=None):
                                 "\n".join(f"{v:6d} {k}" for k, v in counts.items()) + "\n")
                     if args.sweep and M <= tg.GEMV_MAX_M:
                         best = None
-                        for kw in sweep_configs(args.quick, bits):
+                        for kw in sweep_configs(args.quick, bits, code):
                             if kw["gemv"] == "static" and (N % (16 * kw.get("block_tn", 8))
                                                            or K % (16 * (kw.get("block_tk") or 2))):
                                 continue
-                            if kw["gemv"] == "mma" and (N % 128 or K % 32):
-                                continue
-                            st_g, st_l = G.time_both(lambda: tg.trellis_matmul_rotated(xr, qt, **kw), args, graph)
+                            st_g, st_l = G.time_both(lambda: tg.trellis_matmul_rotated(xr, qt, parts=True, **kw),
+                                                     args, graph)
                             t = G.headline(st_g, st_l)
                             c = dict(case, impl="trellis_kernel", config=",".join(f"{k}={v}" for k, v in kw.items()))
                             runner.record(c, "sweep_time", t, "us", stats=st_g or st_l, timing=timing)

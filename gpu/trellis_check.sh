@@ -8,7 +8,8 @@
 #   4. pytest -m gpu on the trellis/Hadamard tests;
 #   5. a decode-GEMV config sweep at M=1 on 8192x8192 (trellis3, 3inst): static FMA blocks/splits,
 #      generic, tensor-core.
-# Run from anywhere on the GPU machine: bash gpu/trellis_check.sh
+# Run from anywhere on the GPU machine: bash gpu/trellis_check.sh  (or `bash gpu/trellis_check.sh speed`:
+# kernel GPU tests, M=1 timings with the per-launch breakdown, the static-GEMV sweep, M=4/16/128; ~5 min)
 # Writes $OUT/trellis.log (all output, tables included), $OUT/trellis.jsonl (all records) and
 # $OUT/trellis_asm/ (PTX + op counts). Exits non-zero if any step failed. Expected device time ~6 min
 # (kernel compiles included; each step has a timeout, the worst case is ~12 min).
@@ -36,6 +37,26 @@ step() {  # step NAME TIMEOUT_S CMD...
 }
 
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv >> "$LOG" 2>&1
+if [ "${1:-all}" = "speed" ]; then
+  # the kernel-speed subset (issue 5 follow-up), most important first: M=1 timings with the
+  # per-launch breakdown, the static GEMV sweep on both shapes (one call per shape, so a cut-short
+  # run keeps what finished), M=4/16/128, then the GPU tests of the kernels; ~5 min
+  step gemm_trellis 120 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
+    --m 1 --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --repeats 30 -o "$WORK/gemm.jsonl"
+  for shape in 8192x8192 28672x8192; do
+    step "sweep_$shape" 100 python benchmarks/bench_gemm_trellis.py --device cuda --shapes "$shape" --m 1 \
+      --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --no-int4 --sweep --repeats 15 \
+      -o "$WORK/sweep_$shape.jsonl"
+  done
+  step gemm_trellis_batched 50 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 \
+    --m 2,4,16,128 --formats trellis2,trellis3,trellis4 --codes 3inst --no-int4 --repeats 20 \
+    -o "$WORK/gemm_batched.jsonl"
+  cat "$WORK"/*.jsonl > "$JSONL" 2>/dev/null
+  python benchmarks/_trellis_summary.py "$JSONL" > "$OUT/summary.txt"
+  step pytest_gpu_kernels 90 python -m pytest -q -x -m gpu tests/test_trellis_kernels.py tests/test_hadamard.py
+  cat "$OUT/summary.txt"
+  exit $status
+fi
 step gemm_trellis 180 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
   --m 1 --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --repeats 30 \
   --asm-dir "$OUT/trellis_asm" -o "$WORK/gemm.jsonl"
@@ -51,5 +72,6 @@ step gemv_sweep 120 python benchmarks/bench_gemm_trellis.py --device cuda --shap
   --formats trellis3 --codes 3inst --no-int4 --sweep --repeats 20 -o "$WORK/sweep.jsonl"
 
 cat "$WORK"/*.jsonl > "$JSONL" 2>/dev/null
+python benchmarks/_trellis_summary.py "$JSONL" | tee "$OUT/summary.txt"
 echo "records: $(wc -l < "$JSONL")" | tee -a "$LOG"
 exit $status

@@ -80,3 +80,17 @@ def test_triton_kernel_bad_arguments():
         kh.rotate(x, torch.ones(64, dtype=torch.int8), 256)
     with pytest.raises(TypeError, match="x must be"):
         kh.rotate(x.double(), torch.ones(64, dtype=torch.int8), 64)
+
+
+@pytest.mark.parametrize("S,R,D,block", [(1, 2, 128, 128), (3, 5, 96, 32), (2, 1, 64, 64)])
+def test_triton_unrotate_sums_split_parts(S, R, D, block, gen):
+    # split-K partial results are added before the (linear) transform, in the same launch
+    from triton_marlin.kernels import hadamard as kh
+    s = ref.random_signs(D, gen)
+    parts = torch.randn(S, R, D, generator=gen)
+    bias = torch.randn(D, generator=gen)
+    out = kh.unrotate_parts(parts, s, block, out_dtype=torch.float32, bias=bias)
+    assert out.shape == (R, D) and not torch.isnan(out).any()
+    assert rel_err(out, ref.unrotate(parts.double().sum(0), s, block) + bias.double()) < 1e-6
+    with pytest.raises(ValueError, match="parts=True"):
+        kh.unrotate_parts(parts[0], s, block)

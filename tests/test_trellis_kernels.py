@@ -57,6 +57,25 @@ def test_rotated_kernel_matches_decoded_weight(N, K, bits, code, group, M, gen):
         assert rel_err(out2, xr.double() @ wt.t()) < 1e-5
 
 
+@pytest.mark.parametrize("bits,code,group", [(2, "1mad", -1), (3, "3inst", 32), (4, "hyb", -1)])
+@pytest.mark.parametrize("M", [1, 2, 3, 4])
+def test_static_gemv_split_parts_and_rows(bits, code, group, M, gen):
+    # what qmatmul runs: one partial result per K split ([S, M, N], nothing zeroed), up to 4 rows of x
+    # per program (one decode for all of them), with and without the prefetch of the next words
+    N, K = 128, 192
+    qt = random_trellis(N, K, bits, code, group, gen)
+    wt = qt.fmt.rotated_weight(qt).double()
+    xr = torch.randn(M, K, generator=gen)
+    ref = xr.double() @ wt.t()
+    for prefetch in (False, True):
+        parts = tg.trellis_matmul_rotated(xr, qt, gemv="static", split_k=3, parts=True, prefetch=prefetch,
+                                          block_tk=2 if bits == 3 else 1)
+        assert parts.shape == (3, M, N)
+        assert rel_err(parts.sum(0), ref) < 1e-5
+    with pytest.raises(ValueError, match="parts=True"):
+        tg.trellis_matmul_rotated(xr, qt, parts=True, out=torch.empty(M, N))
+
+
 @pytest.mark.parametrize("N,K,bits,code,group", CASES[:3])
 @pytest.mark.parametrize("M,dtype", [(1, torch.float16), (2, torch.float32), (18, torch.float16)])
 def test_trellis_qgemm_end_to_end(N, K, bits, code, group, M, dtype, gen):
@@ -92,7 +111,7 @@ def test_unsupported_reason_and_errors(gen):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits,code", [(2, "3inst"), (3, "1mad"), (4, "hyb")])
-@pytest.mark.parametrize("M", [1, 333])
+@pytest.mark.parametrize("M", [1, 3, 333])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gpu_trellis_qgemm(bits, code, M, dtype, gen):
     N, K = 1024, 2048

@@ -1,11 +1,17 @@
 """Randomized block Hadamard transform of activations (Triton), and its torch reference.
 
 ``rotate(x, s, b)`` = ``x @ V.T`` and ``unrotate(y, s, b)`` = ``y @ V`` on the last dimension, with
-``V = blockdiag(H_b) diag(s)`` (the convention of :mod:`triton_marlin.formats.hadamard`). One program
-transforms ``BLOCK_R`` rows of one ``b``-wide column block as a ``[BLOCK_R, b] @ [b, b]`` product with
-the +-1 Sylvester matrix (products exact: fp16 operands for fp16 input, tf32 for bf16 input, IEEE
-fp32 for fp32 input; fp32 accumulation), then scales by ``1/sqrt(b)``. For ``b <= 128`` this costs ``b`` MACs per element on tensor
-cores, far under the memory time of reading the row, so it is a memory-bound pass.
+``V = blockdiag(H_b) diag(s)`` (the convention of :mod:`triton_marlin.formats.hadamard`).
+
+The kernel works in fp32 registers with no tensor cores and no matrix in memory: the Sylvester
+matrix factors as a Kronecker product, ``H_b = H_f1 (x) H_f2`` (index ``k = a*f2 + c`` splits into
+bits), so a ``[R, b]`` row block viewed as ``[R, f1, f2]`` is transformed by two small +-1 products
+along its axes (``f1 + f2`` adds per element, 24 for b = 128, every entry generated from bit parity).
+The result is exact up to fp32 rounding for every input dtype.
+
+``unrotate`` also takes split-K partial sums ``[S, R, D]`` (fp32) from the trellis kernels and adds
+them before the transform (the transform is linear), adds an optional bias and writes the output
+dtype: the whole epilogue of a trellis GEMM in one launch.
 """
 from __future__ import annotations
 
@@ -15,33 +21,49 @@ import triton.language as tl
 
 from ..formats import hadamard as ref
 
-_H_CACHE: dict = {}
+# b -> (f1, f2) with f1 * f2 = b, both <= 16 (intermediates [R, f1, f2, f] stay small)
+_FACTORS = {16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16)}
 
 
 @triton.jit
-def _hadamard_kernel(x_ptr, s_ptr, h_ptr, bias_ptr, out_ptr, R, stride_xr, stride_or, scale,
-                     HB: tl.constexpr, BLOCK_R: tl.constexpr, SIGN_BEFORE: tl.constexpr,
-                     IEEE: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """x: [R, D] (row stride stride_xr, unit column stride); s: [D] int8; h: [HB, HB] +-1 in the dot
-    dtype; bias: [D] (added after the transform when HAS_BIAS); out: [R, D] (row stride stride_or).
+def _sylvester_pm1(F: tl.constexpr):
+    """The +-1 Sylvester matrix of order F (<= 16) as fp32: entry (o, i) = (-1)^popcount(o & i)."""
+    v = tl.arange(0, F)[:, None] & tl.arange(0, F)[None, :]
+    parity = (v ^ (v >> 1) ^ (v >> 2) ^ (v >> 3)) & 1
+    return (1 - 2 * parity).to(tl.float32)
+
+
+@triton.jit
+def _block_fwht(x, BLOCK_R: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr):
+    """Unnormalized Walsh-Hadamard transform of each F1*F2-wide row of x [BLOCK_R, F1*F2] (fp32)."""
+    x3 = tl.reshape(x, (BLOCK_R, F1, F2))
+    h2 = _sylvester_pm1(F2)
+    x3 = tl.sum(x3[:, :, None, :] * h2[None, None, :, :], axis=3)          # along the F2 axis
+    h1 = _sylvester_pm1(F1)
+    x3 = tl.sum(x3[:, None, :, :] * h1[None, :, :, None], axis=2)          # along the F1 axis
+    return tl.reshape(x3, (BLOCK_R, F1 * F2))
+
+
+@triton.jit
+def _hadamard_kernel(x_ptr, s_ptr, bias_ptr, out_ptr, R, stride_xs, stride_xr, stride_or, n_parts, scale,
+                     HB: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr, BLOCK_R: tl.constexpr,
+                     SIGN_BEFORE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """x: [n_parts, R, D] (part stride stride_xs, row stride stride_xr, unit column stride), summed
+    over parts; s: [D] int8; bias: [D] (added after the transform when HAS_BIAS); out: [R, D].
     Grid: (cdiv(R, BLOCK_R), D // HB)."""
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = pid_c * HB + tl.arange(0, HB)
     rmask = rows[:, None] < R
-    x = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :], mask=rmask, other=0.0)
+    ptrs = x_ptr + rows[:, None] * stride_xr + cols[None, :]
+    x = tl.load(ptrs, mask=rmask, other=0.0).to(tl.float32)
+    for p in range(1, n_parts):
+        x += tl.load(ptrs + p * stride_xs, mask=rmask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + cols).to(tl.float32)
-    hh = tl.load(h_ptr + tl.arange(0, HB)[:, None] * HB + tl.arange(0, HB)[None, :])
     if SIGN_BEFORE:
-        x = (x.to(tl.float32) * s[None, :]).to(hh.dtype)
-    else:
-        x = x.to(hh.dtype)
-    if IEEE:
-        y = tl.dot(x, hh, input_precision="ieee")
-    else:
-        y = tl.dot(x, hh)
-    y = y * scale
+        x = x * s[None, :]
+    y = _block_fwht(x, BLOCK_R, F1, F2) * scale
     if not SIGN_BEFORE:
         y = y * s[None, :]
     if HAS_BIAS:
@@ -49,49 +71,44 @@ def _hadamard_kernel(x_ptr, s_ptr, h_ptr, bias_ptr, out_ptr, R, stride_xr, strid
     tl.store(out_ptr + rows[:, None] * stride_or + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=rmask)
 
 
-def _sylvester(block: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (block, dtype, device)
-    if key not in _H_CACHE:
-        _H_CACHE[key] = ref.sylvester(block, dtype, device).contiguous()
-    return _H_CACHE[key]
-
-
 def hadamard_transform(x: torch.Tensor, signs: torch.Tensor, block: int, *, sign_before: bool,
-                       out_dtype: torch.dtype | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+                       out_dtype: torch.dtype | None = None, bias: torch.Tensor | None = None,
+                       parts: bool = False) -> torch.Tensor:
     """Triton launcher: ``rotate`` (``sign_before=True``) or ``unrotate`` on the last dimension,
-    optionally adding ``bias`` ([D]) to the result."""
+    optionally adding ``bias`` ([D]) to the result. ``parts=True``: ``x`` is ``[S, R, D]`` and the
+    transform applies to the sum over its first dimension (split-K partial results)."""
     if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"x must be a float16/bfloat16/float32 tensor, got "
                         f"{getattr(x, 'dtype', type(x).__name__)}")
+    if parts and x.dim() != 3:
+        raise ValueError(f"parts=True needs x of shape [S, R, D], got {tuple(x.shape)}")
     D = x.shape[-1]
     if not isinstance(signs, torch.Tensor) or signs.shape != (D,) or signs.dtype != torch.int8:
         raise ValueError(f"signs must be an int8 tensor of shape ({D},), got "
                          f"{getattr(signs, 'dtype', None)} {tuple(getattr(signs, 'shape', ()))}")
-    if block not in (16, 32, 64, 128) or D % block:
+    if block not in _FACTORS or D % block:
         raise ValueError(f"block must be 16, 32, 64 or 128 and divide {D}, got {block}")
     if signs.device != x.device:
         raise ValueError(f"signs are on {signs.device}, x on {x.device}")
     if bias is not None and (bias.shape != (D,) or bias.device != x.device):
         raise ValueError(f"bias must be a ({D},) tensor on {x.device}, got {tuple(bias.shape)} on {bias.device}")
     out_dtype = out_dtype or x.dtype
-    x2 = x.reshape(-1, D)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    R = x2.shape[0]
+    lead = x.shape[1:-1] if parts else x.shape[:-1]
+    x3 = x.reshape(x.shape[0], -1, D) if parts else x.reshape(1, -1, D)
+    if x3.stride(-1) != 1 or (x3.shape[0] > 1 and x3.stride(0) != x3.shape[1] * x3.stride(1)):
+        x3 = x3.contiguous()
+    S, R = x3.shape[0], x3.shape[1]
     out = torch.empty((R, D), dtype=out_dtype, device=x.device)
     if R == 0:
-        return out.reshape(*x.shape[:-1], D)
-    # fp16: fp16 operands; bf16: fp32 operands through tf32, which holds every bf16 value and +-1
-    # exactly; fp32: IEEE fp32. All accumulate in fp32.
-    dot_dtype = torch.float16 if x.dtype == torch.float16 else torch.float32
-    h = _sylvester(block, dot_dtype, x.device)
-    BLOCK_R = 16 if R <= 16 else 64
+        return out.reshape(*lead, D)
+    f1, f2 = _FACTORS[block]
+    # [BLOCK_R, f1, f2, f] intermediates: keep them near 16 fp32 registers a thread (4 warps)
+    BLOCK_R = max(1, min(triton.next_power_of_2(R), 2048 // (block * max(f1, f2))))
     grid = (triton.cdiv(R, BLOCK_R), D // block)
-    _hadamard_kernel[grid](x2, signs, h, bias if bias is not None else signs, out, R, x2.stride(0),
-                           out.stride(0), 1.0 / block ** 0.5, HB=block, BLOCK_R=BLOCK_R,
-                           SIGN_BEFORE=sign_before, IEEE=x.dtype == torch.float32,
-                           HAS_BIAS=bias is not None, num_warps=4)
-    return out.reshape(*x.shape[:-1], D)
+    _hadamard_kernel[grid](x3, signs, bias if bias is not None else signs, out, R, x3.stride(0), x3.stride(1),
+                           out.stride(0), S, 1.0 / block ** 0.5, HB=block, F1=f1, F2=f2, BLOCK_R=BLOCK_R,
+                           SIGN_BEFORE=sign_before, HAS_BIAS=bias is not None, num_warps=4)
+    return out.reshape(*lead, D)
 
 
 def rotate(x: torch.Tensor, signs: torch.Tensor, block: int, out_dtype=None) -> torch.Tensor:
@@ -102,6 +119,11 @@ def rotate(x: torch.Tensor, signs: torch.Tensor, block: int, out_dtype=None) -> 
 def unrotate(y: torch.Tensor, signs: torch.Tensor, block: int, out_dtype=None, bias=None) -> torch.Tensor:
     """``y @ V (+ bias)`` (Triton)."""
     return hadamard_transform(y, signs, block, sign_before=False, out_dtype=out_dtype, bias=bias)
+
+
+def unrotate_parts(parts: torch.Tensor, signs: torch.Tensor, block: int, out_dtype=None, bias=None) -> torch.Tensor:
+    """``(sum_s parts[s]) @ V (+ bias)`` for split-K partial results ``[S, R, D]`` (Triton, one launch)."""
+    return hadamard_transform(parts, signs, block, sign_before=False, out_dtype=out_dtype, bias=bias, parts=True)
 
 
 def rotate_reference(x, signs, block, out_dtype=None):

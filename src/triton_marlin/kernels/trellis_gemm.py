@@ -2,9 +2,9 @@
 
 ``y = x @ W.T`` for a trellis weight ``W = U.T @ Wt @ V`` (docs/formats-trellis.md) runs as
 
-    x' = x @ V.T            (kernels/hadamard.py: signs + block Walsh-Hadamard)
-    y' = x' @ Wt.T          (this file: decode + multiply-accumulate)
-    y  = y' @ U             (kernels/hadamard.py)
+    x' = x @ V.T            (kernels/hadamard.py: signs + block Walsh-Hadamard, one launch)
+    y' = x' @ Wt.T          (this file: decode + multiply-accumulate; split-K partials [S, M, N])
+    y  = y' @ U (+ bias)    (kernels/hadamard.py: sum of the partials + transform, one launch)
 
 Decoding weight ``(k, n)``: its tile is ``(k // 16, n // 16)``, its step ``t = 16*(k % 16) + n % 16``;
 the 16-bit state is the stream window ending at bit ``e = (t+1)*K``: with ``hi = (e-1) // 32`` and
@@ -126,7 +126,17 @@ def _trellis_gemv_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm
 
 
 @triton.jit
-def _code_value(state, lut_ptr, CODE: tl.constexpr, ASM: tl.constexpr = False, GATHER: tl.constexpr = False,
+def _load_lut(lut_ptr, CODE: tl.constexpr, GATHER: tl.constexpr, OUT: tl.constexpr):
+    """The hyb table in registers (``GATHER``), loaded once per program before the K loop; a dummy
+    scalar for the other codes."""
+    if GATHER and CODE == 2:
+        return tl.load(lut_ptr + tl.arange(0, 256)).to(OUT)
+    else:
+        return tl.zeros((1,), dtype=OUT)
+
+
+@triton.jit
+def _code_value(state, lut_ptr, lut, CODE: tl.constexpr, ASM: tl.constexpr = False, GATHER: tl.constexpr = False,
                 OUT: tl.constexpr = tl.float32):
     """The code of 16-bit states held in uint32 (see formats/trellis.py: decode_states), in ``OUT``
     (float32, or float16: every code value is exact in fp16, so a tensor-core operand needs no
@@ -136,9 +146,8 @@ def _code_value(state, lut_ptr, CODE: tl.constexpr, ASM: tl.constexpr = False, G
     inline PTX, which the compiler cannot derive from the portable form: 3inst adds the two fp16
     halves of the 32-bit word in place (``mov.b32 {lo, hi}``, ``add.f16``); 1mad sums the 4 bytes
     with one ``dp4a``. ``GATHER`` (hyb): the table is loaded once per program and read with
-    ``tl.gather`` (shared memory on the GPU) instead of a global load per weight."""
-    if GATHER and CODE == 2:
-        lut = tl.load(lut_ptr + tl.arange(0, 256)).to(OUT)
+    ``tl.gather`` (shared memory on the GPU) instead of a global load per weight.""" 
+    if GATHER and CODE == 2:     # ``lut``: the table from _load_lut
         x = state * tl.full(state.shape, 0xCBAC1FED, tl.uint32)
         idx = tl.reshape((x >> 24).to(tl.int32), (state.numel,))
         val = tl.reshape(tl.gather(lut, idx, 0), state.shape)
@@ -154,10 +163,12 @@ def _code_value(state, lut_ptr, CODE: tl.constexpr, ASM: tl.constexpr = False, G
                 "{ .reg .b16 lo, hi, s; mov.b32 {lo, hi}, $1; add.rn.f16 s, lo, hi; cvt.f32.f16 $0, s; }",
                 "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
     elif ASM and CODE == 1:
+        # byte sum by dp4a into the mantissa of 2^23 (accumulator 0x4B000000): the float is 2^23 + sum,
+        # so one FADD gives sum - 510 exactly, with no int-to-float conversion (a quarter-rate pipe)
         x = state * 34038481 + 76625530
-        total = tl.inline_asm_elementwise("dp4a.u32.u32 $0, $1, 0x01010101, 0;", "=r,r", [x],
-                                          dtype=tl.int32, is_pure=True, pack=1)
-        val = (total - 510).to(OUT)
+        biased = tl.inline_asm_elementwise("dp4a.u32.u32 $0, $1, 0x01010101, 0x4B000000;", "=r,r", [x],
+                                           dtype=tl.int32, is_pure=True, pack=1)
+        val = (biased.to(tl.float32, bitcast=True) - 8389118.0).to(OUT)
     elif CODE == 0:    # 3inst
         x = state * 89226354 + 64248484
         x = (x & tl.full(x.shape, 0x8FFF8FFF, tl.uint32)) ^ tl.full(x.shape, 0x3B603B60, tl.uint32)
@@ -167,7 +178,8 @@ def _code_value(state, lut_ptr, CODE: tl.constexpr, ASM: tl.constexpr = False, G
     elif CODE == 1:  # 1mad
         x = state * 34038481 + 76625530
         total = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)
-        val = (total.to(tl.int32) - 510).to(OUT)
+        biased = (total + 0x4B000000).to(tl.int32, bitcast=True)         # 2^23 + sum, as above
+        val = (biased.to(tl.float32, bitcast=True) - 8389118.0).to(OUT)
     else:            # hyb
         x = state * tl.full(state.shape, 0xCBAC1FED, tl.uint32)
         val = tl.load(lut_ptr + (x >> 24).to(tl.int32)).to(OUT)
@@ -236,11 +248,26 @@ def _load_word(base, g, tn, tk_words, n_tiles, I: tl.constexpr, WG: tl.constexpr
 
 
 @triton.jit
+def _load_words(base, g, tn, tk_words, n_tiles, WG: tl.constexpr, W: tl.constexpr, GPT: tl.constexpr):
+    """The words -1 .. WG-1 of each column group of one tile row (unused ones repeat word 0)."""
+    wm1 = _load_word(base, g, tn, tk_words, n_tiles, -1, WG, W, GPT)
+    w0 = _load_word(base, g, tn, tk_words, n_tiles, 0, WG, W, GPT)
+    w1 = w0
+    w2 = w0
+    if WG > 1:
+        w1 = _load_word(base, g, tn, tk_words, n_tiles, 1, WG, W, GPT)
+    if WG > 2:
+        w2 = _load_word(base, g, tn, tk_words, n_tiles, 2, WG, W, GPT)
+    return wm1, w0, w1, w2
+
+
+@triton.jit
 def _trellis_gemv_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm, stride_om, group,
                                 ITERS_PER_SPLIT,
                                 BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_TN: tl.constexpr,
                                 BLOCK_TK: tl.constexpr, USE_ATOMIC: tl.constexpr, GROUPED: tl.constexpr,
-                                ASM: tl.constexpr, GATHER: tl.constexpr):
+                                ASM: tl.constexpr, GATHER: tl.constexpr, stride_os=0, PREFETCH: tl.constexpr = False,
+                                M=1, ROWS: tl.constexpr = 1):
     """Decode GEMV with compile-time window shifts (full blocks only: 16*BLOCK_TN | N, 16*BLOCK_TK | K).
 
     The 16 k of a tile are cut into column groups of P columns (P = 2 for 3 bits, else 1) whose
@@ -248,11 +275,16 @@ def _trellis_gemv_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, st
     plus the word before it. Each program loads those words once per (group, tile) and derives all
     16*P states of the group with constant shifts, so per weight the loop spends a shift or funnel
     shift and a mask, the code, and an FMA. The accumulator keeps n_local (16) in registers.
-    x: [M, K] (rotated activations); qw: int32 [K/16, 8*BITS, N/16]; s: [G, N]; out: [M, N] fp32.
-    Grid: (N/16/BLOCK_TN, SPLIT_K, M)."""
+    x: [M, K] (rotated activations); qw: int32 [K/16, 8*BITS, N/16]; s: [G, N]; out: [M, N] fp32
+    (USE_ATOMIC: split-K sums added into a zeroed out) or, without atomics, split k's partial result
+    at out + k * stride_os ([SPLIT_K, M, N] buffer, summed by the output transform).
+    PREFETCH: the next tile row's words are loaded before the current ones are decoded, so their
+    latency overlaps the decode. ROWS (1, 2 or 4): each program multiplies its decoded weights with
+    ROWS rows of x (one accumulator each), so M <= ROWS costs one decode, not M.
+    Grid: (N/16/BLOCK_TN, SPLIT_K, cdiv(M, ROWS))."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    m = tl.program_id(2)
+    m = tl.program_id(2) * ROWS
     W: tl.constexpr = 8 * BITS
     P: tl.constexpr = 2 if BITS == 3 else 1
     WG: tl.constexpr = BITS * P // 2
@@ -264,35 +296,77 @@ def _trellis_gemv_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, st
     tn = pid_n * BLOCK_TN + tl.arange(0, BLOCK_TN)
     nl = tl.arange(0, 16)
     acc = tl.zeros((G, BLOCK_TN, 16), dtype=tl.float32)
-    k_start = pid_k * ITERS_PER_SPLIT * (16 * BLOCK_TK)
-    k_end = tl.minimum(k_start + ITERS_PER_SPLIT * (16 * BLOCK_TK), K)
-    for k0 in range(k_start, k_end, 16 * BLOCK_TK):
-        base = qw_ptr + (k0 // 16) * tk_words
-        wm1 = _load_word(base, g, tn, tk_words, n_tiles, -1, WG, W, GPT)
-        w0 = _load_word(base, g, tn, tk_words, n_tiles, 0, WG, W, GPT)
-        w1 = w0
-        w2 = w0
-        if WG > 1:
-            w1 = _load_word(base, g, tn, tk_words, n_tiles, 1, WG, W, GPT)
-        if WG > 2:
-            w2 = _load_word(base, g, tn, tk_words, n_tiles, 2, WG, W, GPT)
+    # rows 1..3 of the program (ROWS = 2 or 4); rows past M repeat row M-1 and are never stored
+    acc1 = tl.zeros((G, BLOCK_TN, 16) if ROWS >= 2 else (1, 1, 1), dtype=tl.float32)
+    acc2 = tl.zeros((G, BLOCK_TN, 16) if ROWS >= 4 else (1, 1, 1), dtype=tl.float32)
+    acc3 = tl.zeros((G, BLOCK_TN, 16) if ROWS >= 4 else (1, 1, 1), dtype=tl.float32)
+    lut = _load_lut(lut_ptr, CODE, GATHER, tl.float32)
+    STEP: tl.constexpr = 16 * BLOCK_TK
+    k_start = pid_k * ITERS_PER_SPLIT * STEP
+    k_end = tl.minimum(k_start + ITERS_PER_SPLIT * STEP, K)
+    if PREFETCH:
+        base = qw_ptr + (k_start // 16) * tk_words
+        wm1, w0, w1, w2 = _load_words(base, g, tn, tk_words, n_tiles, WG, W, GPT)
+    for k0 in range(k_start, k_end, STEP):
+        if PREFETCH:
+            # the next row's words (the last row again on the last step: a valid address, unused)
+            nxt = qw_ptr + (tl.minimum(k0 + STEP, k_end - STEP) // 16) * tk_words
+            nm1, n0, n1, n2 = _load_words(nxt, g, tn, tk_words, n_tiles, WG, W, GPT)
+        else:
+            base = qw_ptr + (k0 // 16) * tk_words
+            wm1, w0, w1, w2 = _load_words(base, g, tn, tk_words, n_tiles, WG, W, GPT)
         for p in tl.static_range(P):
-            val = _code_value(_column_states(wm1, w0, w1, w2, p, BITS), lut_ptr, CODE, ASM, GATHER)
-            xv = tl.load(x_ptr + m * stride_xm + k0 + g * P + p).to(tl.float32)
+            val = _code_value(_column_states(wm1, w0, w1, w2, p, BITS), lut_ptr, lut, CODE, ASM, GATHER)
             if GROUPED:
                 sg = tl.load(s_ptr + ((k0 + g * P + p) // group)[:, None, None] * N
                              + (tn * 16)[None, :, None] + nl[None, None, :]).to(tl.float32)
-                acc += val * (xv[:, None, None] * sg)
-            else:
-                acc += val * xv[:, None, None]
-    res = tl.sum(acc, axis=0)                                            # [BLOCK_TN, 16]
+            if not GROUPED:
+                sg = val       # unused
+            koff = k0 + g * P + p
+            acc = _row_fma(acc, val, sg, x_ptr + m * stride_xm + koff, GROUPED)
+            if ROWS >= 2:
+                acc1 = _row_fma(acc1, val, sg, x_ptr + tl.minimum(m + 1, M - 1) * stride_xm + koff, GROUPED)
+            if ROWS >= 4:
+                acc2 = _row_fma(acc2, val, sg, x_ptr + tl.minimum(m + 2, M - 1) * stride_xm + koff, GROUPED)
+                acc3 = _row_fma(acc3, val, sg, x_ptr + tl.minimum(m + 3, M - 1) * stride_xm + koff, GROUPED)
+        if PREFETCH:
+            wm1, w0, w1, w2 = nm1, n0, n1, n2
     cols = (tn * 16)[:, None] + nl[None, :]
-    if not GROUPED:
-        res = res * tl.load(s_ptr + cols).to(tl.float32)
-    if USE_ATOMIC:
-        tl.atomic_add(out_ptr + m * stride_om + cols, res)
+    if GROUPED:
+        scale = 1.0         # applied per group in the loop
     else:
-        tl.store(out_ptr + m * stride_om + cols, res)
+        scale = tl.load(s_ptr + cols).to(tl.float32)
+    if not USE_ATOMIC:
+        out_ptr = out_ptr + pid_k * stride_os
+    _row_store(acc, scale, out_ptr + m * stride_om + cols, True, GROUPED, USE_ATOMIC)
+    if ROWS >= 2:
+        _row_store(acc1, scale, out_ptr + (m + 1) * stride_om + cols, m + 1 < M, GROUPED, USE_ATOMIC)
+    if ROWS >= 4:
+        _row_store(acc2, scale, out_ptr + (m + 2) * stride_om + cols, m + 2 < M, GROUPED, USE_ATOMIC)
+        _row_store(acc3, scale, out_ptr + (m + 3) * stride_om + cols, m + 3 < M, GROUPED, USE_ATOMIC)
+
+
+@triton.jit
+def _row_fma(acc, val, sg, x_row_ptr, GROUPED: tl.constexpr):
+    """acc [G, TN, 16] += decoded values x one row of x at the groups' k (times grouped scales)."""
+    xv = tl.load(x_row_ptr).to(tl.float32)
+    if GROUPED:
+        return acc + val * (xv[:, None, None] * sg)
+    else:
+        return acc + val * xv[:, None, None]
+
+
+@triton.jit
+def _row_store(acc, scale, ptrs, ok, GROUPED: tl.constexpr, USE_ATOMIC: tl.constexpr):
+    """One row's [BLOCK_TN, 16] result (per-channel scale applied) stored or added when ``ok``."""
+    res = tl.sum(acc, axis=0)
+    if not GROUPED:
+        res = res * scale
+    mask = tl.full(res.shape, 1, tl.int1) & ok
+    if USE_ATOMIC:
+        tl.atomic_add(ptrs, res, mask=mask)
+    else:
+        tl.store(ptrs, res, mask=mask)
 
 
 @triton.jit
@@ -300,7 +374,7 @@ def _trellis_gemm_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K,
                                 BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_M: tl.constexpr,
                                 BLOCK_TN: tl.constexpr, BLOCK_TK: tl.constexpr, IEEE: tl.constexpr,
                                 GROUPED: tl.constexpr, ASM: tl.constexpr, GATHER: tl.constexpr,
-                                ITERS_PER_SPLIT, USE_ATOMIC: tl.constexpr):
+                                ITERS_PER_SPLIT, USE_ATOMIC: tl.constexpr, stride_os=0):
     """Tiled GEMM with the static decode: a [16*BLOCK_TK, 16*BLOCK_TN] weight tile is decoded in
     registers (compile-time shifts, as _trellis_gemv_static_kernel) straight into x's dtype when
     that is fp16 (code values are exact in fp16) and fed to tl.dot. Also the tensor-core GEMV: M <= 16
@@ -327,6 +401,7 @@ def _trellis_gemm_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K,
     mmask = mm < M
     acc = tl.zeros((BLOCK_M, BN), dtype=tl.float32)
     DEC: tl.constexpr = tl.float16 if x_ptr.dtype.element_ty == tl.float16 else tl.float32
+    lut = _load_lut(lut_ptr, CODE, GATHER, DEC)
     k_start = pid_k * ITERS_PER_SPLIT * BK
     k_end = tl.minimum(k_start + ITERS_PER_SPLIT * BK, K)
     for k0 in range(k_start, k_end, BK):
@@ -339,11 +414,11 @@ def _trellis_gemm_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K,
             w1 = _load_word(base, g, tn, tk_words, n_tiles, 1, WG, W, GPT)
         if WG > 2:
             w2 = _load_word(base, g, tn, tk_words, n_tiles, 2, WG, W, GPT)
-        v0 = _code_value(_column_states(wm1, w0, w1, w2, 0, BITS), lut_ptr, CODE, ASM, GATHER, DEC)
+        v0 = _code_value(_column_states(wm1, w0, w1, w2, 0, BITS), lut_ptr, lut, CODE, ASM, GATHER, DEC)
         if P == 1:
             w = tl.reshape(v0, (BK, BN))                                   # k = g, n = 16 tn + n_local
         else:
-            v1 = _code_value(_column_states(wm1, w0, w1, w2, 1, BITS), lut_ptr, CODE, ASM, GATHER, DEC)
+            v1 = _code_value(_column_states(wm1, w0, w1, w2, 1, BITS), lut_ptr, lut, CODE, ASM, GATHER, DEC)
             w = tl.reshape(tl.permute(tl.join(v0, v1), (0, 3, 1, 2)), (BK, BN))   # k = 2 g + p
         if GROUPED:
             w = w * tl.load(s_ptr + (k0 // group) * N + nn).to(tl.float32)[None, :]
@@ -357,7 +432,7 @@ def _trellis_gemm_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K,
     if USE_ATOMIC:
         tl.atomic_add(out_ptr + mm[:, None] * stride_om + nn[None, :], acc, mask=mmask[:, None])
     else:
-        tl.store(out_ptr + mm[:, None] * stride_om + nn[None, :], acc, mask=mmask[:, None])
+        tl.store(out_ptr + pid_k * stride_os + mm[:, None] * stride_om + nn[None, :], acc, mask=mmask[:, None])
 
 
 @triton.jit
@@ -415,13 +490,29 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _split_k(n_blocks: int, k_iters: int, device: torch.device) -> int:
-    """K splits so that about 4 programs per SM run (M=1 on a tall-thin grid needs them)."""
+# Static GEMV launch defaults (M <= GEMV_MAX_M), chosen from the block/split sweep of
+# bench_gemm_trellis.py --sweep (docs/perf/trellis.md): tiles along K per step by bits, software
+# prefetch of the next words, programs per SM that the K split aims for, warps per program.
+GEMV_DEFAULTS = {"block_tk": {2: 2, 3: 2, 4: 2}, "prefetch": True, "programs_per_sm": 8, "num_warps": 4}
+
+
+def _split_k(n_blocks: int, k_iters: int, device: torch.device, programs_per_sm: int | None = None) -> int:
+    """K splits for a grid of ``n_blocks`` output blocks: about ``programs_per_sm`` programs per SM
+    (M=1 on a tall-thin grid needs many to hide load latency), picked among nearby splits for the
+    smallest last-wave tail (programs / SMs close to a whole number)."""
     if device.type != "cuda":
         return 1 if k_iters < 4 else 2
-    target = 4 * _sm_count(device)
-    split = max(1, min(k_iters, target // max(1, n_blocks)))
-    return split
+    sms = _sm_count(device)
+    per_sm = programs_per_sm or GEMV_DEFAULTS["programs_per_sm"]
+    want = max(1, min(k_iters, -(-per_sm * sms // max(1, n_blocks))))
+    best, best_eff = 1, -1.0
+    for split in range(want, min(k_iters, 2 * want) + 1):
+        split = triton.cdiv(k_iters, triton.cdiv(k_iters, split))      # every split non-empty
+        waves = n_blocks * split / sms
+        eff = waves / -(-waves // 1)
+        if eff > best_eff + 1e-9:
+            best, best_eff = split, eff
+    return best
 
 
 def _output(out, M: int, N: int, device) -> torch.Tensor:
@@ -435,25 +526,38 @@ def _output(out, M: int, N: int, device) -> torch.Tensor:
 GEMV_KERNELS = ("auto", "static", "generic", "mma")
 
 
-def _static_gemm(xr, qt, out, block_m: int, split_k: int | None, label: str) -> torch.Tensor:
+def _split_output(out, parts: bool, split: int, M: int, N: int, device):
+    """(buffer the kernel writes, whether it accumulates with atomics). ``parts``: a fresh
+    [split, M, N] fp32 buffer, one slice per split (nothing to zero); else ``out`` [M, N], zeroed
+    for atomics when split > 1."""
+    if parts:
+        if out is not None:
+            raise ValueError("out cannot be given with parts=True")
+        return torch.empty((split, M, N), dtype=torch.float32, device=device), False
+    out = _output(out, M, N, device)
+    if split > 1:
+        out.zero_()
+    return out, split > 1
+
+
+def _static_gemm(xr, qt, out, block_m: int, split_k: int | None, label: str, parts: bool = False) -> torch.Tensor:
     """Launch _trellis_gemm_static_kernel (blocks of 32 k x 128 n), K split to fill the GPU."""
     M, K = xr.shape
     N = qt.shape[0]
     group = K if qt.group_size == -1 else qt.group_size
     m_blocks, n_blocks, k_iters = triton.cdiv(M, block_m), N // 128, K // 32
-    split = split_k or _split_k(m_blocks * n_blocks, k_iters, xr.device)
+    split = split_k or _split_k(m_blocks * n_blocks, k_iters, xr.device, programs_per_sm=4)
     iters = triton.cdiv(k_iters, split)
     split = triton.cdiv(k_iters, iters)
-    out = _output(out, M, N, xr.device)
-    if split > 1:
-        out.zero_()
+    buf, atomic = _split_output(out, parts, split, M, N, xr.device)
     s = qt.tensors["scales"]
     LAST_COMPILED[label] = _trellis_gemm_static_kernel[(m_blocks, n_blocks, split)](
-        xr, qt.tensors["qweight"], s, qt.tensors.get("lut", s), out, M, N, K, xr.stride(0), out.stride(0),
+        xr, qt.tensors["qweight"], s, qt.tensors.get("lut", s), buf, M, N, K, xr.stride(0), buf.stride(-2),
         group, BITS=qt.bits, CODE=CODE_IDS[qt.meta["code"]], BLOCK_M=block_m, BLOCK_TN=8, BLOCK_TK=2,
         IEEE=xr.dtype == torch.float32, GROUPED=qt.group_size != -1, ASM=use_asm(xr.device),
-        GATHER=HAS_GATHER, ITERS_PER_SPLIT=iters, USE_ATOMIC=split > 1, num_warps=4)
-    return out
+        GATHER=HAS_GATHER, ITERS_PER_SPLIT=iters, USE_ATOMIC=atomic,
+        stride_os=buf.stride(0) if parts else 0, num_warps=4)
+    return buf
 
 
 def use_asm(device: torch.device) -> bool:
@@ -466,13 +570,21 @@ def use_asm(device: torch.device) -> bool:
 def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: int | None = None,
                            block_k: int = 32, split_k: int | None = None,
                            out: torch.Tensor | None = None, gemv: str = "auto",
-                           block_tn: int = 8, block_tk: int | None = None) -> torch.Tensor:
+                           block_tn: int = 8, block_tk: int | None = None, parts: bool = False,
+                           prefetch: bool | None = None, num_warps: int | None = None,
+                           gather: bool | None = None, programs_per_sm: int | None = None) -> torch.Tensor:
     """``y' = x' @ Wt.T`` in fp32 for rotated activations ``x' [M, K]`` (the kernel alone).
 
-    ``out``: optional fp32 ``[M, N]`` buffer (contiguous rows); split-K zeroes it first.
+    ``out``: optional fp32 ``[M, N]`` buffer (contiguous rows); split-K zeroes it first and adds with
+    atomics. ``parts=True`` (what ``trellis_qgemm`` runs): returns ``[S, M, N]`` partial results, one
+    per K split, for :func:`hadamard.unrotate_parts` to add (no zeroing launch, no atomics; the
+    generic kernels return ``[1, M, N]``).
     ``gemv`` (M <= 4): ``static`` = the compile-time-shift FMA kernel (needs 16*block_tn | N and
     16*block_tk | K), ``generic`` = per-weight window offsets (any shape), ``mma`` = the static decode
-    into tensor-core tiles (M <= 16; N % 128, K % 32), ``auto`` = static when the shape allows. ``block_n``/``block_k`` configure the generic and tiled kernels."""
+    into tensor-core tiles (M <= 16; N % 128, K % 32), ``auto`` = static when the shape allows.
+    ``block_n``/``block_k`` configure the generic and tiled kernels; ``block_tk``, ``prefetch``,
+    ``num_warps``, ``gather`` (hyb table in shared memory vs. global loads) and ``programs_per_sm``
+    (target of the K split) the static GEMV, defaults in ``GEMV_DEFAULTS``."""
     M, K = xr.shape
     N = qt.shape[0]
     bits = qt.bits
@@ -482,8 +594,11 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     code = CODE_IDS[qt.meta["code"]]
     qw, s = qt.tensors["qweight"], qt.tensors["scales"]
     lut = qt.tensors.get("lut", s)        # any valid pointer when the code has no table
-    if block_tk is None:       # 3 bits: 8 column groups per tile; 2 tiles keep G x TN = 128 threads busy
-        block_tk = 2 if bits == 3 else 1
+    if block_tk is None:
+        # several rows multiply every decoded weight: a shorter K step keeps the accumulators small
+        block_tk = GEMV_DEFAULTS["block_tk"][bits] if M == 1 else (2 if bits == 3 else 1)
+        if K % (16 * block_tk) or group % (16 * block_tk):
+            block_tk = 2 if bits == 3 else 1     # 3 bits: column groups span 2 k; 2 tiles keep 128 threads busy
     if gemv not in GEMV_KERNELS:
         raise ValueError(f"gemv must be one of {GEMV_KERNELS}, got {gemv!r}")
     static_ok = N % (16 * block_tn) == 0 and K % (16 * block_tk) == 0
@@ -494,26 +609,29 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
         if M > 16 or N % 128 or K % 32 or group % 32:
             raise ValueError(f"the tensor-core GEMV needs M <= 16, N % 128 == 0, K % 32 == 0 and a group "
                              f"multiple of 32; got M={M}, N={N}, K={K}, group={group}")
-        return _static_gemm(xr, qt, out, 16, split_k, "mma")
+        return _static_gemm(xr, qt, out, 16, split_k, "mma", parts)
     if M <= GEMV_MAX_M and gemv != "generic" and static_ok:
         n_blocks = N // (16 * block_tn)
         k_iters = K // (16 * block_tk)
-        split = split_k or _split_k(n_blocks, k_iters, xr.device)
+        split = split_k or _split_k(n_blocks, k_iters, xr.device, programs_per_sm)
         iters = triton.cdiv(k_iters, split)
         split = triton.cdiv(k_iters, iters)
-        out = _output(out, M, N, xr.device)
-        if split > 1:
-            out.zero_()
-        LAST_COMPILED["gemv"] = _trellis_gemv_static_kernel[(n_blocks, split, M)](
-            xr, qw, s, lut, out, N, K, xr.stride(0), out.stride(0), group, iters,
-            BITS=bits, CODE=code, BLOCK_TN=block_tn, BLOCK_TK=block_tk, USE_ATOMIC=split > 1,
-            GROUPED=qt.group_size != -1, ASM=use_asm(xr.device), GATHER=HAS_GATHER, num_warps=4)
-        return out
+        buf, atomic = _split_output(out, parts, split, M, N, xr.device)
+        pf = GEMV_DEFAULTS["prefetch"] if prefetch is None else prefetch
+        rows_per_program = 1 if M == 1 else triton.next_power_of_2(M)
+        LAST_COMPILED["gemv"] = _trellis_gemv_static_kernel[(n_blocks, split, triton.cdiv(M, rows_per_program))](
+            xr, qw, s, lut, buf, N, K, xr.stride(0), buf.stride(-2), group, iters,
+            BITS=bits, CODE=code, BLOCK_TN=block_tn, BLOCK_TK=block_tk, USE_ATOMIC=atomic,
+            GROUPED=qt.group_size != -1, ASM=use_asm(xr.device),
+            GATHER=HAS_GATHER if gather is None else (gather and HAS_GATHER),
+            stride_os=buf.stride(0) if parts else 0, PREFETCH=pf, M=M, ROWS=rows_per_program,
+            num_warps=num_warps or GEMV_DEFAULTS["num_warps"])
+        return buf
     if M <= GEMV_MAX_M:
         BLOCK_N = block_n or 64
         n_blocks = triton.cdiv(N, BLOCK_N)
         k_iters = triton.cdiv(K, block_k)
-        split = split_k or _split_k(n_blocks, k_iters, xr.device)
+        split = split_k or _split_k(n_blocks, k_iters, xr.device, programs_per_sm)
         iters = triton.cdiv(k_iters, split)
         split = triton.cdiv(k_iters, iters)
         out = _output(out, M, N, xr.device)
@@ -523,10 +641,10 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
             xr, qw, s, lut, out, N, K, xr.stride(0), out.stride(0), group, iters,
             BITS=bits, CODE=code, BLOCK_N=BLOCK_N, BLOCK_K=block_k, USE_ATOMIC=split > 1,
             EVEN=N % BLOCK_N == 0 and K % block_k == 0, num_warps=4)
-        return out
+        return out[None] if parts else out
     BLOCK_M = 16 if M <= 16 else (32 if M <= 32 else 64)
     if gemv != "generic" and N % 128 == 0 and K % 32 == 0 and group % 32 == 0:
-        return _static_gemm(xr, qt, out, BLOCK_M, split_k, "gemm")
+        return _static_gemm(xr, qt, out, BLOCK_M, split_k, "gemm", parts)
     BLOCK_N = block_n or 64
     out = _output(out, M, N, xr.device)
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
@@ -534,7 +652,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
         xr, qw, s, lut, out, M, N, K, xr.stride(0), out.stride(0), group,
         BITS=bits, CODE=code, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=block_k,
         IEEE=xr.dtype == torch.float32, EVEN=N % BLOCK_N == 0 and K % block_k == 0, num_warps=4)
-    return out
+    return out[None] if parts else out
 
 
 def trellis_qgemm(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None = None
@@ -589,9 +707,10 @@ def _trellis_qgemm_impl(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tens
     # GEMV accumulates in fp32, so keep x' in fp32; the tiled path feeds tensor cores in x's dtype
     xr_dtype = torch.float32 if M <= GEMV_MAX_M else x2d.dtype
     xr = had.rotate(x2d, qt.tensors["sv"], qt.meta["had_block_in"], out_dtype=xr_dtype)
-    yr = trellis_matmul_rotated(xr, qt)
-    # the output transform also adds the bias and writes x's dtype: no extra pass
-    return had.unrotate(yr, qt.tensors["su"], qt.meta["had_block_out"], out_dtype=x2d.dtype, bias=bias)
+    yr_parts = trellis_matmul_rotated(xr, qt, parts=True)
+    # one launch adds the split-K partials, transforms, adds the bias and writes x's dtype
+    return had.unrotate_parts(yr_parts, qt.tensors["su"], qt.meta["had_block_out"], out_dtype=x2d.dtype,
+                              bias=bias)
 
 
 def trellis_qgemm_reference(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None = None

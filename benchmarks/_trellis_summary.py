@@ -1,0 +1,47 @@
+"""Short table of bench_gemm_trellis records (JSON lines): per case the full path, the decode kernel,
+each Hadamard launch and fp16 cuBLAS (graph-replay medians, us), the speedups, and per swept case
+the fastest static-GEMV configuration and the default's time. Used by gpu/trellis_check.sh.
+
+    python benchmarks/_trellis_summary.py trellis.jsonl
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+
+def main(path: str) -> None:
+    times = defaultdict(dict)
+    sweeps = defaultdict(list)
+    for line in open(path):
+        r = json.loads(line)
+        if r.get("benchmark") != "bench_gemm_trellis":
+            continue
+        c = r["case"]
+        key = (c["shape"], c["M"], c["format"], c["code"])
+        if r["metric"] == "time" and c["format"] != "fp16" and c["format"] != "int4":
+            times[key][c["impl"]] = r["value"]
+        elif r["metric"] == "time" and c["format"] == "fp16":
+            times[(c["shape"], c["M"])]["fp16"] = r["value"]
+        elif r["metric"] == "sweep_time":
+            sweeps[key].append((r["value"], c["config"]))
+    print(f"{'shape':11s} {'M':>3s} {'format':8s} {'code':5s} {'full':>7s} {'kernel':>7s} {'h_in':>6s} "
+          f"{'h_out':>6s} {'fp16':>7s} {'full x':>7s} {'kern x':>7s}")
+    for key in sorted(k for k in times if len(k) == 4):
+        t = times[key]
+        fp = times.get(key[:2], {}).get("fp16")
+        full, kern = t.get("trellis_full"), t.get("trellis_kernel")
+        f = lambda v, w=7: f"{v:{w}.1f}" if v is not None else " " * (w - 1) + "-"  # noqa: E731
+        sx = lambda v: f"{fp / v:7.2f}" if fp and v else "      -"  # noqa: E731
+        print(f"{key[0]:11s} {key[1]:3d} {key[2]:8s} {key[3]:5s} {f(full)} {f(kern)} {f(t.get('hadamard_in'), 6)} "
+              f"{f(t.get('hadamard_out'), 6)} {f(fp)} {sx(full)} {sx(kern)}")
+    for key in sorted(sweeps):
+        rows = sorted(sweeps[key])
+        print(f"sweep {key[0]} M={key[1]} {key[2]} {key[3]}: best {rows[0][0]:.1f} us {rows[0][1]}; "
+              f"worst {rows[-1][0]:.1f}; all: " + "; ".join(f"{v:.1f} {c.replace('gemv=static,', '')}"
+                                                           for v, c in rows))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
