@@ -33,17 +33,19 @@ def add_args(p):
     p.add_argument("--no-int4", action="store_true", help="skip the int4 qmatmul comparison")
     p.add_argument("--sweep", action="store_true",
                    help="also time the static decode GEMV over K step x prefetch x K-split target x warps "
-                        "(and hyb's table reads) configurations (M <= 4)")
+                        "(and hyb's table reads) configurations (M <= 4); tiled row blocks (M > 4)")
     p.add_argument("--asm-dir", default=None, metavar="DIR",
                    help="write the PTX of each compiled decode kernel into DIR with an op count of it")
 
 
-def sweep_configs(quick: bool, bits: int, code: str):
+def sweep_configs(quick: bool, bits: int, code: str, M: int = 1):
     """Keyword sets for trellis_matmul_rotated (all with parts=True, as qmatmul runs it): the static
     GEMV's K step (tiles), software prefetch, K-split target (programs per SM), warps, and for hyb
     the table in shared memory (gather) or read by global loads."""
     if quick:
         return [{"gemv": "static"}, {"gemv": "static", "prefetch": False}, {"gemv": "generic"}]
+    if M > 1:                # several rows per program: K step and prefetch only
+        return [{"gemv": "static", "block_tk": tk, "prefetch": pf} for tk in (1, 2) for pf in (False, True)]
     if code != "3inst":      # the code changes the decode, not the blocking: a shorter list
         out = [{"gemv": "static", "block_tk": tk, "prefetch": True, "programs_per_sm": 8} for tk in (1, 2, 4)]
         out.append({"gemv": "static", "block_tk": 2, "prefetch": False, "programs_per_sm": 8})
@@ -55,6 +57,14 @@ def sweep_configs(quick: bool, bits: int, code: str):
     if code == "hyb":
         out += [{"gemv": "static", "block_tk": tk, "prefetch": True, "programs_per_sm": 8, "gather": False}
                 for tk in (1, 2)]
+    return out
+
+
+def tiled_configs(M: int):
+    """Tiled GEMM (M > 4) row blocks: every row block decodes the whole weight once."""
+    out = [{"block_m": bm} for bm in (16, 32, 64) if bm <= max(16, M)]
+    if M > 64:
+        out.append({"block_m": 128, "num_warps": 8})
     return out
 
 
@@ -187,10 +197,11 @@ def main(argv=None):
                             counts = ptx_op_counts(compiled.asm["ptx"])
                             stem.with_suffix(".ops.txt").write_text(
                                 "\n".join(f"{v:6d} {k}" for k, v in counts.items()) + "\n")
-                    if args.sweep and M <= tg.GEMV_MAX_M:
+                    if args.sweep:
                         best = None
-                        for kw in sweep_configs(args.quick, bits, code):
-                            if kw["gemv"] == "static" and (N % (16 * kw.get("block_tn", 8))
+                        for kw in (sweep_configs(args.quick, bits, code, M) if M <= tg.GEMV_MAX_M
+                                   else tiled_configs(M)):
+                            if kw.get("gemv") == "static" and (N % (16 * kw.get("block_tn", 8))
                                                            or K % (16 * (kw.get("block_tk") or 2))):
                                 continue
                             st_g, st_l = G.time_both(lambda: tg.trellis_matmul_rotated(xr, qt, parts=True, **kw),

@@ -49,7 +49,7 @@ if [ "${1:-all}" = "speed" ]; then
       -o "$WORK/sweep_$shape.jsonl"
   done
   step gemm_trellis_batched 50 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 \
-    --m 2,4,16,128 --formats trellis2,trellis3,trellis4 --codes 3inst --no-int4 --repeats 20 \
+    --m 2,4,16,128 --formats trellis2,trellis3,trellis4 --codes 3inst --no-int4 --repeats 20 --sweep \
     -o "$WORK/gemm_batched.jsonl"
   cat "$WORK"/*.jsonl > "$JSONL" 2>/dev/null
   python benchmarks/_trellis_summary.py "$JSONL" > "$OUT/summary.txt"

@@ -540,7 +540,8 @@ def _split_output(out, parts: bool, split: int, M: int, N: int, device):
     return out, split > 1
 
 
-def _static_gemm(xr, qt, out, block_m: int, split_k: int | None, label: str, parts: bool = False) -> torch.Tensor:
+def _static_gemm(xr, qt, out, block_m: int, split_k: int | None, label: str, parts: bool = False,
+                 num_warps: int = 4) -> torch.Tensor:
     """Launch _trellis_gemm_static_kernel (blocks of 32 k x 128 n), K split to fill the GPU."""
     M, K = xr.shape
     N = qt.shape[0]
@@ -556,7 +557,7 @@ def _static_gemm(xr, qt, out, block_m: int, split_k: int | None, label: str, par
         group, BITS=qt.bits, CODE=CODE_IDS[qt.meta["code"]], BLOCK_M=block_m, BLOCK_TN=8, BLOCK_TK=2,
         IEEE=xr.dtype == torch.float32, GROUPED=qt.group_size != -1, ASM=use_asm(xr.device),
         GATHER=HAS_GATHER, ITERS_PER_SPLIT=iters, USE_ATOMIC=atomic,
-        stride_os=buf.stride(0) if parts else 0, num_warps=4)
+        stride_os=buf.stride(0) if parts else 0, num_warps=num_warps)
     return buf
 
 
@@ -572,7 +573,8 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
                            out: torch.Tensor | None = None, gemv: str = "auto",
                            block_tn: int = 8, block_tk: int | None = None, parts: bool = False,
                            prefetch: bool | None = None, num_warps: int | None = None,
-                           gather: bool | None = None, programs_per_sm: int | None = None) -> torch.Tensor:
+                           gather: bool | None = None, programs_per_sm: int | None = None,
+                           block_m: int | None = None) -> torch.Tensor:
     """``y' = x' @ Wt.T`` in fp32 for rotated activations ``x' [M, K]`` (the kernel alone).
 
     ``out``: optional fp32 ``[M, N]`` buffer (contiguous rows); split-K zeroes it first and adds with
@@ -584,7 +586,8 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     into tensor-core tiles (M <= 16; N % 128, K % 32), ``auto`` = static when the shape allows.
     ``block_n``/``block_k`` configure the generic and tiled kernels; ``block_tk``, ``prefetch``,
     ``num_warps``, ``gather`` (hyb table in shared memory vs. global loads) and ``programs_per_sm``
-    (target of the K split) the static GEMV, defaults in ``GEMV_DEFAULTS``."""
+    (target of the K split) the static GEMV, defaults in ``GEMV_DEFAULTS``; ``block_m`` (M > 4: rows
+    per tiled program, each row block decodes the weight once) and ``num_warps`` the tiled GEMM."""
     M, K = xr.shape
     N = qt.shape[0]
     bits = qt.bits
@@ -642,9 +645,11 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
             BITS=bits, CODE=code, BLOCK_N=BLOCK_N, BLOCK_K=block_k, USE_ATOMIC=split > 1,
             EVEN=N % BLOCK_N == 0 and K % block_k == 0, num_warps=4)
         return out[None] if parts else out
-    BLOCK_M = 16 if M <= 16 else (32 if M <= 32 else 64)
+    BLOCK_M = block_m or (16 if M <= 16 else (32 if M <= 32 else 64))
     if gemv != "generic" and N % 128 == 0 and K % 32 == 0 and group % 32 == 0:
-        return _static_gemm(xr, qt, out, BLOCK_M, split_k, "gemm", parts)
+        # a [BLOCK_M, 128] fp32 accumulator: 8 warps from 128 rows on (64 registers a thread)
+        return _static_gemm(xr, qt, out, BLOCK_M, split_k, "gemm", parts,
+                            num_warps=num_warps or (8 if BLOCK_M >= 128 else 4))
     BLOCK_N = block_n or 64
     out = _output(out, M, N, xr.device)
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
