@@ -196,45 +196,36 @@ def candidate_configs(M: int, quick: bool = False) -> list:
     out = []
     if M <= 4:
         bm = 1 << max(0, (M - 1).bit_length())
-        for split in (8, 16, 32):
+        for split in (8, 16):
             out.append(KC("gemv", block_m=bm, block_n=256, split_k=split, num_warps=4))
     if M <= 64:
-        # 16-row fold tiles: unroll (K tiles whose loads are issued together) x warps x width x split
+        # 16-row fold tiles. Deeper software pipelines (num_stages: K tiles whose loads are in flight
+        # through shared memory) against split-K; unroll without the pipeline keeps the loads in registers.
+        # (Unroll 2/4 on top of 3 stages and 8 warps measured slower on the H200: docs/perf/gemm.md.)
         for bn in (128, 256):
-            for warps in (4, 8):
-                for unroll in (1, 2, 4):
-                    for split in (4, 8, 16):
-                        out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=warps,
-                                      num_stages=3, fold=1, unroll=unroll))
-        for split in (8, 16):
-            out.append(KC("dot", block_m=16, block_n=256, split_k=split, num_warps=4, num_stages=3))
-    if 16 < M <= 256:
-        for bm, bn in ((32, 128), (64, 128)):
-            if bm > 2 * M:
-                continue
-            for unroll in (1, 2):
-                for split in (2, 4, 8):
-                    out.append(KC("dot", block_m=bm, block_n=bn, split_k=split, num_warps=4, num_stages=3,
-                                  fold=1, unroll=unroll))
-        # per-weight dequant on 64x256 tiles: 38.3 us at M=64 on 8192x8192 in the first sweep
-        # (docs/perf/gemm.md); 8 warps keep the fold operands of a 64x256 tile out of local memory
-        for split in (4, 8, 16):
-            out.append(KC("dot", block_m=64, block_n=256, split_k=split, num_warps=4, num_stages=3))
-            out.append(KC("dot", block_m=64, block_n=256, split_k=split, num_warps=8, num_stages=3, fold=1))
-    if 64 <= M <= 1024:
-        # large fused tiles with deeper pipelines, to beat dequantize + cuBLAS where it can
-        for bm, bn in ((128, 128), (128, 256)):
-            if bm > 2 * M:
-                continue
-            for stages in (3, 4):
-                for split in ((1, 2) if M <= 256 else (1,)):
-                    out.append(KC("dot", block_m=bm, block_n=bn, split_k=split, num_warps=8,
+            for stages in (3, 4, 6):
+                for split in (4, 8, 16):
+                    out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=4,
                                   num_stages=stages, fold=1))
+            for split in (4, 8):
+                out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=4, num_stages=1,
+                              fold=1, unroll=4 if bn == 128 else 2))
+        out.append(KC("dot", block_m=16, block_n=256, split_k=8, num_warps=4, num_stages=3))
+    if 16 < M <= 256:
+        for stages in (3, 4, 5):
+            for split in (2, 4, 8):
+                out.append(KC("dot", block_m=32, block_n=128, split_k=split, num_warps=4,
+                              num_stages=stages, fold=1))
+        for split in (2, 4):
+            out.append(KC("dot", block_m=64, block_n=128, split_k=split, num_warps=4, num_stages=3, fold=1))
+        # per-weight dequant on 64x256 tiles (38.3 us at M=64 on 8192x8192 in the first sweep)
+        for split in (4, 8):
+            out.append(KC("dot", block_m=64, block_n=256, split_k=split, num_warps=4, num_stages=3))
     if M >= 32:
         for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (128, 256, 8)):
             if bm > 2 * M:
                 continue
-            for split in ((1, 2) if M <= 256 else (1,)):
+            for split in ((1, 2) if M <= 256 and bn == 128 else (1,)):
                 out.append(KC("dot", block_m=bm, block_n=bn, num_warps=warps, num_stages=3, wide=1,
                               split_k=split))
     if M >= 64:

@@ -2,7 +2,7 @@
 # Quantized GEMM on the GPU: correctness (tests/test_qgemm.py GPU set, in parallel processes so the
 # Triton compiles overlap), the kernel-variant sweep, the selection table, bench_gemm. Logs and JSON
 # lines go to $OUT/qgemm/ (at most 7 files); a compact table is printed last.
-# Usage (repository root, on the GPU machine): bash gpu/qgemm_check.sh [check|tune|final|explore|closing|overhead]
+# Usage (repository root, on the GPU machine): bash gpu/qgemm_check.sh [check|tune|final|explore|stages|closing|overhead]
 #   check: GPU tests + int4 variant sweep on 8192x8192 and 28672x8192 (M 1,16,64,256,1024) + bench_gemm
 #          of int4/fp4/mxfp4/int2/int3/int8 at M=1 on the same shapes (~6 min).
 #   tune:  GPU tests of the PTX-unpack formats, bench_kernel_selection for int4 on the issue's shapes
@@ -13,6 +13,8 @@
 #   explore: a parallel compile of every int4 candidate alongside the dequantize-step probe
 #          (gpu/qgemm_dequant.py), then the int4 selection sweep (unroll / warps / tile candidates) on the
 #          two large shapes at M 1,16,64,256, merged into the table (~4.5 min).
+#   stages: int4 selection sweep (pipeline depth / split-K / unroll candidates) at M 1,16,64 and the
+#          other formats' at M 1 on the two large shapes, merged into the table (~4.5 min).
 #   closing: GPU tests, then bench_gemm of six formats at M 1,16,64,256,1024 on the two large shapes with the table in
 #          use: the issue's closing table, from one run (~3 min).
 #   overhead: host-side cost of a small eager call (gpu/qgemm_overhead.py) and int4 bench_gemm at
@@ -78,6 +80,18 @@ explore)
       --formats int4 --merge --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
   cp src/triton_marlin/kernels/tuned/*.json "$LOG/" 2>/dev/null
   ;;
+stages)
+  OTHERS=fp4,mxfp4,int2,int3,int8
+  timeout 140 $PY gpu/qgemm_warm.py --formats int4 --m 1,16,64 --procs 6 > "$LOG/warm.log" 2>&1 &
+  timeout 140 $PY gpu/qgemm_warm.py --formats $OTHERS --m 1 --procs 10 > "$LOG/warm_others.log" 2>&1 &
+  wait; cat "$LOG/warm.log" "$LOG/warm_others.log"
+  step selection 100 $PY benchmarks/bench_kernel_selection.py --shapes $BIG --m 1,16,64 \
+      --formats int4 --merge --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
+  step selection_others 110 $PY benchmarks/bench_kernel_selection.py --shapes $BIG --m 1 \
+      --formats $OTHERS --merge --warmup 3 --repeats 15 --output "$LOG/variants_others.jsonl"
+  cp src/triton_marlin/kernels/tuned/*.json "$LOG/" 2>/dev/null
+  $PY gpu/qgemm_summary.py variants="$LOG/variants_others.jsonl"
+  ;;
 closing)
   FMTS=int4,fp4,mxfp4,int2,int3,int8
   $PY gpu/qgemm_warm.py --formats $FMTS --m 1,16,64,256,1024 --procs 12 > "$LOG/warm.log" 2>&1 &
@@ -93,7 +107,7 @@ overhead)
   step fused 120 $PY benchmarks/bench_fused_vs_pytorch.py --shapes 4096x4096 --m 1,16,256 --formats int4 \
       --warmup 3 --repeats 10 --output "$LOG/fused.jsonl"
   ;;
-*) echo "usage: $0 [check|tune|final|explore|closing|overhead]" >&2; exit 2 ;;
+*) echo "usage: $0 [check|tune|final|explore|stages|closing|overhead]" >&2; exit 2 ;;
 esac
 $PY gpu/qgemm_summary.py variants="$LOG/variants.jsonl" gemm="$LOG/gemm.jsonl"
 echo "failed steps: ${failed[*]:-none}"
