@@ -50,8 +50,9 @@ def sweep_configs(quick: bool, bits: int, code: str, M: int = 1):
         out = [{"gemv": "static", "block_tk": tk, "prefetch": True, "programs_per_sm": 8} for tk in (1, 2, 4)]
         out.append({"gemv": "static", "block_tk": 2, "prefetch": False, "programs_per_sm": 8})
     else:
-        out = [{"gemv": "static", "block_tk": tk, "prefetch": pf, "programs_per_sm": pps}
-               for tk in (1, 2, 4) for pf in (False, True) for pps in (4, 8, 16)]
+        out = [{"gemv": "static", "block_tk": tk, "prefetch": True, "programs_per_sm": pps}
+               for tk in (1, 2, 4) for pps in (4, 8, 16)]
+        out += [{"gemv": "static", "block_tk": tk, "prefetch": False, "programs_per_sm": 8} for tk in (1, 2, 4)]
         out += [{"gemv": "static", "block_tk": 2, "prefetch": True, "programs_per_sm": pps, "num_warps": 8}
                 for pps in (4, 8)]
     if code == "hyb":

@@ -53,7 +53,8 @@ if [ "${1:-all}" = "speed" ]; then
     -o "$WORK/gemm_batched.jsonl"
   cat "$WORK"/*.jsonl > "$JSONL" 2>/dev/null
   python benchmarks/_trellis_summary.py "$JSONL" > "$OUT/summary.txt"
-  step pytest_gpu_kernels 90 python -m pytest -q -x -m gpu tests/test_trellis_kernels.py tests/test_hadamard.py
+  step pytest_gpu_kernels 75 python -m pytest -q -x -m gpu tests/test_trellis_kernels.py tests/test_hadamard.py \
+    -k "qgemm or asm_and_portable"
   cat "$OUT/summary.txt"
   exit $status
 fi
