@@ -39,21 +39,21 @@ step() {  # step NAME TIMEOUT_S CMD...
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv >> "$LOG" 2>&1
 if [ "${1:-all}" = "speed" ]; then
   # the kernel-speed subset (issue 5 follow-up), most important first: M=1 timings with the
-  # per-launch breakdown, the static GEMV sweep on both shapes (one call per shape, so a cut-short
-  # run keeps what finished), M=4/16/128, then the GPU tests of the kernels; ~5 min
-  step gemm_trellis 120 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
-    --m 1 --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --repeats 30 -o "$WORK/gemm.jsonl"
-  for shape in 8192x8192 28672x8192; do
-    step "sweep_$shape" 100 python benchmarks/bench_gemm_trellis.py --device cuda --shapes "$shape" --m 1 \
-      --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --no-int4 --sweep --repeats 15 \
-      -o "$WORK/sweep_$shape.jsonl"
-  done
-  step gemm_trellis_batched 50 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 \
+  # per-launch breakdown, the static GEMV sweep on both shapes (one call per shape), M=2/4/16/128
+  # with their block sweeps, then the GPU tests of the kernels; records go straight to $OUT so a
+  # cut-short run keeps every finished step; ~5 min
+  step gemm_trellis 85 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
+    --m 1 --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --repeats 30 -o "$OUT/gemm.jsonl"
+  step sweep_8192 75 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 --m 1 \
+    --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --no-int4 --sweep --repeats 15 -o "$OUT/sweep_8192.jsonl"
+  step sweep_28672 55 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 28672x8192 --m 1 \
+    --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --no-int4 --sweep --repeats 15 -o "$OUT/sweep_28672.jsonl"
+  step gemm_trellis_batched 45 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 \
     --m 2,4,16,128 --formats trellis2,trellis3,trellis4 --codes 3inst --no-int4 --repeats 20 --sweep \
-    -o "$WORK/gemm_batched.jsonl"
-  cat "$WORK"/*.jsonl > "$JSONL" 2>/dev/null
-  python benchmarks/_trellis_summary.py "$JSONL" > "$OUT/summary.txt"
-  step pytest_gpu_kernels 75 python -m pytest -q -x -m gpu tests/test_trellis_kernels.py tests/test_hadamard.py \
+    -o "$OUT/gemm_batched.jsonl"
+  cat "$OUT"/gemm*.jsonl "$OUT"/sweep*.jsonl > "$WORK/all.jsonl" 2>/dev/null
+  python benchmarks/_trellis_summary.py "$WORK/all.jsonl" > "$OUT/summary.txt"
+  step pytest_gpu_kernels 40 python -m pytest -q -x -m gpu tests/test_trellis_kernels.py tests/test_hadamard.py \
     -k "qgemm or asm_and_portable"
   cat "$OUT/summary.txt"
   exit $status
