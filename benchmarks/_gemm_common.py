@@ -190,7 +190,7 @@ def candidate_configs(M: int, quick: bool = False) -> list:
     if quick:
         if M <= 4:
             return [KC("gemv", block_m=1 if M == 1 else 4, block_n=64),
-                    KC("dot", block_m=16, block_n=64, fold=1, split_k=2, unroll=2)]
+                    KC("dot", block_m=16, block_n=64, fold=1, split_k=2)]
         return [KC("dot", block_m=16, block_n=64, fold=1), KC("dot", block_m=16, block_n=64, wide=1),
                 KC("dequant")]
     out = []
@@ -199,20 +199,16 @@ def candidate_configs(M: int, quick: bool = False) -> list:
         for split in (8, 16):
             out.append(KC("gemv", block_m=bm, block_n=256, split_k=split, num_warps=4))
     if M <= 64:
-        # 16-row fold tiles. Deeper software pipelines (num_stages: K tiles whose loads are in flight
-        # through shared memory) against split-K; unroll without the pipeline keeps the loads in registers.
-        # (Unroll 2/4 on top of 3 stages and 8 warps measured slower on the H200: docs/perf/gemm.md.)
+        # 16-row fold tiles: width x pipeline depth x split-K (6 stages, 8 warps and unrolling K tiles
+        # measured slower on the H200: docs/perf/gemm.md)
         for bn in (128, 256):
-            for stages in (3, 4, 6):
+            for stages in (3, 4):
                 for split in (4, 8, 16):
                     out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=4,
                                   num_stages=stages, fold=1))
-            for split in (4, 8):
-                out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=4, num_stages=1,
-                              fold=1, unroll=4 if bn == 128 else 2))
         out.append(KC("dot", block_m=16, block_n=256, split_k=8, num_warps=4, num_stages=3))
     if 16 < M <= 256:
-        for stages in (3, 4, 5):
+        for stages in (3, 4):
             for split in (2, 4, 8):
                 out.append(KC("dot", block_m=32, block_n=128, split_k=split, num_warps=4,
                               num_stages=stages, fold=1))

@@ -115,17 +115,18 @@ def test_group_sizes_and_zero_points(fmt, opts, variant, gen):
 
 
 @pytest.mark.parametrize("fmt,opts,K", [
-    ("int4", {"group_size": 32}, 800),                      # 6.25 tiles of 128
-    ("int3", {"symmetric": False, "group_size": 64}, 1472),  # 5.75 tiles of 256
-    ("fp8", {"group_size": -1}, 800),
+    ("int4", {"symmetric": False, "group_size": 128}, 896),  # 1 group per tile, 7 tiles
+    ("int3", {"symmetric": False, "group_size": 128}, 1408),  # 2 groups per 256-row tile, 5.5 tiles
+    ("mxfp4", {"group_size": 32}, 800),                      # 4 groups per tile, 6.25 tiles
+    ("nvfp4", {"group_size": 16}, 656),                      # 8 groups per tile, 5.1 tiles
 ])
-@pytest.mark.parametrize("unroll,split_k,fold", [(2, 1, 1), (4, 2, 1), (4, 1, 0)])
-def test_unrolled_k_tiles_with_remainders(fmt, opts, K, unroll, split_k, fold, gen):
-    """UNROLL tiles per loop step: the split's tile count is no multiple of UNROLL (remainder loop),
-    K ends inside a tile, and both operand modes of the per-slot path."""
+@pytest.mark.parametrize("split_k,fold", [(1, 1), (3, 1), (7, 0)])
+def test_scales_loaded_ahead_across_splits(fmt, opts, K, split_k, fold, gen):
+    """The dot kernel loads the scales (and zero points) of tile t + 1 while tile t computes: splits of
+    1, 2 and 3 tiles, a last tile cut by K, 1 to 8 scale groups per tile, zero points."""
     qt = _quant(fmt, 40, K, gen, _device(), **opts)
     x = torch.randn(3, K, generator=gen).half().to(_device())
-    _check(x, qt, Q.KernelConfig("dot", block_m=16, block_n=32, split_k=split_k, fold=fold, unroll=unroll))
+    _check(x, qt, Q.KernelConfig("dot", block_m=16, block_n=32, split_k=split_k, fold=fold))
 
 
 def test_split_k_tickets_reset_between_calls(gen):
@@ -184,10 +185,6 @@ def test_bad_input(gen):
         Q.qgemm(x, qt, torch.zeros(3, dtype=torch.half, device=x.device))
     with pytest.raises(ValueError, match="block_m"):
         Q.KernelConfig("dot", block_m=8).validate()
-    with pytest.raises(ValueError, match="unroll"):
-        Q.KernelConfig("dot", block_m=16, unroll=3).validate()
-    with pytest.raises(ValueError, match="unroll"):
-        Q.KernelConfig("dot", block_m=16, wide=1, unroll=2).validate()
     with pytest.raises(ValueError, match="family"):
         Q.KernelConfig.from_dict({"family": "warp"})
     with pytest.raises(ValueError, match="unknown kernel config keys"):
@@ -373,14 +370,14 @@ def fmt(kind, bits, slots, gs, scale_kind=0, sym=True):
     return dict(KIND=kind, BITS=bits, SYMMETRIC=sym, SCALE_KIND=scale_kind, GROUP=128, GROUP_SLOTS=gs,
                 SLOTS=slots, EVEN_K=True, EVEN_N=True)
 
-dot = dict(IS_BF16=False, DOT_FP32=False, GROUP_M=8, HAS_BIAS=False, UNROLL=1)
+dot = dict(IS_BF16=False, DOT_FP32=False, GROUP_M=8, HAS_BIAS=False)
 out = {}
 for name, f in (("int4", fmt(0, 4, 8, 8)), ("int2", fmt(0, 2, 16, 8)), ("int3", fmt(0, 3, 16, 8, sym=False)),
                 ("fp4", fmt(1, 4, 8, 8))):
     out[f"fold_asm_{name}"] = build(Q._qgemm_dot_kernel, dict(f, **dot, FOLD=True, WIDE=False, ASM=True,
                                     SPLIT=True, BLOCK_M=16, BLOCK_N=128), 4, 3)
-out["fold_asm_int4_unroll4"] = build(Q._qgemm_dot_kernel, dict(fmt(0, 4, 8, 8), **dict(dot, UNROLL=4), FOLD=True,
-                                     WIDE=False, ASM=True, SPLIT=True, BLOCK_M=16, BLOCK_N=256), 8, 3)
+out["fold_asm_int4_g32"] = build(Q._qgemm_dot_kernel, dict(fmt(0, 4, 8, 2), GROUP=32, **dot, FOLD=True,
+                                 WIDE=False, ASM=True, SPLIT=True, BLOCK_M=16, BLOCK_N=128), 4, 3)
 out["wide_int4"] = build(Q._qgemm_dot_kernel, dict(fmt(0, 4, 8, 8), **dot, FOLD=False, WIDE=True, ASM=False,
                          SPLIT=False, BLOCK_M=128, BLOCK_N=128), 8, 3)
 out["gemv_int8"] = build(Q._qgemv_kernel, dict(fmt(0, 8, 8, 8), HAS_BIAS=True, SPLIT=True, BLOCK_M=4,
@@ -411,7 +408,7 @@ def test_kernels_compile_for_hopper():
     for name, meta in info.items():
         assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
     for name, slots in (("fold_asm_int4", 8), ("fold_asm_int2", 16), ("fold_asm_int3", 16),
-                        ("fold_asm_int4_unroll4", 32)):
+                        ("fold_asm_int4_g32", 8)):
         assert info[name]["magic_lop3"] >= slots, (name, info[name])
         assert info[name]["mma"] > 0, (name, info[name])
     assert info["wide_int4"]["mma"] > 0

@@ -347,15 +347,47 @@ def _qgemv_kernel(
 
 
 @triton.jit
-def _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr, s_ptr, z_ptr,
-              gs_ptr, N, K, G, z_pc,
-              KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
-              GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, EVEN_K: tl.constexpr,
-              EVEN_N: tl.constexpr, IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr, FOLD: tl.constexpr,
-              ASM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _load_tile_groups(s_ptr, z_ptr, gs_ptr, t, offs_n, mask_n, N, G, TILE_K: tl.constexpr,
+                      GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, NG: tl.constexpr,
+                      SCALE_KIND: tl.constexpr, SYMMETRIC: tl.constexpr):
+    """fp32 scales and int32 zero-point codes ``[NG, BLOCK_N]`` of the NG scale groups of K tile ``t``
+    (zeros past the last group, so a prefetch beyond the split's tiles reads nothing)."""
+    j = tl.arange(0, NG)
+    g = (t * TILE_K + j * (GROUP_SLOTS * 16)) // GROUP
+    ok = (g < G)[:, None] & mask_n[None, :]
+    raw = tl.load(s_ptr + g[:, None] * N + offs_n[None, :], mask=ok, other=0)
+    if SCALE_KIND == 2:
+        gscale = tl.load(gs_ptr)
+    else:
+        gscale = 1.0
+    s = decode_scale(raw, gscale, SCALE_KIND)
+    if SYMMETRIC:
+        z = tl.zeros(s.shape, dtype=tl.int32)
+    else:
+        z = tl.load(z_ptr + g[:, None] * N + offs_n[None, :], mask=ok, other=0).to(tl.int32)
+    return s, z
+
+
+@triton.jit
+def _group_row(block, j: tl.constexpr, NG: tl.constexpr):
+    """Row ``j`` of a ``[NG, BLOCK_N]`` register block (a select and an exact sum: one row is nonzero)."""
+    if NG == 1:
+        return tl.sum(block, axis=0)
+    else:
+        return tl.sum(tl.where(tl.arange(0, NG)[:, None] == j, block, 0), axis=0)
+
+
+@triton.jit
+def _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr, z_pc, s_tile,
+              z_tile, N, K,
+              KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, GROUP_SLOTS: tl.constexpr,
+              SLOTS: tl.constexpr, NG: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+              IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr, FOLD: tl.constexpr, ASM: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``acc [BM, BN] += x[:, tile t] @ W[tile t, :]``, one k=16 ``tl.dot`` per code slot (the dot
     kernel's per-slot path; see :func:`_qgemm_dot_kernel` for the operand modes). ``words`` are the
-    tile's loaded word rows; ``z_pc`` the per-channel zero points (used when GROUP_SLOTS == 0)."""
+    tile's loaded word rows; ``s_tile``/``z_tile`` its groups' scales and zero points
+    (:func:`_load_tile_groups`, loaded ahead); ``z_pc`` the per-channel zero points (GROUP_SLOTS == 0)."""
     TILE_K: tl.constexpr = 16 * SLOTS
     rows = tl.arange(0, 16)
     z = z_pc
@@ -371,8 +403,8 @@ def _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n,
     for i in tl.static_range(SLOTS):
         if GROUP_SLOTS != 0:
             if i % GROUP_SLOTS == 0:
-                g = (t * TILE_K + i * 16) // GROUP
-                s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
+                s = _group_row(s_tile, i // GROUP_SLOTS, NG)
+                z = _group_row(z_tile, i // GROUP_SLOTS, NG)
                 if FOLD:
                     part = zero_acc
             scale = s
@@ -422,8 +454,7 @@ def _qgemm_dot_kernel(
         EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
         IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr, FOLD: tl.constexpr, WIDE: tl.constexpr,
         ASM: tl.constexpr,
-        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
-        UNROLL: tl.constexpr):
+        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """Tensor-core quantized GEMM (BLOCK_M >= 16).
 
     Same operands as :func:`_qgemv_kernel`. Grid: (M blocks * N blocks, SPLIT_K); program ids are
@@ -441,9 +472,9 @@ def _qgemm_dot_kernel(
     per word pair (:func:`.decode.unpack_magic_fp16_asm`), ~1 instruction per weight.
     DOT_FP32 widens the operands to fp32 before ``tl.dot`` (same products, exact): only for bf16
     under the CPU interpreter, whose bf16 ``tl.dot`` is wrong.
-    UNROLL (1, 2, 4; per-slot modes only) loads the words of that many K tiles before decoding any.
     """
     TILE_K: tl.constexpr = 16 * SLOTS
+    NG: tl.constexpr = SLOTS // (GROUP_SLOTS + (GROUP_SLOTS == 0))  # scale groups per K tile
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -473,41 +504,26 @@ def _qgemm_dot_kernel(
     else:
         z_pc = tl.zeros_like(offs_n)
     if not WIDE:
-        # UNROLL tiles per step, every tile's word loads issued before any decode: more independent
-        # 16-byte loads in flight per thread (small M is latency-bound, docs/perf/gemm.md)
-        t_main = t_begin + (t_end - t_begin) // UNROLL * UNROLL
-        for t0 in range(t_begin, t_main, UNROLL):
-            w0, h0 = _load_words(qw_ptr, qh_ptr, t0, rows, offs_n, mask_n, N, BITS, EVEN_N)
-            if UNROLL > 1:
-                w1, h1 = _load_words(qw_ptr, qh_ptr, t0 + 1, rows, offs_n, mask_n, N, BITS, EVEN_N)
-            if UNROLL > 2:
-                w2, h2 = _load_words(qw_ptr, qh_ptr, t0 + 2, rows, offs_n, mask_n, N, BITS, EVEN_N)
-                w3, h3 = _load_words(qw_ptr, qh_ptr, t0 + 3, rows, offs_n, mask_n, N, BITS, EVEN_N)
-            acc = _dot_tile(acc, w0, h0, t0, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
-                            s_ptr, z_ptr, gs_ptr, N, K, G, z_pc, KIND, BITS, SYMMETRIC, SCALE_KIND, GROUP,
-                            GROUP_SLOTS, SLOTS, EVEN_K, EVEN_N, IS_BF16, DOT_FP32, FOLD, ASM,
-                            BLOCK_M, BLOCK_N)
-            if UNROLL > 1:
-                acc = _dot_tile(acc, w1, h1, t0 + 1, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
-                                s_ptr, z_ptr, gs_ptr, N, K, G, z_pc, KIND, BITS, SYMMETRIC, SCALE_KIND,
-                                GROUP, GROUP_SLOTS, SLOTS, EVEN_K, EVEN_N, IS_BF16, DOT_FP32, FOLD, ASM,
-                                BLOCK_M, BLOCK_N)
-            if UNROLL > 2:
-                acc = _dot_tile(acc, w2, h2, t0 + 2, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
-                                s_ptr, z_ptr, gs_ptr, N, K, G, z_pc, KIND, BITS, SYMMETRIC, SCALE_KIND,
-                                GROUP, GROUP_SLOTS, SLOTS, EVEN_K, EVEN_N, IS_BF16, DOT_FP32, FOLD, ASM,
-                                BLOCK_M, BLOCK_N)
-                acc = _dot_tile(acc, w3, h3, t0 + 3, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
-                                s_ptr, z_ptr, gs_ptr, N, K, G, z_pc, KIND, BITS, SYMMETRIC, SCALE_KIND,
-                                GROUP, GROUP_SLOTS, SLOTS, EVEN_K, EVEN_N, IS_BF16, DOT_FP32, FOLD, ASM,
-                                BLOCK_M, BLOCK_N)
-        if UNROLL > 1:
-            for t in range(t_main, t_end):  # the split's last (t_end - t_begin) % UNROLL tiles
-                words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
-                acc = _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n,
-                                qw_ptr, s_ptr, z_ptr, gs_ptr, N, K, G, z_pc, KIND, BITS, SYMMETRIC,
-                                SCALE_KIND, GROUP, GROUP_SLOTS, SLOTS, EVEN_K, EVEN_N, IS_BF16, DOT_FP32,
-                                FOLD, ASM, BLOCK_M, BLOCK_N)
+        # Scales and zero points of tile t + 1 load while tile t computes: a scale load issued in the
+        # tile that uses it left most of its memory latency exposed once per tile (the word and
+        # activation loads are software-pipelined by Triton: they feed tl.dot; the scales are not).
+        # Two tiles ahead would hide more, but that loop-carried chain turns Triton's pipelining off.
+        if GROUP_SLOTS != 0:
+            s_cur, z_cur = _load_tile_groups(s_ptr, z_ptr, gs_ptr, t_begin, offs_n, mask_n, N, G, TILE_K, GROUP,
+                                             GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
+        else:
+            s_cur = tl.zeros((1, BLOCK_N), dtype=tl.float32)
+            z_cur = tl.zeros((1, BLOCK_N), dtype=tl.int32)
+        for t in range(t_begin, t_end):
+            words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
+            if GROUP_SLOTS != 0:
+                s_nxt, z_nxt = _load_tile_groups(s_ptr, z_ptr, gs_ptr, t + 1, offs_n, mask_n, N, G, TILE_K,
+                                                 GROUP, GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
+            acc = _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
+                            z_pc, s_cur, z_cur, N, K, KIND, BITS, SYMMETRIC, GROUP_SLOTS, SLOTS, NG,
+                            EVEN_K, EVEN_N, IS_BF16, DOT_FP32, FOLD, ASM, BLOCK_M, BLOCK_N)
+            if GROUP_SLOTS != 0:
+                s_cur, z_cur = s_nxt, z_nxt
     else:
         for t in range(t_begin, t_end):
             words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
@@ -609,8 +625,7 @@ def _dequant_kernel(
 class KernelConfig:
     """One launch configuration. ``family`` is gemv, dot or dequant; ``fold`` and ``wide`` pick the
     dot family's operand mode (see :func:`_qgemm_dot_kernel`; fold applies where the format and
-    dtype allow it, see :func:`fold_supported`); ``unroll`` K tiles per loop step (dot, per-slot
-    modes)."""
+    dtype allow it, see :func:`fold_supported`)."""
     family: str
     block_m: int = 16
     block_n: int = 64
@@ -620,10 +635,8 @@ class KernelConfig:
     group_m: int = 8
     fold: int = 0
     wide: int = 0
-    unroll: int = 1
 
-    _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide",
-             "unroll")
+    _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self._KEYS}
@@ -652,10 +665,6 @@ class KernelConfig:
             raise ValueError(f"split_k must be a positive int, got {self.split_k!r}")
         if self.fold and self.wide:
             raise ValueError("fold and wide are exclusive operand modes")
-        if self.unroll not in (1, 2, 4):
-            raise ValueError(f"unroll must be 1, 2 or 4, got {self.unroll!r}")
-        if self.unroll > 1 and (self.family != "dot" or self.wide):
-            raise ValueError("unroll applies to the dot family's per-slot modes (not gemv, dequant or wide)")
 
 
 def fold_supported(spec: FormatSpec, dtype: torch.dtype) -> bool:
@@ -769,7 +778,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 DOT_FP32=is_bf16 and x.device.type == "cpu",
                                 FOLD=bool(cfg.fold) and fold_supported(spec, x.dtype),
                                 WIDE=bool(cfg.wide), ASM=bool(cfg.fold) and asm_supported(spec, x),
-                                GROUP_M=cfg.group_m, UNROLL=cfg.unroll,
+                                GROUP_M=cfg.group_m,
                                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
