@@ -8,6 +8,7 @@ and against torch._weight_int4pack_mm (int4 only; it takes bf16 activations); th
 configuration the selection chose; relative error against an fp32 reference.
 
     python benchmarks/bench_gemm.py --shapes 8192x8192,28672x8192 --m 1,16,64,256 --formats int4,fp4
+    python benchmarks/bench_gemm.py --shapes 8192x8192 --m 1,16 --formats int4,int8 --format-m "int8=1"
 """
 from __future__ import annotations
 
@@ -23,9 +24,29 @@ import _gemm_common as G  # noqa: E402
 from triton_marlin.bench import BenchRunner, load_baseline  # noqa: E402
 
 
+def add_args(p):
+    G.add_case_args(p)
+    p.add_argument("--format-m", default=None,
+                   help="per-format batch sizes overriding --m, e.g. 'fp4=1;int8=1,16' (formats not named "
+                        "use --m)")
+
+
+def format_m_values(args) -> dict:
+    """{format: [M, ...]} from --format-m (formats not named take --m)."""
+    out = {}
+    for part in (args.format_m or "").split(";"):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise SystemExit(f"--format-m: expected FORMAT=M1,M2 items separated by ';', got {part!r}")
+        fmt, ms = part.split("=", 1)
+        out[fmt.strip()] = G.parse_list(ms, int)
+    return out
+
+
 def main(argv=None):
     runner = BenchRunner("bench_gemm", description=__doc__.split("\n\n")[0],
-                         add_args=G.add_case_args, argv=argv)
+                         add_args=add_args, argv=argv)
     args = runner.args
     G.prepare(args.device)
     import triton_marlin as tm
@@ -43,8 +64,9 @@ def main(argv=None):
     if args.device.type == "cpu":
         runner.note("CPU: Triton kernels run in the interpreter; times are not performance figures")
 
+    per_format = format_m_values(args)
     cases = [(s, f, m) for s in G.shapes_from(args).items() for f in G.parse_list(args.formats)
-             for m in G.m_values_from(args)]
+             for m in per_format.get(f, G.m_values_from(args))]
     weights = {}
     for (name, (N, K)), fmt, M in runner.progress(cases, desc="gemm"):
         key = (name, fmt)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quantized GEMM on the GPU: correctness (tests/test_qgemm.py GPU set, in parallel processes so the
 # Triton compiles overlap), the kernel-variant sweep, the selection table, bench_gemm. Logs and JSON
-# lines go to $OUT/qgemm/ (at most 7 files); a compact table is printed last.
+# lines go to $OUT/qgemm/ (packed into $OUT/qgemm.tgz when there are more than 7); a compact table is
+# printed last.
 # Usage (repository root, on the GPU machine): bash gpu/qgemm_check.sh [check|tune|final|explore|stages|closing|overhead]
 #   check: GPU tests + int4 variant sweep on 8192x8192 and 28672x8192 (M 1,16,64,256,1024) + bench_gemm
 #          of int4/fp4/mxfp4/int2/int3/int8 at M=1 on the same shapes (~6 min).
@@ -11,12 +12,13 @@
 #   final: GPU tests + parallel compile warm-up, per-format selection for M 1/16/64 on the two large
 #          shapes (merged into the table), then bench_gemm of six formats (~5 min).
 #   explore: a parallel compile of every int4 candidate alongside the dequantize-step probe
-#          (gpu/qgemm_dequant.py), then the int4 selection sweep (unroll / warps / tile candidates) on the
-#          two large shapes at M 1,16,64,256, merged into the table (~4.5 min).
-#   stages: int4 selection sweep (pipeline depth / split-K / unroll candidates) at M 1,16,64 and the
-#          other formats' at M 1 on the two large shapes, merged into the table (~4.5 min).
-#   closing: GPU tests, then bench_gemm of six formats at M 1,16,64,256,1024 on the two large shapes with the table in
-#          use: the issue's closing table, from one run (~3 min).
+#          (gpu/qgemm_dequant.py), then the int4 selection sweep on the two large shapes at M 1,16,64,256,
+#          merged into the table (~1.5 min).
+#   stages: int4 selection sweep at M 1,16,64 and the other formats' at M 1 on the two large shapes,
+#          merged into the table (~2 min).
+#   closing: GPU tests (alongside the compile warm-up), the stages sweeps again, then bench_gemm: int4 at
+#          M 1,16,64,256,1024 and fp4/mxfp4/int2/int3/int8 at M 1 on the two large shapes with the new
+#          table, the issue's closing table from one run (~5 min).
 #   overhead: host-side cost of a small eager call (gpu/qgemm_overhead.py) and int4 bench_gemm at
 #          M 1 and 16 (~1.5 min).
 set -uo pipefail
@@ -93,12 +95,20 @@ stages)
   $PY gpu/qgemm_summary.py variants="$LOG/variants_others.jsonl"
   ;;
 closing)
-  FMTS=int4,fp4,mxfp4,int2,int3,int8
-  $PY gpu/qgemm_warm.py --formats $FMTS --m 1,16,64,256,1024 --procs 12 > "$LOG/warm.log" 2>&1 &
-  step tests 150 $PY -m pytest -q -n 4 -m gpu tests/test_qgemm.py
-  wait; cat "$LOG/warm.log"
-  step gemm 200 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 \
-      --formats $FMTS --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
+  OTHERS=fp4,mxfp4,int2,int3,int8
+  # compile in parallel with the GPU tests; timed steps run alone afterwards
+  timeout 120 $PY gpu/qgemm_warm.py --formats int4 --m 1,16,64,256,1024 --procs 4 > "$LOG/warm.log" 2>&1 &
+  timeout 120 $PY gpu/qgemm_warm.py --formats $OTHERS --m 1 --procs 5 > "$LOG/warm_others.log" 2>&1 &
+  step tests 130 $PY -m pytest -q -n 6 -m gpu tests/test_qgemm.py
+  wait; cat "$LOG/warm.log" "$LOG/warm_others.log"
+  step selection 60 $PY benchmarks/bench_kernel_selection.py --shapes $BIG --m 1,16,64 \
+      --formats int4 --merge --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
+  step selection_others 60 $PY benchmarks/bench_kernel_selection.py --shapes $BIG --m 1 \
+      --formats $OTHERS --merge --warmup 3 --repeats 15 --output "$LOG/variants_others.jsonl"
+  cp src/triton_marlin/kernels/tuned/*.json "$LOG/" 2>/dev/null
+  step gemm 80 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 --formats int4,$OTHERS \
+      --format-m "fp4=1;mxfp4=1;int2=1;int3=1;int8=1" --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
+  $PY gpu/qgemm_summary.py variants="$LOG/variants_others.jsonl"
   ;;
 overhead)
   step overhead 120 $PY gpu/qgemm_overhead.py
@@ -110,4 +120,8 @@ overhead)
 *) echo "usage: $0 [check|tune|final|explore|stages|closing|overhead]" >&2; exit 2 ;;
 esac
 $PY gpu/qgemm_summary.py variants="$LOG/variants.jsonl" gemm="$LOG/gemm.jsonl"
-echo "failed steps: ${failed[*]:-none}"
+echo "failed steps: ${failed[*]:-none}" | tee -a "$LOG/summary.txt"
+# at most 8 files come back from the GPU machine: pack the folder when it holds more
+if [ "$(ls "$LOG" | wc -l)" -gt 7 ]; then
+  tar -czf "$OUT/qgemm.tgz" -C "$OUT" qgemm && rm -rf "$LOG"
+fi
