@@ -67,8 +67,9 @@ def main():
 
     from triton_marlin.kernels import trellis_gemm as tg
 
-    tk = a.block_tk or tg.GEMV_DEFAULTS["block_tk"][a.bits]
-    prefetch = tg.GEMV_DEFAULTS["prefetch"] if a.prefetch is None else bool(a.prefetch)
+    default_tk, default_prefetch = tg.GEMV_DEFAULTS["m1"][(a.code, a.bits)]
+    tk = a.block_tk or default_tk
+    prefetch = default_prefetch if a.prefetch is None else bool(a.prefetch)
     sig = {"x_ptr": "*fp32", "qw_ptr": "*i32", "s_ptr": "*fp16", "lut_ptr": "*fp16", "out_ptr": "*fp32",
            "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32", "group": "i32",
            "ITERS_PER_SPLIT": "i32", "BITS": "constexpr", "CODE": "constexpr", "BLOCK_TN": "constexpr",

@@ -19,16 +19,17 @@ def main(path: str) -> None:
         if r.get("benchmark") != "bench_gemm_trellis":
             continue
         c = r["case"]
-        key = (c["shape"], c["M"], c["format"], c["code"])
+        shape = c["shape"] if c.get("dtype", "float16") == "float16" else f"{c['shape']}/{c['dtype'][:4]}"
+        key = (shape, c["M"], c["format"], c["code"])
         if r["metric"] in ("time", "time_launch") and c["format"] != "int4":
             # graph replay when measured (CUDA), else launch-inclusive
-            slot = times[(c["shape"], c["M"])] if c["format"] == "fp16" else times[key]
+            slot = times[(shape, c["M"])] if c["format"] == "fp16" else times[key]
             name = "fp16" if c["format"] == "fp16" else c["impl"]
             if r["metric"] == "time" or name not in slot:
                 slot[name] = r["value"]
         elif r["metric"] == "sweep_time":
             sweeps[key].append((r["value"], c["config"]))
-    print(f"{'shape':11s} {'M':>3s} {'format':8s} {'code':5s} {'full':>7s} {'kernel':>7s} {'h_in':>6s} "
+    print(f"{'shape':16s} {'M':>3s} {'format':8s} {'code':5s} {'full':>7s} {'kernel':>7s} {'h_in':>6s} "
           f"{'h_out':>6s} {'fp16':>7s} {'full x':>7s} {'kern x':>7s}")
     for key in sorted(k for k in times if len(k) == 4):
         t = times[key]
@@ -36,7 +37,7 @@ def main(path: str) -> None:
         full, kern = t.get("trellis_full"), t.get("trellis_kernel")
         f = lambda v, w=7: f"{v:{w}.1f}" if v is not None else " " * (w - 1) + "-"  # noqa: E731
         sx = lambda v: f"{fp / v:7.2f}" if fp and v else "      -"  # noqa: E731
-        print(f"{key[0]:11s} {key[1]:3d} {key[2]:8s} {key[3]:5s} {f(full)} {f(kern)} {f(t.get('hadamard_in'), 6)} "
+        print(f"{key[0]:16s} {key[1]:3d} {key[2]:8s} {key[3]:5s} {f(full)} {f(kern)} {f(t.get('hadamard_in'), 6)} "
               f"{f(t.get('hadamard_out'), 6)} {f(fp)} {sx(full)} {sx(kern)}")
     for key in sorted(sweeps):
         rows = sorted(sweeps[key])

@@ -9,7 +9,8 @@
 #   5. a decode-GEMV config sweep at M=1 on 8192x8192 (trellis3, 3inst): static FMA blocks/splits,
 #      generic, tensor-core.
 # Run from anywhere on the GPU machine: bash gpu/trellis_check.sh  (or `bash gpu/trellis_check.sh speed`:
-# kernel GPU tests, M=1 timings with the per-launch breakdown, the static-GEMV sweep, M=4/16/128; ~5 min)
+# M=1 timings with the per-launch breakdown, the static-GEMV sweep, M=2/4/16/128, kernel GPU tests;
+# ~4 min; `SWEEP=0 bash gpu/trellis_check.sh speed` skips the sweeps, ~2.5 min)
 # Writes $OUT/trellis.log (all output, tables included), $OUT/trellis.jsonl (all records) and
 # $OUT/trellis_asm/ (PTX + op counts). Exits non-zero if any step failed. Expected device time ~6 min
 # (kernel compiles included; each step has a timeout, the worst case is ~12 min).
@@ -44,17 +45,22 @@ if [ "${1:-all}" = "speed" ]; then
   # cut-short run keeps every finished step; ~5 min
   step gemm_trellis 85 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
     --m 1 --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --repeats 30 -o "$OUT/gemm.jsonl"
+  if [ "${SWEEP:-1}" = "1" ]; then
   step sweep_8192 75 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 --m 1 \
     --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --no-int4 --sweep --repeats 15 -o "$OUT/sweep_8192.jsonl"
   step sweep_28672 55 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 28672x8192 --m 1 \
     --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --no-int4 --sweep --repeats 15 -o "$OUT/sweep_28672.jsonl"
+  fi
   step gemm_trellis_batched 45 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 \
-    --m 2,4,16,128 --formats trellis2,trellis3,trellis4 --codes 3inst --no-int4 --repeats 20 --sweep \
+    --m 2,4,16,128 --formats trellis2,trellis3,trellis4 --codes 3inst --no-int4 --repeats 20 \
+    $( [ "${SWEEP:-1}" = "1" ] && echo --sweep ) \
     -o "$OUT/gemm_batched.jsonl"
+  step gemm_trellis_bf16 30 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 \
+    --m 1,16 --formats trellis3 --codes 3inst --dtype bfloat16 --no-int4 --repeats 20 -o "$OUT/gemm_bf16.jsonl"
   cat "$OUT"/gemm*.jsonl "$OUT"/sweep*.jsonl > "$WORK/all.jsonl" 2>/dev/null
   python benchmarks/_trellis_summary.py "$WORK/all.jsonl" > "$OUT/summary.txt"
-  step pytest_gpu_kernels 40 python -m pytest -q -x -m gpu tests/test_trellis_kernels.py tests/test_hadamard.py \
-    -k "qgemm or asm_and_portable"
+  step pytest_gpu_kernels 60 python -m pytest -q -x -m gpu tests/test_trellis_kernels.py tests/test_hadamard.py \
+    -k "qgemm or asm_and_portable or gpu_kernel_matches"
   cat "$OUT/summary.txt"
   exit $status
 fi

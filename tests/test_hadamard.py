@@ -47,7 +47,7 @@ def test_block_size_choice():
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float16, 1e-3), (torch.bfloat16, 8e-3)])
-@pytest.mark.parametrize("R,D,block", [(1, 128, 128), (19, 96, 32), (3, 48, 16)])
+@pytest.mark.parametrize("R,D,block", [(1, 128, 128), (19, 96, 32), (3, 48, 16), (70, 256, 128)])
 def test_triton_kernel_matches_reference(dtype, tol, R, D, block, gen):
     from triton_marlin.kernels import hadamard as kh
     s = ref.random_signs(D, gen)
@@ -82,9 +82,10 @@ def test_triton_kernel_bad_arguments():
         kh.rotate(x.double(), torch.ones(64, dtype=torch.int8), 64)
 
 
-@pytest.mark.parametrize("S,R,D,block", [(1, 2, 128, 128), (3, 5, 96, 32), (2, 1, 64, 64)])
+@pytest.mark.parametrize("S,R,D,block", [(1, 2, 128, 128), (3, 21, 96, 32), (2, 1, 64, 64)])
 def test_triton_unrotate_sums_split_parts(S, R, D, block, gen):
     # split-K partial results are added before the (linear) transform, in the same launch
+    # (R <= 4: the register transform; R = 21: the tensor-core product with fp32 input split in two)
     from triton_marlin.kernels import hadamard as kh
     s = ref.random_signs(D, gen)
     parts = torch.randn(S, R, D, generator=gen)
@@ -94,3 +95,21 @@ def test_triton_unrotate_sums_split_parts(S, R, D, block, gen):
     assert rel_err(out, ref.unrotate(parts.double().sum(0), s, block) + bias.double()) < 1e-6
     with pytest.raises(ValueError, match="parts=True"):
         kh.unrotate_parts(parts[0], s, block)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float16, 1e-3), (torch.bfloat16, 8e-3)])
+@pytest.mark.parametrize("R", [1, 3, 16, 70, 333])
+def test_gpu_kernel_matches_reference(dtype, tol, R, gen):
+    # the register transform (R <= 4) and the tensor-core product (more rows), compiled
+    from triton_marlin.kernels import hadamard as kh
+    D = 1024
+    s = ref.random_signs(D, gen).cuda()
+    x = torch.randn(R, D, generator=gen).to(dtype).cuda()
+    for fn, rfn in ((kh.rotate, ref.rotate), (kh.unrotate, ref.unrotate)):
+        out = torch.full((R, D), float("nan"), device="cuda")
+        out.copy_(fn(x, s, 128, out_dtype=torch.float32))
+        assert rel_err(out, rfn(x, s, 128)) < tol
+    parts = torch.randn(3, R, D, generator=gen).cuda() * 100
+    y = kh.unrotate_parts(parts, s, 128, out_dtype=torch.float32)
+    assert rel_err(y, ref.unrotate(parts.double().sum(0), s, 128)) < 1e-6

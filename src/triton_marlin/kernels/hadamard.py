@@ -7,7 +7,9 @@ The kernel works in fp32 registers with no tensor cores and no matrix in memory:
 matrix factors as a Kronecker product, ``H_b = H_f1 (x) H_f2`` (index ``k = a*f2 + c`` splits into
 bits), so a ``[R, b]`` row block viewed as ``[R, f1, f2]`` is transformed by two small +-1 products
 along its axes (``f1 + f2`` adds per element, 24 for b = 128, every entry generated from bit parity).
-The result is exact up to fp32 rounding for every input dtype.
+The result is exact up to fp32 rounding for every input dtype. Blocks of more than
+``REGISTER_MAX_ROWS`` rows instead multiply by the +-1 matrix on tensor cores (products exact in
+the input's dtype, fp32 sums; fp32 input as two tf32 passes).
 
 ``unrotate`` also takes split-K partial sums ``[S, R, D]`` (fp32) from the trellis kernels and adds
 them before the transform (the transform is linear), adds an optional bias and writes the output
@@ -21,6 +23,9 @@ import triton.language as tl
 
 from ..formats import hadamard as ref
 
+# Rows up to which the register transform runs (a few us at M <= 4 on an H200, but per-program
+# latency made 128 rows cost ~50 us there); more rows use the tensor-core product.
+REGISTER_MAX_ROWS = 4
 # b -> (f1, f2) with f1 * f2 = b, both <= 16 (intermediates [R, f1, f2, f] stay small)
 _FACTORS = {16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16)}
 
@@ -31,6 +36,16 @@ def _sylvester_pm1(F: tl.constexpr):
     v = tl.arange(0, F)[:, None] & tl.arange(0, F)[None, :]
     parity = (v ^ (v >> 1) ^ (v >> 2) ^ (v >> 3)) & 1
     return (1 - 2 * parity).to(tl.float32)
+
+
+@triton.jit
+def _sylvester_full(HB: tl.constexpr, dtype: tl.constexpr):
+    """The +-1 Sylvester matrix of order HB (<= 128) in ``dtype``, from the parity of o & i."""
+    v = tl.arange(0, HB)[:, None] & tl.arange(0, HB)[None, :]
+    v = v ^ (v >> 4)
+    v = v ^ (v >> 2)
+    v = v ^ (v >> 1)
+    return (1 - 2 * (v & 1)).to(dtype)
 
 
 @triton.jit
@@ -47,10 +62,12 @@ def _block_fwht(x, BLOCK_R: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr):
 @triton.jit
 def _hadamard_kernel(x_ptr, s_ptr, bias_ptr, out_ptr, R, stride_xs, stride_xr, stride_or, n_parts, scale,
                      HB: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr, BLOCK_R: tl.constexpr,
-                     SIGN_BEFORE: tl.constexpr, HAS_BIAS: tl.constexpr):
+                     SIGN_BEFORE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr = 0):
     """x: [n_parts, R, D] (part stride stride_xs, row stride stride_xr, unit column stride), summed
     over parts; s: [D] int8; bias: [D] (added after the transform when HAS_BIAS); out: [R, D].
-    Grid: (cdiv(R, BLOCK_R), D // HB)."""
+    DOT (many rows): 0 = the register transform; 1 = a tensor-core product with the +-1 matrix in
+    fp16 (fp16 input: exact products, fp32 sums); 2 = tf32 operands (bf16 input: exact in tf32);
+    3 = fp32 input split into a tf32-exact high part and the rest, two tf32 passes (~2^-21 relative). Grid: (cdiv(R, BLOCK_R), D // HB)."""
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -63,7 +80,17 @@ def _hadamard_kernel(x_ptr, s_ptr, bias_ptr, out_ptr, R, stride_xs, stride_xr, s
     s = tl.load(s_ptr + cols).to(tl.float32)
     if SIGN_BEFORE:
         x = x * s[None, :]
-    y = _block_fwht(x, BLOCK_R, F1, F2) * scale
+    if DOT == 0:
+        y = _block_fwht(x, BLOCK_R, F1, F2) * scale
+    elif DOT == 1:
+        y = tl.dot(x.to(tl.float16), _sylvester_full(HB, tl.float16)) * scale
+    elif DOT == 2:     # bf16 values are exact in tf32: one tf32 pass multiplies them exactly
+        y = tl.dot(x, _sylvester_full(HB, tl.float32), input_precision="tf32") * scale
+    else:              # fp32: x = hi + lo, hi = x with its mantissa cut to tf32's 10 bits (exact)
+        hi = (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        h = _sylvester_full(HB, tl.float32)
+        y = tl.dot(hi, h, input_precision="tf32")
+        y = tl.dot(x - hi, h, y, input_precision="tf32") * scale      # lo: ~2^-21 of x lost
     if not SIGN_BEFORE:
         y = y * s[None, :]
     if HAS_BIAS:
@@ -102,12 +129,21 @@ def hadamard_transform(x: torch.Tensor, signs: torch.Tensor, block: int, *, sign
     if R == 0:
         return out.reshape(*lead, D)
     f1, f2 = _FACTORS[block]
-    # [BLOCK_R, f1, f2, f] intermediates: keep them near 16 fp32 registers a thread (4 warps)
-    BLOCK_R = max(1, min(triton.next_power_of_2(R), 2048 // (block * max(f1, f2))))
+    if R <= REGISTER_MAX_ROWS:
+        # [BLOCK_R, f1, f2, f] intermediates: keep them near 16 fp32 registers a thread (4 warps)
+        BLOCK_R, dot = max(1, min(triton.next_power_of_2(R), 2048 // (block * max(f1, f2)))), 0
+    else:
+        # many rows: one [BLOCK_R, b] x [b, b] tensor-core product per program; operands in x's dtype
+        # (the matrix is +-1, so only fp32 input needs a split: two tf32 passes)
+        BLOCK_R = 16 if R <= 16 else 64
+        dot = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3}[x.dtype]
+    # the tensor-core path holds the [b, b] matrix in registers on its way to shared memory:
+    # 8 warps keep a 128-block free of spills
+    warps = 8 if dot and block == 128 else 4
     grid = (triton.cdiv(R, BLOCK_R), D // block)
     _hadamard_kernel[grid](x3, signs, bias if bias is not None else signs, out, R, x3.stride(0), x3.stride(1),
                            out.stride(0), S, 1.0 / block ** 0.5, HB=block, F1=f1, F2=f2, BLOCK_R=BLOCK_R,
-                           SIGN_BEFORE=sign_before, HAS_BIAS=bias is not None, num_warps=4)
+                           SIGN_BEFORE=sign_before, HAS_BIAS=bias is not None, DOT=dot, num_warps=warps)
     return out.reshape(*lead, D)
 
 

@@ -490,10 +490,17 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-# Static GEMV launch defaults (M <= GEMV_MAX_M), chosen from the block/split sweep of
-# bench_gemm_trellis.py --sweep (docs/perf/trellis.md): tiles along K per step by bits, software
-# prefetch of the next words, programs per SM that the K split aims for, warps per program.
-GEMV_DEFAULTS = {"block_tk": {2: 2, 3: 2, 4: 2}, "prefetch": True, "programs_per_sm": 8, "num_warps": 4}
+# Static GEMV launch defaults (M <= GEMV_MAX_M), from the block/split sweep of bench_gemm_trellis.py
+# --sweep on an H200 (docs/perf/trellis.md): per (code, bits) at M=1 the tiles along K per step and
+# whether the next words are prefetched; for M = 2..4 (several rows per decode) tiles along K by
+# bits and no prefetch; the programs per SM the K split aims for; warps per program. (3 bits needs
+# 2+ tiles a step: with one, 8 column groups x 8 tiles leave half the threads duplicating work.)
+GEMV_DEFAULTS = {
+    "m1": {("3inst", 2): (2, True), ("3inst", 3): (2, True), ("3inst", 4): (4, True),
+           ("1mad", 2): (2, False), ("1mad", 3): (2, False), ("1mad", 4): (2, False),
+           ("hyb", 2): (1, True), ("hyb", 3): (4, True), ("hyb", 4): (1, True)},
+    "rows_block_tk": {2: 1, 3: 2, 4: 1}, "rows_prefetch": False,
+    "programs_per_sm": 8, "num_warps": 4}
 
 
 def _split_k(n_blocks: int, k_iters: int, device: torch.device, programs_per_sm: int | None = None) -> int:
@@ -597,9 +604,12 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     code = CODE_IDS[qt.meta["code"]]
     qw, s = qt.tensors["qweight"], qt.tensors["scales"]
     lut = qt.tensors.get("lut", s)        # any valid pointer when the code has no table
+    if M == 1:
+        default_tk, default_prefetch = GEMV_DEFAULTS["m1"][(qt.meta["code"], bits)]
+    else:      # several rows multiply every decoded weight: a shorter K step keeps the accumulators small
+        default_tk, default_prefetch = GEMV_DEFAULTS["rows_block_tk"][bits], GEMV_DEFAULTS["rows_prefetch"]
     if block_tk is None:
-        # several rows multiply every decoded weight: a shorter K step keeps the accumulators small
-        block_tk = GEMV_DEFAULTS["block_tk"][bits] if M == 1 else (2 if bits == 3 else 1)
+        block_tk = default_tk
         if K % (16 * block_tk) or group % (16 * block_tk):
             block_tk = 2 if bits == 3 else 1     # 3 bits: column groups span 2 k; 2 tiles keep 128 threads busy
     if gemv not in GEMV_KERNELS:
@@ -620,7 +630,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
         iters = triton.cdiv(k_iters, split)
         split = triton.cdiv(k_iters, iters)
         buf, atomic = _split_output(out, parts, split, M, N, xr.device)
-        pf = GEMV_DEFAULTS["prefetch"] if prefetch is None else prefetch
+        pf = default_prefetch if prefetch is None else prefetch
         rows_per_program = 1 if M == 1 else triton.next_power_of_2(M)
         LAST_COMPILED["gemv"] = _trellis_gemv_static_kernel[(n_blocks, split, triton.cdiv(M, rows_per_program))](
             xr, qw, s, lut, buf, N, K, xr.stride(0), buf.stride(-2), group, iters,
@@ -645,7 +655,9 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
             BITS=bits, CODE=code, BLOCK_N=BLOCK_N, BLOCK_K=block_k, USE_ATOMIC=split > 1,
             EVEN=N % BLOCK_N == 0 and K % block_k == 0, num_warps=4)
         return out[None] if parts else out
-    BLOCK_M = block_m or (16 if M <= 16 else (32 if M <= 32 else 64))
+    # 128-row blocks decode the weight once for M=128 (2 and 4 bits measured faster; 3 bits' two-column
+    # groups were slower there, so it keeps 64)
+    BLOCK_M = block_m or (16 if M <= 16 else (32 if M <= 32 else (64 if M <= 64 or bits == 3 else 128)))
     if gemv != "generic" and N % 128 == 0 and K % 32 == 0 and group % 32 == 0:
         # a [BLOCK_M, 128] fp32 accumulator: 8 warps from 128 rows on (64 registers a thread)
         return _static_gemm(xr, qt, out, BLOCK_M, split_k, "gemm", parts,
