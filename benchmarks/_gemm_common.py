@@ -190,7 +190,7 @@ def candidate_configs(M: int, quick: bool = False) -> list:
     if quick:
         if M <= 4:
             return [KC("gemv", block_m=1 if M == 1 else 4, block_n=64),
-                    KC("dot", block_m=16, block_n=64, fold=1, split_k=2)]
+                    KC("dot", block_m=16, block_n=64, fold=1, split_k=2, prefetch=1)]
         return [KC("dot", block_m=16, block_n=64, fold=1), KC("dot", block_m=16, block_n=64, wide=1),
                 KC("dequant")]
     out = []
@@ -199,19 +199,21 @@ def candidate_configs(M: int, quick: bool = False) -> list:
         for split in (8, 16):
             out.append(KC("gemv", block_m=bm, block_n=256, split_k=split, num_warps=4))
     if M <= 64:
-        # 16-row fold tiles: width x pipeline depth x split-K (6 stages, 8 warps and unrolling K tiles
-        # measured slower on the H200: docs/perf/gemm.md)
+        # 16-row fold tiles: width x pipeline depth x split-K x scales loaded a tile ahead (6 stages,
+        # 8 warps and unrolling K tiles measured slower on the H200: docs/perf/gemm.md)
         for bn in (128, 256):
             for stages in (3, 4):
                 for split in (4, 8, 16):
-                    out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=4,
-                                  num_stages=stages, fold=1))
+                    for prefetch in (0, 1):
+                        out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=4,
+                                      num_stages=stages, fold=1, prefetch=prefetch))
         out.append(KC("dot", block_m=16, block_n=256, split_k=8, num_warps=4, num_stages=3))
     if 16 < M <= 256:
         for stages in (3, 4):
             for split in (2, 4, 8):
-                out.append(KC("dot", block_m=32, block_n=128, split_k=split, num_warps=4,
-                              num_stages=stages, fold=1))
+                for prefetch in (0, 1):
+                    out.append(KC("dot", block_m=32, block_n=128, split_k=split, num_warps=4,
+                                  num_stages=stages, fold=1, prefetch=prefetch))
         for split in (2, 4):
             out.append(KC("dot", block_m=64, block_n=128, split_k=split, num_warps=4, num_stages=3, fold=1))
         # per-weight dequant on 64x256 tiles (38.3 us at M=64 on 8192x8192 in the first sweep)

@@ -97,13 +97,13 @@ stages)
 closing)
   OTHERS=fp4,mxfp4,int2,int3,int8
   # compile in parallel with the GPU tests; timed steps run alone afterwards
-  timeout 120 $PY gpu/qgemm_warm.py --formats int4 --m 1,16,64,256,1024 --procs 4 > "$LOG/warm.log" 2>&1 &
-  timeout 120 $PY gpu/qgemm_warm.py --formats $OTHERS --m 1 --procs 5 > "$LOG/warm_others.log" 2>&1 &
-  step tests 130 $PY -m pytest -q -n 6 -m gpu tests/test_qgemm.py
+  timeout 110 $PY gpu/qgemm_warm.py --formats int4 --m 1,16,64,256,1024 --procs 5 > "$LOG/warm.log" 2>&1 &
+  timeout 110 $PY gpu/qgemm_warm.py --formats $OTHERS --m 1 --procs 5 > "$LOG/warm_others.log" 2>&1 &
+  step tests 120 $PY -m pytest -q -n 6 -m gpu tests/test_qgemm.py
   wait; cat "$LOG/warm.log" "$LOG/warm_others.log"
   step selection 60 $PY benchmarks/bench_kernel_selection.py --shapes $BIG --m 1,16,64 \
       --formats int4 --merge --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
-  step selection_others 60 $PY benchmarks/bench_kernel_selection.py --shapes $BIG --m 1 \
+  step selection_others 90 $PY benchmarks/bench_kernel_selection.py --shapes $BIG --m 1 \
       --formats $OTHERS --merge --warmup 3 --repeats 15 --output "$LOG/variants_others.jsonl"
   cp src/triton_marlin/kernels/tuned/*.json "$LOG/" 2>/dev/null
   step gemm 80 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 --formats int4,$OTHERS \

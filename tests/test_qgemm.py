@@ -87,6 +87,7 @@ def test_every_format_fp16_through_each_family(fmt, gen):
     x = torch.randn(3, 96, generator=gen).half().to(_device())
     for cfg in (Q.KernelConfig("gemv", block_m=4, block_n=32, split_k=2),
                 Q.KernelConfig("dot", block_m=16, block_n=32, fold=1, split_k=2),
+                Q.KernelConfig("dot", block_m=16, block_n=32, fold=1, split_k=2, prefetch=1),
                 Q.KernelConfig("dot", block_m=16, block_n=32),
                 Q.KernelConfig("dot", block_m=16, block_n=32, wide=1)):
         _check(x, qt, cfg)
@@ -109,7 +110,7 @@ def test_group_sizes_and_zero_points(fmt, opts, variant, gen):
     x = torch.randn(5, K, generator=gen).half().to(_device())
     cfg = {"gemv": Q.KernelConfig("gemv", block_m=4, block_n=32, split_k=3),
            "dot": Q.KernelConfig("dot", block_m=16, block_n=32, split_k=2),
-           "fold": Q.KernelConfig("dot", block_m=16, block_n=32, split_k=2, fold=1),
+           "fold": Q.KernelConfig("dot", block_m=16, block_n=32, split_k=2, fold=1, prefetch=1),
            "wide": Q.KernelConfig("dot", block_m=16, block_n=32, wide=1)}[variant]
     _check(x, qt, cfg)
 
@@ -123,10 +124,11 @@ def test_group_sizes_and_zero_points(fmt, opts, variant, gen):
 @pytest.mark.parametrize("split_k,fold", [(1, 1), (3, 1), (7, 0)])
 def test_scales_loaded_ahead_across_splits(fmt, opts, K, split_k, fold, gen):
     """The dot kernel loads the scales (and zero points) of tile t + 1 while tile t computes: splits of
-    1, 2 and 3 tiles, a last tile cut by K, 1 to 8 scale groups per tile, zero points."""
+    1, 2 and 3 tiles, a last tile cut by K, 1 to 8 scale groups per tile (more than 2: loaded in the
+    tile, as without prefetch), zero points."""
     qt = _quant(fmt, 40, K, gen, _device(), **opts)
     x = torch.randn(3, K, generator=gen).half().to(_device())
-    _check(x, qt, Q.KernelConfig("dot", block_m=16, block_n=32, split_k=split_k, fold=fold))
+    _check(x, qt, Q.KernelConfig("dot", block_m=16, block_n=32, split_k=split_k, fold=fold, prefetch=1))
 
 
 def test_split_k_tickets_reset_between_calls(gen):
@@ -177,6 +179,8 @@ def test_bad_input(gen):
         Q.qgemm(torch.randn(2, 64).half().to(_device()), qt)
     with pytest.raises(ValueError, match="activation dtype"):
         Q.qgemm(x.float(), qt)
+    with pytest.raises(ValueError, match="prefetch"):
+        Q.KernelConfig("dot", block_m=16, prefetch=2).validate()
     with pytest.raises(ValueError, match="2-D"):
         Q.qgemm(x[None], qt)
     with pytest.raises(ValueError, match="is on meta"):
@@ -249,6 +253,7 @@ GPU_FAMILIES = [
     Q.KernelConfig("gemv", block_m=4, block_n=128),
     Q.KernelConfig("dot", block_m=16, block_n=128, split_k=3),
     Q.KernelConfig("dot", block_m=16, block_n=256, split_k=4, fold=1, num_stages=3),  # PTX unpack
+    Q.KernelConfig("dot", block_m=16, block_n=128, split_k=5, fold=1, num_stages=3, prefetch=1),
     Q.KernelConfig("dot", block_m=64, block_n=64, fold=1, num_stages=3),
     Q.KernelConfig("dot", block_m=64, block_n=128, num_stages=3),
     Q.KernelConfig("dot", block_m=128, block_n=128, num_warps=8, wide=1, split_k=2),
@@ -370,7 +375,7 @@ def fmt(kind, bits, slots, gs, scale_kind=0, sym=True):
     return dict(KIND=kind, BITS=bits, SYMMETRIC=sym, SCALE_KIND=scale_kind, GROUP=128, GROUP_SLOTS=gs,
                 SLOTS=slots, EVEN_K=True, EVEN_N=True)
 
-dot = dict(IS_BF16=False, DOT_FP32=False, GROUP_M=8, HAS_BIAS=False)
+dot = dict(IS_BF16=False, DOT_FP32=False, GROUP_M=8, HAS_BIAS=False, PREFETCH=True)
 out = {}
 for name, f in (("int4", fmt(0, 4, 8, 8)), ("int2", fmt(0, 2, 16, 8)), ("int3", fmt(0, 3, 16, 8, sym=False)),
                 ("fp4", fmt(1, 4, 8, 8))):

@@ -347,47 +347,37 @@ def _qgemv_kernel(
 
 
 @triton.jit
-def _load_tile_groups(s_ptr, z_ptr, gs_ptr, t, offs_n, mask_n, N, G, TILE_K: tl.constexpr,
+def _load_tile_scales(s_ptr, z_ptr, gs_ptr, t, offs_n, mask_n, N, G, TILE_K: tl.constexpr,
                       GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, NG: tl.constexpr,
                       SCALE_KIND: tl.constexpr, SYMMETRIC: tl.constexpr):
-    """fp32 scales and int32 zero-point codes ``[NG, BLOCK_N]`` of the NG scale groups of K tile ``t``
-    (zeros past the last group, so a prefetch beyond the split's tiles reads nothing)."""
-    j = tl.arange(0, NG)
-    g = (t * TILE_K + j * (GROUP_SLOTS * 16)) // GROUP
-    ok = (g < G)[:, None] & mask_n[None, :]
-    raw = tl.load(s_ptr + g[:, None] * N + offs_n[None, :], mask=ok, other=0)
-    if SCALE_KIND == 2:
-        gscale = tl.load(gs_ptr)
+    """fp32 scales and int32 zero points ``[BLOCK_N]`` of the (at most two) scale groups of K tile
+    ``t``; zeros past the last group, so a load beyond the split's tiles reads nothing. Two separate
+    vectors rather than one ``[2, BLOCK_N]`` block: picking a row out of a block costs a cross-thread
+    reduction per group."""
+    s0, z0 = _load_group(s_ptr, z_ptr, gs_ptr, (t * TILE_K) // GROUP, offs_n, mask_n, N, G, SCALE_KIND,
+                         SYMMETRIC)
+    if NG == 2:
+        s1, z1 = _load_group(s_ptr, z_ptr, gs_ptr, (t * TILE_K + GROUP_SLOTS * 16) // GROUP, offs_n, mask_n,
+                             N, G, SCALE_KIND, SYMMETRIC)
     else:
-        gscale = 1.0
-    s = decode_scale(raw, gscale, SCALE_KIND)
-    if SYMMETRIC:
-        z = tl.zeros(s.shape, dtype=tl.int32)
-    else:
-        z = tl.load(z_ptr + g[:, None] * N + offs_n[None, :], mask=ok, other=0).to(tl.int32)
-    return s, z
+        s1 = s0
+        z1 = z0
+    return s0, z0, s1, z1
 
 
 @triton.jit
-def _group_row(block, j: tl.constexpr, NG: tl.constexpr):
-    """Row ``j`` of a ``[NG, BLOCK_N]`` register block (a select and an exact sum: one row is nonzero)."""
-    if NG == 1:
-        return tl.sum(block, axis=0)
-    else:
-        return tl.sum(tl.where(tl.arange(0, NG)[:, None] == j, block, 0), axis=0)
-
-
-@triton.jit
-def _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr, z_pc, s_tile,
-              z_tile, N, K,
-              KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, GROUP_SLOTS: tl.constexpr,
-              SLOTS: tl.constexpr, NG: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-              IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr, FOLD: tl.constexpr, ASM: tl.constexpr,
+def _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr, s_ptr, z_ptr, gs_ptr,
+              z_pc, s0, z0, s1, z1, N, K, G,
+              KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
+              GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, NG: tl.constexpr,
+              EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr,
+              FOLD: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``acc [BM, BN] += x[:, tile t] @ W[tile t, :]``, one k=16 ``tl.dot`` per code slot (the dot
     kernel's per-slot path; see :func:`_qgemm_dot_kernel` for the operand modes). ``words`` are the
-    tile's loaded word rows; ``s_tile``/``z_tile`` its groups' scales and zero points
-    (:func:`_load_tile_groups`, loaded ahead); ``z_pc`` the per-channel zero points (GROUP_SLOTS == 0)."""
+    tile's loaded word rows; with PREFETCH ``s0, z0, s1, z1`` hold its (one or two) groups' scales
+    and zero points (:func:`_load_tile_scales`, loaded ahead), else each group loads them here;
+    ``z_pc`` the per-channel zero points (GROUP_SLOTS == 0)."""
     TILE_K: tl.constexpr = 16 * SLOTS
     rows = tl.arange(0, 16)
     z = z_pc
@@ -403,8 +393,16 @@ def _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n,
     for i in tl.static_range(SLOTS):
         if GROUP_SLOTS != 0:
             if i % GROUP_SLOTS == 0:
-                s = _group_row(s_tile, i // GROUP_SLOTS, NG)
-                z = _group_row(z_tile, i // GROUP_SLOTS, NG)
+                if PREFETCH:
+                    if i == 0:
+                        s = s0
+                        z = z0
+                    else:
+                        s = s1
+                        z = z1
+                else:
+                    g = (t * TILE_K + i * 16) // GROUP
+                    s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
                 if FOLD:
                     part = zero_acc
             scale = s
@@ -454,7 +452,8 @@ def _qgemm_dot_kernel(
         EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
         IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr, FOLD: tl.constexpr, WIDE: tl.constexpr,
         ASM: tl.constexpr,
-        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+        PREFETCH: tl.constexpr):
     """Tensor-core quantized GEMM (BLOCK_M >= 16).
 
     Same operands as :func:`_qgemv_kernel`. Grid: (M blocks * N blocks, SPLIT_K); program ids are
@@ -472,6 +471,8 @@ def _qgemm_dot_kernel(
     per word pair (:func:`.decode.unpack_magic_fp16_asm`), ~1 instruction per weight.
     DOT_FP32 widens the operands to fp32 before ``tl.dot`` (same products, exact): only for bf16
     under the CPU interpreter, whose bf16 ``tl.dot`` is wrong.
+    PREFETCH (per-slot modes, one or two scale groups per K tile): the scales and zero points of K
+    tile t + 1 load while tile t computes.
     """
     TILE_K: tl.constexpr = 16 * SLOTS
     NG: tl.constexpr = SLOTS // (GROUP_SLOTS + (GROUP_SLOTS == 0))  # scale groups per K tile
@@ -508,22 +509,26 @@ def _qgemm_dot_kernel(
         # tile that uses it left most of its memory latency exposed once per tile (the word and
         # activation loads are software-pipelined by Triton: they feed tl.dot; the scales are not).
         # Two tiles ahead would hide more, but that loop-carried chain turns Triton's pipelining off.
-        if GROUP_SLOTS != 0:
-            s_cur, z_cur = _load_tile_groups(s_ptr, z_ptr, gs_ptr, t_begin, offs_n, mask_n, N, G, TILE_K, GROUP,
-                                             GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
+        LOAD_AHEAD: tl.constexpr = PREFETCH and GROUP_SLOTS != 0 and NG <= 2
+        if LOAD_AHEAD:
+            s0, z0, s1, z1 = _load_tile_scales(s_ptr, z_ptr, gs_ptr, t_begin, offs_n, mask_n, N, G, TILE_K,
+                                               GROUP, GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
         else:
-            s_cur = tl.zeros((1, BLOCK_N), dtype=tl.float32)
-            z_cur = tl.zeros((1, BLOCK_N), dtype=tl.int32)
+            s0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            z0 = tl.zeros((BLOCK_N,), dtype=tl.int32)
+            s1 = s0
+            z1 = z0
         for t in range(t_begin, t_end):
             words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
-            if GROUP_SLOTS != 0:
-                s_nxt, z_nxt = _load_tile_groups(s_ptr, z_ptr, gs_ptr, t + 1, offs_n, mask_n, N, G, TILE_K,
-                                                 GROUP, GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
+            if LOAD_AHEAD:
+                s0n, z0n, s1n, z1n = _load_tile_scales(s_ptr, z_ptr, gs_ptr, t + 1, offs_n, mask_n, N, G, TILE_K,
+                                                       GROUP, GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
             acc = _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
-                            z_pc, s_cur, z_cur, N, K, KIND, BITS, SYMMETRIC, GROUP_SLOTS, SLOTS, NG,
-                            EVEN_K, EVEN_N, IS_BF16, DOT_FP32, FOLD, ASM, BLOCK_M, BLOCK_N)
-            if GROUP_SLOTS != 0:
-                s_cur, z_cur = s_nxt, z_nxt
+                            s_ptr, z_ptr, gs_ptr, z_pc, s0, z0, s1, z1, N, K, G, KIND, BITS, SYMMETRIC,
+                            SCALE_KIND, GROUP, GROUP_SLOTS, SLOTS, NG, EVEN_K, EVEN_N, IS_BF16, DOT_FP32,
+                            FOLD, ASM, LOAD_AHEAD, BLOCK_M, BLOCK_N)
+            if LOAD_AHEAD:
+                s0, z0, s1, z1 = s0n, z0n, s1n, z1n
     else:
         for t in range(t_begin, t_end):
             words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
@@ -625,7 +630,8 @@ def _dequant_kernel(
 class KernelConfig:
     """One launch configuration. ``family`` is gemv, dot or dequant; ``fold`` and ``wide`` pick the
     dot family's operand mode (see :func:`_qgemm_dot_kernel`; fold applies where the format and
-    dtype allow it, see :func:`fold_supported`)."""
+    dtype allow it, see :func:`fold_supported`); ``prefetch`` loads a K tile's scales one tile ahead
+    (dot family, per-slot modes)."""
     family: str
     block_m: int = 16
     block_n: int = 64
@@ -635,8 +641,10 @@ class KernelConfig:
     group_m: int = 8
     fold: int = 0
     wide: int = 0
+    prefetch: int = 0
 
-    _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide")
+    _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide",
+             "prefetch")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self._KEYS}
@@ -665,6 +673,8 @@ class KernelConfig:
             raise ValueError(f"split_k must be a positive int, got {self.split_k!r}")
         if self.fold and self.wide:
             raise ValueError("fold and wide are exclusive operand modes")
+        if self.prefetch not in (0, 1):
+            raise ValueError(f"prefetch must be 0 or 1, got {self.prefetch!r}")
 
 
 def fold_supported(spec: FormatSpec, dtype: torch.dtype) -> bool:
@@ -778,7 +788,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 DOT_FP32=is_bf16 and x.device.type == "cpu",
                                 FOLD=bool(cfg.fold) and fold_supported(spec, x.dtype),
                                 WIDE=bool(cfg.wide), ASM=bool(cfg.fold) and asm_supported(spec, x),
-                                GROUP_M=cfg.group_m,
+                                GROUP_M=cfg.group_m, PREFETCH=bool(cfg.prefetch),
                                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
