@@ -207,3 +207,21 @@ def test_static_gemv_compiles_for_sm90_with_few_instructions_per_weight():
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["instr_per_weight"] < 12, r
     assert r["opcodes"].get("LDG", 0) / r["weights_per_thread"] < 0.5      # words loaded once per group
+
+
+def test_split_k_fills_whole_waves(monkeypatch):
+    # the K split of the static GEMV: about GEMV_DEFAULTS["programs_per_sm"] programs per SM, every
+    # split non-empty, and no worse a last-wave tail than the plain target (N=28672: 224 blocks)
+    monkeypatch.setattr(tg, "_sm_count", lambda device: 132)
+    cuda = torch.device("cuda")
+    for n_blocks, k_iters in ((224, 256), (64, 256), (64, 512), (1000, 4), (7, 3)):
+        split = tg._split_k(n_blocks, k_iters, cuda)
+        iters = -(-k_iters // split)
+        assert 1 <= split <= k_iters and -(-k_iters // iters) == split          # no empty split
+        want = max(1, min(k_iters, -(-8 * 132 // n_blocks)))
+        def eff(s):
+            waves = n_blocks * s / 132
+            return waves / -(-waves // 1)
+        assert eff(split) >= eff(-(-k_iters // -(-k_iters // want))) - 1e-9
+        assert split >= min(want, k_iters) // 2
+    assert tg._split_k(64, 3, torch.device("cpu")) == 1 and tg._split_k(64, 8, torch.device("cpu")) == 2
