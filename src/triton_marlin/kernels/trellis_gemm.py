@@ -14,8 +14,10 @@ shift over two 32-bit words of the tile).
 Kernels (docs/perf/trellis.md counts their instructions):
 - static GEMV (M <= GEMV_MAX_M, whole blocks of tiles): the 16 columns of a tile are cut into
   groups whose steps start on a word boundary; a thread loads a group's few words once and derives
-  all of its states with compile-time shifts, n_local (16) held in registers; fp32 FMAs, split-K
-  partial sums combined with atomics;
+  all of its states with compile-time shifts, n_local (16) held in registers; fp32 FMAs; the next
+  tile row's words prefetched (per code, GEMV_DEFAULTS); M = 2..4 rows share one decode; one
+  partial result per K split, summed by the output transform (atomics into a zeroed ``out`` only
+  when a caller passes one);
 - generic GEMV (any shape): per-weight word offsets and shifts (computed once per program), two
   loads and a variable funnel shift per weight;
 - static / generic tiled GEMM (M > GEMV_MAX_M): the same two decodes into a weight tile in the
