@@ -9,9 +9,11 @@ measures launch overhead. For each count N:
 
 - ``python_loop``: N calls of the launcher from Python; time / N.
 - ``graph_replay``: the same N calls captured in one CUDA graph, replayed; time / N.
-- ``fused_launch``: one launcher call for N tokens at once; time / N.
+- ``one_launch_n_tokens``: a different quantity, for scale: one launcher call that serves N tokens at once
+  (one dispatch of N tokens, not N dispatches); its time / N is a cost per token, not per dispatch.
 
-and the speedups of the last two over the loop. Without CUDA nothing of the Triton path is measured (a CPU
+and the speedup of graph replay over the loop (per dispatch, the same work both ways), and the ratio of the
+batched per-token cost to the loop's per-dispatch cost. Without CUDA nothing of the Triton path is measured (a CPU
 interpreter launch is not a GPU launch); the Python loop is measured on the torch reference path instead,
 and the script says so.
 """
@@ -63,7 +65,8 @@ def main(argv=None):
     x1 = torch.randn(1, H, device=dev).half()
     ids1, w1 = routed(1, dev, a.seed)
     runner.note(f"one dispatch = the fused expert kernels for 1 token, top-{TOPK} of {E} int4 experts, hidden {H}, "
-                f"intermediate {I}")
+                f"intermediate {I}; one_launch_n_tokens is one launch serving all N tokens (time per token, "
+                f"not per dispatch)")
 
     if not cuda:
         runner.note(f"no CUDA on {dev}: Triton launches, CUDA-graph replay and the fused launch are not measured; "
@@ -140,8 +143,9 @@ def main(argv=None):
 
         st_fused = time_fn(fused, device=dev, warmup=a.warmup, repeats=a.repeats)
         fused_us = st_fused.median_us / n
-        runner.record({"count": n, "path": "fused_launch"}, "per_dispatch", fused_us, "us", stats=st_fused)
-        runner.record({"count": n, "path": "fused_launch"}, "speedup_vs_python_loop", loop_us / fused_us, "x")
+        runner.record({"count": n, "path": "one_launch_n_tokens"}, "per_token", fused_us, "us", stats=st_fused)
+        runner.record({"count": n, "path": "one_launch_n_tokens"}, "loop_per_dispatch_over_per_token",
+                      loop_us / fused_us, "x")
     return runner.finish()
 
 

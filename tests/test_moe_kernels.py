@@ -52,6 +52,7 @@ def routing(T, E, k, gen, drop=False):
 DECODE = MoEGemmConfig(1, 32, 4, 32, 2, 4, up_split_k=3)  # split-K gate_up: SwiGLU formed by the down kernel
 DECODE_H = MoEGemmConfig(1, 16, 2, 32, 1, 2)               # gate_up writes h itself
 TILED = MoEGemmConfig(16, 64, 4, 32, 3, 4)
+TILED_SPLIT = MoEGemmConfig(16, 32, 4, 32, 2, 4, up_split_k=3)  # tensor cores, split-K gate_up partial planes
 
 
 @pytest.mark.parametrize("fmt", ["int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8"])
@@ -79,7 +80,7 @@ def test_mixed_widths_one_launch_each(gen):
     ids, w = routing(T, E, k, gen, drop=True)
     ref = fused_moe_reference(x, ids, w, ex)
     assert ref[0].abs().max() == 0
-    for cfg in (DECODE, DECODE_H, TILED):
+    for cfg in (DECODE, DECODE_H, TILED, TILED_SPLIT):
         out = run_fused(x, ids, w, ex, cfg)
         assert rel_err(out, ref) < TOL[torch.float16]
         assert (out[0] == 0).all()
@@ -128,8 +129,8 @@ def test_uniform_compile_equals_table_dispatch(gen):
 def test_config_validation():
     with pytest.raises(ValueError, match="block_m"):
         MoEGemmConfig(8, 64, 4, 64, 1, 4)
-    with pytest.raises(ValueError, match="up_split_k > 1 needs block_m == 1"):
-        MoEGemmConfig(16, 64, 4, 64, 1, 4, up_split_k=2)
+    with pytest.raises(ValueError, match="stages"):
+        MoEGemmConfig(16, 64, 4, 64, 1, 4, up_split_k=2, stages=-1)
     with pytest.raises(ValueError, match="power of two"):
         MoEGemmConfig(1, 48, 4, 64, 1, 4)
 
@@ -139,7 +140,7 @@ def test_configs():
     glm = default_config(5, 65, 2048, 1536)            # one GLM-4.7-Flash token: K split 4 (gate_up), 3 (down)
     assert (glm.up_split_k, glm.down_split_k) == (4, 3)
     assert default_config(2, 8, 256, 256).up_split_k == 1  # small K: no split, no memset
-    assert default_config(1280, 65).block_m == 32     # 256 tokens x 5 slots over 65 experts
+    assert default_config(1280, 65).block_m == 16     # 256 tokens x 5 slots over 65 experts: ~20 per expert
     assert default_config(5120, 65).block_m == 64
     cands = candidate_configs(5, 65)
     assert cands[0] == default_config(5, 65) and len(set(cands)) == len(cands) > 1
@@ -182,6 +183,18 @@ def test_custom_op_matches_launcher_and_fake(gen):
     assert rel_err(out.float(), fused_moe_reference(x, ids, w, ex)) < 1.5e-3
     flats = [ex.flat(p) for p in ("gate", "up", "down")]
     args = (x, ids, w, *[list(f.launch_args()) for f in flats], 64, [f.kinds_mask for f in flats], [-1, -1, -1],
-            False, [16, 64, 4, 64, 1, 4, 1])
+            False, [16, 64, 4, 64, 1, 4, 1, 0], [f.group_k for f in flats])
     torch.library.opcheck(torch.ops.triton_marlin.moe_experts.default, args,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int3", "fp8"])
+def test_group_fold_across_tiles(fmt, gen):
+    """Group 128 (one scale per int4 tile, two per int2/int3 tile) and a K range split over programs whose
+    split boundaries fall inside a group: the per-group scaling of the tensor-core path."""
+    E, H, I, T, k = 3, 384, 256, 5, 2
+    ex = make_experts((fmt, 128 if fmt != "fp8" else -1), E, H, I, gen)
+    x = torch.randn(T, H, generator=gen).half()
+    ids, w = routing(T, E, k, gen)
+    ref = fused_moe_reference(x, ids, w, ex)
+    assert rel_err(run_fused(x, ids, w, ex, TILED_SPLIT), ref) < TOL[torch.float16]

@@ -34,13 +34,15 @@ The torch reference these kernels must equal is :func:`fused_moe_reference`.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from .decode import decode_scale, dequant, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp32
+from .decode import (decode_scale, dequant, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp16, int_magic_fp32,
+                     unpack_e2m1_fp16_asm, unpack_int3_magic_fp16_asm, unpack_magic_fp16_asm)
 
 # Kind codes: the format kinds of triton_marlin.moe.experts.KIND_CODES, asymmetric integers + 8; the table
 # columns are those of triton_marlin.moe.experts (T_KIND ... T_GROUP, 8 per expert).
@@ -80,12 +82,45 @@ def _codes_and_scales(words, hi, k0, sl, K, k_lim, N, codes8, scales16, scales8,
 
 
 @triton.jit
+def _raw_factor(DKIND: tl.constexpr):
+    """Power of two the fold operand of a minifloat carries (its value is raw * factor)."""
+    if DKIND == 1:
+        return 16384.0
+    elif DKIND == 2:
+        return 256.0
+    else:
+        return 1.0
+
+
+@triton.jit
+def _fold_operand(q, z, DKIND: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr):
+    """The exact unscaled value of codes ``q`` as a tensor-core operand: integers ``q - z`` (exact in fp16,
+    and in bf16 for |q - z| < 256), minifloats ``value / factor`` (see :func:`_raw_factor`)."""
+    if DKIND == 0:
+        if IS_BF16:
+            w = (int_magic_fp32(q) - int_magic_fp32(z)).to(tl.bfloat16)
+        else:
+            w = int_magic_fp16(q) - int_magic_fp16(z)
+    else:
+        if DKIND == 1:
+            raw = e2m1_raw_fp16(q)
+        else:
+            raw = e4m3_raw_fp16(q)
+        if IS_BF16:
+            w = raw.to(tl.bfloat16)
+        else:
+            w = raw
+    return w
+
+
+@triton.jit
 def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
                code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok, pid_k,
                BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
                SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, A_SWIGLU: tl.constexpr,
-               UNROLL: tl.constexpr):
+               UNROLL: tl.constexpr, GK: tl.constexpr, ASM: tl.constexpr, A_SPLITS: tl.constexpr,
+               a_split_stride):
     """acc [BM, BN] += A[rows, k-range] @ W[k-range, offs_n] for one expert of one kind. ``a_rows``: pointers
     to the rows of A (unit stride along K); W codes ``[rows, N]`` at ``code_off`` of its buffer. A tile is
     ``SLOTS * 16`` k; the tiles are split in ``SPLIT_K`` contiguous ranges and this program does range
@@ -131,6 +166,9 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
                     a = tl.load(a_rows + ka, mask=amask, other=0.0).to(tl.float32)
                     if A_SWIGLU:
                         up = tl.load(a_rows + K + ka, mask=amask, other=0.0)
+                        for sp in tl.static_range(1, A_SPLITS):
+                            a += tl.load(a_rows + sp * a_split_stride + ka, mask=amask, other=0.0)
+                            up += tl.load(a_rows + sp * a_split_stride + K + ka, mask=amask, other=0.0)
                         a = a / (1.0 + tl.exp(-a)) * up
                     a3 = tl.reshape(a, (8, 16))[:, :, None]  # k = k0 + 16 (8 h + i) + w
                     if DKIND == 0 and (BITS == 2 or BITS == 4):
@@ -163,28 +201,86 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
                     acc2 += tl.sum(w * a3, axis=0)  # sum over the 8 slots: in registers
         acc += tl.sum(acc2, axis=0)[None, :]
     else:
-        sl = tl.arange(0, SLOTS)
-        kk = tl.arange(0, SLOTS * 16)
+        # tensor cores, one k=16 tl.dot per code slot: slot i of the tile's 16 word rows is already the
+        # [16, BLOCK_N] operand of k0 + 16 i .. k0 + 16 i + 15 (no reshape, no layout shuffle of a whole tile).
+        # FOLD (the group spans whole slots): the operand is the code's exact unscaled value (q - z, or the
+        # minifloat times a power of two) and the group scale multiplies a per-group partial accumulator,
+        # not every weight. ASM (CUDA, fp16): the PTX pair unpackers of kernels/decode.py give every slot's
+        # 1024 + q (or raw E2M1) two weights per instruction.
+        TILE: tl.constexpr = SLOTS * 16
+        FOLD: tl.constexpr = GK > 0 and GK % 16 == 0 and (GK % TILE == 0 or TILE % GK == 0)
+        GS: tl.constexpr = (GK // 16 if GK < TILE else SLOTS) if FOLD else 1
+        USE_ASM: tl.constexpr = ASM and DKIND != 2 and BITS != 8
         for kt in range(kt_begin, kt_end):
-            k0 = kt * (SLOTS * 16)
+            k0 = kt * TILE
             rows = kt * 16 + wr
             words = 0
             hi = 0
             if BITS != 8:
                 words = tl.load(codes32 + code_off + rows[:, None] * N + n2, mask=n_ok[None, :], other=0)
                 if BITS == 3:
-                    hi = tl.load(codes16 + hi_off + rows[:, None] * N + n2, mask=n_ok[None, :], other=0).to(tl.int32)
-            q, s, z = _codes_and_scales(words, hi, k0, sl, K, k_lim, N, codes8, scales16, scales8, zeros8, gscale,
-                                        code_off, scale_off, zero_off, group, offs_n, n_ok,
-                                        BITS, LO_BITS, SCALE_KIND, SYM)
-            if SYM:
-                w = dequant(q, s[:, None, :], 0, DKIND, BITS, True, IS_BF16)
-            else:
-                w = dequant(q, s[:, None, :], z[:, None, :], DKIND, BITS, False, IS_BF16)
-            w = tl.reshape(w, (SLOTS * 16, BLOCK_N))
-            ka = k0 + kk
-            a = tl.load(a_rows[:, None] + ka[None, :], mask=a_ok[:, None] & (ka < k_lim)[None, :], other=0.0)
-            acc = tl.dot(a, w, acc)
+                    hi = tl.load(codes16 + hi_off + rows[:, None] * N + n2, mask=n_ok[None, :], other=0)
+            if USE_ASM:
+                if BITS == 3:
+                    raws = unpack_int3_magic_fp16_asm(words, hi)
+                elif DKIND == 0:
+                    raws = unpack_magic_fp16_asm(words, BITS)
+                else:
+                    raws = unpack_e2m1_fp16_asm(words)
+            for i in tl.static_range(SLOTS):
+                ks = k0 + i * 16
+                if i % GS == 0:
+                    srow = ks // group
+                    smask = n_ok & ((ks + offs_n * 0) < k_lim)
+                    if SCALE_KIND == 0:
+                        raw_s = tl.load(scales16 + scale_off + srow * N + offs_n, mask=smask, other=0.0)
+                    else:
+                        raw_s = tl.load(scales8 + scale_off + srow * N + offs_n, mask=smask, other=0)
+                    s = decode_scale(raw_s, gscale, SCALE_KIND)
+                    if SYM:
+                        z = tl.zeros([BLOCK_N], tl.int32) + (1 << (BITS - 1))
+                    else:
+                        z = tl.load(zeros8 + zero_off + srow * N + offs_n, mask=smask, other=0).to(tl.int32)
+                    part = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+                kk = ks + wr
+                if USE_ASM:
+                    if DKIND == 0:
+                        w = raws[i] - int_magic_fp16(z)[None, :]  # (1024 + q) - (1024 + z): exact q - z
+                    else:
+                        w = raws[i]
+                else:
+                    if BITS == 8:
+                        q = tl.load(codes8 + code_off + kk[:, None] * N + n2,
+                                    mask=(kk < k_lim)[:, None] & n_ok[None, :], other=0).to(tl.int32)
+                    elif BITS == 3:
+                        q = ((words >> (i * 2)) & 3) | (((hi.to(tl.int32) >> i) & 1) << 2)
+                    else:
+                        q = (words >> (i * LO_BITS)) & ((1 << LO_BITS) - 1)
+                    if FOLD:
+                        w = _fold_operand(q, z[None, :], DKIND, BITS, IS_BF16)
+                    else:
+                        w = dequant(q, s[None, :], z[None, :], DKIND, BITS, False, IS_BF16)
+                amask = a_ok[:, None] & (kk < k_lim)[None, :]
+                if A_SWIGLU:
+                    ag = tl.load(a_rows[:, None] + kk[None, :], mask=amask, other=0.0)
+                    au = tl.load(a_rows[:, None] + K + kk[None, :], mask=amask, other=0.0)
+                    for sp in tl.static_range(1, A_SPLITS):
+                        ag += tl.load(a_rows[:, None] + sp * a_split_stride + kk[None, :], mask=amask, other=0.0)
+                        au += tl.load(a_rows[:, None] + sp * a_split_stride + K + kk[None, :], mask=amask,
+                                      other=0.0)
+                    a = ag / (1.0 + tl.exp(-ag)) * au
+                    if IS_BF16:
+                        a = a.to(tl.bfloat16)
+                    else:
+                        a = a.to(tl.float16)
+                else:
+                    a = tl.load(a_rows[:, None] + kk[None, :], mask=amask, other=0.0)
+                if FOLD:
+                    part = tl.dot(a, w, part)
+                    if i % GS == GS - 1:
+                        acc += part * (s * _raw_factor(DKIND))[None, :]
+                else:
+                    acc = tl.dot(a, w, acc)
     return acc
 
 
@@ -192,51 +288,61 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
 def _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                zero_off, group, offs_n, n_ok, pid_k, KIND: tl.constexpr, IS_BF16: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, A_SWIGLU: tl.constexpr,
-               UNROLL: tl.constexpr):
+               UNROLL: tl.constexpr, GK: tl.constexpr, ASM: tl.constexpr, A_SPLITS: tl.constexpr, a_split_stride):
     """The K loop of one kind (compile-time ``KIND``; asymmetric integers are ``base + 8``): its bits
     (BITS, LO_BITS of the packed plane, SLOTS of 16 k per tile), decode (DKIND: integer, E2M1, E4M3) and
     scale type (SCALE_KIND: fp16/bf16, E8M0, E4M3 x global)."""
     # Literal arguments (not tuple assignments): the compiler only treats them as constexpr this way.
-    # Positional tail of _tile_loop: BITS, LO_BITS, SLOTS, DKIND, SCALE_KIND, SYM, IS_BF16, BM, BN, SPLIT_K, SWIGLU
+    # Positional tail of _tile_loop: BITS, LO_BITS, SLOTS, DKIND, SCALE_KIND, SYM, IS_BF16, BM, BN, SPLIT_K, SWIGLU,
+    # UNROLL, GK, ASM, A_SPLITS, a_split_stride
     if KIND % 8 == 0:    # int2
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
-                         2, 2, 16, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
+                         2, 2, 16, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
+                         GK, ASM, A_SPLITS, a_split_stride)
     elif KIND % 8 == 1:  # int3: 2-bit plane + 1-bit plane
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
-                         3, 2, 16, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
+                         3, 2, 16, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
+                         GK, ASM, A_SPLITS, a_split_stride)
     elif KIND % 8 == 2:  # int4
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
-                         4, 4, 8, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
+                         4, 4, 8, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
+                         GK, ASM, A_SPLITS, a_split_stride)
     elif KIND % 8 == 3:  # int8
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
-                         8, 8, 8, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
+                         8, 8, 8, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
+                         GK, ASM, A_SPLITS, a_split_stride)
     elif KIND % 8 == 4:  # fp4, fp16/bf16 scales
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
-                         4, 4, 8, 1, 0, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
+                         4, 4, 8, 1, 0, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
+                         GK, ASM, A_SPLITS, a_split_stride)
     elif KIND % 8 == 5:  # mxfp4, E8M0 scales
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
-                         4, 4, 8, 1, 1, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
+                         4, 4, 8, 1, 1, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
+                         GK, ASM, A_SPLITS, a_split_stride)
     elif KIND % 8 == 6:  # nvfp4, E4M3 scales x global scale
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
-                         4, 4, 8, 1, 2, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
+                         4, 4, 8, 1, 2, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
+                         GK, ASM, A_SPLITS, a_split_stride)
     else:                # fp8 E4M3FN
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
-                         8, 8, 8, 2, 0, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
+                         8, 8, 8, 2, 0, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
+                         GK, ASM, A_SPLITS, a_split_stride)
     return acc
 
 
 @triton.jit
 def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_n, n_ok, pid_k,
           KINDS: tl.constexpr, UNIFORM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
-          BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, A_SWIGLU: tl.constexpr, UNROLL: tl.constexpr):
+          BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, A_SWIGLU: tl.constexpr, UNROLL: tl.constexpr,
+          GK: tl.constexpr, ASM: tl.constexpr, A_SPLITS: tl.constexpr, a_split_stride):
     """One projection of expert ``e`` for a block of rows: branch on the expert's kind (table column 0)
     over the kinds compiled in, or take the compile-time ``UNIFORM`` kind."""
     row = table + e * 8
@@ -250,7 +356,7 @@ def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_
     if UNIFORM >= 0:
         acc = _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
                          scale_off, zero_off, group, offs_n, n_ok, pid_k, UNIFORM, IS_BF16, BLOCK_M, BLOCK_N,
-                         SPLIT_K, A_SWIGLU, UNROLL)
+                         SPLIT_K, A_SWIGLU, UNROLL, GK, ASM, A_SPLITS, a_split_stride)
     else:
         kind = tl.load(row)
         for kc in tl.static_range(12):
@@ -258,7 +364,8 @@ def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_
                 if kind == kc:
                     acc = _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off,
                                      hi_off, scale_off, zero_off, group, offs_n, n_ok, pid_k, kc, IS_BF16,
-                                     BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
+                                     BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
+                         GK, ASM, A_SPLITS, a_split_stride)
     return acc
 
 
@@ -266,15 +373,16 @@ def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_
 def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_ptr, zero_ptr, zero_numel,
                         gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab,
                         uc32, uc16, uc8, us16, us8, uz8, ugs, utab,
-                        num_slots, H, I,
+                        num_slots, H, I, split_stride,
                         SLOTS_PER_TOKEN: tl.constexpr, G_KINDS: tl.constexpr, G_UNIFORM: tl.constexpr,
                         U_KINDS: tl.constexpr, U_UNIFORM: tl.constexpr, IS_BF16: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
-                        ZERO_BLOCK: tl.constexpr, UNROLL: tl.constexpr):
+                        ZERO_BLOCK: tl.constexpr, UNROLL: tl.constexpr, G_GK: tl.constexpr, U_GK: tl.constexpr,
+                        ASM: tl.constexpr):
     """``SPLIT_K == 1``: ``inter [capacity, I]`` (x's dtype) gets ``silu(gate) * up`` of each row.
-    ``SPLIT_K > 1`` (decode): the K range is split over programs, which add their fp32 partials of gate
-    and up into ``inter [capacity, 2 I]`` (zeroed by the caller); the down kernel applies SwiGLU as it
-    loads them."""
+    ``SPLIT_K > 1``: the K range is split over programs; split ``p`` stores its fp32 partials of gate and up
+    in ``inter [SPLIT_K, capacity, 2 I]`` (plain stores: no zero-fill, no atomics, a fixed summation order)
+    and the down kernel sums the partials and applies SwiGLU as it loads them."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -287,26 +395,28 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
                 for z0 in range(0, chunk, ZERO_BLOCK):
                     offs = pid_n * chunk + z0 + zr
                     tl.store(zero_ptr + offs, tl.zeros([ZERO_BLOCK], tl.float32), mask=offs < zero_numel)
+    # the block's expert and slots are loaded together with the row count (independent loads, one round trip)
     npost = tl.load(npost_ptr)
-    if pid_m * BLOCK_M >= npost:
-        return
     e = tl.load(eids_ptr + pid_m)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     slot = tl.load(sorted_ptr + offs_m)
+    if pid_m * BLOCK_M >= npost:
+        return
     row_ok = slot < num_slots
     token = slot // SLOTS_PER_TOKEN
     a_rows = x_ptr + token.to(tl.int64) * stride_x
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
     g = _proj(a_rows, row_ok, H, I, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok, pid_k,
-              G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL)
+              G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL, G_GK, ASM, 1, 0)
     u = _proj(a_rows, row_ok, H, I, uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok, pid_k,
-              U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL)
+              U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL, U_GK, ASM, 1, 0)
     out_mask = row_ok[:, None] & n_ok[None, :]
     if SPLIT_K > 1:
-        base = inter_ptr + offs_m.to(tl.int64)[:, None] * (2 * I) + offs_n[None, :]
-        tl.atomic_add(base, g, mask=out_mask, sem="relaxed")
-        tl.atomic_add(base + I, u, mask=out_mask, sem="relaxed")
+        base = (inter_ptr + pid_k.to(tl.int64) * split_stride + offs_m.to(tl.int64)[:, None] * (2 * I)
+                + offs_n[None, :])
+        tl.store(base, g, mask=out_mask)
+        tl.store(base + I, u, mask=out_mask)
     else:
         h = g / (1.0 + tl.exp(-g)) * u
         tl.store(inter_ptr + offs_m.to(tl.int64)[:, None] * I + offs_n[None, :], h.to(inter_ptr.dtype.element_ty),
@@ -316,21 +426,24 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
 @triton.jit
 def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
                      dc32, dc16, dc8, ds16, ds8, dz8, dgs, dtab,
-                     num_slots, I, H,
+                     num_slots, I, H, split_stride,
                      SLOTS_PER_TOKEN: tl.constexpr, D_KINDS: tl.constexpr, D_UNIFORM: tl.constexpr,
                      IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
-                     A_SWIGLU: tl.constexpr, UNROLL: tl.constexpr):
+                     A_SWIGLU: tl.constexpr, UNROLL: tl.constexpr, D_GK: tl.constexpr, ASM: tl.constexpr,
+                     A_SPLITS: tl.constexpr):
     """``out[token] += w_slot * (h_row @ down_e.T)`` with fp32 atomics; ``A_SWIGLU``: ``inter`` holds the
-    gate_up kernel's split-K ``[gate | up]`` fp32 rows and ``h = silu(gate) * up`` is formed on load."""
+    gate_up kernel's ``A_SPLITS`` split-K ``[gate | up]`` fp32 partial rows and ``h = silu(gate) * up`` is
+    formed on load from their sums."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
     npost = tl.load(npost_ptr)
-    if pid_m * BLOCK_M >= npost:
-        return
     e = tl.load(eids_ptr + pid_m)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     slot = tl.load(sorted_ptr + offs_m)
+    if pid_m * BLOCK_M >= npost:
+        return
+    wt = tl.load(w_ptr + slot, mask=slot < num_slots, other=0.0)
     row_ok = slot < num_slots
     token = slot // SLOTS_PER_TOKEN
     if A_SWIGLU:
@@ -340,8 +453,8 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < H
     acc = _proj(a_rows, row_ok, I, H, dc32, dc16, dc8, ds16, ds8, dz8, dgs, dtab, e, offs_n, n_ok, pid_k,
-                D_KINDS, D_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL)
-    wt = tl.load(w_ptr + slot, mask=row_ok, other=0.0)
+                D_KINDS, D_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL, D_GK, ASM, A_SPLITS,
+                split_stride)
     acc = acc * wt[:, None]
     tl.atomic_add(out_ptr + token.to(tl.int64)[:, None] * H + offs_n[None, :], acc,
                   mask=row_ok[:, None] & n_ok[None, :], sem="relaxed")
@@ -350,8 +463,9 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
 @dataclass(frozen=True)
 class MoEGemmConfig:
     """Launch configuration of the two kernels. ``block_m == 1``: one token slot per program (decode,
-    CUDA-core products); ``>= 16``: tensor-core tiles. ``up_split_k > 1`` (decode only) splits the gate_up
-    K range over programs (fp32 partials, SwiGLU applied by the down kernel)."""
+    CUDA-core products); ``>= 16``: tensor-core tiles. ``up_split_k > 1`` splits the gate_up K range over
+    programs (fp32 partials, summed and SwiGLU-ed by the down kernel); ``down_split_k`` the down kernel's
+    (its atomics add the parts). ``stages``: Triton's software-pipelining depth (0: Triton's default)."""
 
     block_m: int
     up_block_n: int
@@ -360,12 +474,13 @@ class MoEGemmConfig:
     down_split_k: int
     down_warps: int
     up_split_k: int = 1
+    stages: int = 0
 
     def __post_init__(self):
         if self.block_m < 1 or self.block_m & (self.block_m - 1) or 1 < self.block_m < 16:
             raise ValueError(f"block_m must be 1 or a power of two >= 16, got {self.block_m}")
-        if self.up_split_k > 1 and self.block_m != 1:
-            raise ValueError("up_split_k > 1 needs block_m == 1 (the decode path)")
+        if self.stages < 0:
+            raise ValueError(f"stages must be >= 0, got {self.stages}")
         for name in ("up_block_n", "down_block_n"):
             v = getattr(self, name)
             if v < 16 or v & (v - 1):
@@ -392,12 +507,10 @@ def default_config(num_slots: int, num_experts: int, hidden: int | None = None,
     per_expert = num_slots / max(1, min(num_experts, num_slots))
     if per_expert <= 2:
         return MoEGemmConfig(1, 32, 4, 32, _splits(intermediate), 4, up_split_k=_splits(hidden))
-    bm = 16
-    while bm < 64 and bm < per_expert:
-        bm *= 2
-    if num_slots <= 512:
-        return MoEGemmConfig(bm, 64, 4, 64, 1, 4)
-    return MoEGemmConfig(bm, 128, 8, 128, 1, 8)
+    # about the slots an expert gets: the rows past them are padding that costs tensor-core work (and, with a
+    # second block per expert, a second read of its weights)
+    bm = 16 if per_expert <= 24 else 32 if per_expert <= 48 else 64
+    return MoEGemmConfig(bm, 128, 4 if bm < 64 else 8, 128, 1, 4 if bm < 64 else 8)
 
 
 def candidate_configs(num_slots: int, num_experts: int, hidden: int | None = None,
@@ -435,6 +548,12 @@ def config_key(x: torch.Tensor, num_slots: int, gate, up, down, uniform: bool) -
             gate.kinds_mask, up.kinds_mask, down.kinds_mask, str(x.device))
 
 
+def use_asm(x: torch.Tensor) -> bool:
+    """The PTX pair unpackers of :mod:`.decode` serve the tensor-core path: fp16 activations on CUDA (the CPU
+    interpreter cannot run PTX)."""
+    return x.device.type == "cuda" and x.dtype == torch.float16 and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
 def _kinds_mask(kinds) -> int:
     m = 0
     for k in kinds:
@@ -462,8 +581,8 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
         out = torch.empty((T, H), dtype=torch.float32, device=x.device)
     capacity = sorted_ids.numel()
     split_up = config.up_split_k > 1
-    if split_up:  # fp32 [gate | up] partial sums, added into by the split-K programs
-        inter = torch.zeros((capacity, 2 * I), dtype=torch.float32, device=x.device)
+    if split_up:  # fp32 [gate | up] partial sums, one plane per K split (every row the down kernel reads is written)
+        inter = torch.empty((config.up_split_k, capacity, 2 * I), dtype=torch.float32, device=x.device)
     else:
         inter = torch.empty((capacity, I), dtype=x.dtype, device=x.device)
     max_blocks = expert_ids.numel()
@@ -484,19 +603,22 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
     dk, du = kinds(down, forced[2])
     is_bf16 = x.dtype == torch.bfloat16
     unroll = 2 if config.block_m == 1 else 1  # the tensor-core loop is software-pipelined instead
+    asm = use_asm(x)
+    extra = {"num_stages": config.stages} if config.stages > 0 else {}
+    split_stride = capacity * 2 * I
     grid_up = (max_blocks, triton.cdiv(I, config.up_block_n), config.up_split_k)
     _moe_gate_up_kernel[grid_up](
         x, x.stride(0), sorted_ids, expert_ids, npost, inter, out, out.numel(),
-        *gate.launch_args(), *up.launch_args(), num_slots, H, I,
+        *gate.launch_args(), *up.launch_args(), num_slots, H, I, split_stride,
         SLOTS_PER_TOKEN=k_total, G_KINDS=gk, G_UNIFORM=gu, U_KINDS=uk, U_UNIFORM=uu, IS_BF16=is_bf16,
         BLOCK_M=config.block_m, BLOCK_N=config.up_block_n, SPLIT_K=config.up_split_k, ZERO_BLOCK=1024,
-        UNROLL=unroll, num_warps=config.up_warps)
+        UNROLL=unroll, G_GK=gate.group_k, U_GK=up.group_k, ASM=asm, num_warps=config.up_warps, **extra)
     grid_down = (max_blocks, triton.cdiv(H, config.down_block_n), config.down_split_k)
     _moe_down_kernel[grid_down](
-        inter, sorted_ids, expert_ids, npost, topk_weights, out, *down.launch_args(), num_slots, I, H,
+        inter, sorted_ids, expert_ids, npost, topk_weights, out, *down.launch_args(), num_slots, I, H, split_stride,
         SLOTS_PER_TOKEN=k_total, D_KINDS=dk, D_UNIFORM=du, IS_BF16=is_bf16, BLOCK_M=config.block_m,
         BLOCK_N=config.down_block_n, SPLIT_K=config.down_split_k, A_SWIGLU=split_up, UNROLL=unroll,
-        num_warps=config.down_warps)
+        D_GK=down.group_k, ASM=asm, A_SPLITS=config.up_split_k, num_warps=config.down_warps, **extra)
     return out
 
 
@@ -528,9 +650,10 @@ def fused_moe_reference(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
 class _FlatArgs:
     """What :func:`moe_gemm_launch` reads of a flattened projection, rebuilt from the op's tensor list."""
 
-    def __init__(self, tensors, N: int, kinds_mask: int, uniform_kind: int):
+    def __init__(self, tensors, N: int, kinds_mask: int, uniform_kind: int, group_k: int):
         self.tensors = tuple(tensors)
         self.N = N
+        self.group_k = group_k
         self.kinds_mask = kinds_mask
         self.uniform_kind = uniform_kind if uniform_kind >= 0 else None
         self.kinds = tuple(k for k in range(NUM_KINDS) if kinds_mask >> k & 1)
@@ -542,12 +665,13 @@ class _FlatArgs:
 @torch.library.custom_op("triton_marlin::moe_experts", mutates_args=())
 def moe_experts_op(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, gate: list[torch.Tensor],
                    up: list[torch.Tensor], down: list[torch.Tensor], intermediate: int, kinds_masks: list[int],
-                   uniform_kinds: list[int], uniform: bool, config: list[int]) -> torch.Tensor:
+                   uniform_kinds: list[int], uniform: bool, config: list[int], group_ks: list[int]) -> torch.Tensor:
     """Alignment + fused gate_up + down for ``x [T, H]``; returns ``[T, H]`` in x's dtype.
 
     ``gate``/``up``/``down``: a :class:`~triton_marlin.moe.experts.FlatProjection`'s ``launch_args()``
     (8 tensors each); ``kinds_masks``/``uniform_kinds``: per projection (-1: not uniform); ``config``: the
-    fields of :class:`MoEGemmConfig` in order."""
+    fields of :class:`MoEGemmConfig` in order; ``group_ks``: per projection, the group size all experts share
+    (0: they differ)."""
     from .moe_align import align_triton
 
     cfg = MoEGemmConfig(*config)
@@ -560,8 +684,8 @@ def moe_experts_op(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.
     rows = num_slots + min(num_experts, num_slots) * (cfg.block_m - 1)
     blocks = max(1, (rows + cfg.block_m - 1) // cfg.block_m)
     sorted_ids, expert_ids, npost = align_triton(topk_ids, num_experts, cfg.block_m, blocks * cfg.block_m, blocks)
-    flats = [_FlatArgs(t, n, m, u) for t, n, m, u in zip((gate, up, down), (intermediate, intermediate, H),
-                                                           kinds_masks, uniform_kinds)]
+    flats = [_FlatArgs(t, n, m, u, g) for t, n, m, u, g in zip((gate, up, down), (intermediate, intermediate, H),
+                                                                kinds_masks, uniform_kinds, group_ks)]
     weights = topk_weights.float().contiguous()
     out = moe_gemm_launch(x.contiguous(), weights, sorted_ids, expert_ids, npost, *flats, config=cfg,
                           uniform=uniform)
@@ -569,5 +693,5 @@ def moe_experts_op(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.
 
 
 @moe_experts_op.register_fake
-def _(x, topk_ids, topk_weights, gate, up, down, intermediate, kinds_masks, uniform_kinds, uniform, config):
+def _(x, topk_ids, topk_weights, gate, up, down, intermediate, kinds_masks, uniform_kinds, uniform, config, group_ks):
     return x.new_empty(x.shape)

@@ -100,6 +100,8 @@ class FlatProjection:
     kinds: tuple[int, ...]       # per expert
     expert_nbytes: tuple[int, ...]
 
+    group_k: int = 0              # the group size (along K) every expert shares, 0 when they differ
+
     kinds_mask: int = field(init=False)           # bit k set when some expert has kind k
     uniform_kind: int | None = field(init=False)  # the kind every expert has, else None
 
@@ -168,8 +170,10 @@ def flatten_projection(qts: Sequence[QuantizedTensor]) -> FlatProjection:
     bufs = {}
     for name, lst in parts.items():
         bufs[name] = torch.cat(lst).contiguous() if lst else torch.zeros(1, dtype=dummy[name], device=dev)
+    groups = {K if qt.group_size == -1 else qt.group_size for qt in qts}
     return FlatProjection(N, K, table=table.to(torch.int32).to(dev), gscale=gscale.to(dev), kinds=tuple(kinds),
-                          expert_nbytes=tuple(q.nbytes for q in qts), **bufs)
+                          expert_nbytes=tuple(q.nbytes for q in qts), group_k=groups.pop() if len(groups) == 1 else 0,
+                          **bufs)
 
 
 class QuantizedExperts:

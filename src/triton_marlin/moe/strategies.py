@@ -149,7 +149,7 @@ def fused_experts_op(x, topk_ids, topk_weights, experts: QuantizedExperts, *, un
         raise ValueError("uniform launch needs one format per projection")
     return moe_experts_op(x, topk_ids, topk_weights, [*flats[0].launch_args()], [*flats[1].launch_args()],
                           [*flats[2].launch_args()], experts.intermediate_size, [f.kinds_mask for f in flats],
-                          uniform_kinds, uniform, list(dataclasses.astuple(cfg)))
+                          uniform_kinds, uniform, list(dataclasses.astuple(cfg)), [f.group_k for f in flats])
 
 
 def _fused_acc(x, topk_ids, topk_weights, experts: QuantizedExperts, *, uniform: bool,

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""MoE launch-configuration exploration on the GPU (issue 4 follow-up): for one GLM-4.7-Flash layer (int4 experts,
+and the glm4 mixed recipe at one token), time the fused expert kernels (alignment + gate_up + down, CUDA-graph
+replay of 10 calls) for each candidate configuration, each first checked against the float64 reference, and
+the per-kernel GPU times of the default configuration from the profiler. Prints one table; usage:
+    python gpu/moe_explore.py [--out DIR]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from _moe_common import active_bytes, glm_layer  # noqa: E402
+from triton_marlin.bench import time_fn  # noqa: E402
+from triton_marlin.kernels.moe_gemm import MoEGemmConfig as C, default_config, fused_moe_reference  # noqa: E402
+from triton_marlin.moe.strategies import _fused_acc  # noqa: E402
+
+CANDIDATES = {
+    1: [C(1, 32, 4, 32, 3, 4, up_split_k=4), C(16, 64, 4, 64, 3, 4, up_split_k=4),
+        C(16, 128, 4, 128, 2, 4, up_split_k=4), C(1, 64, 4, 64, 3, 4, up_split_k=4)],
+    256: [C(16, 128, 4, 128, 1, 4), C(16, 64, 4, 64, 1, 4), C(32, 128, 4, 128, 1, 4), C(16, 128, 8, 128, 1, 8),
+          C(64, 128, 8, 128, 1, 8), C(16, 128, 4, 128, 1, 4, stages=4)],
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default=None)
+    p.add_argument("--tokens", type=int, nargs="+", default=[1, 256])
+    p.add_argument("--smoke", action="store_true", help="CPU interpreter, shrunk layer: checks the script runs")
+    a = p.parse_args()
+    dev = torch.device("cpu" if a.smoke else "cuda")
+    copy_gbps = 4167.0  # only for the printed fraction; the benchmarks measure their own
+    rows = []
+    for recipe in ("int4", "glm4"):
+        layer = glm_layer(dev, shrink=a.smoke, recipe=recipe, seed=0)
+        ex = layer.experts
+        for T in a.tokens:
+            if recipe == "glm4" and T != 1:
+                continue
+            torch.manual_seed(T)
+            x = torch.randn(T, layer.hidden_size, device=dev).half()
+            ids, w = layer.route(x)
+            ref = fused_moe_reference(x, ids, w, ex)
+            nbytes = active_bytes(ex, ids)
+            dflt = default_config(ids.numel(), ex.num_total, ex.hidden_size, ex.intermediate_size)
+            cands = [dflt] + [c for c in CANDIDATES.get(T, []) if c != dflt]
+            for cfg in cands[:2] if a.smoke else cands:
+                try:
+                    out = _fused_acc(x, ids, w, ex, uniform=False, config=cfg)
+                    err = ((out.double() - ref).norm() / ref.norm()).item()
+                    st = time_fn(lambda: _fused_acc(x, ids, w, ex, uniform=False, config=cfg), device=dev,
+                                 warmup=1 if a.smoke else 3, repeats=2 if a.smoke else 20,
+                                 cuda_graph=not a.smoke, graph_calls=10)
+                    us = st.median_us
+                    rows.append((recipe, T, cfg, err, us, nbytes / us / 1e3))
+                except Exception as exc:  # a configuration that does not compile is reported, not fatal
+                    rows.append((recipe, T, cfg, float("nan"), float("nan"), float("nan")))
+                    print(f"{recipe} T={T} {cfg}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                r = rows[-1]
+                print(f"{r[0]:5s} T={r[1]:4d} err={r[3]:.2e} {r[4]:9.1f} us {r[5]:7.0f} GB/s  {r[2]}", flush=True)
+            if a.smoke:
+                continue
+            # per-kernel GPU times of the default configuration
+            from torch.profiler import ProfilerActivity, profile
+            _fused_acc(x, ids, w, ex, uniform=False, config=dflt)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    _fused_acc(x, ids, w, ex, uniform=False, config=dflt)
+                torch.cuda.synchronize()
+            for ev in prof.key_averages():
+                if ev.device_type.name == "CUDA" or getattr(ev, "device_time", 0):
+                    print(f"  kernel {ev.key[:60]:60s} count {ev.count:3d} avg {ev.device_time:8.2f} us")
+    print("\nrecipe  T     err        us     GB/s  frac  config")
+    for r in rows:
+        print(f"{r[0]:6s} {r[1]:4d} {r[3]:9.2e} {r[4]:8.1f} {r[5]:8.0f} {r[5] / copy_gbps:5.2f}  {r[2]}")
+
+
+if __name__ == "__main__":
+    main()
