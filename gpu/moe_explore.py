@@ -30,12 +30,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default=None)
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 256])
+    p.add_argument("--recipes", nargs="+", default=["int4", "glm4"], choices=["int4", "glm4"])
     p.add_argument("--smoke", action="store_true", help="CPU interpreter, shrunk layer: checks the script runs")
     a = p.parse_args()
     dev = torch.device("cpu" if a.smoke else "cuda")
     copy_gbps = 4167.0  # only for the printed fraction; the benchmarks measure their own
     rows = []
-    for recipe in ("int4", "glm4"):
+    for recipe in a.recipes:
         layer = glm_layer(dev, shrink=a.smoke, recipe=recipe, seed=0)
         ex = layer.experts
         for T in a.tokens:
