@@ -146,22 +146,32 @@ def _split_for(programs: int, tiles: int, sms: int, max_split: int = 16) -> int:
     return max(1, min(split, max_split, tiles // 2))
 
 
+def _split_long(programs: int, tiles: int, sms: int, tiles_per_split: int = 16) -> int:
+    """Split K into runs of about ``tiles_per_split`` K tiles, more only if the grid would not cover
+    every SM. With the scales loaded a tile ahead, longer runs per program won on the H200 (int4 M=1
+    and 16, both large shapes: 16 tiles per split beat 8 and 4, docs/perf/gemm.md)."""
+    split = max(1, -(-tiles // tiles_per_split))
+    if programs * split < sms:
+        split = max(split, min(-(-sms // programs), max(1, tiles // 2)))
+    return split
+
+
 def default_config(M: int, N: int, K: int, qt: QuantizedTensor, device: torch.device) -> KernelConfig:
     """The rule used where no measured entry exists, shaped by the H200 sweeps (docs/perf/gemm.md):
-    M <= 16: 16-row tensor-core tiles with fold operands and split-K to fill the GPU (best at M = 1
-    and 16); M <= 64: 32-row fold tiles (best at M = 64); larger M: dequantize + cuBLAS (fastest
-    measured from M = 256 on, every shape; the fused tiles reached 20-45% of cuBLAS's rate)."""
+    M <= 16: 16x128 tensor-core tiles with fold operands, scales loaded a tile ahead, about 16 K tiles
+    per split (best at M = 1 and 16 on both large shapes); M <= 64: 32-row fold tiles (best at M = 64);
+    larger M: dequantize + cuBLAS (fastest measured at M = 256, every shape; the fused tiles reached
+    20-45% of cuBLAS's rate)."""
     spec = format_spec(qt)
     tiles = -(-K // spec.tile_k)
     sms = sm_count(device)
     if M <= 16:
-        block_n = 256 if N >= 4096 else 128
-        programs = -(-N // block_n)
-        return KernelConfig("dot", block_m=16, block_n=block_n, fold=1, num_warps=4, num_stages=3,
-                            split_k=_split_for(programs, tiles, sms))
+        programs = -(-N // 128)
+        return KernelConfig("dot", block_m=16, block_n=128, fold=1, num_warps=4, num_stages=3, prefetch=1,
+                            split_k=_split_long(programs, tiles, sms))
     if M <= 64:
         programs = -(-N // 128) * -(-M // 32)
-        return KernelConfig("dot", block_m=32, block_n=128, fold=1, num_warps=4, num_stages=3,
+        return KernelConfig("dot", block_m=32, block_n=128, fold=1, num_warps=4, num_stages=3, prefetch=1,
                             split_k=_split_for(programs, tiles, sms, max_split=4))
     return KernelConfig("dequant")
 
