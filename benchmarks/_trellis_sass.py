@@ -55,6 +55,8 @@ def main():
     p.add_argument("--prefetch", type=int, default=None, help="1/0: software prefetch of the next words "
                    "(default: the launcher's default)")
     p.add_argument("--rows", type=int, default=1, help="rows of x per program (M <= rows costs one decode)")
+    p.add_argument("--rotate", type=int, default=0, help="1: the variant that applies the input Hadamard "
+                   "transform itself (block 128)")
     p.add_argument("--arch", type=int, default=90, help="SM architecture (90 = Hopper)")
     a = p.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -76,15 +78,23 @@ def main():
            "BLOCK_TK": "constexpr", "USE_ATOMIC": "constexpr", "GROUPED": "constexpr", "ASM": "constexpr",
            "GATHER": "constexpr", "stride_os": "i32", "PREFETCH": "constexpr", "M": "i32",
            "ROWS": "constexpr"}
+    sig.update({"sv_ptr": "constexpr", "xr_ptr": "constexpr", "ROTATE_HB": "constexpr",
+                "ROTATE_F1": "constexpr", "ROTATE_F2": "constexpr", "rotate_scale": "fp32"})
+    if a.rotate:
+        sig.update({"x_ptr": "*fp16", "sv_ptr": "*i8", "xr_ptr": "*fp32"})
     const = {"BITS": a.bits, "CODE": tg.CODE_IDS[a.code], "BLOCK_TN": a.block_tn, "BLOCK_TK": tk,
              "USE_ATOMIC": False, "GROUPED": False, "ASM": bool(a.asm), "GATHER": tg.HAS_GATHER,
              "PREFETCH": prefetch, "ROWS": a.rows}
+    if a.rotate:
+        const.update({"ROTATE_HB": 128, "ROTATE_F1": 8, "ROTATE_F2": 16})
+    else:
+        const.update({"sv_ptr": None, "xr_ptr": None, "ROTATE_HB": 0, "ROTATE_F1": 1, "ROTATE_F2": 1})
     k = triton.compile(ASTSource(fn=tg._trellis_gemv_static_kernel, signature=sig, constexprs=const),
                        target=GPUTarget("cuda", a.arch, 32), options={"num_warps": a.num_warps})
     n, ops = loop_counts(get_sass(k.asm["cubin"]))
     weights_per_thread = a.block_tn * tk * 256 / (32 * a.num_warps)   # decoded once for all rows
     print(json.dumps({"bits": a.bits, "code": a.code, "asm": bool(a.asm), "arch": a.arch, "block_tn": a.block_tn,
-                      "block_tk": tk, "prefetch": prefetch, "rows": a.rows, "num_warps": a.num_warps, "loop_instructions": n,
+                      "block_tk": tk, "prefetch": prefetch, "rows": a.rows, "rotate": bool(a.rotate), "num_warps": a.num_warps, "loop_instructions": n,
                       "weights_per_thread": weights_per_thread, "instr_per_weight": n / weights_per_thread,
                       "opcodes": ops, "triton": triton.__version__}))
 

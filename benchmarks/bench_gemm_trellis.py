@@ -1,7 +1,8 @@
 """Fused trellis GEMV/GEMM (trellis2/3/4) against fp16 cuBLAS and int4 qmatmul, same run.
 
 Per case (shape x format x code x M): the full path (Hadamard on x, fused decode GEMM, Hadamard on y)
-and the decode GEMM alone, plus each Hadamard launch alone (hadamard_in, hadamard_out), timed by CUDA-graph replay (launch excluded) and launch-inclusive; GB/s of
+and the decode GEMM alone, plus each Hadamard launch alone (hadamard_in, hadamard_out) and, at
+M <= 4, the variant with the input transform inside the decode kernel (trellis_full_fused_in), timed by CUDA-graph replay (launch excluded) and launch-inclusive; GB/s of
 the bytes the call must move (codes, scales, signs, x, out) and the fraction of the measured copy
 bandwidth; decode rate (weights/s); speedup against fp16 cuBLAS (F.linear on the dequantized weight)
 and against int4 group-128 qmatmul; relative error against an fp64 reference.
@@ -141,6 +142,18 @@ def main(argv=None):
                     xr = kh.rotate(x, qt.tensors["sv"], qt.meta["had_block_in"],
                                    out_dtype=torch.float32 if M <= tg.GEMV_MAX_M else dtype)
                     full_g, full_l = G.time_both(lambda: tg.trellis_qgemm(x, qt), args, graph)
+                    if M <= tg.GEMV_MAX_M and tg.fused_input_ok(M, qt):
+                        # the variant with the input transform inside the decode kernel (two launches)
+                        fz = torch.full((M, N), float("nan"), dtype=dtype, device=args.device)
+                        fz.copy_(tg._trellis_qgemm_impl(x, qt, None, fuse_input=True))
+                        fz_err = ((fz.double() - ref).norm() / ref.norm()).item()
+                        fz_g, fz_l = G.time_both(lambda: tg._trellis_qgemm_impl(x, qt, None, fuse_input=True),
+                                                 args, graph)
+                        fc = dict(case, impl="trellis_full_fused_in")
+                        if fz_g is not None:
+                            runner.record(fc, "time", fz_g.median_us, "us", stats=fz_g, timing="graph")
+                        runner.record(fc, "time_launch", fz_l.median_us, "us", stats=fz_l, timing="launch")
+                        runner.record(fc, "rel_err_vs_fp64", fz_err, "")
                     # the decode kernel as qmatmul launches it (split-K partials, no zeroing)
                     kern_g, kern_l = G.time_both(lambda: tg.trellis_matmul_rotated(xr, qt, parts=True),
                                                  args, graph)

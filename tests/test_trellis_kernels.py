@@ -225,3 +225,22 @@ def test_split_k_fills_whole_waves(monkeypatch):
         assert eff(split) >= eff(-(-k_iters // -(-k_iters // want))) - 1e-9
         assert split >= min(want, k_iters) // 2
     assert tg._split_k(64, 3, torch.device("cpu")) == 1 and tg._split_k(64, 8, torch.device("cpu")) == 2
+
+
+@pytest.mark.parametrize("bits,code,group,M", [(3, "3inst", -1, 1), (2, "1mad", 32, 3), (4, "hyb", -1, 2)])
+def test_input_transform_inside_the_gemv(bits, code, group, M, gen):
+    # the decode GEMV applying the input Hadamard transform itself (each program rotates its own K
+    # range) equals the separate launch, for every K split
+    N, K = 128, 512
+    qt = random_trellis(N, K, bits, code, group, gen)
+    x = torch.randn(M, K, generator=gen).half()
+    assert tg.fused_input_ok(M, qt)
+    ref = x.double() @ qt.dequantize(torch.float64).t()
+    for split in (1, 3):
+        parts = tg.trellis_matmul_rotated(x, qt, parts=True, split_k=split, rotate_signs=qt.tensors["sv"])
+        y = hadamard.unrotate(parts.double().sum(0), qt.tensors["su"], qt.meta["had_block_out"])
+        assert rel_err(y, ref) < 1e-5
+    y = tg._trellis_qgemm_impl(x, qt, None, fuse_input=True)
+    assert y.dtype == torch.float16 and rel_err(y, ref) < 1e-3
+    with pytest.raises(ValueError, match="rotate_signs"):
+        tg.trellis_matmul_rotated(torch.randn(5, K).half(), qt, rotate_signs=qt.tensors["sv"])

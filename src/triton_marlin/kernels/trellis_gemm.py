@@ -34,6 +34,7 @@ import triton.language as tl
 from ..formats import QuantizedTensor
 from ..formats import trellis as tf
 from . import hadamard as had
+from .hadamard import _block_fwht
 
 GEMV_MAX_M = 4
 CODE_IDS = {"3inst": 0, "1mad": 1, "hyb": 2}
@@ -269,7 +270,9 @@ def _trellis_gemv_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, st
                                 BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_TN: tl.constexpr,
                                 BLOCK_TK: tl.constexpr, USE_ATOMIC: tl.constexpr, GROUPED: tl.constexpr,
                                 ASM: tl.constexpr, GATHER: tl.constexpr, stride_os=0, PREFETCH: tl.constexpr = False,
-                                M=1, ROWS: tl.constexpr = 1):
+                                M=1, ROWS: tl.constexpr = 1, sv_ptr=None, xr_ptr=None,
+                                ROTATE_HB: tl.constexpr = 0, ROTATE_F1: tl.constexpr = 1,
+                                ROTATE_F2: tl.constexpr = 1, rotate_scale=1.0):
     """Decode GEMV with compile-time window shifts (full blocks only: 16*BLOCK_TN | N, 16*BLOCK_TK | K).
 
     The 16 k of a tile are cut into column groups of P columns (P = 2 for 3 bits, else 1) whose
@@ -283,6 +286,10 @@ def _trellis_gemv_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, st
     PREFETCH: the next tile row's words are loaded before the current ones are decoded, so their
     latency overlaps the decode. ROWS (1, 2 or 4): each program multiplies its decoded weights with
     ROWS rows of x (one accumulator each), so M <= ROWS costs one decode, not M.
+    ROTATE_HB > 0: x is the raw activation and the program first applies the input transform to its
+    own K range (signs sv, Hadamard blocks of ROTATE_HB = ROTATE_F1 * ROTATE_F2; the range must be
+    whole blocks), writing the rotated rows to xr ([M, K] fp32, row stride K), which the K loop then
+    reads: no separate launch. Every program of a K range writes the same values there.
     Grid: (N/16/BLOCK_TN, SPLIT_K, cdiv(M, ROWS))."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -306,6 +313,18 @@ def _trellis_gemv_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, st
     STEP: tl.constexpr = 16 * BLOCK_TK
     k_start = pid_k * ITERS_PER_SPLIT * STEP
     k_end = tl.minimum(k_start + ITERS_PER_SPLIT * STEP, K)
+    if ROTATE_HB > 0:
+        hb = tl.arange(0, ROTATE_HB)
+        for r in tl.static_range(ROWS):
+            row = tl.minimum(m + r, M - 1)
+            for kb in range(k_start, k_end, ROTATE_HB):
+                xb = tl.load(x_ptr + row * stride_xm + kb + hb).to(tl.float32)
+                xb = xb * tl.load(sv_ptr + kb + hb).to(tl.float32)
+                yb = _block_fwht(xb[None, :], 1, ROTATE_F1, ROTATE_F2) * rotate_scale
+                tl.store(xr_ptr + row * K + kb + hb[None, :], yb)
+        tl.debug_barrier()         # this program's rotated range is visible to all of its threads
+        x_ptr = xr_ptr
+        stride_xm = K
     if PREFETCH:
         base = qw_ptr + (k_start // 16) * tk_words
         wm1, w0, w1, w2 = _load_words(base, g, tn, tk_words, n_tiles, WG, W, GPT)
@@ -583,7 +602,8 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
                            block_tn: int = 8, block_tk: int | None = None, parts: bool = False,
                            prefetch: bool | None = None, num_warps: int | None = None,
                            gather: bool | None = None, programs_per_sm: int | None = None,
-                           block_m: int | None = None) -> torch.Tensor:
+                           block_m: int | None = None, rotate_signs: torch.Tensor | None = None
+                           ) -> torch.Tensor:
     """``y' = x' @ Wt.T`` in fp32 for rotated activations ``x' [M, K]`` (the kernel alone).
 
     ``out``: optional fp32 ``[M, N]`` buffer (contiguous rows); split-K zeroes it first and adds with
@@ -596,7 +616,9 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     ``block_n``/``block_k`` configure the generic and tiled kernels; ``block_tk``, ``prefetch``,
     ``num_warps``, ``gather`` (hyb table in shared memory vs. global loads) and ``programs_per_sm``
     (target of the K split) the static GEMV, defaults in ``GEMV_DEFAULTS``; ``block_m`` (M > 4: rows
-    per tiled program, each row block decodes the weight once) and ``num_warps`` the tiled GEMM."""
+    per tiled program, each row block decodes the weight once) and ``num_warps`` the tiled GEMM.
+    ``rotate_signs`` (static GEMV only): ``xr`` is the raw activation ``x`` and the kernel applies the
+    input transform (these signs, the weight's ``had_block_in``) itself, with no separate launch."""
     M, K = xr.shape
     N = qt.shape[0]
     bits = qt.bits
@@ -625,11 +647,26 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
             raise ValueError(f"the tensor-core GEMV needs M <= 16, N % 128 == 0, K % 32 == 0 and a group "
                              f"multiple of 32; got M={M}, N={N}, K={K}, group={group}")
         return _static_gemm(xr, qt, out, 16, split_k, "mma", parts)
+    fuse = rotate_signs is not None
+    if fuse and not (M <= GEMV_MAX_M and gemv != "generic" and static_ok):
+        raise ValueError(f"rotate_signs needs the static GEMV (M <= {GEMV_MAX_M}, whole blocks), got M={M}, "
+                         f"N={N}, K={K}, gemv={gemv!r}")
     if M <= GEMV_MAX_M and gemv != "generic" and static_ok:
         n_blocks = N // (16 * block_tn)
         k_iters = K // (16 * block_tk)
         split = split_k or _split_k(n_blocks, k_iters, xr.device, programs_per_sm)
         iters = triton.cdiv(k_iters, split)
+        rot = {}
+        if fuse:
+            hb = qt.meta["had_block_in"]
+            if hb not in had._FACTORS or hb % (16 * block_tk):
+                raise ValueError(f"rotate_signs: Hadamard block {hb} must be a multiple of the K step "
+                                 f"{16 * block_tk}")
+            per = hb // (16 * block_tk)               # each program's K range: whole Hadamard blocks
+            iters = triton.cdiv(iters, per) * per
+            f1, f2 = had._FACTORS[hb]
+            rot = dict(sv_ptr=rotate_signs, xr_ptr=torch.empty((M, K), dtype=torch.float32, device=xr.device),
+                       ROTATE_HB=hb, ROTATE_F1=f1, ROTATE_F2=f2, rotate_scale=1.0 / hb ** 0.5)
         split = triton.cdiv(k_iters, iters)
         buf, atomic = _split_output(out, parts, split, M, N, xr.device)
         pf = default_prefetch if prefetch is None else prefetch
@@ -640,7 +677,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
             GROUPED=qt.group_size != -1, ASM=use_asm(xr.device),
             GATHER=HAS_GATHER if gather is None else (gather and HAS_GATHER),
             stride_os=buf.stride(0) if parts else 0, PREFETCH=pf, M=M, ROWS=rows_per_program,
-            num_warps=num_warps or GEMV_DEFAULTS["num_warps"])
+            num_warps=num_warps or GEMV_DEFAULTS["num_warps"], **rot)
         return buf
     if M <= GEMV_MAX_M:
         BLOCK_N = block_n or 64
@@ -719,14 +756,39 @@ def _(x2d, qweight, scales, su, sv, lut, bias, bits, code, N, K, group_size, had
     return x2d.new_empty((x2d.shape[0], N))
 
 
-def _trellis_qgemm_impl(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None) -> torch.Tensor:
+# Input transform inside the decode GEMV (M <= 4) instead of its own launch. Off: not yet timed on a
+# GPU (bench_gemm_trellis.py records it as impl "trellis_full_fused_in"; docs/perf/trellis.md).
+FUSE_INPUT_ROTATION = False
+
+
+def fused_input_ok(M: int, qt: QuantizedTensor) -> bool:
+    """Whether the static GEMV can apply the input transform itself for this call (M <= 4, whole
+    blocks, Hadamard blocks a multiple of the K step)."""
+    N, K = qt.shape
+    if M > GEMV_MAX_M or N % 128:
+        return False
+    if M == 1:
+        tk = GEMV_DEFAULTS["m1"][(qt.meta["code"], qt.bits)][0]
+    else:
+        tk = GEMV_DEFAULTS["rows_block_tk"][qt.bits]
+    group = K if qt.group_size == -1 else qt.group_size
+    hb = qt.meta["had_block_in"]
+    return K % (16 * tk) == 0 and group % (16 * tk) == 0 and hb % (16 * tk) == 0
+
+
+def _trellis_qgemm_impl(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None,
+                        fuse_input: bool | None = None) -> torch.Tensor:
     M = x2d.shape[0]
     if M == 0:
         return x2d.new_empty((0, qt.shape[0]))
-    # GEMV accumulates in fp32, so keep x' in fp32; the tiled path feeds tensor cores in x's dtype
-    xr_dtype = torch.float32 if M <= GEMV_MAX_M else x2d.dtype
-    xr = had.rotate(x2d, qt.tensors["sv"], qt.meta["had_block_in"], out_dtype=xr_dtype)
-    yr_parts = trellis_matmul_rotated(xr, qt, parts=True)
+    fuse = FUSE_INPUT_ROTATION if fuse_input is None else fuse_input
+    if fuse and fused_input_ok(M, qt):
+        yr_parts = trellis_matmul_rotated(x2d, qt, parts=True, rotate_signs=qt.tensors["sv"])
+    else:
+        # GEMV accumulates in fp32, so keep x' in fp32; the tiled path feeds tensor cores in x's dtype
+        xr_dtype = torch.float32 if M <= GEMV_MAX_M else x2d.dtype
+        xr = had.rotate(x2d, qt.tensors["sv"], qt.meta["had_block_in"], out_dtype=xr_dtype)
+        yr_parts = trellis_matmul_rotated(xr, qt, parts=True)
     # one launch adds the split-K partials, transforms, adds the bias and writes x's dtype
     return had.unrotate_parts(yr_parts, qt.tensors["su"], qt.meta["had_block_out"], out_dtype=x2d.dtype,
                               bias=bias)
