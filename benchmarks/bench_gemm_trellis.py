@@ -143,17 +143,23 @@ def main(argv=None):
                                    out_dtype=torch.float32 if M <= tg.GEMV_MAX_M else dtype)
                     full_g, full_l = G.time_both(lambda: tg.trellis_qgemm(x, qt), args, graph)
                     if M <= tg.GEMV_MAX_M and tg.fused_input_ok(M, qt):
-                        # the variant with the input transform inside the decode kernel (two launches)
-                        fz = torch.full((M, N), float("nan"), dtype=dtype, device=args.device)
-                        fz.copy_(tg._trellis_qgemm_impl(x, qt, None, fuse_input=True))
-                        fz_err = ((fz.double() - ref).norm() / ref.norm()).item()
-                        fz_g, fz_l = G.time_both(lambda: tg._trellis_qgemm_impl(x, qt, None, fuse_input=True),
-                                                 args, graph)
-                        fc = dict(case, impl="trellis_full_fused_in")
-                        if fz_g is not None:
-                            runner.record(fc, "time", fz_g.median_us, "us", stats=fz_g, timing="graph")
-                        runner.record(fc, "time_launch", fz_l.median_us, "us", stats=fz_l, timing="launch")
-                        runner.record(fc, "rel_err_vs_fp64", fz_err, "")
+                        # the variant with the input transform inside the decode kernel (two launches);
+                        # experimental: a failure is reported, the other figures are still measured
+                        try:
+                            fz = torch.full((M, N), float("nan"), dtype=dtype, device=args.device)
+                            fz.copy_(tg._trellis_qgemm_impl(x, qt, None, fuse_input=True))
+                            fz_err = ((fz.double() - ref).norm() / ref.norm()).item()
+                            fz_g, fz_l = G.time_both(lambda: tg._trellis_qgemm_impl(x, qt, None, fuse_input=True),
+                                                     args, graph)
+                        except Exception as exc:  # noqa: BLE001  (recorded below, never hidden)
+                            runner.note(f"{name} {fmt} {code} M={M}: trellis_full_fused_in failed: "
+                                        f"{type(exc).__name__}: {str(exc)[:300]}")
+                        else:
+                            fc = dict(case, impl="trellis_full_fused_in")
+                            if fz_g is not None:
+                                runner.record(fc, "time", fz_g.median_us, "us", stats=fz_g, timing="graph")
+                            runner.record(fc, "time_launch", fz_l.median_us, "us", stats=fz_l, timing="launch")
+                            runner.record(fc, "rel_err_vs_fp64", fz_err, "")
                     # the decode kernel as qmatmul launches it (split-K partials, no zeroing)
                     kern_g, kern_l = G.time_both(lambda: tg.trellis_matmul_rotated(xr, qt, parts=True),
                                                  args, graph)

@@ -656,7 +656,8 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
         k_iters = K // (16 * block_tk)
         split = split_k or _split_k(n_blocks, k_iters, xr.device, programs_per_sm)
         iters = triton.cdiv(k_iters, split)
-        rot = {}
+        # no input transform: unused pointers still get tensors (no None specialization)
+        rot = dict(sv_ptr=s, xr_ptr=s, ROTATE_HB=0, ROTATE_F1=1, ROTATE_F2=1, rotate_scale=1.0)
         if fuse:
             hb = qt.meta["had_block_in"]
             if hb not in had._FACTORS or hb % (16 * block_tk):
