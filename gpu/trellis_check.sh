@@ -60,7 +60,7 @@ if [ "${1:-all}" = "speed" ]; then
   cat "$OUT"/gemm*.jsonl "$OUT"/sweep*.jsonl > "$WORK/all.jsonl" 2>/dev/null
   python benchmarks/_trellis_summary.py "$WORK/all.jsonl" > "$OUT/summary.txt"
   step pytest_gpu_kernels 60 python -m pytest -q -x -m gpu tests/test_trellis_kernels.py tests/test_hadamard.py \
-    -k "qgemm or asm_and_portable or gpu_kernel_matches"
+    -k "qgemm or asm_and_portable or gpu_kernel_matches or inside_the_gemv"
   cat "$OUT/summary.txt"
   exit $status
 fi

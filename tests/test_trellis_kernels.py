@@ -244,3 +244,21 @@ def test_input_transform_inside_the_gemv(bits, code, group, M, gen):
     assert y.dtype == torch.float16 and rel_err(y, ref) < 1e-3
     with pytest.raises(ValueError, match="rotate_signs"):
         tg.trellis_matmul_rotated(torch.randn(5, K).half(), qt, rotate_signs=qt.tensors["sv"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits,code,M", [(2, "1mad", 1), (3, "3inst", 1), (4, "hyb", 4)])
+def test_gpu_input_transform_inside_the_gemv(bits, code, M, gen):
+    # compiled: each program's rotated K range is written, then read back by the same program after a
+    # barrier; every split and the separate-launch path must agree
+    N, K = 1024, 2048
+    qt = random_trellis(N, K, bits, code, -1, gen, device="cuda")
+    x = torch.randn(M, K, generator=gen).half().cuda()
+    ref = x.double() @ qt.dequantize(torch.float64).t()
+    for fuse in (False, True):
+        y = tg._trellis_qgemm_impl(x, qt, None, fuse_input=fuse)
+        assert rel_err(y, ref) < 1e-3
+    for split in (1, 4, 16):
+        parts = tg.trellis_matmul_rotated(x, qt, parts=True, split_k=split, rotate_signs=qt.tensors["sv"])
+        y = hadamard.unrotate(parts.double().sum(0).cpu(), qt.tensors["su"].cpu(), qt.meta["had_block_out"])
+        assert rel_err(y, ref.cpu()) < 1e-5
