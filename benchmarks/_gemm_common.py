@@ -207,6 +207,11 @@ def candidate_configs(M: int, quick: bool = False) -> list:
                     for prefetch in (0, 1):
                         out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=4,
                                       num_stages=stages, fold=1, prefetch=prefetch))
+            # longer programs (32-64 K tiles on K = 8192): with the scales loaded ahead, fewer splits won
+            # down to the fewest measured (4), docs/perf/gemm.md v4
+            for split in (1, 2):
+                out.append(KC("dot", block_m=16, block_n=bn, split_k=split, num_warps=4, num_stages=3,
+                              fold=1, prefetch=1))
         out.append(KC("dot", block_m=16, block_n=256, split_k=8, num_warps=4, num_stages=3))
     if 16 < M <= 256:
         for stages in (3, 4):
