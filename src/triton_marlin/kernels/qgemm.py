@@ -495,7 +495,6 @@ def _qgemm_dot_kernel(
     x_row = x_ptr + offs_m[:, None] * stride_xm
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    zero_acc = acc
     t_begin = pid_k * TILES_PER_SPLIT
     t_end = tl.minimum(t_begin + TILES_PER_SPLIT, TILES)
     if GROUP_SLOTS == 0:
@@ -521,8 +520,8 @@ def _qgemm_dot_kernel(
         for t in range(t_begin, t_end):
             words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
             if LOAD_AHEAD:
-                s0n, z0n, s1n, z1n = _load_tile_scales(s_ptr, z_ptr, gs_ptr, t + 1, offs_n, mask_n, N, G, TILE_K,
-                                                       GROUP, GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
+                s0n, z0n, s1n, z1n = _load_tile_scales(s_ptr, z_ptr, gs_ptr, t + 1, offs_n, mask_n, N, G,
+                                                       TILE_K, GROUP, GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
             acc = _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
                             s_ptr, z_ptr, gs_ptr, z_pc, s0, z0, s1, z1, N, K, G, KIND, BITS, SYMMETRIC,
                             SCALE_KIND, GROUP, GROUP_SLOTS, SLOTS, NG, EVEN_K, EVEN_N, IS_BF16, DOT_FP32,
