@@ -193,20 +193,7 @@ class QuantizedTensor:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a safetensors artifact atomically (a temp file renamed into place)."""
-        from safetensors.torch import save_file
-
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=self.header())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_safetensors_atomic(path, self.tensors, self.header())
 
     @classmethod
     def from_state(cls, header: dict[str, str], tensors: dict[str, torch.Tensor],
@@ -247,17 +234,8 @@ class QuantizedTensor:
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu",
              expect_format: str | None = None) -> "QuantizedTensor":
         """Read an artifact written by :meth:`save`; ``expect_format`` refuses any other format."""
-        from safetensors import safe_open
-
         path = os.fspath(path)
-        try:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # safetensors raises its own error types for truncated files
-            raise FormatError(f"{path}: not a readable safetensors file ({e})") from None
+        header, tensors = read_safetensors(path)
         qt = cls.from_state(header, tensors, source=path)
         if expect_format is not None and qt.format != expect_format:
             raise FormatError(f"{path}: holds a {qt.format!r} weight, expected {expect_format!r}")
@@ -265,3 +243,36 @@ class QuantizedTensor:
 
 
 Quantizer = Callable[..., QuantizedTensor]
+
+
+def write_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                             metadata: dict[str, str]) -> None:
+    """Write ``tensors`` + string ``metadata`` to ``path`` through a temp file renamed into place, so
+    a failed write never leaves a partial artifact behind."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        save_file(cpu, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_safetensors(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file; an unreadable or truncated file is a FormatError."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise FormatError(f"{path}: not a readable safetensors file ({e})") from None
