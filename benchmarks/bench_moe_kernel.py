@@ -38,10 +38,10 @@ def main(argv=None):
     cuda = dev.type == "cuda"
     tokens = a.tokens or ([1, 16] if a.quick and cuda else [1, 16, 256] if cuda else [2])
     tokens = cap_interpreter_runs(runner, tokens)
-    E, K_ROUTED, S = (64, 4, 1) if cuda else (16, 4, 1)
-    H, I = (2048, 1536) if cuda else (128, 128)
+    E, K_ROUTED, S = (64, 4, 1) if cuda else (8, 2, 1)
+    H, I = (2048, 1536) if cuda else (64, 64)
     if not cuda:
-        runner.note("off CUDA: 16 experts, hidden 128, intermediate 128")
+        runner.note(f"off CUDA: {E} experts, top-{K_ROUTED} + {S} shared, hidden {H}, intermediate {I}")
     note = fused_note(dev)
     if note:
         runner.note(note)

@@ -7,7 +7,7 @@
 #      and the run_mixed_precision_bench.py --full --model glm4 table   -> moe/mixed_glm4_full.log
 # Extras (mode `all`): per-format kernel throughput, multicase, dynamic dispatch, launch-config tuning sweep.
 # Logs and JSON lines go to $OUT/moe/. Usage (repository root, on the GPU machine):
-#   bash gpu/moe_check.sh [core|all]        core ~5 min, all ~9 min
+#   bash gpu/moe_check.sh [core|all]        core ~5 min (explore ~1.5 of it), all ~9 min
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/out}"
@@ -35,6 +35,8 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run, log stdout+stderr, keep going o
   >"$LOG/env.txt" 2>&1
 cat "$LOG/env.txt"
 
+# launch-configuration exploration first (graph-replayed expert kernels per config, per-kernel profile)
+step explore 100 "$PY" gpu/moe_explore.py --tokens 256 1 16 --recipes int4
 step tests 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_moe_kernels.py tests/test_moe_layer.py
 step kernel_dispatch_int4 180 "$PY" benchmarks/bench_moe_kernel_dispatch.py --tokens 1 256 --repeats 30 --warmup 3 \
   --output "$LOG/kernel_dispatch_int4.jsonl"

@@ -46,7 +46,7 @@ out["align"] = build(MA._align_kernel, {"ids_ptr": "*i32", "sorted_ptr": "*i32",
     dict(BLOCK_M=16, BLOCK_S=64, BLOCK_E=128, BLOCK_B=64), 4)
 every_kind = (1 << MG.NUM_KINDS) - 1
 some_kinds = (1 << 0) | (1 << 5) | (1 << 7) | (1 << 9)  # int2, mxfp4, fp8, asymmetric int3
-asm_kinds = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 10)  # int2/3/4/8, fp4, asym int4
+asm_kinds = (1 << 1) | (1 << 4) | (1 << 10)  # the PTX unpackers: int3, fp4 (E2M1), asymmetric int4
 for name, dt, kinds, uniform, bm, bn, split, warps, gk, asm in (
         ("gate_up_decode_mixed_fp16", "fp16", every_kind, -1, 1, 32, 4, 4, 0, False),
         ("gate_up_decode_int4_nosplit_bf16", "bf16", 1 << 2, 2, 1, 32, 1, 4, 128, False),

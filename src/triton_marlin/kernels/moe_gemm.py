@@ -507,9 +507,10 @@ def default_config(num_slots: int, num_experts: int, hidden: int | None = None,
     per_expert = num_slots / max(1, min(num_experts, num_slots))
     if per_expert <= 2:
         return MoEGemmConfig(1, 32, 4, 32, _splits(intermediate), 4, up_split_k=_splits(hidden))
-    # about the slots an expert gets: the rows past them are padding that costs tensor-core work (and, with a
-    # second block per expert, a second read of its weights)
-    bm = 16 if per_expert <= 24 else 32 if per_expert <= 48 else 64
+    # every block dequantizes its expert's whole weight again, so a block should hold all of a typical expert's
+    # slots (counts scatter around the mean: 256 tokens x 5 slots over 65 experts average 20, many reach 25-30);
+    # the padding rows cost only tensor-core work, which is not the limit here
+    bm = 16 if per_expert <= 8 else 32 if per_expert <= 40 else 64
     return MoEGemmConfig(bm, 128, 4 if bm < 64 else 8, 128, 1, 4 if bm < 64 else 8)
 
 
