@@ -36,7 +36,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run, log stdout+stderr, keep going o
 cat "$LOG/env.txt"
 
 # launch-configuration exploration first (graph-replayed expert kernels per config, per-kernel profile)
-step explore 100 "$PY" gpu/moe_explore.py --tokens 256 1 16 --recipes int4
+step explore 80 "$PY" gpu/moe_explore.py --tokens 256 1 16 --recipes int4
 step tests 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_moe_kernels.py tests/test_moe_layer.py
 step kernel_dispatch_int4 180 "$PY" benchmarks/bench_moe_kernel_dispatch.py --tokens 1 256 --repeats 30 --warmup 3 \
   --output "$LOG/kernel_dispatch_int4.jsonl"
