@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# MoE GPU check (issue 4): GPU tests of the MoE kernels and CUDA-graph path, then the done-when figures:
+# MoE GPU check (issue 4): a launch-configuration sweep of the expert kernels (moe/explore.log, 1/16/256
+# tokens, per-kernel profile), GPU tests of the MoE kernels and CUDA-graph path, then the done-when figures:
 #   1. GLM-4.7-Flash layer, one token, int4 experts: slow_path vs graph-replayed fused path (and 256 tokens
 #      against the weight-read floor)                                   -> moe/kernel_dispatch_int4.log
 #   2. benchmark_cpp_dispatch --counts 100 1000 5000                    -> moe/cpp_dispatch.log

@@ -52,7 +52,7 @@ for name, dt, kinds, uniform, bm, bn, split, warps, gk, asm in (
         ("gate_up_decode_int4_nosplit_bf16", "bf16", 1 << 2, 2, 1, 32, 1, 4, 128, False),
         ("gate_up_dot_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False),
         ("gate_up_dot_int4_fp16", "fp16", 1 << 2, 2, 64, 128, 1, 8, 0, False),
-        ("gate_up_dot_asm_fold_split_fp16", "fp16", asm_kinds, -1, 16, 128, 4, 4, 128, True),
+        ("gate_up_dot_asm_fold_fp16", "fp16", asm_kinds, -1, 16, 128, 1, 4, 128, True),
         ("gate_up_dot_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 128, 1, 8, 128, True)):
     types = {"x_ptr": "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32", "npost_ptr": "*i32",
              "inter_ptr": "*fp32" if split > 1 else "*" + dt, "zero_ptr": "*fp32",
@@ -64,7 +64,7 @@ for name, dt, kinds, uniform, bm, bn, split, warps, gk, asm in (
 for name, dt, kinds, uniform, bm, bn, split, swiglu, warps, gk, asm in (
         ("down_decode_swiglu_mixed", "fp16", some_kinds, -1, 1, 32, 4, True, 4, 0, False),
         ("down_dot_split_int8_bf16", "bf16", 1 << 3, 3, 32, 64, 3, False, 4, 128, False),
-        ("down_dot_asm_swiglu_fp16", "fp16", asm_kinds, -1, 16, 128, 2, True, 4, 128, True)):
+        ("down_dot_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True)):
     types = {"inter_ptr": "*fp32" if swiglu else "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32",
              "npost_ptr": "*i32", "w_ptr": "*fp32", "out_ptr": "*fp32", **flat("d", "*" + dt)}
     out[name] = build(MG._moe_down_kernel, types,

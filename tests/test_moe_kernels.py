@@ -52,7 +52,7 @@ def routing(T, E, k, gen, drop=False):
 DECODE = MoEGemmConfig(1, 32, 4, 32, 2, 4, up_split_k=3)  # split-K gate_up: SwiGLU formed by the down kernel
 DECODE_H = MoEGemmConfig(1, 16, 2, 32, 1, 2)               # gate_up writes h itself
 TILED = MoEGemmConfig(16, 64, 4, 32, 3, 4)
-TILED_SPLIT = MoEGemmConfig(16, 32, 4, 32, 2, 4, up_split_k=3)  # tensor cores, split-K gate_up partial planes
+TILED_SPLIT = MoEGemmConfig(16, 32, 4, 32, 2, 4)  # tensor cores, down K range split over 2 programs
 
 
 @pytest.mark.parametrize("fmt", ["int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8"])
@@ -129,8 +129,10 @@ def test_uniform_compile_equals_table_dispatch(gen):
 def test_config_validation():
     with pytest.raises(ValueError, match="block_m"):
         MoEGemmConfig(8, 64, 4, 64, 1, 4)
+    with pytest.raises(ValueError, match="up_split_k > 1 needs block_m == 1"):
+        MoEGemmConfig(16, 64, 4, 64, 1, 4, up_split_k=2)
     with pytest.raises(ValueError, match="stages"):
-        MoEGemmConfig(16, 64, 4, 64, 1, 4, up_split_k=2, stages=-1)
+        MoEGemmConfig(16, 64, 4, 64, 1, 4, stages=-1)
     with pytest.raises(ValueError, match="power of two"):
         MoEGemmConfig(1, 48, 4, 64, 1, 4)
 
@@ -140,7 +142,7 @@ def test_configs():
     glm = default_config(5, 65, 2048, 1536)            # one GLM-4.7-Flash token: K split 4 (gate_up), 3 (down)
     assert (glm.up_split_k, glm.down_split_k) == (4, 3)
     assert default_config(2, 8, 256, 256).up_split_k == 1  # small K: no split, no memset
-    assert default_config(1280, 65).block_m == 32     # 256 tokens x 5 slots over 65 experts: ~20 per expert
+    assert default_config(1280, 65).block_m == 16     # 256 tokens x 5 slots over 65 experts: ~20 per expert
     assert default_config(5120, 65).block_m == 64
     cands = candidate_configs(5, 65)
     assert cands[0] == default_config(5, 65) and len(set(cands)) == len(cands) > 1
@@ -190,9 +192,9 @@ def test_custom_op_matches_launcher_and_fake(gen):
 
 @pytest.mark.parametrize("fmt", ["int4", "int3", "fp8"])
 def test_group_fold_across_tiles(fmt, gen):
-    """Group 128 (one scale per int4 tile, two per int2/int3 tile) and a K range split over programs whose
-    split boundaries fall inside a group: the per-group scaling of the tensor-core path."""
-    E, H, I, T, k = 3, 384, 256, 5, 2
+    """Group 128 (one scale per int4 tile, two per int3 tile, per-channel fp8) and the down K range split
+    over programs: the per-group scaling of the tensor-core path."""
+    E, H, I, T, k = 3, 384, 384, 5, 2
     ex = make_experts((fmt, 128 if fmt != "fp8" else -1), E, H, I, gen)
     x = torch.randn(T, H, generator=gen).half()
     ids, w = routing(T, E, k, gen)

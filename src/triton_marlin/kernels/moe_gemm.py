@@ -20,11 +20,16 @@ formats/packing.py) shifted by ``BITS * slot`` into a ``[SLOTS, 16, BLOCK_N]`` c
 bytes (8-bit codes) viewed the same way; one scale (and zero point) row per slot of 16 k (groups are
 multiples of 16). Two paths:
 
-- ``BLOCK_M >= 16`` (prefill, batches): the tile is dequantized with :mod:`triton_marlin.kernels.decode`,
-  reshaped ``[SLOTS*16, BLOCK_N]`` and fed to one ``tl.dot``.
+- ``BLOCK_M >= 16`` (prefill, batches): one k=16 ``tl.dot`` per code slot (slot ``i`` of the 16 word rows is
+  the ``[16, BLOCK_N]`` operand of 16 contiguous k). Where the group spans whole slots (``GK``, the group size
+  the experts of a projection share) the operand is the exact unscaled code value (``q - z``, or the minifloat
+  over a power of two) and the group scale multiplies a per-group partial accumulator; on CUDA with fp16 the
+  PTX pair unpackers of :mod:`triton_marlin.kernels.decode` make the operands (``ASM``). Otherwise each slot
+  is dequantized with its scale.
 - ``BLOCK_M == 1`` (decode: about one slot per active expert): CUDA cores, exact fp32 decode, the gate_up
-  K range split over programs (``SPLIT_K``) that add fp32 ``[gate | up]`` partials; the down kernel forms
-  ``silu(gate) * up`` as it loads them (``A_SWIGLU``) and splits its own K range too.
+  K range split over programs (``SPLIT_K``), each storing its fp32 ``[gate | up]`` partials in its own plane
+  (no zero-fill, no atomics); the down kernel sums the planes and forms ``silu(gate) * up`` as it loads them
+  (``A_SWIGLU``) and splits its own K range too.
 
 Operands: ``x [T, H]`` (fp16/bf16, row stride ``stride_x``), gate/up ``[I, H]``, down ``[H, I]`` per expert,
 intermediate ``h [capacity, I]`` in x's dtype (row = sorted position; ``[capacity, 2 I]`` fp32 with split-K
@@ -260,21 +265,7 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
                         w = _fold_operand(q, z[None, :], DKIND, BITS, IS_BF16)
                     else:
                         w = dequant(q, s[None, :], z[None, :], DKIND, BITS, False, IS_BF16)
-                amask = a_ok[:, None] & (kk < k_lim)[None, :]
-                if A_SWIGLU:
-                    ag = tl.load(a_rows[:, None] + kk[None, :], mask=amask, other=0.0)
-                    au = tl.load(a_rows[:, None] + K + kk[None, :], mask=amask, other=0.0)
-                    for sp in tl.static_range(1, A_SPLITS):
-                        ag += tl.load(a_rows[:, None] + sp * a_split_stride + kk[None, :], mask=amask, other=0.0)
-                        au += tl.load(a_rows[:, None] + sp * a_split_stride + K + kk[None, :], mask=amask,
-                                      other=0.0)
-                    a = ag / (1.0 + tl.exp(-ag)) * au
-                    if IS_BF16:
-                        a = a.to(tl.bfloat16)
-                    else:
-                        a = a.to(tl.float16)
-                else:
-                    a = tl.load(a_rows[:, None] + kk[None, :], mask=amask, other=0.0)
+                a = tl.load(a_rows[:, None] + kk[None, :], mask=a_ok[:, None] & (kk < k_lim)[None, :], other=0.0)
                 if FOLD:
                     part = tl.dot(a, w, part)
                     if i % GS == GS - 1:
@@ -463,8 +454,8 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
 @dataclass(frozen=True)
 class MoEGemmConfig:
     """Launch configuration of the two kernels. ``block_m == 1``: one token slot per program (decode,
-    CUDA-core products); ``>= 16``: tensor-core tiles. ``up_split_k > 1`` splits the gate_up K range over
-    programs (fp32 partials, summed and SwiGLU-ed by the down kernel); ``down_split_k`` the down kernel's
+    CUDA-core products); ``>= 16``: tensor-core tiles. ``up_split_k > 1`` (decode only) splits the gate_up K
+    range over programs (fp32 partials, summed and SwiGLU-ed by the down kernel); ``down_split_k`` the down kernel's
     (its atomics add the parts). ``stages``: Triton's software-pipelining depth (0: Triton's default)."""
 
     block_m: int
@@ -479,6 +470,10 @@ class MoEGemmConfig:
     def __post_init__(self):
         if self.block_m < 1 or self.block_m & (self.block_m - 1) or 1 < self.block_m < 16:
             raise ValueError(f"block_m must be 1 or a power of two >= 16, got {self.block_m}")
+        if self.up_split_k > 1 and self.block_m != 1:
+            # measured slower on the H200 (72-109 us against 31 us for one GLM token) and its pipelined fp32
+            # [gate | up] partial loads overflow shared memory: the tensor-core path keeps gate_up whole
+            raise ValueError("up_split_k > 1 needs block_m == 1 (the decode path)")
         if self.stages < 0:
             raise ValueError(f"stages must be >= 0, got {self.stages}")
         for name in ("up_block_n", "down_block_n"):
@@ -491,7 +486,7 @@ class MoEGemmConfig:
 
 def _splits(K: int | None) -> int:
     """K splits for the decode path: about 512 k (4 int4 tiles) per program, at most 4, none when K is
-    unknown-small (a split that gets no tile still costs a program, and the split gate_up a memset)."""
+    unknown-small (a split that gets no tile still costs a program, and its partial plane)."""
     if K is None:
         return 4
     return max(1, min(4, K // 512))
@@ -507,10 +502,10 @@ def default_config(num_slots: int, num_experts: int, hidden: int | None = None,
     per_expert = num_slots / max(1, min(num_experts, num_slots))
     if per_expert <= 2:
         return MoEGemmConfig(1, 32, 4, 32, _splits(intermediate), 4, up_split_k=_splits(hidden))
-    # every block dequantizes its expert's whole weight again, so a block should hold all of a typical expert's
-    # slots (counts scatter around the mean: 256 tokens x 5 slots over 65 experts average 20, many reach 25-30);
-    # the padding rows cost only tensor-core work, which is not the limit here
-    bm = 16 if per_expert <= 8 else 32 if per_expert <= 40 else 64
+    # 16-row blocks up to ~24 slots per expert: on the H200 (docs/perf/moe.md) 256 GLM tokens (~20 per expert)
+    # ran 543 us with 16-row blocks against 645 us with 32 (fewer weight re-reads, but twice the tensor-core
+    # work and register pressure per block) and 1328 us with 64
+    bm = 16 if per_expert <= 24 else 32 if per_expert <= 48 else 64
     return MoEGemmConfig(bm, 128, 4 if bm < 64 else 8, 128, 1, 4 if bm < 64 else 8)
 
 
