@@ -69,7 +69,7 @@ def main(argv=None):
                 f"not per dispatch)")
 
     if not cuda:
-        runner.note(f"no CUDA on {dev}: Triton launches, CUDA-graph replay and the fused launch are not measured; "
+        runner.note(f"no CUDA on {dev}: Triton launches, CUDA-graph replay and one_launch_n_tokens are not measured; "
                     f"python_loop times one expert forward through the torch reference qmatmul instead")
         ex = experts.experts[int(ids1[0, 0])]
 
