@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from ..formats import FormatError, QuantizedTensor, get_format
-from ..formats.base import dtype_name
+from ..formats.base import dtype_name, read_safetensors, write_safetensors_atomic
 from ..formats.packing import pack_codes
 from ..quantize import quantize
 
@@ -327,8 +326,6 @@ class QuantizedExperts:
     # -- artifact ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """One safetensors file: tensors ``e{e}.{proj}.{name}``, per-weight headers in the metadata."""
-        from safetensors.torch import save_file
-
         tensors, headers = {}, []
         for e, ex in enumerate(self.experts):
             headers.append({p: ex[p].header() for p in PROJECTIONS})
@@ -338,30 +335,12 @@ class QuantizedExperts:
         meta = {"kind": ARTIFACT_KIND, "version": str(ARTIFACT_VERSION), "hidden_size": str(self.hidden_size),
                 "intermediate_size": str(self.intermediate_size), "num_shared": str(self.num_shared),
                 "experts": json.dumps(headers)}
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=os.path.dirname(os.path.abspath(path)))
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_safetensors_atomic(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device="cpu") -> "QuantizedExperts":
-        from safetensors import safe_open
-
         path = os.fspath(path)
-        try:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except FileNotFoundError:
-            raise
-        except Exception as e:
-            raise FormatError(f"{path}: not a readable safetensors file ({e})") from None
+        meta, tensors = read_safetensors(path)
         if meta.get("kind") != ARTIFACT_KIND:
             raise FormatError(f"{path}: not a triton_marlin experts artifact (kind {meta.get('kind')!r})")
         if meta.get("version") != str(ARTIFACT_VERSION):
