@@ -106,6 +106,18 @@ def e4m3_raw_fp16(c):
 
 
 @triton.jit
+def raw_factor(KIND: tl.constexpr):
+    """The power of two a raw fp16 code value carries: ``e2m1_raw_fp16`` is the value * 2**-14,
+    ``e4m3_raw_fp16`` the value * 2**-8, integers none; multiply the scale by this to undo it."""
+    if KIND == 1:
+        return 16384.0
+    elif KIND == 2:
+        return 256.0
+    else:
+        return 1.0
+
+
+@triton.jit
 def e8m0_to_fp32(e):
     """E8M0 scale code (int32) -> fp32 ``2**(e - 127)`` (code 0 reads 0 instead of 2**-127)."""
     return (e << 23).to(tl.float32, bitcast=True)

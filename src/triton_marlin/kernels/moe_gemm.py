@@ -47,7 +47,8 @@ import triton
 import triton.language as tl
 
 from .decode import (decode_scale, dequant, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp16, int_magic_fp32,
-                     unpack_e2m1_fp16_asm, unpack_int3_magic_fp16_asm, unpack_magic_fp16_asm)
+                     raw_factor, unpack_e2m1_fp16_asm,
+                     unpack_int3_magic_fp16_asm, unpack_magic_fp16_asm)
 
 # Kind codes: the format kinds of triton_marlin.moe.experts.KIND_CODES, asymmetric integers + 8; the table
 # columns are those of triton_marlin.moe.experts (T_KIND ... T_GROUP, 8 per expert).
@@ -87,20 +88,9 @@ def _codes_and_scales(words, hi, k0, sl, K, k_lim, N, codes8, scales16, scales8,
 
 
 @triton.jit
-def _raw_factor(DKIND: tl.constexpr):
-    """Power of two the fold operand of a minifloat carries (its value is raw * factor)."""
-    if DKIND == 1:
-        return 16384.0
-    elif DKIND == 2:
-        return 256.0
-    else:
-        return 1.0
-
-
-@triton.jit
 def _fold_operand(q, z, DKIND: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr):
     """The exact unscaled value of codes ``q`` as a tensor-core operand: integers ``q - z`` (exact in fp16,
-    and in bf16 for |q - z| < 256), minifloats ``value / factor`` (see :func:`_raw_factor`)."""
+    and in bf16 for |q - z| < 256), minifloats ``value / factor`` (see :func:`decode.raw_factor`)."""
     if DKIND == 0:
         if IS_BF16:
             w = (int_magic_fp32(q) - int_magic_fp32(z)).to(tl.bfloat16)
@@ -269,7 +259,7 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
                 if FOLD:
                     part = tl.dot(a, w, part)
                     if i % GS == GS - 1:
-                        acc += part * (s * _raw_factor(DKIND))[None, :]
+                        acc += part * (s * raw_factor(DKIND))[None, :]
                 else:
                     acc = tl.dot(a, w, acc)
     return acc

@@ -37,7 +37,8 @@ from ..formats import QuantizedTensor
 from ..formats.packing import code_tile_k
 from . import decode as D
 from .decode import (dequant, decode_scale, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp16, int_magic_fp32,
-                     unpack_codes, unpack_e2m1_fp16_asm, unpack_int3_magic_fp16_asm, unpack_magic_fp16_asm)
+                     raw_factor, unpack_codes, unpack_e2m1_fp16_asm,
+                     unpack_int3_magic_fp16_asm, unpack_magic_fp16_asm)
 
 SUPPORTED_FORMATS = ("int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8")
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
@@ -147,7 +148,7 @@ def _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G,
 
 @triton.jit
 def _raw_fp32(codes, zero, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr):
-    """Exact fp32 value of codes, up to the constant factor the scale absorbs (see _raw_factor)."""
+    """Exact fp32 value of codes, up to the constant factor the scale absorbs (see decode.raw_factor)."""
     if KIND == 0:
         if SYMMETRIC:
             return int_magic_fp32(codes) - (8388608.0 + (1 << (BITS - 1)))
@@ -157,16 +158,6 @@ def _raw_fp32(codes, zero, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl
         return e2m1_raw_fp16(codes).to(tl.float32)
     else:
         return e4m3_raw_fp16(codes).to(tl.float32)
-
-
-@triton.jit
-def _raw_factor(KIND: tl.constexpr):
-    if KIND == 1:
-        return 16384.0
-    elif KIND == 2:
-        return 256.0
-    else:
-        return 1.0
 
 
 @triton.jit
@@ -318,7 +309,7 @@ def _qgemv_kernel(
                     if BLOCK_M > 2:
                         acc2 += part2 * s[None, :]
                         acc3 += part3 * s[None, :]
-    factor = _raw_factor(KIND)
+    factor = raw_factor(KIND)
     if GROUP_SLOTS == 0:
         col_scale = s_pc * factor
     else:
@@ -433,7 +424,7 @@ def _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n,
                 part = tl.dot(a, w, part)
             if i % GROUP_SLOTS == GROUP_SLOTS - 1:
                 # one scale multiply per group and output instead of per weight
-                acc += part * (s * _raw_factor(KIND))[None, :]
+                acc += part * (s * raw_factor(KIND))[None, :]
         else:
             if DOT_FP32:
                 acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
@@ -578,7 +569,7 @@ def _qgemm_dot_kernel(
                 acc = tl.dot(a, w, acc)
     if GROUP_SLOTS == 0:
         if FOLD:
-            acc = acc * (s_pc * _raw_factor(KIND))[None, :]
+            acc = acc * (s_pc * raw_factor(KIND))[None, :]
         else:
             acc = acc * s_pc[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
