@@ -18,23 +18,10 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python}"
 MODE="${1:-core}"
 case "$MODE" in core|all) ;; *) echo "usage: $0 [core|all]" >&2; exit 2 ;; esac
-failed=()
+STEP_TAIL=45
+source gpu/_steps.sh
 
-step() {  # step NAME TIMEOUT_S COMMAND...: run, log stdout+stderr, keep going on failure
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
-  echo "=== $name: $*" | tee -a "$LOG/summary.txt"
-  timeout "$limit" "$@" >"$LOG/$name.log" 2>&1
-  local rc=$?
-  echo "    exit $rc after $((SECONDS - t0)) s" | tee -a "$LOG/summary.txt"
-  tail -n 45 "$LOG/$name.log"
-  [ "$rc" -eq 0 ] || failed+=("$name")
-}
-
-{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv; \
-  "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
-  >"$LOG/env.txt" 2>&1
-cat "$LOG/env.txt"
+log_env
 
 # launch-configuration exploration first (graph-replayed expert kernels per config, per-kernel profile)
 step explore 80 "$PY" gpu/moe_explore.py --tokens 256 1 16 --recipes int4

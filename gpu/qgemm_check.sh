@@ -30,19 +30,9 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python}"
 MODE="${1:-check}"
-failed=()
-step() {  # step NAME TIMEOUT_S COMMAND...
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
-  echo "=== $name: $*" | tee -a "$LOG/summary.txt"
-  timeout "$limit" "$@" >"$LOG/$name.log" 2>&1
-  local rc=$?
-  echo "    exit $rc after $((SECONDS - t0)) s" | tee -a "$LOG/summary.txt"
-  tail -n 25 "$LOG/$name.log"
-  [ "$rc" -eq 0 ] || failed+=("$name")
-}
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee -a "$LOG/summary.txt"
-$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOG/summary.txt"
+STEP_TAIL=25
+source gpu/_steps.sh
+log_env
 BIG=8192x8192,28672x8192
 case "$MODE" in
 check)
