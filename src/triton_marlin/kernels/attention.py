@@ -770,24 +770,14 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     scale = _scale(sm_scale, q.shape[-1])
     B, Hq, D = q.shape
     Hkv, capacity = k_cache.shape[1], k_cache.shape[2]
-    if out is None:
-        out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
-        raise ValueError(f"out: expected a {q.dtype} tensor of shape {tuple(q.shape)} on {q.device}, got "
-                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
+    out = _decode_output(out, q)
     if B == 0:
         return out
-    if max_seq_len is None:
-        max_seq_len = int(seq_lens.max().item())
-    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 0:
-        raise ValueError(f"max_seq_len: expected an int >= 0, got {max_seq_len!r}")
-    max_seq_len = max(1, min(max_seq_len, capacity))
+    max_seq_len = _clamped_max_seq_len(max_seq_len, seq_lens, capacity)
     cfg = config or default_decode_config(D, q.device)
     if num_splits is None:
         num_splits = decode_num_splits(B, Hq, Hkv, D, q.element_size(), max_seq_len, cfg.block_n, q.device)
-    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
-        raise ValueError(f"num_splits: expected an int >= 1, got {num_splits!r}")
-    chunk, num_splits = split_plan(max_seq_len, num_splits, cfg.block_n)
+    chunk, num_splits = split_plan(max_seq_len, _checked_num_splits(num_splits), cfg.block_n)
     group = Hq // Hkv
     kernels = _get_kernels()
     consts = dict(GROUP=group, GROUP_PAD=max(16, _next_pow2(group)), HEAD_DIM=D, BLOCK_N=cfg.block_n,
@@ -798,18 +788,49 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
             *q.stride(), *k_cache.stride(), *v_cache.stride(), out.stride(0), out.stride(1), 0, out.stride(2),
             0, 0, 0, capacity, chunk, scale * _LOG2E, WRITE_LSE=False, **consts)
         return out
-    if _POISON_WORKSPACE:
-        part_o = torch.full((B, Hq, num_splits, D), float("nan"), dtype=torch.float32, device=q.device)
-        part_lse = torch.full((B, Hq, num_splits), float("nan"), dtype=torch.float32, device=q.device)
-    else:
-        part_o = torch.empty(B, Hq, num_splits, D, dtype=torch.float32, device=q.device)
-        part_lse = torch.empty(B, Hq, num_splits, dtype=torch.float32, device=q.device)
+    part_o, part_lse = _split_workspace(B, Hq, num_splits, D, q.device)
     kernels["decode_split"][(B, Hkv, num_splits)](
         q, k_cache, v_cache, seq_lens, part_o, part_lse,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *part_o.stride(), *part_lse.stride(),
         capacity, chunk, scale * _LOG2E, WRITE_LSE=True, **consts)
     _merge_splits(part_o, part_lse, out, num_splits)
     return out
+
+
+def _decode_output(out: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
+    """The decode output: a new tensor like ``q``, or the caller's ``out`` after checking it matches."""
+    if out is None:
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+        raise ValueError(f"out: expected a {q.dtype} tensor of shape {tuple(q.shape)} on {q.device}, got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
+    return out
+
+
+def _clamped_max_seq_len(max_seq_len, seq_lens: torch.Tensor, capacity: int) -> int:
+    """``max_seq_len`` (read from ``seq_lens`` when None: a device sync), checked, clamped to [1, capacity]."""
+    if max_seq_len is None:
+        max_seq_len = int(seq_lens.max().item())
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 0:
+        raise ValueError(f"max_seq_len: expected an int >= 0, got {max_seq_len!r}")
+    return max(1, min(max_seq_len, capacity))
+
+
+def _checked_num_splits(num_splits) -> int:
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
+        raise ValueError(f"num_splits: expected an int >= 1, got {num_splits!r}")
+    return num_splits
+
+
+def _split_workspace(B: int, H: int, num_splits: int, D: int, device: torch.device):
+    """fp32 partial outputs ``[B, H, splits, D]`` and log-sum-exps ``[B, H, splits]`` of a split decode
+    (NaN-filled under ``_POISON_WORKSPACE``, so a partial the kernel never wrote shows up)."""
+    part_o = torch.empty(B, H, num_splits, D, dtype=torch.float32, device=device)
+    part_lse = torch.empty(B, H, num_splits, dtype=torch.float32, device=device)
+    if _POISON_WORKSPACE:
+        part_o.fill_(float("nan"))
+        part_lse.fill_(float("nan"))
+    return part_o, part_lse
 
 
 def _merge_splits(part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, num_splits: int) -> None:
@@ -847,25 +868,15 @@ def mla_decode_attention_triton(q_nope: torch.Tensor, q_rope: torch.Tensor, ckv_
     B, H, R = q_nope.shape
     P = q_rope.shape[2]
     capacity = ckv_cache.shape[1]
-    if out is None:
-        out = torch.empty(B, H, R, dtype=q_nope.dtype, device=q_nope.device)
-    elif out.shape != q_nope.shape or out.dtype != q_nope.dtype or out.device != q_nope.device:
-        raise ValueError(f"out: expected a {q_nope.dtype} tensor of shape {tuple(q_nope.shape)} on "
-                         f"{q_nope.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+    out = _decode_output(out, q_nope)
     if B == 0:
         return out
-    if max_seq_len is None:
-        max_seq_len = int(seq_lens.max().item())
-    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 0:
-        raise ValueError(f"max_seq_len: expected an int >= 0, got {max_seq_len!r}")
-    max_seq_len = max(1, min(max_seq_len, capacity))
+    max_seq_len = _clamped_max_seq_len(max_seq_len, seq_lens, capacity)
     cfg = config or default_mla_decode_config(R, q_nope.device)
     if num_splits is None:
         num_splits = mla_decode_num_splits(B, H, R, P, q_nope.element_size(), max_seq_len, cfg.block_n,
                                            q_nope.device)
-    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
-        raise ValueError(f"num_splits: expected an int >= 1, got {num_splits!r}")
-    chunk, num_splits = split_plan(max_seq_len, num_splits, cfg.block_n)
+    chunk, num_splits = split_plan(max_seq_len, _checked_num_splits(num_splits), cfg.block_n)
     kernel = _get_kernels()["mla_decode_split"]
     args = (q_nope, q_rope, ckv_cache, kpe_cache, seq_lens)
     strides = (*q_nope.stride(), *q_rope.stride(), *ckv_cache.stride(), *kpe_cache.stride())
@@ -875,12 +886,7 @@ def mla_decode_attention_triton(q_nope: torch.Tensor, q_rope: torch.Tensor, ckv_
         kernel[(B, 1)](*args, out, out, *strides, out.stride(0), out.stride(1), 0, out.stride(2), 0, 0, 0,
                        H, capacity, chunk, scale * _LOG2E, WRITE_LSE=False, **consts)
         return out
-    fill = float("nan") if _POISON_WORKSPACE else None
-    part_o = torch.empty(B, H, num_splits, R, dtype=torch.float32, device=q_nope.device)
-    part_lse = torch.empty(B, H, num_splits, dtype=torch.float32, device=q_nope.device)
-    if fill is not None:
-        part_o.fill_(fill)
-        part_lse.fill_(fill)
+    part_o, part_lse = _split_workspace(B, H, num_splits, R, q_nope.device)
     kernel[(B, num_splits)](*args, part_o, part_lse, *strides, *part_o.stride(), *part_lse.stride(),
                             H, capacity, chunk, scale * _LOG2E, WRITE_LSE=True, **consts)
     _merge_splits(part_o, part_lse, out, num_splits)
