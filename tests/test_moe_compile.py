@@ -60,7 +60,7 @@ for name, dt, kinds, uniform, bm, bn, split, warps, gk, asm in (
     out[name] = build(MG._moe_gate_up_kernel, types,
         dict(SLOTS_PER_TOKEN=5, G_KINDS=kinds, G_UNIFORM=uniform, U_KINDS=kinds, U_UNIFORM=uniform,
              IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=split, ZERO_BLOCK=1024,
-             UNROLL=2 if bm == 1 else 1, G_GK=gk, U_GK=gk, ASM=asm), warps)
+             UNROLL=2 if bm == 1 else 1, G_GK=gk, U_GK=gk, ASM=asm, DIRECT=bm == 1), warps)
 for name, dt, kinds, uniform, bm, bn, split, swiglu, warps, gk, asm in (
         ("down_decode_swiglu_mixed", "fp16", some_kinds, -1, 1, 32, 4, True, 4, 0, False),
         ("down_dot_split_int8_bf16", "bf16", 1 << 3, 3, 32, 64, 3, False, 4, 128, False),
@@ -70,7 +70,7 @@ for name, dt, kinds, uniform, bm, bn, split, swiglu, warps, gk, asm in (
     out[name] = build(MG._moe_down_kernel, types,
         dict(SLOTS_PER_TOKEN=5, D_KINDS=kinds, D_UNIFORM=uniform, IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn,
              SPLIT_K=split, A_SWIGLU=swiglu, UNROLL=2 if bm == 1 else 1, D_GK=gk, ASM=asm,
-             A_SPLITS=4 if swiglu else 1), warps)
+             A_SPLITS=4 if swiglu else 1, DIRECT=bm == 1), warps)
 print(json.dumps(out))
 """
 

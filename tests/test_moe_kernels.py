@@ -16,7 +16,7 @@ from triton_marlin.moe.experts import QuantizedExperts
 
 pytest.importorskip("triton")
 from triton_marlin.kernels.moe_gemm import (MoEGemmConfig, candidate_configs, default_config,  # noqa: E402
-                                            fused_moe_reference, moe_gemm_launch)
+                                            direct_ids, fused_moe_reference, moe_gemm_launch)
 
 TOL = {torch.float16: 1.5e-3, torch.bfloat16: 1.6e-2}
 
@@ -84,6 +84,32 @@ def test_mixed_widths_one_launch_each(gen):
         out = run_fused(x, ids, w, ex, cfg)
         assert rel_err(out, ref) < TOL[torch.float16]
         assert (out[0] == 0).all()
+
+
+def test_direct_slots_equal_aligned(gen):
+    """One slot per program without alignment: the same sums in the same order as the aligned launch (bit for
+    bit), slots of no expert (-1, or an id past the table) contribute nothing."""
+    recipe = [("int4", 32), ("int2", 32), ("int8", 32), ("int3", 32)]
+    E, H, I, T, k = 4, 64, 96, 5, 2
+    ex = make_experts(recipe, E, H, I, gen)
+    x = torch.randn(T, H, generator=gen).half()
+    ids, w = routing(T, E, k, gen, drop=True)
+    ids[1, 1] = E  # past the table: belongs to no expert, like -1
+    ref = fused_moe_reference(x, ids, w, ex)
+    for cfg in (DECODE, DECODE_H):
+        aligned = run_fused(x, ids, w, ex, cfg)
+        direct = torch.full_like(aligned, float("nan"))
+        moe_gemm_launch(x, w, None, direct_ids(ids), None, ex.flat("gate"), ex.flat("up"), ex.flat("down"),
+                        config=cfg, uniform=False, out=direct)
+        assert rel_err(direct, ref) < TOL[torch.float16]
+        assert torch.equal(direct, aligned)
+        assert (direct[0] == 0).all()
+    with pytest.raises(ValueError, match="block_m == 1"):
+        moe_gemm_launch(x, w, None, direct_ids(ids), None, ex.flat("gate"), ex.flat("up"), ex.flat("down"),
+                        config=TILED, uniform=False)
+    with pytest.raises(ValueError, match="int32 expert ids"):
+        moe_gemm_launch(x, w, None, ids.reshape(-1).long(), None, ex.flat("gate"), ex.flat("up"), ex.flat("down"),
+                        config=DECODE, uniform=False)
 
 
 def test_asymmetric(gen):

@@ -86,7 +86,7 @@ def test_hybrid_splits_common_and_rare(mixed, gen):
     dispatch.reset()
     out = h(x, ids, w)
     c = dispatch.counts()
-    assert c[("moe_align", "triton")] == 1            # one batched launch sequence
+    assert sum(v for (op, _), v in c.items() if op == "moe_align") == 1  # one batched launch sequence
     rare = {e for e in ids.flatten().tolist() if not h.batched_mask[e]}
     assert sum(v for (op, _), v in c.items() if op == "qmatmul") == 3 * len(rare)
     assert rel_err(out, fused_moe_reference(x, ids, w, mixed)) < 1.5e-3

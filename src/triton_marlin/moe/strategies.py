@@ -94,12 +94,17 @@ def tuning_enabled() -> bool:
 
 
 def _launch(x, topk_ids, weights, experts, config, uniform, uniform_kinds, out):
-    from ..kernels.moe_gemm import moe_gemm_launch
+    from .. import dispatch
+    from ..kernels.moe_gemm import direct_ids, moe_gemm_launch
 
+    flats = (experts.flat("gate"), experts.flat("up"), experts.flat("down"))
+    if config.block_m == 1:  # one slot per program: nothing to sort
+        dispatch.record("moe_align", "none (one slot per program)")
+        return moe_gemm_launch(x, weights, None, direct_ids(topk_ids), None, *flats, config=config,
+                               uniform=uniform, uniform_kinds=uniform_kinds, out=out)
     al = align_tokens(topk_ids, experts.num_total, config.block_m, backend="triton")
-    return moe_gemm_launch(x, weights, al.sorted_ids, al.expert_ids, al.num_tokens_post_pad,
-                           experts.flat("gate"), experts.flat("up"), experts.flat("down"), config=config,
-                           uniform=uniform, uniform_kinds=uniform_kinds, out=out)
+    return moe_gemm_launch(x, weights, al.sorted_ids, al.expert_ids, al.num_tokens_post_pad, *flats,
+                           config=config, uniform=uniform, uniform_kinds=uniform_kinds, out=out)
 
 
 def select_config(x, topk_ids, weights, experts: QuantizedExperts, uniform: bool, uniform_kinds=None, *,
