@@ -198,6 +198,11 @@ def candidate_configs(M: int, quick: bool = False) -> list:
         bm = 1 << max(0, (M - 1).bit_length())
         for split in (8, 16):
             out.append(KC("gemv", block_m=bm, block_n=256, split_k=split, num_warps=4))
+        # small weights (GLM-4.7-Flash experts, 3-6 MB): narrow column blocks give enough programs without
+        # splitting K, so no split-K reduction (a partial store, a counter and a re-read) sits on the path
+        for bn in (32, 64, 128):
+            for split in (1, 2, 4):
+                out.append(KC("gemv", block_m=bm, block_n=bn, split_k=split, num_warps=4))
     if M <= 64:
         # 16-row fold tiles: width x pipeline depth x split-K x scales loaded a tile ahead (6 stages,
         # 8 warps and unrolling K tiles measured slower on the H200: docs/perf/gemm.md)
