@@ -86,6 +86,43 @@ def test_formats_dtypes_odd_shapes(fmt, dtype, M, N, cfg, gen):
     _check(x, qt, cfg)
 
 
+# The swap-AB path (weights the left tensor-core operand, acc [BN, BM] transposed at the end): every
+# format x both dtypes, fold and per-weight operands, split-K, scales loaded ahead, odd M and N.
+_SWAP_COMBOS = [
+    (17, 333, Q.KernelConfig("dot", block_m=32, block_n=128, fold=1, prefetch=1, swap_ab=1)),
+    (3, 7, Q.KernelConfig("dot", block_m=16, block_n=64, split_k=2, swap_ab=1)),
+    (65, 1, Q.KernelConfig("dot", block_m=64, block_n=16, fold=1, split_k=3, swap_ab=1)),
+    (1, 333, Q.KernelConfig("dot", block_m=16, block_n=256, num_warps=8, fold=1, split_k=2, prefetch=1,
+                            swap_ab=1)),
+]
+SWAP_CASES = [(fmt, dt, *_SWAP_COMBOS[(i + j) % len(_SWAP_COMBOS)])
+              for i, fmt in enumerate(FORMATS) for j, dt in enumerate((torch.float16, torch.bfloat16))]
+
+
+@pytest.mark.parametrize("fmt,dtype,M,N,cfg", SWAP_CASES,
+                         ids=[f"{c[0]}-{str(c[1])[6:]}-M{c[2]}-N{c[3]}-bm{c[4].block_m}-fold{c[4].fold}"
+                              for c in SWAP_CASES])
+def test_swap_ab_formats_dtypes_odd_shapes(fmt, dtype, M, N, cfg, gen):
+    qt = _quant(fmt, N, 96, gen, _device())
+    x = torch.randn(M, 96, generator=gen).to(dtype).to(_device())
+    _check(x, qt, cfg)
+
+
+@pytest.mark.parametrize("fmt,opts,K", [
+    ("int4", {"symmetric": False, "group_size": 128}, 896),  # 1 group per tile, 7 tiles
+    ("int3", {"symmetric": False, "group_size": 64}, 1408),   # 4 groups per 256-row tile, 5.5 tiles
+    ("int8", {"symmetric": False, "group_size": -1}, 200),    # per-channel, a ragged 8-bit tile
+    ("nvfp4", {"group_size": 16}, 656),                       # 8 groups per tile
+])
+@pytest.mark.parametrize("fold", [0, 1])
+def test_swap_ab_groups_zero_points_splits(fmt, opts, K, fold, gen):
+    """Swap-AB with asymmetric codes, groups spanning several tiles or part of one, per-channel scales,
+    a last tile cut by K, scales loaded ahead across 3 splits."""
+    qt = _quant(fmt, 40, K, gen, _device(), **opts)
+    x = torch.randn(5, K, generator=gen).half().to(_device())
+    _check(x, qt, Q.KernelConfig("dot", block_m=16, block_n=32, split_k=3, fold=fold, prefetch=1, swap_ab=1))
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_format_fp16_through_each_family(fmt, gen):
     """fp16's tight tolerance (2**-10) on every family for every format: a 1% error in any decoder
@@ -96,7 +133,8 @@ def test_every_format_fp16_through_each_family(fmt, gen):
                 Q.KernelConfig("dot", block_m=16, block_n=32, fold=1, split_k=2),
                 Q.KernelConfig("dot", block_m=16, block_n=32, fold=1, split_k=2, prefetch=1),
                 Q.KernelConfig("dot", block_m=16, block_n=32),
-                Q.KernelConfig("dot", block_m=16, block_n=32, wide=1)):
+                Q.KernelConfig("dot", block_m=16, block_n=32, wide=1),
+                Q.KernelConfig("dot", block_m=16, block_n=32, fold=1, prefetch=1, swap_ab=1)):
         _check(x, qt, cfg)
 
 
@@ -196,6 +234,17 @@ def test_bad_input(gen):
         Q.qgemm(x, qt, torch.zeros(3, dtype=torch.half, device=x.device))
     with pytest.raises(ValueError, match="block_m"):
         Q.KernelConfig("dot", block_m=8).validate()
+    with pytest.raises(ValueError, match="swap_ab must be 0 or 1"):
+        Q.KernelConfig("dot", swap_ab=2).validate()
+    with pytest.raises(ValueError, match="dot family only"):
+        Q.KernelConfig("gemv", block_m=1, swap_ab=1).validate()
+    with pytest.raises(ValueError, match="not wide"):
+        Q.KernelConfig("dot", wide=1, swap_ab=1).validate()
+    cfg = Q.KernelConfig("dot", block_m=64, block_n=128, fold=1, swap_ab=1)
+    assert Q.KernelConfig.from_dict(cfg.as_dict()) == cfg == Q._config_from_key(Q._config_key(cfg))
+    assert Q.KernelConfig.from_dict({"family": "dot"}).swap_ab == 0  # tables written before the field
+    qt4 = Q.format_spec(qt)
+    assert Q._path_name(cfg, qt4, torch.float16) == "dot-fold-swapab"
     with pytest.raises(ValueError, match="family"):
         Q.KernelConfig.from_dict({"family": "warp"})
     with pytest.raises(ValueError, match="unknown kernel config keys"):
@@ -264,6 +313,8 @@ GPU_FAMILIES = [
     Q.KernelConfig("dot", block_m=64, block_n=64, fold=1, num_stages=3),
     Q.KernelConfig("dot", block_m=64, block_n=128, num_stages=3),
     Q.KernelConfig("dot", block_m=128, block_n=128, num_warps=8, wide=1, split_k=2),
+    Q.KernelConfig("dot", block_m=64, block_n=128, fold=1, num_stages=3, prefetch=1, split_k=2, swap_ab=1),
+    Q.KernelConfig("dot", block_m=16, block_n=256, num_warps=8, num_stages=3, split_k=3, swap_ab=1),
     Q.KernelConfig("dequant"),
 ]
 
@@ -353,6 +404,7 @@ def test_config_too_big_steps_down_and_says_so(gen):
 # ------------------------------------------------------------------------------------------------
 _AOT_SCRIPT = r"""
 import json
+import re
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -375,8 +427,12 @@ def build(fn, consts, num_warps, num_stages):
                     attrs=attrs)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                        options=dict(num_warps=num_warps, num_stages=num_stages))
-    return {"shared": k.metadata.shared, "magic_lop3": k.asm["ptx"].count("0x64006400"),
-            "mma": k.asm["ptx"].count("mma.sync") + k.asm["ptx"].count("wgmma.mma_async")}
+    ptx = k.asm["ptx"]
+    return {"shared": k.metadata.shared, "magic_lop3": ptx.count("0x64006400"),
+            "mma": ptx.count("mma.sync") + ptx.count("wgmma.mma_async"),
+            # wgmma with its A operand a register list (not a shared-memory descriptor)
+            "wgmma_reg_a": len(re.findall(r"wgmma\.mma_async[^\n]*?\}, \{", ptx)),
+            "ldmatrix": ptx.count("ldmatrix")}
 
 def fmt(kind, bits, slots, gs, scale_kind=0, sym=True):
     return dict(KIND=kind, BITS=bits, SYMMETRIC=sym, SCALE_KIND=scale_kind, GROUP=128, GROUP_SLOTS=gs,
@@ -387,11 +443,14 @@ out = {}
 for name, f in (("int4", fmt(0, 4, 8, 8)), ("int2", fmt(0, 2, 16, 8)), ("int3", fmt(0, 3, 16, 8, sym=False)),
                 ("fp4", fmt(1, 4, 8, 8))):
     out[f"fold_asm_{name}"] = build(Q._qgemm_dot_kernel, dict(f, **dot, FOLD=True, WIDE=False, ASM=True,
-                                    SPLIT=True, BLOCK_M=16, BLOCK_N=128), 4, 3)
+                                    SPLIT=True, BLOCK_M=16, BLOCK_N=128, SWAP=False), 4, 3)
 out["fold_asm_int4_g32"] = build(Q._qgemm_dot_kernel, dict(fmt(0, 4, 8, 2), GROUP=32, **dot, FOLD=True,
-                                 WIDE=False, ASM=True, SPLIT=True, BLOCK_M=16, BLOCK_N=128), 4, 3)
+                                 WIDE=False, ASM=True, SPLIT=True, BLOCK_M=16, BLOCK_N=128, SWAP=False), 4, 3)
+for name, bm, warps in (("swap_fold_asm_int4_bm64", 64, 4), ("swap_fold_asm_int4_bm16", 16, 4)):
+    out[name] = build(Q._qgemm_dot_kernel, dict(fmt(0, 4, 8, 8), **dot, FOLD=True, WIDE=False, ASM=True,
+                      SPLIT=True, BLOCK_M=bm, BLOCK_N=128, SWAP=True), warps, 3)
 out["wide_int4"] = build(Q._qgemm_dot_kernel, dict(fmt(0, 4, 8, 8), **dot, FOLD=False, WIDE=True, ASM=False,
-                         SPLIT=False, BLOCK_M=128, BLOCK_N=128), 8, 3)
+                         SPLIT=False, BLOCK_M=128, BLOCK_N=128, SWAP=False), 8, 3)
 out["gemv_int8"] = build(Q._qgemv_kernel, dict(fmt(0, 8, 8, 8), HAS_BIAS=True, SPLIT=True, BLOCK_M=4,
                          BLOCK_N=256), 4, 2)
 out["dequant_nvfp4"] = build(Q._dequant_kernel, dict(fmt(1, 4, 8, 1, scale_kind=2), IS_BF16=False,
@@ -424,3 +483,7 @@ def test_kernels_compile_for_hopper():
         assert info[name]["magic_lop3"] >= slots, (name, info[name])
         assert info[name]["mma"] > 0, (name, info[name])
     assert info["wide_int4"]["mma"] > 0
+    # swap AB: the weights reach wgmma from registers (no ldmatrix of a staged weight tile)
+    for name in ("swap_fold_asm_int4_bm64", "swap_fold_asm_int4_bm16"):
+        assert info[name]["magic_lop3"] >= 8 and info[name]["ldmatrix"] == 0, (name, info[name])
+        assert info[name]["wgmma_reg_a"] > 0 and info[name]["wgmma_reg_a"] == info[name]["mma"], (name, info[name])

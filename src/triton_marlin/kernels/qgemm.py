@@ -433,6 +433,109 @@ def _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n,
     return acc
 
 
+@triton.jit
+def _dot_tile_swap(acc_t, words, words_hi, t, x_col, stride_xk, mask_m, offs_n, mask_n, qw_ptr, s_ptr, z_ptr,
+                   gs_ptr, z_pc, s0, z0, s1, z1, N, K, G,
+                   KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
+                   GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, NG: tl.constexpr,
+                   EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr,
+                   FOLD: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """:func:`_dot_tile` with the operands swapped: ``acc_t [BN, BM] += W[tile t, :].T @ x[:, tile t].T``,
+    the weights the LEFT operand of each k=16 ``tl.dot`` (on sm_90 ``wgmma`` reads its left operand from
+    registers, so the dequantized weights need not pass through shared memory) and the tokens its N
+    dimension. ``words`` are the tile's word rows loaded transposed, ``[BN, 16]``; everything per
+    output column (scales, zero points) broadcasts along dim 0."""
+    TILE_K: tl.constexpr = 16 * SLOTS
+    cols = tl.arange(0, 16)
+    z = z_pc
+    unit = tl.full((BLOCK_N,), 1.0, tl.float32)
+    zero_acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    if ASM:
+        if BITS == 3:
+            raws = unpack_int3_magic_fp16_asm(words, words_hi)
+        elif KIND == 0:
+            raws = unpack_magic_fp16_asm(words, BITS)
+        else:
+            raws = unpack_e2m1_fp16_asm(words)
+    for i in tl.static_range(SLOTS):
+        if GROUP_SLOTS != 0:
+            if i % GROUP_SLOTS == 0:
+                if PREFETCH:
+                    if i == 0:
+                        s = s0
+                        z = z0
+                    else:
+                        s = s1
+                        z = z1
+                else:
+                    g = (t * TILE_K + i * 16) // GROUP
+                    s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
+                if FOLD:
+                    part = zero_acc
+            scale = s
+        else:
+            scale = unit
+        k = t * TILE_K + i * 16 + cols
+        if not ASM:
+            if BITS == 8:
+                ptrs = qw_ptr + k[None, :] * N + offs_n[:, None]
+                if EVEN_K and EVEN_N:
+                    codes = tl.load(ptrs).to(tl.int32)
+                else:
+                    codes = tl.load(ptrs, mask=(k < K)[None, :] & mask_n[:, None], other=0).to(tl.int32)
+            else:
+                codes = unpack_codes(words, words_hi, i, BITS)
+        if EVEN_K:
+            b = tl.load(x_col + k[:, None] * stride_xk, mask=mask_m[None, :], other=0.0)
+        else:
+            b = tl.load(x_col + k[:, None] * stride_xk, mask=mask_m[None, :] & (k < K)[:, None], other=0.0)
+        if ASM:
+            if KIND == 0:
+                w = raws[i] - _fold_offset_fp16(z, BITS, SYMMETRIC)[:, None]
+            else:
+                w = raws[i]
+        elif FOLD:
+            w = _fold_operand(codes, z[:, None], KIND, BITS, SYMMETRIC, IS_BF16)
+        else:
+            w = dequant(codes, scale[:, None], z[:, None], KIND, BITS, SYMMETRIC, IS_BF16)
+        if FOLD and GROUP_SLOTS != 0:
+            if DOT_FP32:
+                part = tl.dot(w.to(tl.float32), b.to(tl.float32), part)
+            else:
+                part = tl.dot(w, b, part)
+            if i % GROUP_SLOTS == GROUP_SLOTS - 1:
+                acc_t += part * (s * raw_factor(KIND))[:, None]
+        else:
+            if DOT_FP32:
+                acc_t = tl.dot(w.to(tl.float32), b.to(tl.float32), acc_t)
+            else:
+                acc_t = tl.dot(w, b, acc_t)
+    return acc_t
+
+
+@triton.jit
+def _load_words_t(qw_ptr, qh_ptr, t, cols, offs_n, mask_n, N, BITS: tl.constexpr, EVEN_N: tl.constexpr):
+    """:func:`_load_words` transposed: the 16 word rows of K tile ``t`` as ``[BLOCK_N, 16]``."""
+    if BITS != 8:
+        offs = (t * 16 + cols)[None, :] * N + offs_n[:, None]
+        if EVEN_N:
+            words = tl.load(qw_ptr + offs)
+        else:
+            words = tl.load(qw_ptr + offs, mask=mask_n[:, None], other=0)
+        if BITS == 3:
+            if EVEN_N:
+                words_hi = tl.load(qh_ptr + offs)
+            else:
+                words_hi = tl.load(qh_ptr + offs, mask=mask_n[:, None], other=0)
+        else:
+            words_hi = words
+    else:
+        words = 0
+        words_hi = 0
+    return words, words_hi
+
+
 @triton.jit(do_not_specialize=["M", "G", "TILES", "TILES_PER_SPLIT", "SPLIT_K"])
 def _qgemm_dot_kernel(
         x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
@@ -444,7 +547,7 @@ def _qgemm_dot_kernel(
         IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr, FOLD: tl.constexpr, WIDE: tl.constexpr,
         ASM: tl.constexpr,
         SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
-        PREFETCH: tl.constexpr):
+        PREFETCH: tl.constexpr, SWAP: tl.constexpr):
     """Tensor-core quantized GEMM (BLOCK_M >= 16).
 
     Same operands as :func:`_qgemv_kernel`. Grid: (M blocks * N blocks, SPLIT_K); program ids are
@@ -464,6 +567,9 @@ def _qgemm_dot_kernel(
     under the CPU interpreter, whose bf16 ``tl.dot`` is wrong.
     PREFETCH (per-slot modes, one or two scale groups per K tile): the scales and zero points of K
     tile t + 1 load while tile t computes.
+    SWAP (per-slot modes): the transposed product ``acc_t [BN, BM] += W_slot.T [BN, 16] @ x_slot.T
+    [16, BM]`` (:func:`_dot_tile_swap`), transposed back once before the epilogue: the weights are the
+    left tensor-core operand, the tokens the MMA's N dimension.
     """
     TILE_K: tl.constexpr = 16 * SLOTS
     NG: tl.constexpr = SLOTS // (GROUP_SLOTS + (GROUP_SLOTS == 0))  # scale groups per K tile
@@ -508,17 +614,35 @@ def _qgemm_dot_kernel(
             z0 = tl.zeros((BLOCK_N,), dtype=tl.int32)
             s1 = s0
             z1 = z0
-        for t in range(t_begin, t_end):
-            words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
-            if LOAD_AHEAD:
-                s0n, z0n, s1n, z1n = _load_tile_scales(s_ptr, z_ptr, gs_ptr, t + 1, offs_n, mask_n, N, G,
-                                                       TILE_K, GROUP, GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
-            acc = _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
-                            s_ptr, z_ptr, gs_ptr, z_pc, s0, z0, s1, z1, N, K, G, KIND, BITS, SYMMETRIC,
-                            SCALE_KIND, GROUP, GROUP_SLOTS, SLOTS, NG, EVEN_K, EVEN_N, IS_BF16, DOT_FP32,
-                            FOLD, ASM, LOAD_AHEAD, BLOCK_M, BLOCK_N)
-            if LOAD_AHEAD:
-                s0, z0, s1, z1 = s0n, z0n, s1n, z1n
+        if SWAP:
+            x_col = x_ptr + offs_m[None, :] * stride_xm
+            acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            for t in range(t_begin, t_end):
+                words, words_hi = _load_words_t(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
+                if LOAD_AHEAD:
+                    s0n, z0n, s1n, z1n = _load_tile_scales(s_ptr, z_ptr, gs_ptr, t + 1, offs_n, mask_n, N, G,
+                                                           TILE_K, GROUP, GROUP_SLOTS, NG, SCALE_KIND,
+                                                           SYMMETRIC)
+                acc_t = _dot_tile_swap(acc_t, words, words_hi, t, x_col, stride_xk, mask_m, offs_n, mask_n,
+                                       qw_ptr, s_ptr, z_ptr, gs_ptr, z_pc, s0, z0, s1, z1, N, K, G, KIND, BITS,
+                                       SYMMETRIC, SCALE_KIND, GROUP, GROUP_SLOTS, SLOTS, NG, EVEN_K, EVEN_N,
+                                       IS_BF16, DOT_FP32, FOLD, ASM, LOAD_AHEAD, BLOCK_M, BLOCK_N)
+                if LOAD_AHEAD:
+                    s0, z0, s1, z1 = s0n, z0n, s1n, z1n
+            acc = tl.trans(acc_t)
+        else:
+            for t in range(t_begin, t_end):
+                words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
+                if LOAD_AHEAD:
+                    s0n, z0n, s1n, z1n = _load_tile_scales(s_ptr, z_ptr, gs_ptr, t + 1, offs_n, mask_n, N, G,
+                                                           TILE_K, GROUP, GROUP_SLOTS, NG, SCALE_KIND,
+                                                           SYMMETRIC)
+                acc = _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr,
+                                s_ptr, z_ptr, gs_ptr, z_pc, s0, z0, s1, z1, N, K, G, KIND, BITS, SYMMETRIC,
+                                SCALE_KIND, GROUP, GROUP_SLOTS, SLOTS, NG, EVEN_K, EVEN_N, IS_BF16, DOT_FP32,
+                                FOLD, ASM, LOAD_AHEAD, BLOCK_M, BLOCK_N)
+                if LOAD_AHEAD:
+                    s0, z0, s1, z1 = s0n, z0n, s1n, z1n
     else:
         for t in range(t_begin, t_end):
             words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
@@ -621,7 +745,8 @@ class KernelConfig:
     """One launch configuration. ``family`` is gemv, dot or dequant; ``fold`` and ``wide`` pick the
     dot family's operand mode (see :func:`_qgemm_dot_kernel`; fold applies where the format and
     dtype allow it, see :func:`fold_supported`); ``prefetch`` loads a K tile's scales one tile ahead
-    (dot family, per-slot modes)."""
+    (dot family, per-slot modes); ``swap_ab`` computes the transposed product with the weights as the
+    left tensor-core operand (dot family, per-slot modes; see :func:`_dot_tile_swap`)."""
     family: str
     block_m: int = 16
     block_n: int = 64
@@ -632,9 +757,10 @@ class KernelConfig:
     fold: int = 0
     wide: int = 0
     prefetch: int = 0
+    swap_ab: int = 0
 
     _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide",
-             "prefetch")
+             "prefetch", "swap_ab")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self._KEYS}
@@ -665,6 +791,14 @@ class KernelConfig:
             raise ValueError("fold and wide are exclusive operand modes")
         if self.prefetch not in (0, 1):
             raise ValueError(f"prefetch must be 0 or 1, got {self.prefetch!r}")
+        if self.swap_ab not in (0, 1):
+            raise ValueError(f"swap_ab must be 0 or 1, got {self.swap_ab!r}")
+        if self.swap_ab and self.family != "dot":
+            raise ValueError(f"swap_ab applies to the dot family only, got family {self.family!r}")
+        if self.swap_ab and self.wide:
+            raise ValueError("swap_ab takes the per-slot operand modes (default or fold), not wide")
+        if self.swap_ab and self.block_n < 16:
+            raise ValueError(f"swap_ab needs block_n >= 16 (the MMA's M dimension), got {self.block_n}")
 
 
 def fold_supported(spec: FormatSpec, dtype: torch.dtype) -> bool:
@@ -778,7 +912,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 DOT_FP32=is_bf16 and x.device.type == "cpu",
                                 FOLD=bool(cfg.fold) and fold_supported(spec, x.dtype),
                                 WIDE=bool(cfg.wide), ASM=bool(cfg.fold) and asm_supported(spec, x),
-                                GROUP_M=cfg.group_m, PREFETCH=bool(cfg.prefetch),
+                                GROUP_M=cfg.group_m, PREFETCH=bool(cfg.prefetch), SWAP=bool(cfg.swap_ab),
                                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
@@ -815,9 +949,10 @@ def _path_name(cfg: KernelConfig, spec: FormatSpec, dtype: torch.dtype) -> str:
     """The path a fused launch took, as recorded in :mod:`triton_marlin.dispatch` (op ``qgemm``;
     ``dequant`` is Triton dequantize + cuBLAS)."""
     if cfg.family == "dot":
+        swap = "-swapab" if cfg.swap_ab else ""
         if cfg.fold and fold_supported(spec, dtype):
-            return "dot-fold"
-        return "dot-wide" if cfg.wide else "dot"
+            return "dot-fold" + swap
+        return "dot-wide" if cfg.wide else "dot" + swap
     return cfg.family
 
 
