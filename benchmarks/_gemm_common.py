@@ -7,6 +7,7 @@ before triton_marlin's kernels are imported): the path is real, the timings say 
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from dataclasses import dataclass
@@ -73,6 +74,20 @@ def add_case_args(p, default_formats="int4"):
                    help="activation dtype")
     p.add_argument("--no-graph", action="store_true",
                    help="skip the CUDA-graph replay timing (report launch-inclusive time only)")
+    p.add_argument("--candidates", default="all", choices=CANDIDATE_SETS, action=_CandidateSet,
+                   help="kernel configurations the variant/selection sweeps time: all, or swapab (the "
+                        "swap-AB tensor-core candidates plus what the packaged tables select now)")
+
+
+CANDIDATE_SETS = ("all", "swapab")
+_candidate_set = "all"  # set by --candidates when a benchmark parses its arguments
+
+
+class _CandidateSet(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        global _candidate_set
+        _candidate_set = values
+        setattr(namespace, self.dest, values)
 
 
 def shapes_from(args) -> dict:
@@ -182,17 +197,76 @@ def headline(replay, launch):
     return replay.median_us if replay is not None else launch.median_us
 
 
-def candidate_configs(M: int, quick: bool = False) -> list:
-    """The kernel configurations bench_kernel_variants times for a batch of M rows (split-K is a
-    run-time argument: it costs no extra compile)."""
+def swapab_configs(M: int) -> list:
+    """Swap-AB candidates for M >= 16 (weights the left tensor-core operand, fed to Hopper's ``wgmma``
+    from registers; tokens the MMA's N dimension): fold operands with the scales loaded ahead, rows
+    per tile the next power of two of M (16..128), 128 or 256 output columns, a few split-K choices
+    and one deeper pipeline. Short on purpose: every (block_m, block_n, warps, stages) is a compile."""
     from triton_marlin.kernels.qgemm import KernelConfig as KC
 
+    if M < 16:
+        return []
+    bm = min(128, 1 << (M - 1).bit_length())
+    splits = (2, 4) if M <= 64 else (1, 2)
+    tiles = [(bm, 128, 4 if bm <= 64 else 8)]
+    if bm <= 64:
+        tiles.append((bm, 256, 8))
+    else:
+        tiles.append((64, 128, 4))
+    out = []
+    for bm_, bn, warps in tiles:
+        for split in splits:
+            out.append(KC("dot", block_m=bm_, block_n=bn, split_k=split, num_warps=warps, num_stages=3, fold=1,
+                          prefetch=1, swap_ab=1))
+    out.append(KC("dot", block_m=bm, block_n=128, split_k=splits[0], num_warps=tiles[0][2], num_stages=4,
+                  fold=1, prefetch=1, swap_ab=1))
+    if bm >= 128:
+        # the fold epilogue costs BM/128 FFMA per weight and group: per-weight scales instead
+        out.append(KC("dot", block_m=bm, block_n=128, split_k=1, num_warps=8, num_stages=3, swap_ab=1))
+    return out
+
+
+def table_configs(M: int, fmt: str = "int4") -> list:
+    """What the packaged selection tables run for ``fmt`` at M rows on each shape they measured (the
+    current best, to time beside new candidates)."""
+    import json
+
+    from triton_marlin.kernels import qgemm_config as C
+
+    out = []
+    for path in sorted(C.TUNED_DIR.glob("*.json")):
+        table = C.validate_table(json.loads(path.read_text()), str(path))
+        for shape in table["entries"].get(fmt, {}):
+            n, k = (int(v) for v in shape.split("x"))
+            found = C.lookup(table, fmt, n, k, M)
+            if found is not None and found[0] not in out:
+                out.append(found[0])
+    return out
+
+
+def candidate_configs(M: int, quick: bool = False, which: str | None = None) -> list:
+    """The kernel configurations bench_kernel_variants times for a batch of M rows (split-K is a
+    run-time argument: it costs no extra compile). ``which`` (default: the benchmark's
+    ``--candidates``): ``all``, or ``swapab`` = :func:`swapab_configs` plus :func:`table_configs`."""
+    from triton_marlin.kernels.qgemm import KernelConfig as KC
+
+    which = which or _candidate_set
+    if which not in CANDIDATE_SETS:
+        raise ValueError(f"candidate set must be one of {CANDIDATE_SETS}, got {which!r}")
     if quick:
         if M <= 4:
-            return [KC("gemv", block_m=1 if M == 1 else 4, block_n=64),
-                    KC("dot", block_m=16, block_n=64, fold=1, split_k=2, prefetch=1)]
-        return [KC("dot", block_m=16, block_n=64, fold=1), KC("dot", block_m=16, block_n=64, wide=1),
-                KC("dequant")]
+            out = [KC("gemv", block_m=1 if M == 1 else 4, block_n=64),
+                   KC("dot", block_m=16, block_n=64, fold=1, split_k=2, prefetch=1)]
+        else:
+            out = [KC("dot", block_m=16, block_n=64, fold=1), KC("dot", block_m=16, block_n=64, wide=1),
+                   KC("dequant"), KC("dot", block_m=16, block_n=64, fold=1, prefetch=1, swap_ab=1)]
+        return out if which == "all" else [c for c in out if c.swap_ab or c.family == "dequant"]
+    if which == "swapab":
+        out = swapab_configs(M)
+        for cfg in table_configs(M):
+            if cfg not in out:
+                out.append(cfg)
+        return out
     out = []
     if M <= 4:
         bm = 1 << max(0, (M - 1).bit_length())
@@ -238,4 +312,5 @@ def candidate_configs(M: int, quick: bool = False) -> list:
                               split_k=split))
     if M >= 64:
         out.append(KC("dequant"))
+    out.extend(swapab_configs(M))
     return out

@@ -3,7 +3,8 @@
 # Triton compiles overlap), the kernel-variant sweep, the selection table, bench_gemm. Logs and JSON
 # lines go to $OUT/qgemm/ (packed into $OUT/qgemm.tgz when there are more than 7); a compact table is
 # printed last.
-# Usage (repository root, on the GPU machine): bash gpu/qgemm_check.sh [check|tune|final|explore|stages|closing|overhead]
+# Usage (repository root, on the GPU machine):
+#   bash gpu/qgemm_check.sh [check|tune|final|explore|stages|closing|overhead|swapab]
 #   check: GPU tests + int4 variant sweep on 8192x8192 and 28672x8192 (M 1,16,64,256,1024) + bench_gemm
 #          of int4/fp4/mxfp4/int2/int3/int8 at M=1 on the same shapes (~6 min).
 #   tune:  GPU tests of the PTX-unpack formats, bench_kernel_selection for int4 on the shapes
@@ -19,6 +20,11 @@
 #   closing: GPU tests (alongside the compile warm-up), the stages sweeps again, then bench_gemm: int4 at
 #          M 1,16,64,256,1024 and fp4/mxfp4/int2/int3/int8 at M 1 on the two large shapes with the new
 #          table, the closing table from one run (~5 min).
+#   swapab: the swap-AB tensor-core variant (weights the left wgmma operand, from registers): GPU tests of
+#          qgemm (alongside a parallel compile of the swap-AB candidates and the table's configurations),
+#          the int4 selection sweep of the swap-AB candidates + the current table's choice on the two large
+#          shapes at M 16,32,64,128,256 (merged into a copy of the packaged table in $OUT/qgemm, the package
+#          untouched), then bench_gemm int4 at M 1,16,64,256,1024 with that table (~5 min).
 #   overhead: host-side cost of a small eager call (gpu/qgemm_overhead.py) and int4 bench_gemm at
 #          M 1 and 16 (~1.5 min).
 set -uo pipefail
@@ -107,7 +113,19 @@ overhead)
   step fused 120 $PY benchmarks/bench_fused_vs_pytorch.py --shapes 4096x4096 --m 1,16,256 --formats int4 \
       --warmup 3 --repeats 10 --output "$LOG/fused.jsonl"
   ;;
-*) echo "usage: $0 [check|tune|final|explore|stages|closing|overhead]" >&2; exit 2 ;;
+swapab)
+  TABLE="$LOG/table_swapab.json"
+  cp src/triton_marlin/kernels/tuned/nvidia-h200.json "$TABLE"
+  timeout 130 $PY gpu/qgemm_warm.py --formats int4 --m 1,16,32,64,128,256,1024 --candidates swapab --procs 8 \
+      > "$LOG/warm.log" 2>&1 &
+  step tests 130 $PY -m pytest -q -n 6 -m gpu tests/test_qgemm.py
+  wait; cat "$LOG/warm.log"
+  step selection 100 $PY benchmarks/bench_kernel_selection.py --shapes $BIG --m 16,32,64,128,256 --formats int4 \
+      --candidates swapab --table "$TABLE" --merge --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
+  step gemm 70 env TRITON_MARLIN_QGEMM_TABLE="$TABLE" $PY benchmarks/bench_gemm.py --shapes $BIG \
+      --m 1,16,64,256,1024 --formats int4 --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
+  ;;
+*) echo "usage: $0 [check|tune|final|explore|stages|closing|overhead|swapab]" >&2; exit 2 ;;
 esac
 $PY gpu/qgemm_summary.py variants="$LOG/variants.jsonl" gemm="$LOG/gemm.jsonl"
 echo "failed steps: ${failed[*]:-none}" | tee -a "$LOG/summary.txt"
