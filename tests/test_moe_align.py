@@ -1,10 +1,18 @@
-"""Token/expert alignment: the Triton kernel equals the reference bit for bit, and both satisfy the layout
-contract, including the edge cases (slots routed to no active expert, everything on one expert, more
-experts than slots)."""
+"""Token/expert alignment: every Triton method (one program; one launch of several programs; histogram +
+scatter launches) equals the reference bit for bit, and both satisfy the layout contract, including the edge
+cases (slots routed to no active expert, everything on one expert, more experts than slots, ids past E, slot
+counts that are not a multiple of the chunk, many chunks, several expert tiles)."""
+import types
+
 import pytest
 import torch
 
+from triton_marlin import dispatch
+from triton_marlin.kernels import moe_align as MA
 from triton_marlin.moe.align import align_capacity, align_reference, align_tokens
+
+METHODS = ("single", "fused", "split")
+POISON = -777_777
 
 
 def check_layout(al, ids, num_experts):
@@ -34,15 +42,47 @@ def check_layout(al, ids, num_experts):
     assert npost == expected_rows
 
 
+def _glm(g, T):
+    """GLM-4.7-Flash routing: 4 of 64 routed experts per token (distinct) + the shared expert 64."""
+    routed = torch.rand(T, 64, generator=g).argsort(dim=1)[:, :4]
+    return torch.cat([routed, torch.full((T, 1), 64)], dim=1)
+
+
+# name: generator -> (ids [T, k], num_experts, block_m)
 CASES = {
     "random": lambda g: (torch.randint(0, 6, (9, 3), generator=g), 6, 4),
     "no_active_expert": lambda g: (torch.tensor([[0, 2], [-1, -1], [2, -1], [5, 1]]), 6, 4),
+    "all_dropped": lambda g: (torch.full((7, 3), -1), 5, 16),
+    "no_slots": lambda g: (torch.zeros((0, 4), dtype=torch.int64), 5, 16),
     "all_one_expert": lambda g: (torch.full((11, 2), 3), 5, 8),
+    "all_one_expert_many_chunks": lambda g: (torch.full((100, 3), 6), 8, 32),
     "more_experts_than_slots": lambda g: (torch.tensor([[17, 40]]), 64, 16),
     "out_of_range_ids": lambda g: (torch.tensor([[0, 7], [6, 1]]), 6, 4),
     "block_m_1": lambda g: (torch.randint(-1, 5, (6, 2), generator=g), 5, 1),
     "many_slots": lambda g: (torch.randint(-1, 37, (70, 4), generator=g), 37, 16),
+    # one slot past a whole chunk of 64: the last chunk holds a single slot
+    "chunk_plus_one": lambda g: (torch.randint(0, 8, (13, 5), generator=g), 8, 16),
+    # 1200 slots: 19 chunks, the last one partial; E = 8 (a short expert tile)
+    "many_chunks_e8": lambda g: (torch.randint(-1, 9, (400, 3), generator=g), 8, 16),
+    "glm_1_token": lambda g: (_glm(g, 1), 65, 16),
+    "glm_16_tokens": lambda g: (_glm(g, 16), 65, 16),
+    "glm_256_tokens": lambda g: (_glm(g, 256), 65, 16),
+    "e65_block_m_32": lambda g: (torch.randint(-1, 70, (40, 5), generator=g), 65, 32),
+    # E == the expert tile (128), ids past E
+    "e128_block_m_64": lambda g: (torch.randint(-1, 131, (37, 4), generator=g), 128, 64),
+    # three expert tiles (128 + 128 + 1), ids past E
+    "e257_block_m_16": lambda g: (torch.randint(-2, 270, (45, 9), generator=g), 257, 16),
+    "e257_block_m_1": lambda g: (torch.randint(-1, 257, (20, 9), generator=g), 257, 1),
 }
+
+
+def _poisoned_empty(monkeypatch):
+    """Every buffer the launcher allocates (outputs and histogram scratch) starts as POISON, so an element a
+    kernel forgets to write (or a histogram column it reads without writing) fails the comparison."""
+    def empty(*size, dtype=None, device=None, **kw):
+        return torch.full(size[0] if len(size) == 1 and not isinstance(size[0], int) else size, POISON,
+                          dtype=dtype, device=device)
+    monkeypatch.setattr(MA, "torch", types.SimpleNamespace(**{**vars(torch), "empty": empty}))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -54,15 +94,47 @@ def test_reference_layout(case, gen):
     assert al.sorted_ids.numel() == cap and al.expert_ids.numel() == blocks
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_triton_equals_reference(case, gen):
+def test_triton_equals_reference(case, method, gen, monkeypatch):
     ids, E, bm = CASES[case](gen)
     ref = align_reference(ids.int(), E, bm)
-    al = align_tokens(ids.int(), E, bm, backend="triton")
+    _poisoned_empty(monkeypatch)
+    al = align_tokens(ids.int(), E, bm, backend="triton", method=method)
     assert torch.equal(al.sorted_ids, ref.sorted_ids)
     assert torch.equal(al.expert_ids, ref.expert_ids)
     assert torch.equal(al.num_tokens_post_pad, ref.num_tokens_post_pad)
     check_layout(al, ids, E)
+
+
+def test_int64_ids_and_block_m_sweep(gen):
+    """int64 ids are accepted; every method and block_m 1/16/32/64 on one draw, 65 experts."""
+    ids = torch.randint(-1, 66, (50, 5), generator=gen)
+    for bm in (1, 16, 32, 64):
+        ref = align_reference(ids, 65, bm)
+        for method in METHODS:
+            al = align_tokens(ids, 65, bm, backend="triton", method=method)
+            assert torch.equal(al.sorted_ids, ref.sorted_ids), (bm, method)
+            assert torch.equal(al.expert_ids, ref.expert_ids), (bm, method)
+            assert torch.equal(al.num_tokens_post_pad, ref.num_tokens_post_pad), (bm, method)
+
+
+def test_auto_method_by_slot_count_and_recorded(gen):
+    """auto: one launch while the slots fill at most FUSED_MAX_CHUNKS chunks, two launches above; the path
+    taken is recorded."""
+    limit = MA.FUSED_MAX_CHUNKS * 64
+    assert MA.align_method(1, 65) == "fused" and MA.align_method(limit, 65) == "fused"
+    assert MA.align_method(limit + 1, 65) == "split" and MA.align_method(1280, 65) == "split"
+    for T, expect in ((3, "fused"), (limit // 5 + 1, "split")):
+        ids = _glm(gen, T)
+        dispatch.reset()
+        al = align_tokens(ids.int(), 65, 16, backend="triton")
+        assert dispatch.counts() == {("moe_align", f"triton-{expect}"): 1}
+        ref = align_reference(ids.int(), 65, 16)
+        assert torch.equal(al.sorted_ids, ref.sorted_ids) and torch.equal(al.expert_ids, ref.expert_ids)
+    dispatch.reset()
+    align_tokens(ids.int(), 65, 16, backend="torch")
+    assert dispatch.counts() == {("moe_align", "torch"): 1}
 
 
 def test_edge_case_facts():
@@ -81,3 +153,50 @@ def test_bad_input():
         align_reference(torch.zeros(2, 2, dtype=torch.int32), 4, 12)
     with pytest.raises(ValueError, match="num_experts"):
         align_reference(torch.zeros(2, 2, dtype=torch.int32), 0, 16)
+    with pytest.raises(ValueError, match="method"):
+        align_tokens(torch.zeros(2, 2, dtype=torch.int32), 4, 16, backend="triton", method="parallel")
+    with pytest.raises(ValueError, match="method"):
+        MA.align_triton(torch.zeros(2, 2, dtype=torch.int32), 4, 16, 64, 4, method="one")
+    with pytest.raises(ValueError, match="capacity"):
+        MA.align_triton(torch.zeros(2, 2, dtype=torch.int32), 4, 16, 60, 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_graph_replay(method, gen):
+    """Captured once, replayed on new routings of the same shape: equal to the reference each time."""
+    T, E, bm = 256, 65, 16
+    ids = _glm(gen, T).int().cuda()
+    cap, blocks = align_capacity(ids.numel(), E, bm)
+    MA.align_triton(ids, E, bm, cap, blocks, method=method)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = MA.align_triton(ids, E, bm, cap, blocks, method=method)
+    for _ in range(3):
+        new = _glm(gen, T).int()
+        new[:7] = -1  # padding rows of a graph bucket
+        ids.copy_(new)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = align_reference(new, E, bm)
+        assert torch.equal(out[0].cpu(), ref.sorted_ids) and torch.equal(out[1].cpu(), ref.expert_ids)
+        assert torch.equal(out[2].cpu(), ref.num_tokens_post_pad)
+
+
+def test_gpu_timing_script_runs_on_cpu(tmp_path):
+    """gpu/moe_align_time.py: checks every method against the reference and writes its records (here under
+    the interpreter, host timings)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "gpu" / "moe_align_time.py"
+    spec = importlib.util.spec_from_file_location("moe_align_time", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "align.jsonl"
+    mod.main(["--quick", "--device", "cpu", "--tokens", "2", "--warmup", "0", "--repeats", "1", "--output", str(out)])
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["case"]["method"] for r in recs if r["metric"] == "time_launch"} == set(mod.METHODS)
+    assert all(r["value"] > 0 for r in recs)

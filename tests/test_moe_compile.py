@@ -1,9 +1,9 @@
 """The MoE kernels compile for Hopper (sm_90, Triton's own toolchain, no GPU needed).
 
 The CPU interpreter runs Python semantics, so it accepts things the compiler rejects (a constexpr computed by a
-tuple assignment, say); this compiles the variants the strategies launch: the routing and alignment kernels,
-the decode (one slot per program, split-K, SwiGLU on load) and tensor-core paths, fp16 and bf16, one kind and
-every kind behind the table branch."""
+tuple assignment, say); this compiles the variants the strategies launch: the routing and alignment kernels
+(one program; histogram + scatter), the decode (one slot per program, split-K, SwiGLU on load) and tensor-core
+paths, fp16 and bf16, one kind and every kind behind the table branch."""
 import json
 import os
 import subprocess
@@ -44,6 +44,13 @@ out["route_glm"] = build(MA._route_kernel, {"logits_ptr": "*fp32", "bias_ptr": "
 out["align"] = build(MA._align_kernel, {"ids_ptr": "*i32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
                                         "npost_ptr": "*i32"},
     dict(BLOCK_M=16, BLOCK_S=64, BLOCK_E=128, BLOCK_B=64), 4)
+align_types = {"ids_ptr": "*i32", "hist_ptr": "*i32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
+               "npost_ptr": "*i32"}
+out["align_hist_e257"] = build(MA._align_hist_kernel, align_types, dict(BLOCK_S=64, BLOCK_E=128, E_TILES=3), 4)
+out["align_scatter_glm"] = build(MA._align_scatter_kernel, align_types,  # 65 experts, 16-row blocks
+    dict(BLOCK_M=16, BLOCK_S=64, BLOCK_E=128, E_TILES=1, BLOCK_C=32, BLOCK_B=32, FROM_IDS=False), 4)
+out["align_fused_bm1"] = build(MA._align_scatter_kernel, align_types,  # one launch; BLOCK_M 1, 3 expert tiles
+    dict(BLOCK_M=1, BLOCK_S=16, BLOCK_E=128, E_TILES=3, BLOCK_C=32, BLOCK_B=32, FROM_IDS=True), 4)
 every_kind = (1 << MG.NUM_KINDS) - 1
 some_kinds = (1 << 0) | (1 << 5) | (1 << 7) | (1 << 9)  # int2, mxfp4, fp8, asymmetric int3
 asm_kinds = (1 << 1) | (1 << 4) | (1 << 10)  # the PTX unpackers: int3, fp4 (E2M1), asymmetric int4
@@ -85,6 +92,6 @@ def test_moe_kernels_compile_for_hopper():
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(info) == 12
+    assert len(info) == 15
     for name, meta in info.items():
         assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)

@@ -4,12 +4,15 @@
   noaux_tc correction bias, group-limited selection, renormalization, scaling), with optional shared-expert
   slots appended (id ``E + s``, weight 1) and rows at or beyond a device-side token count marked as padding.
   Reference: :func:`triton_marlin.moe.routing.route_reference`.
-- ``_align_kernel``: sort the token slots by expert and pad every expert's run to the GEMM block size, so
-  each block of ``BLOCK_M`` sorted rows belongs to exactly one expert. Reference:
-  :func:`triton_marlin.moe.align.align_reference`.
+- alignment: sort the token slots by expert and pad every expert's run to the GEMM block size, so each
+  block of ``BLOCK_M`` sorted rows belongs to exactly one expert. Reference:
+  :func:`triton_marlin.moe.align.align_reference`. ``_align_kernel`` does it in one program;
+  ``_align_hist_kernel`` + ``_align_scatter_kernel`` spread it over programs (count per chunk of slots, then
+  scan + scatter), and the scatter kernel alone (``FROM_IDS``) serves small inputs in one launch.
+  :func:`align_triton` picks (:func:`align_method`).
 
-Both are single-pass kernels meant to be launched inside a CUDA graph: every output has a size known
-from the input shapes alone (no host sync).
+All are meant to be launched inside a CUDA graph: every output has a size known from the input shapes
+alone (no host sync), and no output depends on the order in which programs run (no atomics).
 """
 from __future__ import annotations
 
@@ -166,11 +169,156 @@ def _align_kernel(ids_ptr, sorted_ptr, expert_ids_ptr, npost_ptr, num_slots, E, 
         running += tl.sum(onehot, axis=0)
 
 
-def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, capacity: int, max_blocks: int):
-    """Launch ``_align_kernel``; returns ``(sorted_ids, expert_ids, num_tokens_post_pad)``.
+# --- multi-program alignment: count (one program per chunk of slots), then scan + scatter ---------------
+#
+# The single-program ``_align_kernel`` above walks every chunk of slots twice on one SM (counting, then a
+# cumsum of a one-hot [BLOCK_S, BLOCK_E] tile per chunk) and fills all padding rows itself: 47.6 us for
+# 256 tokens x 5 slots on an H200. The kernels below split the same work over programs:
+#
+# 1. ``_align_hist_kernel`` (grid: chunks of BLOCK_S slots): the chunk's expert histogram -> scratch
+#    ``hist[chunk, E_TILES * BLOCK_E]``.
+# 2. ``_align_scatter_kernel`` (grid: max(chunks, block tiles)): every program reads all histograms
+#    (small: chunks x E int32), forms the per-expert totals, padded counts and run starts (a cumsum over E)
+#    and its chunk's exclusive prefix over earlier chunks; ranks each of its slots among the equal ids
+#    before it in the chunk (a [BLOCK_S, BLOCK_S] lower-triangle compare) and stores
+#    ``sorted[start[e] + prefix[e] + rank] = slot``. The same program writes the sentinel into the padding
+#    rows of its tile of BLOCK_B blocks and those blocks' expert ids. Slot rows and padding rows are
+#    disjoint, so no store order matters and no barrier across programs is needed; nothing is atomic, and
+#    the output is the same bit for bit on every run.
+#
+# With ``FROM_IDS`` the scatter kernel counts the chunks itself (every program recounts all of them) and
+# the histogram launch is skipped: one launch instead of two, worth it while there are few chunks
+# (``FUSED_MAX_CHUNKS``). Experts are walked in tiles of at most 128 (``E_TILES``), so a [BLOCK_S, BLOCK_E]
+# tile stays at 8 K elements for any E (257 experts: 3 tiles) instead of growing with E.
+#
+# Cost that grows faster than the slots: every scatter program reads the whole histogram, chunks x E x 4
+# bytes (256 tokens x 5 slots, 65 experts: 20 chunks, 10 KB per program, 200 KB in all from L2).
 
-    ``capacity``/``max_blocks``: the worst-case sizes of :func:`triton_marlin.moe.align.align_capacity`.
+
+@triton.jit
+def _align_hist_kernel(ids_ptr, hist_ptr, num_slots, E,
+                       BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr, E_TILES: tl.constexpr):
+    """Grid (chunks,). ids int32 [num_slots]; hist int32 [chunks, E_TILES * BLOCK_E] (row-major, every element
+    written: the count of slots of chunk ``pid`` routed to each expert, 0 for columns >= E)."""
+    pid = tl.program_id(0)
+    s = pid * BLOCK_S + tl.arange(0, BLOCK_S)
+    ids = tl.load(ids_ptr + s, mask=s < num_slots, other=-1)
+    for t in tl.static_range(E_TILES):
+        e = t * BLOCK_E + tl.arange(0, BLOCK_E)
+        h = tl.sum((ids[:, None] == e[None, :]).to(tl.int32), axis=0)
+        h = tl.where(e < E, h, 0)  # ids in [E, E_TILES * BLOCK_E) belong to no expert
+        tl.store(hist_ptr + pid * (E_TILES * BLOCK_E) + e, h)
+
+
+@triton.jit
+def _align_scatter_kernel(ids_ptr, hist_ptr, sorted_ptr, expert_ids_ptr, npost_ptr, num_slots, num_chunks, E,
+                          max_blocks,
+                          BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
+                          E_TILES: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
+                          FROM_IDS: tl.constexpr):
+    """Grid (max(chunks, cdiv(max_blocks, BLOCK_B)),). ids int32 [num_slots] (flattened [T, k]; ids outside
+    [0, E) belong to no expert); hist int32 [num_chunks, E_TILES * BLOCK_E] from ``_align_hist_kernel``
+    (unread with FROM_IDS: the program counts the chunks of ``ids`` itself). Writes, as ``_align_kernel``:
+    sorted int32 [max_blocks * BLOCK_M], expert_ids int32 [max_blocks], npost int32 [1].
+
+    Program ``pid`` places the slots of chunk ``pid`` (if any) and fills blocks
+    ``[pid * BLOCK_B, (pid + 1) * BLOCK_B)`` (if any)."""
+    pid = tl.program_id(0)
+    s_idx = tl.arange(0, BLOCK_S)
+    s = pid * BLOCK_S + s_idx
+    ids = tl.load(ids_ptr + s, mask=s < num_slots, other=-1)
+    ids = tl.where((ids >= 0) & (ids < E), ids, -1)
+    # rank of each slot among the earlier slots of this chunk with the same expert
+    earlier = s_idx[None, :] < s_idx[:, None]
+    pos = tl.sum(((ids[None, :] == ids[:, None]) & earlier).to(tl.int32), axis=1)
+
+    b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_b = b * BLOCK_M                       # first row of each block of this program's tile
+    eid = tl.zeros([BLOCK_B], tl.int32)       # runs ending at or before row_b: the expert of the block
+    fill_end = tl.zeros([BLOCK_B], tl.int32)  # end of the slot rows of that expert (padding from there)
+    c_idx = tl.arange(0, BLOCK_C)
+    carry = 0                                 # padded rows of the experts of earlier tiles
+    for t in tl.static_range(E_TILES):
+        e = t * BLOCK_E + tl.arange(0, BLOCK_E)
+        in_e = e < E
+        tot = tl.zeros([BLOCK_E], tl.int32)   # slots per expert
+        pre = tl.zeros([BLOCK_E], tl.int32)   # slots per expert in the chunks before this program's
+        if FROM_IDS:
+            for c in range(0, num_chunks):
+                cs = c * BLOCK_S + s_idx
+                cid = tl.load(ids_ptr + cs, mask=cs < num_slots, other=-1)
+                h = tl.sum((cid[:, None] == e[None, :]).to(tl.int32), axis=0)
+                tot += h
+                pre += h * (c < pid).to(tl.int32)
+            tot = tl.where(in_e, tot, 0)
+            pre = tl.where(in_e, pre, 0)
+        else:
+            for c0 in range(0, num_chunks, BLOCK_C):
+                c = c0 + c_idx
+                h = tl.load(hist_ptr + c[:, None] * (E_TILES * BLOCK_E) + e[None, :],
+                            mask=(c < num_chunks)[:, None], other=0)
+                tot += tl.sum(h, axis=0)
+                pre += tl.sum(tl.where((c < pid)[:, None], h, 0), axis=0)
+        padded = (tot + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        ends = tl.cumsum(padded, axis=0) + carry
+        starts = ends - padded
+        carry = carry + tl.sum(padded, axis=0)
+        base = starts + pre
+        pos += tl.sum(tl.where(ids[:, None] == e[None, :], base[None, :], 0), axis=1)
+        eid += tl.sum(((ends[None, :] <= row_b[:, None]) & in_e[None, :]).to(tl.int32), axis=1)
+        # the expert holding row_b is the last one starting at or before it, and its slot rows end last
+        # among those (earlier runs end before it starts): a running max finds where its padding begins
+        fill = tl.where((starts[None, :] <= row_b[:, None]) & in_e[None, :], (starts + tot)[None, :], 0)
+        fill_end = tl.maximum(fill_end, tl.max(fill, axis=1))
+    total = carry
+    tl.store(sorted_ptr + pos, s, mask=ids >= 0)
+    in_b = b < max_blocks
+    tl.store(expert_ids_ptr + b, tl.where(row_b < total, eid, -1), mask=in_b)
+    rows = row_b[:, None] + tl.arange(0, BLOCK_M)[None, :]
+    tl.store(sorted_ptr + rows, tl.full([BLOCK_B, BLOCK_M], 0, tl.int32) + num_slots,
+             mask=(rows >= fill_end[:, None]) & in_b[:, None])
+    tl.store(npost_ptr, total, mask=pid == 0)
+
+
+# Up to this many chunks the scatter kernel counts the slots itself (one launch); above, the histogram is
+# a launch of its own. Each scatter program then recounts every chunk ([BLOCK_S, BLOCK_E] per chunk), which
+# at 4 chunks costs about what a second launch does inside a CUDA graph (a ~1 us gap plus the histogram
+# kernel's own load/reduce/store latency), and grows linearly past it. An estimate, not a measurement:
+# gpu/moe_align_time.py times all three methods at 1-1024 tokens to set it.
+FUSED_MAX_CHUNKS = 4
+ALIGN_METHODS = ("auto", "single", "fused", "split")
+_BLOCK_S = 64   # slots per chunk: [64, 64] rank and [64, 128] expert tiles, 32-64 values per thread (4 warps)
+_BLOCK_B = 32   # blocks per program for the padding fill and expert ids
+_BLOCK_C = 32   # histogram rows per load in the scatter kernel
+
+
+def _chunking(num_slots: int, num_experts: int) -> tuple[int, int, int, int]:
+    """(BLOCK_S, chunks, BLOCK_E, E_TILES) of the multi-program kernels."""
+    block_s = max(16, min(_BLOCK_S, triton.next_power_of_2(max(num_slots, 1))))
+    block_e = min(128, triton.next_power_of_2(max(num_experts, 2)))
+    return block_s, triton.cdiv(num_slots, block_s), block_e, triton.cdiv(num_experts, block_e)
+
+
+def align_method(num_slots: int, num_experts: int) -> str:
+    """The method ``align_triton(method="auto")`` runs: ``"fused"`` (one launch) while the slots fill at
+    most ``FUSED_MAX_CHUNKS`` chunks, ``"split"`` (histogram launch + scatter launch) above."""
+    return "fused" if _chunking(num_slots, num_experts)[1] <= FUSED_MAX_CHUNKS else "split"
+
+
+def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, capacity: int, max_blocks: int,
+                 method: str = "auto"):
+    """Launch the alignment; returns ``(sorted_ids, expert_ids, num_tokens_post_pad)``.
+
+    ``capacity``/``max_blocks``: the worst-case sizes of :func:`triton_marlin.moe.align.align_capacity`
+    (``capacity == max_blocks * block_m``). ``method``: ``"single"`` (``_align_kernel``, one program),
+    ``"fused"`` (the scatter kernel counting the slots itself: one launch, several programs), ``"split"``
+    (histogram kernel, then scatter kernel), or ``"auto"`` (:func:`align_method`). All four give the same
+    outputs bit for bit; every size depends on the shapes alone, so each is CUDA-graph capturable.
     """
+    if method not in ALIGN_METHODS:
+        raise ValueError(f"method must be one of {ALIGN_METHODS}, got {method!r}")
+    if capacity != max_blocks * block_m:
+        raise ValueError(f"capacity must be max_blocks * block_m = {max_blocks * block_m}, got {capacity}")
     ids = topk_ids.reshape(-1)
     if ids.dtype != torch.int32:
         ids = ids.to(torch.int32)
@@ -180,9 +328,26 @@ def align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, capacit
     sorted_ids = torch.empty(capacity, dtype=torch.int32, device=dev)
     expert_ids = torch.empty(max_blocks, dtype=torch.int32, device=dev)
     npost = torch.empty(1, dtype=torch.int32, device=dev)
-    block_e = triton.next_power_of_2(max(num_experts, 2))
-    block_s = max(16, min(128, 8192 // block_e))
-    _align_kernel[(1,)](ids, sorted_ids, expert_ids, npost, num_slots, num_experts, capacity, max_blocks,
-                        BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_E=block_e, BLOCK_B=block_s,
-                        num_warps=4)
+    if method == "auto":
+        method = align_method(num_slots, num_experts)
+    if method == "single":
+        block_e = triton.next_power_of_2(max(num_experts, 2))
+        block_s = max(16, min(128, 8192 // block_e))
+        _align_kernel[(1,)](ids, sorted_ids, expert_ids, npost, num_slots, num_experts, capacity, max_blocks,
+                            BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_E=block_e, BLOCK_B=block_s,
+                            num_warps=4)
+        return sorted_ids, expert_ids, npost
+    block_s, chunks, block_e, e_tiles = _chunking(num_slots, num_experts)
+    from_ids = method == "fused" or chunks == 0  # no slots: nothing to count, no histogram launch
+    if from_ids:
+        hist = ids  # not read
+    else:
+        hist = torch.empty((chunks, e_tiles * block_e), dtype=torch.int32, device=dev)
+        _align_hist_kernel[(chunks,)](ids, hist, num_slots, num_experts,
+                                      BLOCK_S=block_s, BLOCK_E=block_e, E_TILES=e_tiles, num_warps=4)
+    grid = max(1, chunks, triton.cdiv(max_blocks, _BLOCK_B))
+    _align_scatter_kernel[(grid,)](ids, hist, sorted_ids, expert_ids, npost, num_slots, chunks, num_experts,
+                                   max_blocks, BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_E=block_e,
+                                   E_TILES=e_tiles, BLOCK_C=_BLOCK_C, BLOCK_B=_BLOCK_B, FROM_IDS=from_ids,
+                                   num_warps=4)
     return sorted_ids, expert_ids, npost

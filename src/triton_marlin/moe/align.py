@@ -6,9 +6,8 @@ sentinel ``T * k``, and lists the expert of every ``block_m`` block, so one kern
 rows) only ever serves one expert. Slots whose id is outside ``[0, E)`` (``-1``: routed to no active
 expert, e.g. a padding row of a CUDA-graph bucket) are dropped.
 
-Sizes depend on the input shape only (worst case, see
-:func:`triton_marlin.kernels.moe_align.align_capacity`), so the buffers can live in a CUDA graph; rows
-past ``num_tokens_post_pad`` hold the sentinel and blocks past it have expert id -1.
+Sizes depend on the input shape only (worst case, see :func:`align_capacity`), so the buffers can live in a
+CUDA graph; rows past ``num_tokens_post_pad`` hold the sentinel and blocks past it have expert id -1.
 """
 from __future__ import annotations
 
@@ -69,20 +68,31 @@ def align_reference(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> A
                      block_m, num_slots)
 
 
-def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, backend: str = "auto") -> Alignment:
-    """Align token slots to experts: the Triton kernel where Triton runs, else :func:`align_reference`."""
+def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, backend: str = "auto",
+                 method: str = "auto") -> Alignment:
+    """Align token slots to experts: the Triton kernels where Triton runs, else :func:`align_reference`.
+
+    ``method`` (Triton only): ``"single"`` (one program), ``"fused"`` (one launch, several programs),
+    ``"split"`` (histogram launch + scatter launch) or ``"auto"`` (by the slot count, see
+    :func:`triton_marlin.kernels.moe_align.align_method`); all equal the reference bit for bit. The path
+    taken is recorded as ``("moe_align", "triton-<method>")`` or ``("moe_align", "torch")``."""
     from .. import dispatch
     from ..device import triton_enabled_for
 
     _check(topk_ids, num_experts, block_m)
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if method not in ("auto", "single", "fused", "split"):
+        raise ValueError(f"method must be 'auto', 'single', 'fused' or 'split', got {method!r}")
     if backend == "triton" or (backend == "auto" and triton_enabled_for(topk_ids.device)):
-        from ..kernels.moe_align import align_triton
+        from ..kernels.moe_align import align_method, align_triton
 
-        dispatch.record("moe_align", "triton")
+        if method == "auto":
+            method = align_method(topk_ids.numel(), num_experts)
+        dispatch.record("moe_align", f"triton-{method}")
         capacity, max_blocks = align_capacity(topk_ids.numel(), num_experts, block_m)
-        sorted_ids, expert_ids, npost = align_triton(topk_ids, num_experts, block_m, capacity, max_blocks)
+        sorted_ids, expert_ids, npost = align_triton(topk_ids, num_experts, block_m, capacity, max_blocks,
+                                                     method=method)
         return Alignment(sorted_ids, expert_ids, npost, block_m, topk_ids.numel())
     dispatch.record("moe_align", "torch")
     return align_reference(topk_ids, num_experts, block_m)
