@@ -3,7 +3,10 @@
 and the glm4 mixed recipe at one token), time the fused expert kernels (alignment + gate_up + down, CUDA-graph
 replay of 10 calls) for each candidate configuration, each first checked against the float64 reference, and
 the per-kernel GPU times of the default configuration from the profiler. Prints one table; usage:
-    python gpu/moe_explore.py [--tokens 256 1 16] [--recipes int4 glm4]
+    python gpu/moe_explore.py [--tokens 256 1 16] [--recipes int4 glm4] [--candidates all|swap]
+
+``--candidates swap``: the default, the unswapped 16/32-row tiles beside it and the swapped-operand tiles
+(``swap_ab=1``) only, and the per-kernel profile of the default and of the fastest configuration.
 """
 import argparse
 import sys
@@ -24,12 +27,19 @@ CANDIDATES = {
     256: [C(32, 128, 4, 128, 1, 4), C(16, 128, 4, 128, 1, 4), C(16, 64, 4, 64, 1, 4), C(32, 64, 4, 64, 1, 4),
           C(64, 128, 8, 128, 1, 8), C(32, 128, 8, 128, 1, 8), C(32, 128, 4, 128, 1, 4, stages=1)],
 }
+SWAP = {  # swapped operands (weights the left MMA operand, wgmma from registers on sm_90) and their references
+    16: [C(16, 64, 4, 64, 1, 4), C(16, 64, 4, 64, 1, 4, swap_ab=1), C(16, 128, 4, 128, 1, 4, swap_ab=1)],
+    256: [C(16, 64, 4, 64, 1, 4), C(32, 128, 4, 128, 1, 4), C(16, 128, 4, 128, 1, 4, swap_ab=1),
+          C(16, 64, 4, 64, 1, 4, swap_ab=1), C(32, 128, 4, 128, 1, 4, swap_ab=1), C(32, 64, 4, 64, 1, 4, swap_ab=1),
+          C(32, 128, 8, 128, 1, 8, swap_ab=1)],
+}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 256])
     p.add_argument("--recipes", nargs="+", default=["int4", "glm4"], choices=["int4", "glm4"])
+    p.add_argument("--candidates", default="all", choices=["all", "swap"])
     p.add_argument("--smoke", action="store_true", help="CPU interpreter, shrunk layer: checks the script runs")
     a = p.parse_args()
     dev = torch.device("cpu" if a.smoke else "cuda")
@@ -47,7 +57,8 @@ def main():
             ref = fused_moe_reference(x, ids, w, ex)
             nbytes = active_bytes(ex, ids)
             dflt = default_config(ids.numel(), ex.num_total, ex.hidden_size, ex.intermediate_size)
-            cands = [dflt] + [c for c in CANDIDATES.get(T, []) if c != dflt]
+            table = SWAP if a.candidates == "swap" else CANDIDATES
+            cands = [dflt] + [c for c in table.get(T, []) if c != dflt]
             for cfg in cands[:2] if a.smoke else cands:
                 try:
                     out = _fused_acc(x, ids, w, ex, uniform=False, config=cfg)
@@ -64,21 +75,26 @@ def main():
                 print(f"{r[0]:5s} T={r[1]:4d} err={r[3]:.2e} {r[4]:9.1f} us {r[5]:7.0f} GB/s  {r[2]}", flush=True)
             if a.smoke:
                 continue
-            # per-kernel GPU times of the default configuration
+            # per-kernel GPU times of the default configuration (and of the fastest, where another)
             from torch.profiler import ProfilerActivity, profile
-            try:
-                _fused_acc(x, ids, w, ex, uniform=False, config=dflt)
-                torch.cuda.synchronize()
-                with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    for _ in range(5):
-                        _fused_acc(x, ids, w, ex, uniform=False, config=dflt)
+            timed = [r for r in rows if r[0] == recipe and r[1] == T and r[4] == r[4]]
+            best = min(timed, key=lambda r: r[4])[2] if timed else dflt
+            for cfg in [dflt] + ([best] if best != dflt else []):
+                try:
+                    _fused_acc(x, ids, w, ex, uniform=False, config=cfg)
                     torch.cuda.synchronize()
-                for ev in prof.key_averages():
-                    dt = getattr(ev, "device_time", 0.0)
-                    if dt:
-                        print(f"  T={T} kernel {ev.key[:60]:60s} count {ev.count:3d} avg {dt:8.2f} us", flush=True)
-            except Exception as exc:  # the profile is a diagnostic: report, keep the table
-                print(f"profile failed: {type(exc).__name__}: {exc}", flush=True)
+                    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                        for _ in range(5):
+                            _fused_acc(x, ids, w, ex, uniform=False, config=cfg)
+                        torch.cuda.synchronize()
+                    print(f"  T={T} profile of {cfg}", flush=True)
+                    for ev in prof.key_averages():
+                        dt = getattr(ev, "device_time", 0.0)
+                        if dt:
+                            print(f"  T={T} kernel {ev.key[:60]:60s} count {ev.count:3d} avg {dt:8.2f} us",
+                                  flush=True)
+                except Exception as exc:  # the profile is a diagnostic: report, keep the table
+                    print(f"profile failed: {type(exc).__name__}: {exc}", flush=True)
     print("\nrecipe  T     err        us     GB/s  frac  config")
     for r in rows:
         print(f"{r[0]:6s} {r[1]:4d} {r[3]:9.2e} {r[4]:8.1f} {r[5]:8.0f} {r[5] / copy_gbps:5.2f}  {r[2]}")

@@ -13,6 +13,7 @@ import pytest
 
 _AOT_SCRIPT = r"""
 import json
+import re
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -26,7 +27,8 @@ def build(fn, types, consts, num_warps):
              if n not in consts and sig[n].startswith("*")}
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()}, attrs=attrs)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
-    return {"shared": k.metadata.shared}
+    # wgmma whose A operand is a register list (the swapped tensor-core path: weights from registers)
+    return {"shared": k.metadata.shared, "wgmma_rA": len(re.findall(r"wgmma\.mma_async[^\n]*?\{[^}]*\},\s*\{", k.asm["ptx"]))}
 
 def flat(prefix, scale):
     return {prefix + "c32": "*i32", prefix + "c16": "*i16", prefix + "c8": "*u8", prefix + "s16": scale,
@@ -60,24 +62,28 @@ for name, dt, kinds, uniform, bm, bn, split, warps, gk, asm in (
         ("gate_up_dot_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False),
         ("gate_up_dot_int4_fp16", "fp16", 1 << 2, 2, 64, 128, 1, 8, 0, False),
         ("gate_up_dot_asm_fold_fp16", "fp16", asm_kinds, -1, 16, 128, 1, 4, 128, True),
-        ("gate_up_dot_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 128, 1, 8, 128, True)):
+        ("gate_up_dot_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 128, 1, 8, 128, True),
+        ("gate_up_dot_swap_asm_int4_fp16", "fp16", 1 << 2, 2, 16, 128, 1, 4, 128, True),
+        ("gate_up_dot_swap_asm_mixed_fp16", "fp16", asm_kinds, -1, 32, 64, 1, 4, 128, True),
+        ("gate_up_dot_swap_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False)):
     types = {"x_ptr": "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32", "npost_ptr": "*i32",
              "inter_ptr": "*fp32" if split > 1 else "*" + dt, "zero_ptr": "*fp32",
              **flat("g", "*" + dt), **flat("u", "*" + dt)}
     out[name] = build(MG._moe_gate_up_kernel, types,
         dict(SLOTS_PER_TOKEN=5, G_KINDS=kinds, G_UNIFORM=uniform, U_KINDS=kinds, U_UNIFORM=uniform,
              IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=split, ZERO_BLOCK=1024,
-             UNROLL=2 if bm == 1 else 1, G_GK=gk, U_GK=gk, ASM=asm, DIRECT=bm == 1), warps)
+             UNROLL=2 if bm == 1 else 1, G_GK=gk, U_GK=gk, ASM=asm, DIRECT=bm == 1, SWAP=int("swap" in name)), warps)
 for name, dt, kinds, uniform, bm, bn, split, swiglu, warps, gk, asm in (
         ("down_decode_swiglu_mixed", "fp16", some_kinds, -1, 1, 32, 4, True, 4, 0, False),
         ("down_dot_split_int8_bf16", "bf16", 1 << 3, 3, 32, 64, 3, False, 4, 128, False),
-        ("down_dot_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True)):
+        ("down_dot_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True),
+        ("down_dot_swap_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True)):
     types = {"inter_ptr": "*fp32" if swiglu else "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32",
              "npost_ptr": "*i32", "w_ptr": "*fp32", "out_ptr": "*fp32", **flat("d", "*" + dt)}
     out[name] = build(MG._moe_down_kernel, types,
         dict(SLOTS_PER_TOKEN=5, D_KINDS=kinds, D_UNIFORM=uniform, IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn,
              SPLIT_K=split, A_SWIGLU=swiglu, UNROLL=2 if bm == 1 else 1, D_GK=gk, ASM=asm,
-             A_SPLITS=4 if swiglu else 1, DIRECT=bm == 1), warps)
+             A_SPLITS=4 if swiglu else 1, DIRECT=bm == 1, SWAP=int("swap" in name)), warps)
 print(json.dumps(out))
 """
 
@@ -92,6 +98,8 @@ def test_moe_kernels_compile_for_hopper():
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(info) == 15
+    assert len(info) == 19
     for name, meta in info.items():
         assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
+        # swapped tensor-core tiles: wgmma reads the (unpacked) weights from registers, the others use none
+        assert (meta["wgmma_rA"] > 0) == ("swap" in name), (name, meta)

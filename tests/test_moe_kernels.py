@@ -53,6 +53,8 @@ DECODE = MoEGemmConfig(1, 32, 4, 32, 2, 4, up_split_k=3)  # split-K gate_up: Swi
 DECODE_H = MoEGemmConfig(1, 16, 2, 32, 1, 2)               # gate_up writes h itself
 TILED = MoEGemmConfig(16, 64, 4, 32, 3, 4)
 TILED_SPLIT = MoEGemmConfig(16, 32, 4, 32, 2, 4)  # tensor cores, down K range split over 2 programs
+SWAP = MoEGemmConfig(16, 64, 4, 32, 3, 4, swap_ab=1)        # weights the left MMA operand, tokens its N
+SWAP_SPLIT = MoEGemmConfig(32, 32, 4, 64, 2, 4, swap_ab=1)  # 32-row blocks, down K range split
 
 
 @pytest.mark.parametrize("fmt", ["int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8"])
@@ -63,7 +65,7 @@ def test_each_format(fmt, gen):
     x = torch.randn(T, H, generator=gen).half()
     ids, w = routing(T, E, k, gen)
     ref = fused_moe_reference(x, ids, w, ex)
-    for cfg in (DECODE, TILED):
+    for cfg in (DECODE, TILED, SWAP):
         out = run_fused(x, ids, w, ex, cfg)
         assert rel_err(out, ref) < TOL[torch.float16], (fmt, cfg)
 
@@ -80,7 +82,7 @@ def test_mixed_widths_one_launch_each(gen):
     ids, w = routing(T, E, k, gen, drop=True)
     ref = fused_moe_reference(x, ids, w, ex)
     assert ref[0].abs().max() == 0
-    for cfg in (DECODE, DECODE_H, TILED, TILED_SPLIT):
+    for cfg in (DECODE, DECODE_H, TILED, TILED_SPLIT, SWAP, SWAP_SPLIT):
         out = run_fused(x, ids, w, ex, cfg)
         assert rel_err(out, ref) < TOL[torch.float16]
         assert (out[0] == 0).all()
@@ -119,8 +121,8 @@ def test_asymmetric(gen):
     ids, w = routing(T, E, k, gen)
     x = torch.randn(T, H, generator=gen).half()
     ref = fused_moe_reference(x, ids, w, ex)
-    for cfg in (DECODE, TILED):
-        assert rel_err(run_fused(x, ids, w, ex, cfg), ref) < TOL[torch.float16]
+    for cfg in (DECODE, TILED, SWAP):
+        assert rel_err(run_fused(x, ids, w, ex, cfg), ref) < TOL[torch.float16], cfg
 
 
 @pytest.mark.gpu
@@ -132,7 +134,7 @@ def test_bf16_on_gpu(recipe, gen):
     ids, w = routing(T, E, k, gen)
     x = torch.randn(T, H, generator=gen).bfloat16().cuda()
     ref = fused_moe_reference(x, ids.cuda(), w.cuda(), ex)
-    for cfg in (DECODE, TILED):
+    for cfg in (DECODE, TILED, SWAP):
         al = align_tokens(ids.cuda(), E, cfg.block_m)
         out = torch.full((T, H), float("nan"), device="cuda")
         moe_gemm_launch(x, w.cuda(), al.sorted_ids, al.expert_ids, al.num_tokens_post_pad, ex.flat("gate"),
@@ -161,6 +163,10 @@ def test_config_validation():
         MoEGemmConfig(16, 64, 4, 64, 1, 4, stages=-1)
     with pytest.raises(ValueError, match="power of two"):
         MoEGemmConfig(1, 48, 4, 64, 1, 4)
+    with pytest.raises(ValueError, match="swap_ab needs tensor-core blocks"):
+        MoEGemmConfig(1, 32, 4, 32, 1, 4, swap_ab=1)
+    with pytest.raises(ValueError, match="swap_ab must be 0 or 1"):
+        MoEGemmConfig(16, 64, 4, 64, 1, 4, swap_ab=2)
 
 
 def test_configs():
@@ -225,4 +231,5 @@ def test_group_fold_across_tiles(fmt, gen):
     x = torch.randn(T, H, generator=gen).half()
     ids, w = routing(T, E, k, gen)
     ref = fused_moe_reference(x, ids, w, ex)
-    assert rel_err(run_fused(x, ids, w, ex, TILED_SPLIT), ref) < TOL[torch.float16]
+    for cfg in (TILED_SPLIT, SWAP_SPLIT) if fmt == "int4" else (TILED_SPLIT,):  # int4 g128: the GLM case
+        assert rel_err(run_fused(x, ids, w, ex, cfg), ref) < TOL[torch.float16], cfg

@@ -109,13 +109,96 @@ def _fold_operand(q, z, DKIND: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.con
 
 
 @triton.jit
+def _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale, code_off,
+                   hi_off, scale_off, zero_off, group, offs_n, n_ok, kt_begin, kt_end, k_lim,
+                   BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
+                   SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, GK: tl.constexpr, ASM: tl.constexpr):
+    """The tensor-core K loop with the operands swapped (``SWAP``): ``acc_t [BN, BM] += W_slot.T [BN, 16] @
+    A_slot.T [16, BM]`` per code slot, the weights the LEFT operand and the block's token rows the MMA's N.
+    On sm_90 that is ``wgmma`` with its left operand in registers: the unpacked weights go straight from the
+    PTX unpackers into the MMA (no shared-memory round trip of the dequantized operand), and 16 token rows
+    still fill an ``m64n16k16``. The word rows load transposed (``[BN, 16]``), scales and zero points
+    broadcast along dim 0; ``acc`` and the result are ``[BN, BM]`` (the epilogues work transposed). Same operand modes as the unswapped
+    loop (fold with the group scale on a per-group partial, PTX unpack, or per-weight dequantization)."""
+    TILE: tl.constexpr = SLOTS * 16
+    FOLD: tl.constexpr = GK > 0 and GK % 16 == 0 and (GK % TILE == 0 or TILE % GK == 0)
+    GS: tl.constexpr = (GK // 16 if GK < TILE else SLOTS) if FOLD else 1
+    USE_ASM: tl.constexpr = ASM and DKIND != 2 and BITS != 8
+    wc = tl.arange(0, 16)
+    nT = offs_n[:, None]
+    nT_ok = n_ok[:, None]
+    acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for kt in range(kt_begin, kt_end):
+        k0 = kt * TILE
+        cols = kt * 16 + wc
+        words = 0
+        hi = 0
+        if BITS != 8:
+            words = tl.load(codes32 + code_off + cols[None, :] * N + nT, mask=nT_ok, other=0)
+            if BITS == 3:
+                hi = tl.load(codes16 + hi_off + cols[None, :] * N + nT, mask=nT_ok, other=0)
+        if USE_ASM:
+            if BITS == 3:
+                raws = unpack_int3_magic_fp16_asm(words, hi)
+            elif DKIND == 0:
+                raws = unpack_magic_fp16_asm(words, BITS)
+            else:
+                raws = unpack_e2m1_fp16_asm(words)
+        for i in tl.static_range(SLOTS):
+            ks = k0 + i * 16
+            if i % GS == 0:
+                srow = ks // group
+                smask = n_ok & ((ks + offs_n * 0) < k_lim)
+                if SCALE_KIND == 0:
+                    raw_s = tl.load(scales16 + scale_off + srow * N + offs_n, mask=smask, other=0.0)
+                else:
+                    raw_s = tl.load(scales8 + scale_off + srow * N + offs_n, mask=smask, other=0)
+                s = decode_scale(raw_s, gscale, SCALE_KIND)
+                if SYM:
+                    z = tl.zeros([BLOCK_N], tl.int32) + (1 << (BITS - 1))
+                else:
+                    z = tl.load(zeros8 + zero_off + srow * N + offs_n, mask=smask, other=0).to(tl.int32)
+                part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            kk = ks + wc
+            if USE_ASM:
+                if DKIND == 0:
+                    if SYM:  # a constant: Triton keeps the unpack in the MMA operand layout
+                        w = raws[i] - tl.full([BLOCK_N, 1], 1024.0 + (1 << (BITS - 1)), tl.float16)
+                    else:
+                        w = raws[i] - int_magic_fp16(z)[:, None]  # (1024 + q) - (1024 + z): exact q - z
+                else:
+                    w = raws[i]
+            else:
+                if BITS == 8:
+                    q = tl.load(codes8 + code_off + kk[None, :] * N + nT,
+                                mask=(kk < k_lim)[None, :] & nT_ok, other=0).to(tl.int32)
+                elif BITS == 3:
+                    q = ((words >> (i * 2)) & 3) | (((hi.to(tl.int32) >> i) & 1) << 2)
+                else:
+                    q = (words >> (i * LO_BITS)) & ((1 << LO_BITS) - 1)
+                if FOLD:
+                    w = _fold_operand(q, z[:, None], DKIND, BITS, IS_BF16)
+                else:
+                    w = dequant(q, s[:, None], z[:, None], DKIND, BITS, False, IS_BF16)
+            b = tl.load(a_rows[None, :] + kk[:, None], mask=a_ok[None, :] & (kk < k_lim)[:, None], other=0.0)
+            if FOLD:
+                part = tl.dot(w, b, part)
+                if i % GS == GS - 1:
+                    acc_t += part * (s * raw_factor(DKIND))[:, None]
+            else:
+                acc_t = tl.dot(w, b, acc_t)
+    return acc + acc_t
+
+
+@triton.jit
 def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
                code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok, pid_k,
                BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
                SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, A_SWIGLU: tl.constexpr,
                UNROLL: tl.constexpr, GK: tl.constexpr, ASM: tl.constexpr, A_SPLITS: tl.constexpr,
-               a_split_stride):
+               SWAP: tl.constexpr, a_split_stride):
     """acc [BM, BN] += A[rows, k-range] @ W[k-range, offs_n] for one expert of one kind. ``a_rows``: pointers
     to the rows of A (unit stride along K); W codes ``[rows, N]`` at ``code_off`` of its buffer. A tile is
     ``SLOTS * 16`` k; the tiles are split in ``SPLIT_K`` contiguous ranges and this program does range
@@ -195,6 +278,10 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
                         w = e4m3_raw_fp16(q).to(tl.float32) * (s * 256.0)[:, None, :]
                     acc2 += tl.sum(w * a3, axis=0)  # sum over the 8 slots: in registers
         acc += tl.sum(acc2, axis=0)[None, :]
+    elif SWAP:
+        acc = _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
+                             code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok, kt_begin, kt_end, k_lim,
+                             BITS, LO_BITS, SLOTS, DKIND, SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, GK, ASM)
     else:
         # tensor cores, one k=16 tl.dot per code slot: slot i of the tile's 16 word rows is already the
         # [16, BLOCK_N] operand of k0 + 16 i .. k0 + 16 i + 15 (no reshape, no layout shuffle of a whole tile).
@@ -240,7 +327,10 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
                 kk = ks + wr
                 if USE_ASM:
                     if DKIND == 0:
-                        w = raws[i] - int_magic_fp16(z)[None, :]  # (1024 + q) - (1024 + z): exact q - z
+                        if SYM:  # a constant operand: Triton keeps the unpack in the mma operand layout
+                            w = raws[i] - tl.full([1, BLOCK_N], 1024.0 + (1 << (BITS - 1)), tl.float16)
+                        else:
+                            w = raws[i] - int_magic_fp16(z)[None, :]  # (1024 + q) - (1024 + z): exact q - z
                     else:
                         w = raws[i]
                 else:
@@ -269,53 +359,54 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
 def _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                zero_off, group, offs_n, n_ok, pid_k, KIND: tl.constexpr, IS_BF16: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, A_SWIGLU: tl.constexpr,
-               UNROLL: tl.constexpr, GK: tl.constexpr, ASM: tl.constexpr, A_SPLITS: tl.constexpr, a_split_stride):
+               UNROLL: tl.constexpr, GK: tl.constexpr, ASM: tl.constexpr, A_SPLITS: tl.constexpr, SWAP: tl.constexpr,
+               a_split_stride):
     """The K loop of one kind (compile-time ``KIND``; asymmetric integers are ``base + 8``): its bits
     (BITS, LO_BITS of the packed plane, SLOTS of 16 k per tile), decode (DKIND: integer, E2M1, E4M3) and
     scale type (SCALE_KIND: fp16/bf16, E8M0, E4M3 x global)."""
     # Literal arguments (not tuple assignments): the compiler only treats them as constexpr this way.
     # Positional tail of _tile_loop: BITS, LO_BITS, SLOTS, DKIND, SCALE_KIND, SYM, IS_BF16, BM, BN, SPLIT_K, SWIGLU,
-    # UNROLL, GK, ASM, A_SPLITS, a_split_stride
+    # UNROLL, GK, ASM, A_SPLITS, SWAP, a_split_stride
     if KIND % 8 == 0:    # int2
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
                          2, 2, 16, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
-                         GK, ASM, A_SPLITS, a_split_stride)
+                         GK, ASM, A_SPLITS, SWAP, a_split_stride)
     elif KIND % 8 == 1:  # int3: 2-bit plane + 1-bit plane
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
                          3, 2, 16, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
-                         GK, ASM, A_SPLITS, a_split_stride)
+                         GK, ASM, A_SPLITS, SWAP, a_split_stride)
     elif KIND % 8 == 2:  # int4
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
                          4, 4, 8, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
-                         GK, ASM, A_SPLITS, a_split_stride)
+                         GK, ASM, A_SPLITS, SWAP, a_split_stride)
     elif KIND % 8 == 3:  # int8
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
                          8, 8, 8, 0, 0, KIND < 8, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
-                         GK, ASM, A_SPLITS, a_split_stride)
+                         GK, ASM, A_SPLITS, SWAP, a_split_stride)
     elif KIND % 8 == 4:  # fp4, fp16/bf16 scales
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
                          4, 4, 8, 1, 0, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
-                         GK, ASM, A_SPLITS, a_split_stride)
+                         GK, ASM, A_SPLITS, SWAP, a_split_stride)
     elif KIND % 8 == 5:  # mxfp4, E8M0 scales
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
                          4, 4, 8, 1, 1, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
-                         GK, ASM, A_SPLITS, a_split_stride)
+                         GK, ASM, A_SPLITS, SWAP, a_split_stride)
     elif KIND % 8 == 6:  # nvfp4, E4M3 scales x global scale
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
                          4, 4, 8, 1, 2, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
-                         GK, ASM, A_SPLITS, a_split_stride)
+                         GK, ASM, A_SPLITS, SWAP, a_split_stride)
     else:                # fp8 E4M3FN
         acc = _tile_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off, scale_off,
                          zero_off, group, offs_n, n_ok, pid_k,
                          8, 8, 8, 2, 0, True, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
-                         GK, ASM, A_SPLITS, a_split_stride)
+                         GK, ASM, A_SPLITS, SWAP, a_split_stride)
     return acc
 
 
@@ -323,9 +414,11 @@ def _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_
 def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_n, n_ok, pid_k,
           KINDS: tl.constexpr, UNIFORM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
           BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, A_SWIGLU: tl.constexpr, UNROLL: tl.constexpr,
-          GK: tl.constexpr, ASM: tl.constexpr, A_SPLITS: tl.constexpr, a_split_stride):
+          GK: tl.constexpr, ASM: tl.constexpr, A_SPLITS: tl.constexpr, SWAP: tl.constexpr, a_split_stride):
     """One projection of expert ``e`` for a block of rows: branch on the expert's kind (table column 0)
-    over the kinds compiled in, or take the compile-time ``UNIFORM`` kind."""
+    over the kinds compiled in, or take the compile-time ``UNIFORM`` kind. Returns ``[BLOCK_M, BLOCK_N]``, or
+    its transpose ``[BLOCK_N, BLOCK_M]`` with ``SWAP`` (tensor-core blocks): the epilogues work in that
+    layout, no transpose of the accumulators."""
     row = table + e * 8
     code_off = tl.load(row + 1)
     hi_off = tl.load(row + 2)
@@ -333,11 +426,14 @@ def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_
     zero_off = tl.load(row + 4)
     group = tl.load(row + 5)
     gscale = tl.load(gs_ptr + e)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if SWAP and BLOCK_M > 1:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # transposed: see _dot_loop_swap
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if UNIFORM >= 0:
         acc = _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off, hi_off,
                          scale_off, zero_off, group, offs_n, n_ok, pid_k, UNIFORM, IS_BF16, BLOCK_M, BLOCK_N,
-                         SPLIT_K, A_SWIGLU, UNROLL, GK, ASM, A_SPLITS, a_split_stride)
+                         SPLIT_K, A_SWIGLU, UNROLL, GK, ASM, A_SPLITS, SWAP, a_split_stride)
     else:
         kind = tl.load(row)
         for kc in tl.static_range(12):
@@ -346,7 +442,7 @@ def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_
                     acc = _kind_loop(acc, a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gscale, code_off,
                                      hi_off, scale_off, zero_off, group, offs_n, n_ok, pid_k, kc, IS_BF16,
                                      BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL,
-                         GK, ASM, A_SPLITS, a_split_stride)
+                         GK, ASM, A_SPLITS, SWAP, a_split_stride)
     return acc
 
 
@@ -379,7 +475,7 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
                         U_KINDS: tl.constexpr, U_UNIFORM: tl.constexpr, IS_BF16: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
                         ZERO_BLOCK: tl.constexpr, UNROLL: tl.constexpr, G_GK: tl.constexpr, U_GK: tl.constexpr,
-                        ASM: tl.constexpr, DIRECT: tl.constexpr):
+                        ASM: tl.constexpr, DIRECT: tl.constexpr, SWAP: tl.constexpr = 0):
     """``SPLIT_K == 1``: ``inter [capacity, I]`` (x's dtype) gets ``silu(gate) * up`` of each row.
     ``SPLIT_K > 1``: the K range is split over programs; split ``p`` stores its fp32 partials of gate and up
     in ``inter [SPLIT_K, capacity, 2 I]`` (plain stores: no zero-fill, no atomics, a fixed summation order)
@@ -405,11 +501,15 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
     g = _proj(a_rows, row_ok, H, I, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok, pid_k,
-              G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL, G_GK, ASM, 1, 0)
+              G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL, G_GK, ASM, 1, SWAP, 0)
     u = _proj(a_rows, row_ok, H, I, uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok, pid_k,
-              U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL, U_GK, ASM, 1, 0)
-    out_mask = row_ok[:, None] & n_ok[None, :]
-    if SPLIT_K > 1:
+              U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL, U_GK, ASM, 1, SWAP, 0)
+    if SWAP and BLOCK_M > 1:  # g, u are [BLOCK_N, BLOCK_M] (SPLIT_K == 1: tensor-core blocks keep gate_up whole)
+        h = g / (1.0 + tl.exp(-g)) * u
+        tl.store(inter_ptr + offs_m.to(tl.int64)[None, :] * I + offs_n[:, None], h.to(inter_ptr.dtype.element_ty),
+                 mask=row_ok[None, :] & n_ok[:, None])
+    elif SPLIT_K > 1:
+        out_mask = row_ok[:, None] & n_ok[None, :]
         base = (inter_ptr + pid_k.to(tl.int64) * split_stride + offs_m.to(tl.int64)[:, None] * (2 * I)
                 + offs_n[None, :])
         tl.store(base, g, mask=out_mask)
@@ -417,7 +517,7 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
     else:
         h = g / (1.0 + tl.exp(-g)) * u
         tl.store(inter_ptr + offs_m.to(tl.int64)[:, None] * I + offs_n[None, :], h.to(inter_ptr.dtype.element_ty),
-                 mask=out_mask)
+                 mask=row_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -427,7 +527,7 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
                      SLOTS_PER_TOKEN: tl.constexpr, D_KINDS: tl.constexpr, D_UNIFORM: tl.constexpr,
                      IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
                      A_SWIGLU: tl.constexpr, UNROLL: tl.constexpr, D_GK: tl.constexpr, ASM: tl.constexpr,
-                     A_SPLITS: tl.constexpr, DIRECT: tl.constexpr):
+                     A_SPLITS: tl.constexpr, DIRECT: tl.constexpr, SWAP: tl.constexpr = 0):
     """``out[token] += w_slot * (h_row @ down_e.T)`` with fp32 atomics; ``A_SWIGLU``: ``inter`` holds the
     gate_up kernel's ``A_SPLITS`` split-K ``[gate | up]`` fp32 partial rows and ``h = silu(gate) * up`` is
     formed on load from their sums."""
@@ -448,10 +548,13 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
     n_ok = offs_n < H
     acc = _proj(a_rows, row_ok, I, H, dc32, dc16, dc8, ds16, ds8, dz8, dgs, dtab, e, offs_n, n_ok, pid_k,
                 D_KINDS, D_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, A_SWIGLU, UNROLL, D_GK, ASM, A_SPLITS,
-                split_stride)
-    acc = acc * wt[:, None]
-    tl.atomic_add(out_ptr + token.to(tl.int64)[:, None] * H + offs_n[None, :], acc,
-                  mask=row_ok[:, None] & n_ok[None, :], sem="relaxed")
+                SWAP, split_stride)
+    if SWAP and BLOCK_M > 1:  # acc is [BLOCK_N, BLOCK_M]
+        tl.atomic_add(out_ptr + token.to(tl.int64)[None, :] * H + offs_n[:, None], acc * wt[None, :],
+                      mask=row_ok[None, :] & n_ok[:, None], sem="relaxed")
+    else:
+        tl.atomic_add(out_ptr + token.to(tl.int64)[:, None] * H + offs_n[None, :], acc * wt[:, None],
+                      mask=row_ok[:, None] & n_ok[None, :], sem="relaxed")
 
 
 @dataclass(frozen=True)
@@ -459,7 +562,10 @@ class MoEGemmConfig:
     """Launch configuration of the two kernels. ``block_m == 1``: one token slot per program (decode,
     CUDA-core products); ``>= 16``: tensor-core tiles. ``up_split_k > 1`` (decode only) splits the gate_up K
     range over programs (fp32 partials, summed and SwiGLU-ed by the down kernel); ``down_split_k`` the down kernel's
-    (its atomics add the parts). ``stages``: Triton's software-pipelining depth (0: Triton's default)."""
+    (its atomics add the parts). ``stages``: Triton's software-pipelining depth (0: Triton's default).
+    ``swap_ab`` (tensor-core blocks only): the weights are the left MMA operand and the block's token rows its
+    N (``acc_t [BN, BM] += W.T @ A.T``, see :func:`_dot_loop_swap`): ``wgmma`` with the unpacked weights in
+    registers on sm_90."""
 
     block_m: int
     up_block_n: int
@@ -469,6 +575,7 @@ class MoEGemmConfig:
     down_warps: int
     up_split_k: int = 1
     stages: int = 0
+    swap_ab: int = 0
 
     def __post_init__(self):
         if self.block_m < 1 or self.block_m & (self.block_m - 1) or 1 < self.block_m < 16:
@@ -477,6 +584,10 @@ class MoEGemmConfig:
             # measured slower on the H200 (72-109 us against 31 us for one GLM token) and its pipelined fp32
             # [gate | up] partial loads overflow shared memory: the tensor-core path keeps gate_up whole
             raise ValueError("up_split_k > 1 needs block_m == 1 (the decode path)")
+        if self.swap_ab not in (0, 1):
+            raise ValueError(f"swap_ab must be 0 or 1, got {self.swap_ab!r}")
+        if self.swap_ab and self.block_m == 1:
+            raise ValueError("swap_ab needs tensor-core blocks (block_m >= 16)")
         if self.stages < 0:
             raise ValueError(f"stages must be >= 0, got {self.stages}")
         for name in ("up_block_n", "down_block_n"):
@@ -520,12 +631,18 @@ def candidate_configs(num_slots: int, num_experts: int, hidden: int | None = Non
     if base.block_m == 1:
         out += [MoEGemmConfig(1, 32, 4, 32, 2, 4, up_split_k=2), MoEGemmConfig(1, 64, 4, 64, 4, 4, up_split_k=8),
                 MoEGemmConfig(1, 32, 4, 32, 8, 4, up_split_k=8), MoEGemmConfig(1, 16, 2, 16, 4, 2, up_split_k=4),
-                MoEGemmConfig(1, 32, 4, 32, 1, 4), MoEGemmConfig(16, 64, 4, 64, 1, 4)]
+                MoEGemmConfig(1, 32, 4, 32, 1, 4), MoEGemmConfig(16, 64, 4, 64, 1, 4),
+                MoEGemmConfig(16, 128, 4, 128, 1, 4, swap_ab=1)]
     else:
         for bm in (16, 32, 64):
             for bn in (64, 128):
                 w = 4 if bn == 64 else 8
                 out.append(MoEGemmConfig(bm, bn, w, bn, 1, w))
+        # swapped operands (weights the left MMA operand; offline sm_90 counts in docs/perf/moe.md): 4 warps
+        # (one warpgroup: 64-row wgmma slices of the weight block), 16/32 token rows as the MMA's N
+        for bm in (16, 32):
+            for bn in (64, 128):
+                out.append(MoEGemmConfig(bm, bn, 4, bn, 1, 4, swap_ab=1))
     return list(dict.fromkeys(out))
 
 
@@ -631,7 +748,8 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
         *gate.launch_args(), *up.launch_args(), num_slots, num_experts, H, I, split_stride,
         SLOTS_PER_TOKEN=k_total, G_KINDS=gk, G_UNIFORM=gu, U_KINDS=uk, U_UNIFORM=uu, IS_BF16=is_bf16,
         BLOCK_M=config.block_m, BLOCK_N=config.up_block_n, SPLIT_K=config.up_split_k, ZERO_BLOCK=1024,
-        UNROLL=unroll, G_GK=gate.group_k, U_GK=up.group_k, ASM=asm, DIRECT=direct, num_warps=config.up_warps,
+        UNROLL=unroll, G_GK=gate.group_k, U_GK=up.group_k, ASM=asm, DIRECT=direct, SWAP=config.swap_ab,
+        num_warps=config.up_warps,
         **extra)
     grid_down = (max_blocks, triton.cdiv(H, config.down_block_n), config.down_split_k)
     _moe_down_kernel[grid_down](
@@ -639,7 +757,8 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
         split_stride,
         SLOTS_PER_TOKEN=k_total, D_KINDS=dk, D_UNIFORM=du, IS_BF16=is_bf16, BLOCK_M=config.block_m,
         BLOCK_N=config.down_block_n, SPLIT_K=config.down_split_k, A_SWIGLU=split_up, UNROLL=unroll,
-        D_GK=down.group_k, ASM=asm, A_SPLITS=config.up_split_k, DIRECT=direct, num_warps=config.down_warps,
+        D_GK=down.group_k, ASM=asm, A_SPLITS=config.up_split_k, DIRECT=direct, SWAP=config.swap_ab,
+        num_warps=config.down_warps,
         **extra)
     return out
 
