@@ -7,6 +7,8 @@
 #              benchmark_cpp_dispatch at 100/1000/5000 (~2 min)
 #   moetests   the MoE GPU tests (kernels, layer / CUDA graph)
 #   moemixed   run_mixed_precision_bench.py --full --model glm4 (~2.5 min)
+#   moeexplore MoE expert-kernel configurations at 256 and 16 tokens, int4, including the swap-AB tiles, with a
+#              per-kernel profile (gpu/moe_explore.py --candidates swap, ~2 min)
 #   align      the alignment kernels alone, old single program vs multi-program (gpu/moe_align_time.py)
 #   glmgemm    int4 selection sweep on the GLM-4.7-Flash expert shapes (M 1, 4, 16, 64), merged into the
 #              packaged table, then bench_gemm on those shapes against fp16 cuBLAS and torch's int4 kernel
@@ -39,6 +41,8 @@ for part in "$@"; do
   moemixed)
     step mixed_glm4_full 300 "$PY" scripts/run_mixed_precision_bench.py --full --model glm4 --repeats 20 \
       --warmup 3 --output "$LOG/mixed_glm4_full.jsonl" ;;
+  moeexplore)
+    step moe_explore 200 "$PY" gpu/moe_explore.py --tokens 256 16 --recipes int4 --candidates swap ;;
   align)
     step align_time 120 "$PY" gpu/moe_align_time.py --output "$LOG/align_time.jsonl" ;;
   glmgemm)
