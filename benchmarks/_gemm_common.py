@@ -75,11 +75,12 @@ def add_case_args(p, default_formats="int4"):
     p.add_argument("--no-graph", action="store_true",
                    help="skip the CUDA-graph replay timing (report launch-inclusive time only)")
     p.add_argument("--candidates", default="all", choices=CANDIDATE_SETS, action=_CandidateSet,
-                   help="kernel configurations the variant/selection sweeps time: all, or swapab (the "
-                        "swap-AB tensor-core candidates plus what the packaged tables select now)")
+                   help="kernel configurations the variant/selection sweeps time: all, swapab (the "
+                        "swap-AB tensor-core candidates plus what the packaged tables select now) or swapab2 "
+                        "(only the swap-AB tiles with one tl.dot per K tile, plus the tables' choice)")
 
 
-CANDIDATE_SETS = ("all", "swapab")
+CANDIDATE_SETS = ("all", "swapab", "swapab2")
 _candidate_set = "all"  # set by --candidates when a benchmark parses its arguments
 
 
@@ -223,7 +224,37 @@ def swapab_configs(M: int) -> list:
     if bm >= 128:
         # the fold epilogue costs BM/128 FFMA per weight and group: per-weight scales instead
         out.append(KC("dot", block_m=bm, block_n=128, split_k=1, num_warps=8, num_stages=3, swap_ab=1))
-    return out
+    return out + swapab_k_configs(M)
+
+
+def swapab_k_configs(M: int) -> list:
+    """Swap-AB tiles with one ``tl.dot`` per K tile (``dot_k=128``; docs/perf/gemm.md "Swap AB, one dot per K
+    tile"): no ``wgmma.wait_group 0`` inside the K loop with per-weight scales (``fold=0``: PTX unpack, then
+    ``(q - z) * s`` in fp16), one per tile with fold. Tiles from the offline sm_90 counts: no spills, the weight
+    operand built in registers (per-weight scales need >= 128 weight rows per warpgroup: at 64, Triton 3.6
+    converts the operand through shared memory), scales loaded a tile ahead."""
+    from triton_marlin.kernels.qgemm import KernelConfig as KC
+
+    if M < 16:
+        return []
+
+    def cfg(bm, bn, warps, split, fold, stages=3):
+        return KC("dot", block_m=bm, block_n=bn, split_k=split, num_warps=warps, num_stages=stages, fold=fold,
+                  prefetch=1, swap_ab=1, dot_k=128)
+
+    if M <= 16:
+        return [cfg(16, 128, 4, 4, 1), cfg(16, 128, 4, 2, 1), cfg(16, 128, 4, 4, 0)]
+    if M <= 32:
+        return [cfg(32, 128, 4, 4, 1), cfg(32, 256, 8, 2, 0), cfg(32, 128, 4, 4, 0)]
+    if M <= 64:
+        return [cfg(64, 256, 8, 2, 0), cfg(64, 256, 8, 4, 0), cfg(64, 256, 8, 4, 0, stages=4), cfg(64, 256, 8, 4, 1),
+                cfg(64, 128, 4, 2, 0), cfg(64, 128, 4, 4, 0), cfg(64, 128, 4, 4, 1)]
+    if M <= 128:
+        return [cfg(128, 256, 8, 1, 0), cfg(128, 256, 8, 2, 0), cfg(128, 128, 4, 1, 0), cfg(128, 128, 4, 2, 0),
+                cfg(64, 256, 8, 1, 0), cfg(64, 256, 8, 2, 0), cfg(128, 128, 8, 1, 1)]
+    # M > 128: 128 tokens per tile at most (256 needs 64 weight rows per warpgroup or more registers than exist)
+    return [cfg(128, 256, 8, 1, 0), cfg(128, 256, 8, 2, 0), cfg(128, 256, 8, 1, 0, stages=4),
+            cfg(128, 128, 4, 1, 0), cfg(128, 128, 4, 2, 0), cfg(64, 256, 8, 1, 0)]
 
 
 def table_configs(M: int, fmt: str = "int4") -> list:
@@ -247,7 +278,8 @@ def table_configs(M: int, fmt: str = "int4") -> list:
 def candidate_configs(M: int, quick: bool = False, which: str | None = None) -> list:
     """The kernel configurations bench_kernel_variants times for a batch of M rows (split-K is a
     run-time argument: it costs no extra compile). ``which`` (default: the benchmark's
-    ``--candidates``): ``all``, or ``swapab`` = :func:`swapab_configs` plus :func:`table_configs`."""
+    ``--candidates``): ``all``; ``swapab`` = :func:`swapab_configs` plus :func:`table_configs`; ``swapab2`` =
+    :func:`swapab_k_configs` plus :func:`table_configs`."""
     from triton_marlin.kernels.qgemm import KernelConfig as KC
 
     which = which or _candidate_set
@@ -259,10 +291,13 @@ def candidate_configs(M: int, quick: bool = False, which: str | None = None) -> 
                    KC("dot", block_m=16, block_n=64, fold=1, split_k=2, prefetch=1)]
         else:
             out = [KC("dot", block_m=16, block_n=64, fold=1), KC("dot", block_m=16, block_n=64, wide=1),
-                   KC("dequant"), KC("dot", block_m=16, block_n=64, fold=1, prefetch=1, swap_ab=1)]
+                   KC("dequant"), KC("dot", block_m=16, block_n=64, fold=1, prefetch=1, swap_ab=1),
+                   KC("dot", block_m=16, block_n=64, prefetch=1, swap_ab=1, dot_k=128)]
+        if which == "swapab2":
+            return [c for c in out if c.dot_k != 16 or c.family == "dequant"]
         return out if which == "all" else [c for c in out if c.swap_ab or c.family == "dequant"]
-    if which == "swapab":
-        out = swapab_configs(M)
+    if which in ("swapab", "swapab2"):
+        out = swapab_configs(M) if which == "swapab" else swapab_k_configs(M)
         for cfg in table_configs(M):
             if cfg not in out:
                 out.append(cfg)

@@ -4,7 +4,7 @@
 # lines go to $OUT/qgemm/ (packed into $OUT/qgemm.tgz when there are more than 7); a compact table is
 # printed last.
 # Usage (repository root, on the GPU machine):
-#   bash gpu/qgemm_check.sh [check|tune|final|explore|stages|closing|overhead|swapab]
+#   bash gpu/qgemm_check.sh [check|tune|final|explore|stages|closing|overhead|swapab|swapab2]
 #   check: GPU tests + int4 variant sweep on 8192x8192 and 28672x8192 (M 1,16,64,256,1024) + bench_gemm
 #          of int4/fp4/mxfp4/int2/int3/int8 at M=1 on the same shapes (~6 min).
 #   tune:  GPU tests of the PTX-unpack formats, bench_kernel_selection for int4 on the shapes
@@ -25,6 +25,11 @@
 #          the int4 selection sweep of the swap-AB candidates + the current table's choice on the two large
 #          shapes at M 16,32,64,128,256 (merged into a copy of the packaged table in $OUT/qgemm, the package
 #          untouched), then bench_gemm int4 at M 1,16,64,256,1024 with that table (~5 min).
+#   swapab2: swap-AB with one tl.dot per K tile (dot_k=128: no wgmma wait inside the K loop with per-weight
+#          scales, one per tile with fold): the GPU tests of that mode only (alongside a parallel compile of its
+#          candidates and the table's configurations), the int4 selection sweep of those candidates + the packaged
+#          table's choice on the two large shapes at M 16,64,128,256 (merged into a copy of the packaged table,
+#          $OUT/qgemm/table_swapab.json), then bench_gemm int4 at M 1,16,64,256,1024 with that table (~4 min).
 #   overhead: host-side cost of a small eager call (gpu/qgemm_overhead.py) and int4 bench_gemm at
 #          M 1 and 16 (~1.5 min).
 set -uo pipefail
@@ -125,7 +130,19 @@ swapab)
   step gemm 70 env TRITON_MARLIN_QGEMM_TABLE="$TABLE" $PY benchmarks/bench_gemm.py --shapes $BIG \
       --m 1,16,64,256,1024 --formats int4 --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   ;;
-*) echo "usage: $0 [check|tune|final|explore|stages|closing|overhead|swapab]" >&2; exit 2 ;;
+swapab2)
+  TABLE="$LOG/table_swapab.json"
+  cp src/triton_marlin/kernels/tuned/nvidia-h200.json "$TABLE"
+  timeout 120 $PY gpu/qgemm_warm.py --formats int4 --m 1,16,64,128,256,1024 --candidates swapab2 --procs 8 \
+      > "$LOG/warm.log" 2>&1 &
+  step tests 150 $PY -m pytest -q -n 6 -m gpu tests/test_qgemm.py -k swapk
+  wait; cat "$LOG/warm.log"
+  step selection 90 $PY benchmarks/bench_kernel_selection.py --shapes $BIG --m 16,64,128,256 --formats int4 \
+      --candidates swapab2 --table "$TABLE" --merge --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
+  step gemm 70 env TRITON_MARLIN_QGEMM_TABLE="$TABLE" $PY benchmarks/bench_gemm.py --shapes $BIG \
+      --m 1,16,64,256,1024 --formats int4 --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
+  ;;
+*) echo "usage: $0 [check|tune|final|explore|stages|closing|overhead|swapab|swapab2]" >&2; exit 2 ;;
 esac
 $PY gpu/qgemm_summary.py variants="$LOG/variants.jsonl" gemm="$LOG/gemm.jsonl"
 echo "failed steps: ${failed[*]:-none}" | tee -a "$LOG/summary.txt"

@@ -1,11 +1,14 @@
 """Offline sm_90 compile of dot-kernel variants (Triton's own compiler, no GPU): instruction counts from the
 TTGIR and PTX, to see whether the swap-AB variant feeds ``wgmma`` its weight operand from registers.
 
-    python gpu/qgemm_ptx.py [--dump DIR] [--only NAME,...]
+    python gpu/qgemm_ptx.py [--dump DIR] [--only NAME,...] [--sass]
 
 Counts are over the whole kernel and over the K loop's body (the PTX basic blocks between the loop
 header label and its back branch, the largest such region). ``wgmma_rA``: wgmma instructions whose A
-operand is a register list (``{...}``) rather than a shared-memory descriptor.
+operand is a register list (``{...}``) rather than a shared-memory descriptor. ``wait0``/``waitN``: wgmma waits
+that drain every group / leave some in flight. ``--sass``: registers, spills (``cuobjdump -res-usage`` STACK bytes on
+the cubin Triton built) and the SASS instructions of the K loop (the longest backward branch's body), per weight:
+loop SASS x threads / (TILE_K x BLOCK_N), i.e. lane-instructions per weight and M block.
 """
 from __future__ import annotations
 
@@ -74,11 +77,13 @@ PATTERNS = {
     "ld.global": r"ld\.global",
     "lop3_magic": r"0x64006400",
     "wgmma_wait": r"wgmma\.wait_group",
+    "wait0": r"wgmma\.wait_group\.sync\.aligned 0;",
 }
 
 
 def counts(text: str) -> dict:
     out = {k: len(re.findall(v, text)) for k, v in PATTERNS.items()}
+    out["waitN"] = out["wgmma_wait"] - out["wait0"]
     out["instr"] = sum(1 for line in text.splitlines()
                        if line.strip() and line.strip()[0].isalpha() and line.strip().endswith(";"))
     return out
@@ -100,7 +105,7 @@ def fmt(kind=0, bits=4, slots=8, gs=8, sym=True):
 
 def variants():
     base = dict(fmt(), IS_BF16=False, DOT_FP32=False, GROUP_M=8, HAS_BIAS=False, PREFETCH=True, FOLD=True,
-                WIDE=False, SPLIT=True)
+                WIDE=False, SPLIT=True, DOT_SLOTS=1)
     out = {}
     out["fold_asm_bm16_bn128_w4"] = (dict(base, ASM=True, SWAP=False, BLOCK_M=16, BLOCK_N=128), 4, 3)
     out["fold_asm_bm32_bn128_w4"] = (dict(base, ASM=True, SWAP=False, BLOCK_M=32, BLOCK_N=128), 4, 3)
@@ -117,13 +122,75 @@ def variants():
     out["swap_asm_bm64_bn256_w8"] = (dict(base, ASM=True, SWAP=True, BLOCK_M=64, BLOCK_N=256), 8, 3)
     out["swap_dequant_bm64_bn128_w4"] = (dict(base, FOLD=False, ASM=False, SWAP=True, BLOCK_M=64, BLOCK_N=128),
                                          4, 3)
+    # today's M = 128/256 winner on 28672x8192: per-weight scales, Triton's shifts and masks, one dot per slot
+    out["swap_dequant_bm128_bn128_w8"] = (dict(base, FOLD=False, ASM=False, SWAP=True, BLOCK_M=128, BLOCK_N=128,
+                                               SPLIT=False), 8, 3)
+    # one tl.dot per DOT_SLOTS slots (dot_k = 16 * DOT_SLOTS): fold (one wait per group) and per-weight scales
+    # with the PTX unpack (no wait inside the loop)
+    for bm, bn, w in ((16, 128, 4), (64, 128, 4), (64, 256, 8), (128, 128, 8), (128, 256, 8), (256, 128, 8)):
+        for ds in (2, 8):
+            for fold in (True, False):
+                if ds == 2 and (bm, bn) not in ((64, 128), (128, 128)):
+                    continue
+                name = f"swapk{16 * ds}_{'fold' if fold else 'scaled'}_bm{bm}_bn{bn}_w{w}"
+                out[name] = (dict(base, ASM=True, FOLD=fold, SWAP=True, DOT_SLOTS=ds, BLOCK_M=bm, BLOCK_N=bn,
+                                  SPLIT=bm < 128), w, 3)
+    for bm, bn, w in ((128, 128, 4), (256, 64, 4), (64, 128, 8), (32, 128, 4), (32, 256, 8)):
+        for fold in (True, False):
+            name = f"swapk128_{'fold' if fold else 'scaled'}_bm{bm}_bn{bn}_w{w}"
+            out[name] = (dict(base, ASM=True, FOLD=fold, SWAP=True, DOT_SLOTS=8, BLOCK_M=bm, BLOCK_N=bn,
+                              SPLIT=bm < 128), w, 3)
+    out["swapk128_scaled_bm128_bn128_w8_st4"] = (dict(base, ASM=True, FOLD=False, SWAP=True, DOT_SLOTS=8,
+                                                      BLOCK_M=128, BLOCK_N=128, SPLIT=False), 8, 4)
+    out["swapk128_scaled_bm64_bn256_w8_st4"] = (dict(base, ASM=True, FOLD=False, SWAP=True, DOT_SLOTS=8,
+                                                     BLOCK_M=64, BLOCK_N=256), 8, 4)
     return out
+
+
+def sass_facts(kernel, consts, num_warps) -> dict:
+    """Registers and spills of the cubin Triton built, and the K loop's SASS per weight."""
+    import subprocess
+    import tempfile
+
+    cuobjdump = str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", res)
+    local = re.search(r"STACK:(\d+)", res)  # spilled registers live on the stack
+    lines = [ln for ln in sass.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/", ln)]
+    addr = [int(re.match(r"\s*/\*([0-9a-f]+)\*/", ln).group(1), 16) for ln in lines]
+    best = (0, 0)
+    for i, ln in enumerate(lines):
+        m = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", ln)
+        if m is None:
+            m = re.search(r"BRA .*\.L_x_(\d+)", ln)
+            continue
+        target = int(m.group(1), 16)
+        if target < addr[i] and target in addr:
+            j = addr.index(target)
+            if i - j > best[1] - best[0]:
+                best = (j, i)
+    body = lines[best[0]:best[1] + 1]
+    ops = {}
+    for ln in body:
+        m = re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", ln)
+        if m:
+            ops[m.group(1)] = ops.get(m.group(1), 0) + 1
+    tile_k = 16 * consts["SLOTS"]
+    per_weight = len(body) * 32 * num_warps / (tile_k * consts["BLOCK_N"])
+    top = dict(sorted(ops.items(), key=lambda kv: -kv[1])[:10])
+    return {"regs": int(regs.group(1)) if regs else None, "stack_bytes": int(local.group(1)) if local else None,
+            "loop_sass": len(body), "sass_per_weight": round(per_weight, 2), "top_ops": top}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dump", default=None, help="write each variant's TTGIR and PTX to this folder")
     p.add_argument("--only", default=None, help="comma-separated variant names")
+    p.add_argument("--sass", action="store_true", help="registers, spills and the K loop's SASS (cuobjdump)")
     args = p.parse_args()
     todo = variants()
     if args.only:
@@ -144,6 +211,8 @@ def main():
             (d / f"{name}.ttgir").write_text(ttgir)
         res[name] = {"shared": k.metadata.shared, "kernel": counts(ptx), "loop": counts(loop_body(ptx)),
                      "ttgir": ttgir_facts(ttgir)}
+        if args.sass:
+            res[name]["sass"] = sass_facts(k, consts, warps)
         print(name, json.dumps(res[name]))
     print(json.dumps(res))
 

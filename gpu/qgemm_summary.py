@@ -36,7 +36,7 @@ def variants(path):
         fams = [per_family.get(key + (f,), float("nan")) for f in ("gemv", "dot", "dequant")]
         print(f"{key[0][:12]:12} {key[1]:6} {key[2]:5d} {fp16.get(key, float('nan')):8.2f} "
               + " ".join(f"{x:8.2f}" for x in fams)
-              + f" {fp16.get(key, float('nan')) / t:7.2f}  {v.replace('family=', '').replace(',num_stages', ',st').replace(',group_m=8', '').replace(',swap_ab=0', '')}")
+              + f" {fp16.get(key, float('nan')) / t:7.2f}  {v.replace('family=', '').replace(',num_stages', ',st').replace(',group_m=8', '').replace(',swap_ab=0', '').replace(',dot_k=16', '')}")
 
 
 def gemm(path):

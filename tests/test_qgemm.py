@@ -123,6 +123,67 @@ def test_swap_ab_groups_zero_points_splits(fmt, opts, K, fold, gen):
     _check(x, qt, Q.KernelConfig("dot", block_m=16, block_n=32, split_k=3, fold=fold, prefetch=1, swap_ab=1))
 
 
+# One tl.dot per several code slots (swap_ab, dot_k > 16): slot operands joined along K in registers; fold
+# (capped at the scale group) and per-weight scales, every format x both dtypes, split-K, with and without the
+# scales loaded ahead, odd M and N, K = 96 (a ragged tile) and a full 256-row tile below.
+_SWAPK_COMBOS = [
+    (17, 333, Q.KernelConfig("dot", block_m=32, block_n=128, fold=1, prefetch=1, swap_ab=1, dot_k=128)),
+    (3, 7, Q.KernelConfig("dot", block_m=16, block_n=64, split_k=2, prefetch=1, swap_ab=1, dot_k=128)),
+    (65, 1, Q.KernelConfig("dot", block_m=64, block_n=16, fold=1, split_k=3, swap_ab=1, dot_k=32)),
+    (5, 40, Q.KernelConfig("dot", block_m=16, block_n=32, split_k=2, swap_ab=1, dot_k=256)),
+]
+SWAPK_CASES = [(fmt, dt, *_SWAPK_COMBOS[(i + j) % len(_SWAPK_COMBOS)])
+               for i, fmt in enumerate(FORMATS) for j, dt in enumerate((torch.float16, torch.bfloat16))]
+
+
+@pytest.mark.parametrize("fmt,dtype,M,N,cfg", SWAPK_CASES,
+                         ids=[f"{c[0]}-{str(c[1])[6:]}-M{c[2]}-N{c[3]}-k{c[4].dot_k}-fold{c[4].fold}"
+                              for c in SWAPK_CASES])
+def test_swap_dot_k_formats_dtypes_odd_shapes(fmt, dtype, M, N, cfg, gen):
+    qt = _quant(fmt, N, 96, gen, _device())
+    x = torch.randn(M, 96, generator=gen).to(dtype).to(_device())
+    _check(x, qt, cfg)
+
+
+@pytest.mark.parametrize("fmt,opts,K", [
+    ("int4", {"symmetric": False, "group_size": 128}, 384),  # 1 group per tile, 3 tiles
+    ("int3", {"symmetric": False, "group_size": 64}, 704),    # 4 groups per 256-row tile, 2.75 tiles
+    ("int8", {"symmetric": False, "group_size": -1}, 200),    # per-channel, a ragged 8-bit tile
+    ("nvfp4", {"group_size": 16}, 272),                       # 8 groups per tile (scales loaded per slot)
+])
+@pytest.mark.parametrize("fold", [0, 1])
+def test_swap_dot_k_groups_zero_points_splits(fmt, opts, K, fold, gen):
+    """dot_k=128 with asymmetric codes, several groups per dot (per-weight scales) or a dot cut to the group
+    (fold), per-channel scales, a last tile cut by K, 3 splits."""
+    qt = _quant(fmt, 40, K, gen, _device(), **opts)
+    x = torch.randn(5, K, generator=gen).half().to(_device())
+    for prefetch in (0, 1):
+        _check(x, qt, Q.KernelConfig("dot", block_m=16, block_n=32, split_k=3, fold=fold, prefetch=prefetch,
+                                     swap_ab=1, dot_k=128))
+
+
+def test_swap_dot_slots():
+    """Slots per tl.dot: dot_k / 16, capped at the tile (8 or 16 slots) and, with fold, at the scale group."""
+    spec = Q.FormatSpec(kind=0, bits=4, symmetric=True, scale_kind=0, group=128, slots=8)
+    g32 = Q.FormatSpec(kind=0, bits=4, symmetric=True, scale_kind=0, group=32, slots=8)
+    int2 = Q.FormatSpec(kind=0, bits=2, symmetric=True, scale_kind=0, group=128, slots=16)
+    KC = Q.KernelConfig
+    assert Q.dot_slots_of(KC("dot", swap_ab=1, dot_k=128), spec, True) == 8
+    assert Q.dot_slots_of(KC("dot", swap_ab=1, dot_k=256), spec, False) == 8
+    assert Q.dot_slots_of(KC("dot", swap_ab=1, dot_k=256), int2, False) == 16
+    assert Q.dot_slots_of(KC("dot", swap_ab=1, dot_k=128), g32, True) == 2
+    assert Q.dot_slots_of(KC("dot", swap_ab=1, dot_k=128), g32, False) == 8
+    assert Q.dot_slots_of(KC("dot", swap_ab=1), spec, True) == 1
+    assert Q.dot_slots_of(KC("dot", fold=1), spec, True) == 1
+    with pytest.raises(ValueError, match="dot_k must be one of"):
+        KC("dot", swap_ab=1, dot_k=48).validate()
+    with pytest.raises(ValueError, match="needs swap_ab"):
+        KC("dot", dot_k=128).validate()
+    cfg = KC("dot", block_m=64, block_n=256, num_warps=8, swap_ab=1, dot_k=128, prefetch=1)
+    assert KC.from_dict(cfg.as_dict()) == cfg == Q._config_from_key(Q._config_key(cfg))
+    assert KC.from_dict({"family": "dot", "swap_ab": 1}).dot_k == 16  # tables written before the field
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_format_fp16_through_each_family(fmt, gen):
     """fp16's tight tolerance (2**-10) on every family for every format: a 1% error in any decoder
@@ -134,7 +195,8 @@ def test_every_format_fp16_through_each_family(fmt, gen):
                 Q.KernelConfig("dot", block_m=16, block_n=32, fold=1, split_k=2, prefetch=1),
                 Q.KernelConfig("dot", block_m=16, block_n=32),
                 Q.KernelConfig("dot", block_m=16, block_n=32, wide=1),
-                Q.KernelConfig("dot", block_m=16, block_n=32, fold=1, prefetch=1, swap_ab=1)):
+                Q.KernelConfig("dot", block_m=16, block_n=32, fold=1, prefetch=1, swap_ab=1),
+                Q.KernelConfig("dot", block_m=16, block_n=32, prefetch=1, swap_ab=1, dot_k=128)):
         _check(x, qt, cfg)
 
 
@@ -333,6 +395,54 @@ def test_gpu_every_format_family(fmt, dtype, gen):
         _check(x, qt, None)
 
 
+GPU_SWAPK = [
+    Q.KernelConfig("dot", block_m=16, block_n=128, split_k=3, fold=1, num_stages=3, prefetch=1, swap_ab=1, dot_k=128),
+    Q.KernelConfig("dot", block_m=64, block_n=256, num_warps=8, split_k=2, num_stages=3, prefetch=1, swap_ab=1,
+                   dot_k=128),
+    Q.KernelConfig("dot", block_m=128, block_n=128, num_stages=3, prefetch=1, swap_ab=1, dot_k=128),
+    Q.KernelConfig("dot", block_m=128, block_n=256, num_warps=8, num_stages=3, swap_ab=1, dot_k=128),
+    Q.KernelConfig("dot", block_m=64, block_n=128, split_k=2, fold=1, num_stages=3, swap_ab=1, dot_k=32),
+]
+
+
+@gpu
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_swapk_every_format(fmt, dtype, gen):
+    """One tl.dot per K tile (swap_ab, dot_k > 16) on CUDA: the PTX unpack with per-weight scales (fp16
+    int2/int3/int4) and fold, a ragged last tile, M across one and several token blocks."""
+    from triton.runtime.errors import OutOfResources
+
+    N, K = 333, 1536 + 96
+    qt = _quant(fmt, N, K, gen, torch.device("cuda"), group_size=GROUP_96[fmt])
+    for M in (3, 65, 200):
+        x = torch.randn(M, K, generator=gen).to(dtype).cuda()
+        for cfg in GPU_SWAPK:
+            while True:  # 8-bit codes and int3's two planes overflow shared memory on the widest tiles
+                try:
+                    _check(x, qt, cfg)
+                    break
+                except OutOfResources:
+                    cfg = Q._smaller(cfg)
+
+
+@gpu
+def test_gpu_swapk_large_shape(gen):
+    """8192x8192 int4 g128 with the dot_k=128 sweep tiles at M 16..256: same answer as cuBLAS."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import _gemm_common as G
+
+    qt = _quant("int4", 8192, 8192, gen, torch.device("cuda"), group_size=128)
+    w16 = qt.dequantize(torch.float16)
+    for M in (16, 64, 128, 256):
+        x = torch.randn(M, 8192, generator=gen).half().cuda()
+        ref = (x.float() @ w16.float().t()).double()
+        for cfg in G.swapab_k_configs(M):
+            assert rel_err(Q.launch(x, qt, None, cfg), ref) < TOL[torch.float16], (M, cfg)
+
+
 @gpu
 def test_gpu_cuda_graph_capture_and_replay(gen):
     qt = _quant("int4", 4096, 4096, gen, torch.device("cuda"), group_size=128)
@@ -432,13 +542,13 @@ def build(fn, consts, num_warps, num_stages):
             "mma": ptx.count("mma.sync") + ptx.count("wgmma.mma_async"),
             # wgmma with its A operand a register list (not a shared-memory descriptor)
             "wgmma_reg_a": len(re.findall(r"wgmma\.mma_async[^\n]*?\}, \{", ptx)),
-            "ldmatrix": ptx.count("ldmatrix")}
+            "ldmatrix": ptx.count("ldmatrix"), "wait0": ptx.count("wgmma.wait_group.sync.aligned 0;")}
 
 def fmt(kind, bits, slots, gs, scale_kind=0, sym=True):
     return dict(KIND=kind, BITS=bits, SYMMETRIC=sym, SCALE_KIND=scale_kind, GROUP=128, GROUP_SLOTS=gs,
                 SLOTS=slots, EVEN_K=True, EVEN_N=True)
 
-dot = dict(IS_BF16=False, DOT_FP32=False, GROUP_M=8, HAS_BIAS=False, PREFETCH=True)
+dot = dict(IS_BF16=False, DOT_FP32=False, GROUP_M=8, HAS_BIAS=False, PREFETCH=True, DOT_SLOTS=1)
 out = {}
 for name, f in (("int4", fmt(0, 4, 8, 8)), ("int2", fmt(0, 2, 16, 8)), ("int3", fmt(0, 3, 16, 8, sym=False)),
                 ("fp4", fmt(1, 4, 8, 8))):
@@ -449,6 +559,9 @@ out["fold_asm_int4_g32"] = build(Q._qgemm_dot_kernel, dict(fmt(0, 4, 8, 2), GROU
 for name, bm, warps in (("swap_fold_asm_int4_bm64", 64, 4), ("swap_fold_asm_int4_bm16", 16, 4)):
     out[name] = build(Q._qgemm_dot_kernel, dict(fmt(0, 4, 8, 8), **dot, FOLD=True, WIDE=False, ASM=True,
                       SPLIT=True, BLOCK_M=bm, BLOCK_N=128, SWAP=True), warps, 3)
+for name, fold, bm, bn, warps in (("swapk_scaled_int4_bm64", False, 64, 256, 8), ("swapk_fold_int4_bm16", True, 16, 128, 4)):
+    out[name] = build(Q._qgemm_dot_kernel, dict(fmt(0, 4, 8, 8), **dict(dot, DOT_SLOTS=8), FOLD=fold, WIDE=False,
+                      ASM=True, SPLIT=True, BLOCK_M=bm, BLOCK_N=bn, SWAP=True), warps, 3)
 out["wide_int4"] = build(Q._qgemm_dot_kernel, dict(fmt(0, 4, 8, 8), **dot, FOLD=False, WIDE=True, ASM=False,
                          SPLIT=False, BLOCK_M=128, BLOCK_N=128, SWAP=False), 8, 3)
 out["gemv_int8"] = build(Q._qgemv_kernel, dict(fmt(0, 8, 8, 8), HAS_BIAS=True, SPLIT=True, BLOCK_M=4,
@@ -487,3 +600,10 @@ def test_kernels_compile_for_hopper():
     for name in ("swap_fold_asm_int4_bm64", "swap_fold_asm_int4_bm16"):
         assert info[name]["magic_lop3"] >= 8 and info[name]["ldmatrix"] == 0, (name, info[name])
         assert info[name]["wgmma_reg_a"] > 0 and info[name]["wgmma_reg_a"] == info[name]["mma"], (name, info[name])
+    # one dot per K tile: weights still from registers, and the tensor cores are drained once per kernel
+    # (per-weight scales: after the K loop) or once per tile (fold), not after every 16-row slot (8 per tile)
+    for name in ("swapk_scaled_int4_bm64", "swapk_fold_int4_bm16"):
+        assert info[name]["magic_lop3"] >= 8 and info[name]["ldmatrix"] == 0, (name, info[name])
+        assert info[name]["wgmma_reg_a"] > 0 and info[name]["wgmma_reg_a"] == info[name]["mma"], (name, info[name])
+    assert info["swapk_scaled_int4_bm64"]["wait0"] == 1, info["swapk_scaled_int4_bm64"]
+    assert info["swapk_fold_int4_bm16"]["wait0"] <= 2, info["swapk_fold_int4_bm16"]

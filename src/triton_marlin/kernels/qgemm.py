@@ -515,6 +515,134 @@ def _dot_tile_swap(acc_t, words, words_hi, t, x_col, stride_xk, mask_m, offs_n, 
 
 
 @triton.jit
+def _cat_k(a, b, ROWS: tl.constexpr, W: tl.constexpr):
+    """``[ROWS, W]`` and ``[ROWS, W]`` -> ``[ROWS, 2W]`` (``a`` the first W columns). On sm_90 with both halves in
+    the wgmma register-operand layout this is a register renaming (no shared memory): the operand layout of a
+    K = 2W tile holds, per thread, the K = W pattern once per k16 chunk."""
+    return tl.reshape(tl.permute(tl.join(a, b), (0, 2, 1)), (ROWS, 2 * W))
+
+
+@triton.jit
+def _swap_slot_operand(raw, words, words_hi, slot: tl.constexpr, t, qw_ptr, offs_n, mask_n, N, K, s, z,
+                       KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, TILE_K: tl.constexpr,
+                       EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, IS_BF16: tl.constexpr, FOLD: tl.constexpr,
+                       ASM: tl.constexpr, SCALED: tl.constexpr):
+    """The swapped weight operand ``[BN, 16]`` of code slot ``slot`` of K tile ``t`` (k = t*TILE_K + 16*slot +
+    col): ``raw`` is that slot's PTX-unpacked ``1024 + q`` (ASM) or unused; ``s``/``z`` the scales and zero
+    points (per column) of the slot's group. FOLD: the exact unscaled code value; else the dequantized
+    weight (with ASM on integer codes: ``(1024 + q - (1024 + z)) * s`` in fp16, ``q - z`` exact, one
+    rounding, what :func:`.decode.dequant` computes; SCALED False skips the multiply by a unit scale)."""
+    if ASM:
+        if KIND == 0:
+            w = raw - _fold_offset_fp16(z, BITS, SYMMETRIC)[:, None]
+            if not FOLD:
+                if SCALED:
+                    w = w * s.to(tl.float16)[:, None]
+        else:
+            tl.static_assert(FOLD, "the PTX minifloat unpack feeds FOLD operands only")
+            w = raw
+    else:
+        cols = tl.arange(0, 16)
+        if BITS == 8:
+            k = t * TILE_K + slot * 16 + cols
+            ptrs = qw_ptr + k[None, :] * N + offs_n[:, None]
+            if EVEN_K and EVEN_N:
+                codes = tl.load(ptrs).to(tl.int32)
+            else:
+                codes = tl.load(ptrs, mask=(k < K)[None, :] & mask_n[:, None], other=0).to(tl.int32)
+        else:
+            codes = unpack_codes(words, words_hi, slot, BITS)
+        if FOLD:
+            w = _fold_operand(codes, z[:, None], KIND, BITS, SYMMETRIC, IS_BF16)
+        else:
+            w = dequant(codes, s[:, None], z[:, None], KIND, BITS, SYMMETRIC, IS_BF16)
+    return w
+
+
+@triton.jit
+def _dot_tile_swap_k(acc_t, words, words_hi, t, x_col, stride_xk, mask_m, offs_n, mask_n, qw_ptr, s_ptr, z_ptr,
+                     gs_ptr, z_pc, s0, z0, s1, z1, N, K, G,
+                     KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
+                     GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, NG: tl.constexpr,
+                     EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr,
+                     FOLD: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr, DOT_SLOTS: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """:func:`_dot_tile_swap` with one ``tl.dot`` per DOT_SLOTS code slots (K = 16 * DOT_SLOTS, up to the whole
+    tile): the slots' weight operands are concatenated along K in registers (:func:`_cat_k`) and the activations
+    load as one ``[16 * DOT_SLOTS, BM]`` block. Why: Triton 3.6 waits (``wgmma.wait_group 0``) after every
+    ``tl.dot`` whose result another op of the same iteration reads, so per-slot dots serialize the tensor
+    cores 8 times per tile; one dot per tile whose result only feeds the next iteration stays in flight
+    across iterations (only ``wait_group 7`` between its k16 steps), overlapping the next tile's unpacking.
+    FOLD keeps a dot inside one scale group (the launcher caps DOT_SLOTS at GROUP_SLOTS) and pays one wait
+    per group (the partial is scaled); without FOLD the scale multiplies each weight (ASM integer codes:
+    one extra packed multiply per two weights) and nothing waits inside the loop.
+    Without PREFETCH, tiles of at most two scale groups load their scales at the tile's start."""
+    TILE_K: tl.constexpr = 16 * SLOTS
+    DOT_K: tl.constexpr = 16 * DOT_SLOTS
+    z = z_pc
+    unit = tl.full((BLOCK_N,), 1.0, tl.float32)
+    s = unit
+    zero_acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    part = zero_acc
+    if ASM:
+        if BITS == 3:
+            raws = unpack_int3_magic_fp16_asm(words, words_hi)
+        elif KIND == 0:
+            raws = unpack_magic_fp16_asm(words, BITS)
+        else:
+            raws = unpack_e2m1_fp16_asm(words)
+    if GROUP_SLOTS != 0 and NG <= 2 and not PREFETCH:
+        s0, z0, s1, z1 = _load_tile_scales(s_ptr, z_ptr, gs_ptr, t, offs_n, mask_n, N, G, TILE_K, GROUP,
+                                           GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
+    for j in tl.static_range(SLOTS // DOT_SLOTS):
+        ws = ()
+        for u in tl.static_range(DOT_SLOTS):
+            if GROUP_SLOTS != 0:
+                if (j * DOT_SLOTS + u) % GROUP_SLOTS == 0:
+                    if NG <= 2:
+                        if j * DOT_SLOTS + u == 0:
+                            s = s0
+                            z = z0
+                        else:
+                            s = s1
+                            z = z1
+                    else:
+                        g = (t * TILE_K + (j * DOT_SLOTS + u) * 16) // GROUP
+                        s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
+            if ASM:
+                raw = raws[j * DOT_SLOTS + u]
+            else:
+                raw = words
+            ws = ws + (_swap_slot_operand(raw, words, words_hi, j * DOT_SLOTS + u, t, qw_ptr, offs_n, mask_n, N, K,
+                                          s, z, KIND, BITS, SYMMETRIC, TILE_K, EVEN_K, EVEN_N, IS_BF16, FOLD, ASM,
+                                          GROUP_SLOTS != 0),)
+        for lvl in tl.static_range(4):
+            if len(ws) > 1:
+                halves = ()
+                for p in tl.static_range(len(ws) // 2):
+                    halves = halves + (_cat_k(ws[2 * p], ws[2 * p + 1], BLOCK_N, 16 << lvl),)
+                ws = halves
+        w = ws[0]
+        k = t * TILE_K + j * DOT_K + tl.arange(0, DOT_K)
+        if EVEN_K:
+            b = tl.load(x_col + k[:, None] * stride_xk, mask=mask_m[None, :], other=0.0)
+        else:
+            b = tl.load(x_col + k[:, None] * stride_xk, mask=mask_m[None, :] & (k < K)[:, None], other=0.0)
+        if DOT_FP32:
+            w = w.to(tl.float32)
+            b = b.to(tl.float32)
+        if FOLD and GROUP_SLOTS != 0:
+            if (j * DOT_SLOTS) % GROUP_SLOTS == 0:
+                part = zero_acc
+            part = tl.dot(w, b, part)
+            if ((j + 1) * DOT_SLOTS) % GROUP_SLOTS == 0:
+                acc_t += part * (s * raw_factor(KIND))[:, None]
+        else:
+            acc_t = tl.dot(w, b, acc_t)
+    return acc_t
+
+
+@triton.jit
 def _load_words_t(qw_ptr, qh_ptr, t, cols, offs_n, mask_n, N, BITS: tl.constexpr, EVEN_N: tl.constexpr):
     """:func:`_load_words` transposed: the 16 word rows of K tile ``t`` as ``[BLOCK_N, 16]``."""
     if BITS != 8:
@@ -547,7 +675,7 @@ def _qgemm_dot_kernel(
         IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr, FOLD: tl.constexpr, WIDE: tl.constexpr,
         ASM: tl.constexpr,
         SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
-        PREFETCH: tl.constexpr, SWAP: tl.constexpr):
+        PREFETCH: tl.constexpr, SWAP: tl.constexpr, DOT_SLOTS: tl.constexpr):
     """Tensor-core quantized GEMM (BLOCK_M >= 16).
 
     Same operands as :func:`_qgemv_kernel`. Grid: (M blocks * N blocks, SPLIT_K); program ids are
@@ -569,7 +697,8 @@ def _qgemm_dot_kernel(
     tile t + 1 load while tile t computes.
     SWAP (per-slot modes): the transposed product ``acc_t [BN, BM] += W_slot.T [BN, 16] @ x_slot.T
     [16, BM]`` (:func:`_dot_tile_swap`), transposed back once before the epilogue: the weights are the
-    left tensor-core operand, the tokens the MMA's N dimension.
+    left tensor-core operand, the tokens the MMA's N dimension. DOT_SLOTS > 1 (SWAP only): one ``tl.dot``
+    per DOT_SLOTS slots (:func:`_dot_tile_swap_k`), so the tensor cores are not waited on after every slot.
     """
     TILE_K: tl.constexpr = 16 * SLOTS
     NG: tl.constexpr = SLOTS // (GROUP_SLOTS + (GROUP_SLOTS == 0))  # scale groups per K tile
@@ -623,10 +752,17 @@ def _qgemm_dot_kernel(
                     s0n, z0n, s1n, z1n = _load_tile_scales(s_ptr, z_ptr, gs_ptr, t + 1, offs_n, mask_n, N, G,
                                                            TILE_K, GROUP, GROUP_SLOTS, NG, SCALE_KIND,
                                                            SYMMETRIC)
-                acc_t = _dot_tile_swap(acc_t, words, words_hi, t, x_col, stride_xk, mask_m, offs_n, mask_n,
-                                       qw_ptr, s_ptr, z_ptr, gs_ptr, z_pc, s0, z0, s1, z1, N, K, G, KIND, BITS,
-                                       SYMMETRIC, SCALE_KIND, GROUP, GROUP_SLOTS, SLOTS, NG, EVEN_K, EVEN_N,
-                                       IS_BF16, DOT_FP32, FOLD, ASM, LOAD_AHEAD, BLOCK_M, BLOCK_N)
+                if DOT_SLOTS > 1:
+                    acc_t = _dot_tile_swap_k(acc_t, words, words_hi, t, x_col, stride_xk, mask_m, offs_n, mask_n,
+                                             qw_ptr, s_ptr, z_ptr, gs_ptr, z_pc, s0, z0, s1, z1, N, K, G, KIND, BITS,
+                                             SYMMETRIC, SCALE_KIND, GROUP, GROUP_SLOTS, SLOTS, NG, EVEN_K, EVEN_N,
+                                             IS_BF16, DOT_FP32, FOLD, ASM, LOAD_AHEAD, DOT_SLOTS, BLOCK_M,
+                                             BLOCK_N)
+                else:
+                    acc_t = _dot_tile_swap(acc_t, words, words_hi, t, x_col, stride_xk, mask_m, offs_n, mask_n,
+                                           qw_ptr, s_ptr, z_ptr, gs_ptr, z_pc, s0, z0, s1, z1, N, K, G, KIND, BITS,
+                                           SYMMETRIC, SCALE_KIND, GROUP, GROUP_SLOTS, SLOTS, NG, EVEN_K, EVEN_N,
+                                           IS_BF16, DOT_FP32, FOLD, ASM, LOAD_AHEAD, BLOCK_M, BLOCK_N)
                 if LOAD_AHEAD:
                     s0, z0, s1, z1 = s0n, z0n, s1n, z1n
             acc = tl.trans(acc_t)
@@ -746,7 +882,9 @@ class KernelConfig:
     dot family's operand mode (see :func:`_qgemm_dot_kernel`; fold applies where the format and
     dtype allow it, see :func:`fold_supported`); ``prefetch`` loads a K tile's scales one tile ahead
     (dot family, per-slot modes); ``swap_ab`` computes the transposed product with the weights as the
-    left tensor-core operand (dot family, per-slot modes; see :func:`_dot_tile_swap`)."""
+    left tensor-core operand (dot family, per-slot modes; see :func:`_dot_tile_swap`); ``dot_k`` (swap_ab only)
+    is the K of each ``tl.dot``: 16 = one per code slot, up to the whole K tile (:func:`_dot_tile_swap_k`;
+    capped at the tile, and at the scale group with fold)."""
     family: str
     block_m: int = 16
     block_n: int = 64
@@ -758,9 +896,10 @@ class KernelConfig:
     wide: int = 0
     prefetch: int = 0
     swap_ab: int = 0
+    dot_k: int = 16
 
     _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide",
-             "prefetch", "swap_ab")
+             "prefetch", "swap_ab", "dot_k")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self._KEYS}
@@ -799,6 +938,10 @@ class KernelConfig:
             raise ValueError("swap_ab takes the per-slot operand modes (default or fold), not wide")
         if self.swap_ab and self.block_n < 16:
             raise ValueError(f"swap_ab needs block_n >= 16 (the MMA's M dimension), got {self.block_n}")
+        if self.dot_k not in (16, 32, 64, 128, 256):
+            raise ValueError(f"dot_k must be one of 16, 32, 64, 128, 256, got {self.dot_k!r}")
+        if self.dot_k != 16 and not self.swap_ab:
+            raise ValueError(f"dot_k > 16 (one tl.dot over several code slots) needs swap_ab=1, got dot_k={self.dot_k}")
 
 
 def fold_supported(spec: FormatSpec, dtype: torch.dtype) -> bool:
@@ -814,6 +957,18 @@ def asm_supported(spec: FormatSpec, x: torch.Tensor) -> bool:
     if x.device.type != "cuda" or x.dtype != torch.float16:
         return False
     return (spec.kind == D.KIND_INT and spec.bits in (2, 3, 4)) or spec.kind == D.KIND_E2M1
+
+
+def dot_slots_of(cfg: KernelConfig, spec: FormatSpec, fold: bool) -> int:
+    """Code slots per ``tl.dot`` of a swap-AB launch: ``dot_k / 16``, capped at the K tile's slots and, when
+    fold applies (``fold``: the format and dtype allow it), at the slots of one scale group (fold scales
+    each group's partial product)."""
+    if not cfg.swap_ab:
+        return 1
+    slots = min(cfg.dot_k // 16, spec.slots)
+    if fold and spec.group_slots:
+        slots = min(slots, spec.group_slots)
+    return slots
 
 
 def _operands(qt: QuantizedTensor):
@@ -908,12 +1063,16 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
         _qgemv_kernel[grid](*common, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         is_bf16 = x.dtype == torch.bfloat16
+        fold = bool(cfg.fold) and fold_supported(spec, x.dtype)
+        dot_slots = dot_slots_of(cfg, spec, fold)
+        # the PTX unpack feeds fold operands; with one dot over several slots (swap_ab) also the per-weight
+        # integer dequantization ((1024 + q) - (1024 + z), then the scale, in fp16)
+        asm = asm_supported(spec, x) and (bool(cfg.fold) or (dot_slots > 1 and spec.kind == D.KIND_INT))
         _qgemm_dot_kernel[grid](*common, **flags, IS_BF16=is_bf16,
                                 DOT_FP32=is_bf16 and x.device.type == "cpu",
-                                FOLD=bool(cfg.fold) and fold_supported(spec, x.dtype),
-                                WIDE=bool(cfg.wide), ASM=bool(cfg.fold) and asm_supported(spec, x),
+                                FOLD=fold, WIDE=bool(cfg.wide), ASM=asm,
                                 GROUP_M=cfg.group_m, PREFETCH=bool(cfg.prefetch), SWAP=bool(cfg.swap_ab),
-                                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                                DOT_SLOTS=dot_slots, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
 
