@@ -174,7 +174,9 @@ def test_configs():
     glm = default_config(5, 65, 2048, 1536)            # one GLM-4.7-Flash token: K split 4 (gate_up), 3 (down)
     assert (glm.up_split_k, glm.down_split_k) == (4, 3)
     assert default_config(2, 8, 256, 256).up_split_k == 1  # small K: no split, no memset
-    assert default_config(1280, 65).block_m == 16     # 256 tokens x 5 slots over 65 experts: ~20 per expert
+    sixteen = default_config(80, 65, 2048, 1536)      # 16 tokens: ~48 experts active, enough tensor-core blocks
+    assert (sixteen.block_m, sixteen.swap_ab) == (16, 1)
+    assert default_config(1280, 65).block_m == 32     # 256 tokens x 5 slots over 65 experts: ~20 per expert
     assert default_config(5120, 65).block_m == 64
     cands = candidate_configs(5, 65)
     assert cands[0] == default_config(5, 65) and len(set(cands)) == len(cands) > 1

@@ -609,18 +609,27 @@ def _splits(K: int | None) -> int:
 @functools.lru_cache(maxsize=1024)
 def default_config(num_slots: int, num_experts: int, hidden: int | None = None,
                    intermediate: int | None = None) -> MoEGemmConfig:
-    """Heuristic: one slot per program when experts get about one slot each (decode), else a tensor-core
-    block of about the slots an expert gets; in decode, small column blocks and the K range of both
-    projections split (``hidden`` is gate_up's K, ``intermediate`` down's) so enough programs are in flight
-    to keep memory busy."""
-    per_expert = num_slots / max(1, min(num_experts, num_slots))
-    if per_expert <= 2:
+    """Heuristic, from the H200 sweeps of docs/perf/moe.md (GLM-4.7-Flash layer, int4):
+
+    - decode (one slot per program, CUDA cores, both K ranges split) while the tensor-core grid would be too
+      small to keep memory busy: fewer than ~264 gate_up programs (two per SM of a 132-SM part) of 128
+      columns, i.e. about 22 active experts for I = 1536. One token (5 experts): decode 31 us, tensor cores
+      72-109 us; 16 tokens (~48 experts): decode 306 us, 16-row swapped tiles 143 us.
+    - otherwise swapped tensor-core tiles (weights the left MMA operand, from registers): 16-row blocks of
+      128 columns up to ~12 slots per expert, 32-row blocks of 64 columns above (256 tokens, ~20 slots per
+      expert: 248 us against 348 us with 16-row blocks: fewer blocks decode each expert's weights again),
+      64-row blocks of 64 columns past ~48 (not measured yet).
+    ``hidden`` is gate_up's K, ``intermediate`` down's (the decode splits; the grid rule)."""
+    active = max(1, min(num_experts, num_slots))
+    per_expert = num_slots / active
+    col_blocks = -(-(intermediate or 1536) // 128)
+    if per_expert <= 2 and active * col_blocks < 264:
         return MoEGemmConfig(1, 32, 4, 32, _splits(intermediate), 4, up_split_k=_splits(hidden))
-    # 16-row blocks up to ~24 slots per expert: on the H200 (docs/perf/moe.md) 256 GLM tokens (~20 per expert)
-    # ran 543 us with 16-row blocks against 645 us with 32 (fewer weight re-reads, but twice the tensor-core
-    # work and register pressure per block) and 1328 us with 64
-    bm = 16 if per_expert <= 24 else 32 if per_expert <= 48 else 64
-    return MoEGemmConfig(bm, 128, 4 if bm < 64 else 8, 128, 1, 4 if bm < 64 else 8)
+    if per_expert <= 12:
+        return MoEGemmConfig(16, 128, 4, 128, 1, 4, swap_ab=1)
+    if per_expert <= 48:
+        return MoEGemmConfig(32, 64, 4, 64, 1, 4, swap_ab=1)
+    return MoEGemmConfig(64, 64, 4, 64, 1, 4, swap_ab=1)
 
 
 def candidate_configs(num_slots: int, num_experts: int, hidden: int | None = None,
@@ -628,19 +637,20 @@ def candidate_configs(num_slots: int, num_experts: int, hidden: int | None = Non
     """What :func:`triton_marlin.moe.strategies.select_config` tries: the default and neighbours of it."""
     base = default_config(num_slots, num_experts, hidden, intermediate)
     out = [base]
-    if base.block_m == 1:
-        out += [MoEGemmConfig(1, 32, 4, 32, 2, 4, up_split_k=2), MoEGemmConfig(1, 64, 4, 64, 4, 4, up_split_k=8),
+    if num_slots / max(1, min(num_experts, num_slots)) <= 2:
+        out += [MoEGemmConfig(1, 32, 4, 32, _splits(intermediate), 4, up_split_k=_splits(hidden)),
+                MoEGemmConfig(1, 32, 4, 32, 2, 4, up_split_k=2), MoEGemmConfig(1, 64, 4, 64, 4, 4, up_split_k=8),
                 MoEGemmConfig(1, 32, 4, 32, 8, 4, up_split_k=8), MoEGemmConfig(1, 16, 2, 16, 4, 2, up_split_k=4),
                 MoEGemmConfig(1, 32, 4, 32, 1, 4), MoEGemmConfig(16, 64, 4, 64, 1, 4),
                 MoEGemmConfig(16, 128, 4, 128, 1, 4, swap_ab=1)]
-    else:
+    if base.block_m > 1:
         for bm in (16, 32, 64):
             for bn in (64, 128):
                 w = 4 if bn == 64 else 8
                 out.append(MoEGemmConfig(bm, bn, w, bn, 1, w))
         # swapped operands (weights the left MMA operand; offline sm_90 counts in docs/perf/moe.md): 4 warps
         # (one warpgroup: 64-row wgmma slices of the weight block), 16/32 token rows as the MMA's N
-        for bm in (16, 32):
+        for bm in (16, 32, 64):
             for bn in (64, 128):
                 out.append(MoEGemmConfig(bm, bn, 4, bn, 1, 4, swap_ab=1))
     return list(dict.fromkeys(out))
