@@ -305,13 +305,15 @@ def candidate_configs(M: int, quick: bool = False, which: str | None = None) -> 
     out = []
     if M <= 4:
         bm = 1 << max(0, (M - 1).bit_length())
-        for split in (8, 16):
-            out.append(KC("gemv", block_m=bm, block_n=256, split_k=split, num_warps=4))
-        # small weights (GLM-4.7-Flash experts, 3-6 MB): narrow column blocks give enough programs without
-        # splitting K, so no split-K reduction (a partial store, a counter and a re-read) sits on the path
-        for bn in (32, 64, 128):
-            for split in (1, 2, 4):
-                out.append(KC("gemv", block_m=bm, block_n=bn, split_k=split, num_warps=4))
+        # scales loaded a tile ahead or in the tile that uses them (prefetch)
+        for prefetch in (0, 1):
+            for split in (8, 16):
+                out.append(KC("gemv", block_m=bm, block_n=256, split_k=split, num_warps=4, prefetch=prefetch))
+            # small weights (GLM-4.7-Flash experts, 3-6 MB): narrow column blocks give enough programs with
+            # little or no K split (each split adds a partial store, a counter and a re-read)
+            for bn in (32, 64, 128):
+                for split in (1, 2, 4):
+                    out.append(KC("gemv", block_m=bm, block_n=bn, split_k=split, num_warps=4, prefetch=prefetch))
     if M <= 64:
         # 16-row fold tiles: width x pipeline depth x split-K x scales loaded a tile ahead (6 stages,
         # 8 warps and unrolling K tiles measured slower on the H200: docs/perf/gemm.md)

@@ -191,6 +191,7 @@ def test_every_format_fp16_through_each_family(fmt, gen):
     qt = _quant(fmt, 48, 96, gen, _device())
     x = torch.randn(3, 96, generator=gen).half().to(_device())
     for cfg in (Q.KernelConfig("gemv", block_m=4, block_n=32, split_k=2),
+                Q.KernelConfig("gemv", block_m=1, block_n=32, split_k=2, prefetch=1),
                 Q.KernelConfig("dot", block_m=16, block_n=32, fold=1, split_k=2),
                 Q.KernelConfig("dot", block_m=16, block_n=32, fold=1, split_k=2, prefetch=1),
                 Q.KernelConfig("dot", block_m=16, block_n=32),
@@ -208,7 +209,7 @@ def test_every_format_fp16_through_each_family(fmt, gen):
     ("fp4", {"group_size": -1}),
     ("fp8", {"group_size": 128}),
 ])
-@pytest.mark.parametrize("variant", ["gemv", "dot", "fold", "wide"])
+@pytest.mark.parametrize("variant", ["gemv", "gemv_ahead", "dot", "fold", "wide"])
 def test_group_sizes_and_zero_points(fmt, opts, variant, gen):
     """Asymmetric codes, groups spanning several tiles or part of one, per-channel scales, K > one
     tile, split-K (each split owning several tiles)."""
@@ -216,6 +217,7 @@ def test_group_sizes_and_zero_points(fmt, opts, variant, gen):
     qt = _quant(fmt, 40, K, gen, _device(), **opts)
     x = torch.randn(5, K, generator=gen).half().to(_device())
     cfg = {"gemv": Q.KernelConfig("gemv", block_m=4, block_n=32, split_k=3),
+           "gemv_ahead": Q.KernelConfig("gemv", block_m=2, block_n=32, split_k=3, prefetch=1),
            "dot": Q.KernelConfig("dot", block_m=16, block_n=32, split_k=2),
            "fold": Q.KernelConfig("dot", block_m=16, block_n=32, split_k=2, fold=1, prefetch=1),
            "wide": Q.KernelConfig("dot", block_m=16, block_n=32, wide=1)}[variant]
@@ -230,12 +232,14 @@ def test_group_sizes_and_zero_points(fmt, opts, variant, gen):
 ])
 @pytest.mark.parametrize("split_k,fold", [(1, 1), (3, 1), (7, 0)])
 def test_scales_loaded_ahead_across_splits(fmt, opts, K, split_k, fold, gen):
-    """The dot kernel loads the scales (and zero points) of tile t + 1 while tile t computes: splits of
-    1, 2 and 3 tiles, a last tile cut by K, 1 to 8 scale groups per tile (more than 2: loaded in the
-    tile, as without prefetch), zero points."""
+    """The dot and gemv kernels load the scales (and zero points) of tile t + 1 while tile t computes:
+    splits of 1, 2 and 3 tiles, a last tile cut by K, 1 to 8 scale groups per tile (more than 2: loaded in
+    the tile, as without prefetch), zero points."""
     qt = _quant(fmt, 40, K, gen, _device(), **opts)
     x = torch.randn(3, K, generator=gen).half().to(_device())
     _check(x, qt, Q.KernelConfig("dot", block_m=16, block_n=32, split_k=split_k, fold=fold, prefetch=1))
+    if fold:  # the gemv has no operand modes: once per split
+        _check(x, qt, Q.KernelConfig("gemv", block_m=4, block_n=32, split_k=split_k, prefetch=1))
 
 
 def test_split_k_tickets_reset_between_calls(gen):

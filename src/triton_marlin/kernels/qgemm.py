@@ -236,7 +236,7 @@ def _qgemv_kernel(
         KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
         GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, HAS_BIAS: tl.constexpr,
         EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr):
     """CUDA-core quantized GEMV for M <= 4 rows per program (BLOCK_M in 1, 2, 4).
 
     x ``[M, K]`` (strides ``stride_xm, stride_xk``); qw packed words ``[TILES*16, N]`` (int32) or bytes
@@ -245,9 +245,13 @@ def _qgemv_kernel(
     split-K (SPLIT: SPLIT_K > 1). Grid: (N blocks, SPLIT_K, M blocks). Each row keeps its own
     ``[16, BN]`` fp32 accumulator in the weight tile's layout (activations broadcast along N without
     layout shuffles) and reduces once after the K loop; group scales multiply a partial sum per
-    group, not every weight.
+    group, not every weight. PREFETCH (one or two scale groups per K tile): the scales and zero points of
+    tile t + 1 load while tile t computes, as in the dot kernel (a scale load issued in the tile that uses
+    it leaves a memory latency exposed per tile: the word loads are software-pipelined, the scales not).
     """
     TILE_K: tl.constexpr = 16 * SLOTS
+    NG: tl.constexpr = SLOTS // (GROUP_SLOTS + (GROUP_SLOTS == 0))  # scale groups per K tile
+    LOAD_AHEAD: tl.constexpr = PREFETCH and GROUP_SLOTS != 0 and NG <= 2
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -269,14 +273,33 @@ def _qgemv_kernel(
     t_end = tl.minimum(t_begin + TILES_PER_SPLIT, TILES)
     if GROUP_SLOTS == 0:
         s_pc, z = _load_group(s_ptr, z_ptr, gs_ptr, 0, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
+    if LOAD_AHEAD:
+        s0, z0, s1, z1 = _load_tile_scales(s_ptr, z_ptr, gs_ptr, t_begin, offs_n, mask_n, N, G, TILE_K, GROUP,
+                                           GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
+    else:
+        s0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        z0 = tl.zeros((BLOCK_N,), dtype=tl.int32)
+        s1 = s0
+        z1 = z0
     for t in range(t_begin, t_end):
         words, words_hi = _load_words(qw_ptr, qh_ptr, t, rows, offs_n, mask_n, N, BITS, EVEN_N)
+        if LOAD_AHEAD:
+            s0n, z0n, s1n, z1n = _load_tile_scales(s_ptr, z_ptr, gs_ptr, t + 1, offs_n, mask_n, N, G, TILE_K,
+                                                   GROUP, GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
         for i in tl.static_range(SLOTS):
             if GROUP_SLOTS != 0:
                 if i % GROUP_SLOTS == 0:
-                    g = (t * TILE_K + i * 16) // GROUP
-                    s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND,
-                                       SYMMETRIC)
+                    if LOAD_AHEAD:
+                        if i == 0:
+                            s = s0
+                            z = z0
+                        else:
+                            s = s1
+                            z = z1
+                    else:
+                        g = (t * TILE_K + i * 16) // GROUP
+                        s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND,
+                                           SYMMETRIC)
                     part0 = zero
                     part1 = zero
                     part2 = zero
@@ -309,6 +332,8 @@ def _qgemv_kernel(
                     if BLOCK_M > 2:
                         acc2 += part2 * s[None, :]
                         acc3 += part3 * s[None, :]
+        if LOAD_AHEAD:
+            s0, z0, s1, z1 = s0n, z0n, s1n, z1n
     factor = raw_factor(KIND)
     if GROUP_SLOTS == 0:
         col_scale = s_pc * factor
@@ -881,7 +906,7 @@ class KernelConfig:
     """One launch configuration. ``family`` is gemv, dot or dequant; ``fold`` and ``wide`` pick the
     dot family's operand mode (see :func:`_qgemm_dot_kernel`; fold applies where the format and
     dtype allow it, see :func:`fold_supported`); ``prefetch`` loads a K tile's scales one tile ahead
-    (dot family, per-slot modes); ``swap_ab`` computes the transposed product with the weights as the
+    (gemv, and the dot family's per-slot modes); ``swap_ab`` computes the transposed product with the weights as the
     left tensor-core operand (dot family, per-slot modes; see :func:`_dot_tile_swap`); ``dot_k`` (swap_ab only)
     is the K of each ``tl.dot``: 16 = one per code slot, up to the whole K tile (:func:`_dot_tile_swap_k`;
     capped at the tile, and at the scale group with fold)."""
@@ -1060,7 +1085,8 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
     flags = dict(_meta(spec), HAS_BIAS=bias is not None, EVEN_K=even_k, EVEN_N=even_n, SPLIT=split > 1,
                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
     if cfg.family == "gemv":
-        _qgemv_kernel[grid](*common, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        _qgemv_kernel[grid](*common, **flags, PREFETCH=bool(cfg.prefetch), num_warps=cfg.num_warps,
+                            num_stages=cfg.num_stages)
     else:
         is_bf16 = x.dtype == torch.bfloat16
         fold = bool(cfg.fold) and fold_supported(spec, x.dtype)
