@@ -131,3 +131,43 @@ def test_bad_input():
         route_reference(torch.randn(3, 8), cfg, torch.zeros(8))
     with pytest.raises(TypeError, match="float tensor"):
         route_reference(torch.zeros(3, 8, dtype=torch.int64), cfg)
+
+
+@pytest.mark.parametrize("T,E,H", [(1, 64, 2048), (5, 16, 96), (19, 65, 320), (0, 8, 64)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_router_logit_parts_sum_to_the_fp32_product(T, E, H, dtype, gen):
+    """The split-K router kernel: its planes sum to x.float() @ W.T within fp32 summation error
+    (each of the H products and partial sums rounds once: |error| <= H * 2**-24 * (|x| @ |W|.T), doubled for the
+    reduction of the planes), x read in its own dtype."""
+    from triton_marlin.kernels.moe_router import router_logit_parts
+
+    x = torch.randn(T, H, generator=gen).to(dtype)
+    w = torch.randn(E, H, generator=gen) * 0.02
+    parts = router_logit_parts(x, w)
+    assert parts.dim() == 3 and parts.shape[1:] == (T, E)
+    ref = x.double() @ w.double().t()
+    bound = 2 * H * 2.0 ** -24 * (x.double().abs() @ w.double().abs().t())
+    assert ((parts.sum(0).double() - ref).abs() <= bound + 1e-30).all()
+
+
+def test_router_logit_parts_refuse_bad_input(gen):
+    from triton_marlin.kernels.moe_router import router_logit_parts
+
+    with pytest.raises(ValueError, match="same H"):
+        router_logit_parts(torch.randn(2, 8), torch.randn(4, 16))
+    with pytest.raises(ValueError, match="fp32"):
+        router_logit_parts(torch.randn(2, 8), torch.randn(4, 8).half())
+    with pytest.raises(TypeError, match="fp16, bf16 or fp32"):
+        router_logit_parts(torch.randn(2, 8).double(), torch.randn(4, 8))
+
+
+def test_route_kernel_sums_partial_planes(gen):
+    """route_triton on [S, T, E] planes equals route_triton on their sum (planes summed in order)."""
+    from triton_marlin.kernels.moe_align import route_triton
+
+    cfg = RoutingConfig(16, 4, "sigmoid", routed_scaling_factor=1.8)
+    planes = torch.randn(3, 6, 16, generator=gen)
+    total = planes[0] + planes[1] + planes[2]
+    ids_p, w_p = route_triton(planes, cfg, None, num_shared=1)
+    ids_s, w_s = route_triton(total, cfg, None, num_shared=1)
+    assert torch.equal(ids_p, ids_s) and torch.equal(w_p, w_s)

@@ -22,18 +22,21 @@ import triton.language as tl
 
 
 @triton.jit
-def _route_kernel(logits_ptr, stride_t, bias_ptr, ids_ptr, w_ptr, nvalid_ptr, E,
-                  TOP_K: tl.constexpr, K_TOTAL: tl.constexpr, N_SHARED: tl.constexpr,
+def _route_kernel(logits_ptr, stride_t, part_stride, bias_ptr, ids_ptr, w_ptr, nvalid_ptr, E,
+                  NUM_PARTS: tl.constexpr, TOP_K: tl.constexpr, K_TOTAL: tl.constexpr, N_SHARED: tl.constexpr,
                   SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, N_GROUP: tl.constexpr,
                   TOPK_GROUP: tl.constexpr, GROUP_SIZE: tl.constexpr, NORM: tl.constexpr,
                   SCALE: tl.constexpr, HAS_NVALID: tl.constexpr, BLOCK_E: tl.constexpr,
                   BLOCK_K: tl.constexpr, BLOCK_G: tl.constexpr):
-    """One program per token. logits [T, E] (row stride ``stride_t``); ids int32 / weights fp32
+    """One program per token. logits [T, E] (row stride ``stride_t``), or the sum of ``NUM_PARTS`` planes
+    ``part_stride`` apart (split-K partial logits, summed in plane order); ids int32 / weights fp32
     [T, K_TOTAL] contiguous, K_TOTAL = TOP_K + N_SHARED."""
     t = tl.program_id(0)
     e = tl.arange(0, BLOCK_E)
     in_range = e < E
     x = tl.load(logits_ptr + t * stride_t + e, mask=in_range, other=0.0).to(tl.float32)
+    for p in tl.static_range(1, NUM_PARTS):
+        x += tl.load(logits_ptr + p * part_stride + t * stride_t + e, mask=in_range, other=0.0).to(tl.float32)
     if SIGMOID:
         scores = 1.0 / (1.0 + tl.exp(-x))
     else:
@@ -96,8 +99,17 @@ def route_triton(router_logits: torch.Tensor, config, correction_bias: torch.Ten
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch ``_route_kernel`` (``config``: a :class:`triton_marlin.moe.routing.RoutingConfig`).
 
+    ``router_logits``: ``[T, E]``, or ``[S, T, E]`` partial logits whose sum over the first dimension are the
+    logits (:func:`triton_marlin.kernels.moe_router.router_logit_parts`).
     Returns ``(ids int32, weights fp32)``, both ``[T, top_k + num_shared]`` (shared slots last).
     """
+    if router_logits.dim() == 3:
+        parts = router_logits if router_logits.stride(2) == 1 else router_logits.contiguous()
+        num_parts = parts.shape[0]
+        router_logits = parts[0]
+        part_stride = parts.stride(0)
+    else:
+        num_parts, part_stride = 1, 0
     T, E = router_logits.shape
     if num_valid_tokens is not None:
         if (not isinstance(num_valid_tokens, torch.Tensor) or num_valid_tokens.numel() != 1
@@ -111,12 +123,12 @@ def route_triton(router_logits: torch.Tensor, config, correction_bias: torch.Ten
     weights = torch.empty((T, k_total), dtype=torch.float32, device=dev)
     if T == 0:
         return ids, weights
-    logits = router_logits if router_logits.stride(1) == 1 else router_logits.contiguous()
+    logits = router_logits if router_logits.stride(1) == 1 or num_parts > 1 else router_logits.contiguous()
     bias = correction_bias.contiguous() if correction_bias is not None else logits
     nvalid = num_valid_tokens if num_valid_tokens is not None else ids
     _route_kernel[(T,)](
-        logits, logits.stride(0), bias, ids, weights, nvalid, E,
-        TOP_K=config.top_k, K_TOTAL=k_total, N_SHARED=num_shared,
+        logits, logits.stride(0), part_stride, bias, ids, weights, nvalid, E,
+        NUM_PARTS=num_parts, TOP_K=config.top_k, K_TOTAL=k_total, N_SHARED=num_shared,
         SIGMOID=config.scoring == "sigmoid", HAS_BIAS=correction_bias is not None,
         N_GROUP=config.n_group, TOPK_GROUP=config.topk_group, GROUP_SIZE=E // config.n_group,
         NORM=config.norm_topk_prob, SCALE=float(config.routed_scaling_factor),

@@ -60,17 +60,27 @@ class MoELayer(nn.Module):
         return self._strategies[name]
 
     def router_logits(self, x2: torch.Tensor) -> torch.Tensor:
+        """fp32 ``[T, E]`` router logits, the reference models' formula (``F.linear`` on the fp32 cast of x)."""
         return F.linear(x2.to(torch.float32), self.router_weight)
 
     def route(self, x2: torch.Tensor, *, num_valid: torch.Tensor | None = None, check_finite: bool = True):
-        """``(ids int32, weights fp32)``, ``[T, top_k + num_shared]``: routed slots, then the shared ones."""
-        logits = self.router_logits(x2)
+        """``(ids int32, weights fp32)``, ``[T, top_k + num_shared]``: routed slots, then the shared ones.
+
+        Where Triton runs, the logits come from one kernel (:mod:`triton_marlin.kernels.moe_router`: fp32
+        products and sums, split-K planes the routing kernel sums as it loads them), else from
+        :meth:`router_logits`."""
         S = self.experts.num_shared
         if triton_enabled_for(x2.device):
+            from .. import dispatch
             from ..kernels.moe_align import route_triton
+            from ..kernels.moe_router import router_logit_parts
 
-            check_router_inputs(logits, self.routing, self.correction_bias, check_finite)
-            return route_triton(logits, self.routing, self.correction_bias, num_valid, num_shared=S)
+            dispatch.record("moe_router", "triton")
+            parts = router_logit_parts(x2, self.router_weight)
+            check_router_inputs(parts.sum(0) if check_finite else parts[0], self.routing, self.correction_bias,
+                                check_finite)
+            return route_triton(parts, self.routing, self.correction_bias, num_valid, num_shared=S)
+        logits = self.router_logits(x2)
         if num_valid is not None:
             raise ValueError("num_valid needs the Triton routing kernel (CUDA or TRITON_INTERPRET=1)")
         r = route_reference(logits, self.routing, self.correction_bias, check_finite=check_finite)
