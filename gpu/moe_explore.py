@@ -7,6 +7,7 @@ the per-kernel GPU times of the default configuration from the profiler. Prints 
 
 ``--candidates swap``: the default, the unswapped 16/32-row tiles beside it and the swapped-operand tiles
 (``swap_ab=1``) only, and the per-kernel profile of the default and of the fastest configuration.
+``--candidates fused``: the default and the swapped tiles with ``dot_k=128`` / ``prefetch`` / ``fuse_gu``.
 """
 import argparse
 import sys
@@ -33,13 +34,27 @@ SWAP = {  # swapped operands (weights the left MMA operand, wgmma from registers
           C(16, 64, 4, 64, 1, 4, swap_ab=1), C(32, 128, 4, 128, 1, 4, swap_ab=1), C(32, 64, 4, 64, 1, 4, swap_ab=1),
           C(32, 128, 8, 128, 1, 8, swap_ab=1)],
 }
+# --candidates fused: the swapped tiles with one dot per scale group (dot_k=128), scales a tile ahead (prefetch),
+# gate+up in one K loop (fuse_gu), against the default (offline sm_90 counts in docs/perf/moe.md)
+S = dict(swap_ab=1)
+FUSED = {
+    16: [C(16, 128, 4, 128, 1, 4, **S, dot_k=128), C(16, 128, 4, 128, 1, 4, **S, dot_k=128, fuse_gu=1),
+         C(16, 64, 4, 64, 1, 4, **S, dot_k=128, fuse_gu=1)],
+    256: [C(32, 64, 4, 64, 1, 4, **S, dot_k=128), C(32, 64, 4, 64, 1, 4, **S, dot_k=128, prefetch=1),
+          C(32, 64, 4, 64, 1, 4, **S, fuse_gu=1), C(32, 64, 4, 64, 1, 4, **S, dot_k=128, fuse_gu=1),
+          C(32, 64, 4, 64, 1, 4, **S, dot_k=128, fuse_gu=1, prefetch=1),
+          C(32, 64, 4, 64, 1, 4, **S, dot_k=128, fuse_gu=1, stages=2),
+          C(32, 64, 4, 64, 1, 4, **S, dot_k=128, fuse_gu=1, stages=4),
+          C(32, 128, 8, 128, 1, 8, **S, dot_k=128), C(32, 128, 8, 128, 1, 8, **S, dot_k=128, fuse_gu=1),
+          C(32, 128, 4, 128, 1, 4, **S, dot_k=128, fuse_gu=1)],
+}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 256])
     p.add_argument("--recipes", nargs="+", default=["int4", "glm4"], choices=["int4", "glm4"])
-    p.add_argument("--candidates", default="all", choices=["all", "swap"])
+    p.add_argument("--candidates", default="all", choices=["all", "swap", "fused"])
     p.add_argument("--smoke", action="store_true", help="CPU interpreter, shrunk layer: checks the script runs")
     a = p.parse_args()
     dev = torch.device("cpu" if a.smoke else "cuda")
@@ -57,7 +72,7 @@ def main():
             ref = fused_moe_reference(x, ids, w, ex)
             nbytes = active_bytes(ex, ids)
             dflt = default_config(ids.numel(), ex.num_total, ex.hidden_size, ex.intermediate_size)
-            table = SWAP if a.candidates == "swap" else CANDIDATES
+            table = {"swap": SWAP, "fused": FUSED}.get(a.candidates, CANDIDATES)
             cands = [dflt] + [c for c in table.get(T, []) if c != dflt]
             for cfg in cands[:2] if a.smoke else cands:
                 try:

@@ -50,22 +50,28 @@ def _build(fn, types, consts, num_warps, num_stages):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
 
 
-def gate_up(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16"):
+def _swap(bm, bn, swap, dot_k, prefetch, K, N):
+    """The kernels' SWAP constexpr for the GLM shapes (K, N), as the launcher computes it."""
+    if not swap:
+        return 0
+    return MG.swap_mode(MG.MoEGemmConfig(bm, bn, 4, bn, 1, 4, swap_ab=1, dot_k=dot_k, prefetch=prefetch), K, N, bn)
+
+
+def gate_up(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16", dot_k=16, prefetch=0, fuse=0):
     consts = dict(SLOTS_PER_TOKEN=5, G_KINDS=1 << kind, G_UNIFORM=kind, U_KINDS=1 << kind, U_UNIFORM=kind,
                   IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=1, ZERO_BLOCK=1024, UNROLL=1, G_GK=128,
                   U_GK=128, ASM=asm, DIRECT=False)
-    if "SWAP" in MG._moe_gate_up_kernel.arg_names:
-        consts["SWAP"] = swap
+    consts["SWAP"] = _swap(bm, bn, swap, dot_k, prefetch, 2048, 1536)
+    consts["FUSE_GU"] = fuse
     types = {"x_ptr": "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32", "npost_ptr": "*i32",
              "inter_ptr": "*" + dt, "zero_ptr": "*fp32", **_flat("g", "*" + dt), **_flat("u", "*" + dt)}
     return _build(MG._moe_gate_up_kernel, types, consts, warps, stages)
 
 
-def down(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16"):
+def down(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16", dot_k=16, prefetch=0, fuse=0):
     consts = dict(SLOTS_PER_TOKEN=5, D_KINDS=1 << kind, D_UNIFORM=kind, IS_BF16=dt == "bf16", BLOCK_M=bm,
                   BLOCK_N=bn, SPLIT_K=1, A_SWIGLU=False, UNROLL=1, D_GK=128, ASM=asm, A_SPLITS=1, DIRECT=False)
-    if "SWAP" in MG._moe_down_kernel.arg_names:
-        consts["SWAP"] = swap
+    consts["SWAP"] = _swap(bm, bn, swap, dot_k, prefetch, 1536, 2048)
     types = {"inter_ptr": "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32", "npost_ptr": "*i32",
              "w_ptr": "*fp32", "out_ptr": "*fp32", **_flat("d", "*" + dt)}
     return _build(MG._moe_down_kernel, types, consts, warps, stages)
@@ -112,8 +118,17 @@ def variants():
     for name_fn, fn in (("gate_up", gate_up), ("down", down)):
         for bm, bn, w in ((16, 64, 4), (16, 128, 4), (32, 128, 4), (32, 128, 8), (32, 64, 4)):
             out[f"{name_fn}_bm{bm}_bn{bn}_w{w}"] = (fn, dict(bm=bm, bn=bn, warps=w))
-        for bm, bn, w in ((16, 64, 4), (16, 128, 4), (32, 128, 4), (16, 128, 8), (32, 128, 8), (16, 256, 8)):
+        for bm, bn, w in ((16, 64, 4), (16, 128, 4), (32, 128, 4), (16, 128, 8), (32, 128, 8), (16, 256, 8),
+                          (32, 64, 4)):
             out[f"{name_fn}_swap_bm{bm}_bn{bn}_w{w}"] = (fn, dict(bm=bm, bn=bn, warps=w, swap=1))
+        # the swapped 256-token candidates: one dot per scale group (d), scales a tile ahead (p), gate+up fused (f)
+        for bm, bn, w in ((32, 64, 4), (32, 128, 4), (32, 128, 8), (32, 256, 8), (16, 128, 4)):
+            for tag, extra in (("d", dict(dot_k=128)), ("p", dict(prefetch=1)), ("dp", dict(dot_k=128, prefetch=1)),
+                               ("f", dict(fuse=1)), ("fd", dict(fuse=1, dot_k=128)),
+                               ("fdp", dict(fuse=1, dot_k=128, prefetch=1))):
+                if "f" in tag and name_fn != "gate_up":
+                    continue
+                out[f"{name_fn}_swap{tag}_bm{bm}_bn{bn}_w{w}"] = (fn, dict(bm=bm, bn=bn, warps=w, swap=1, **extra))
     return out
 
 
@@ -143,7 +158,8 @@ def main():
             (d / f"{name}.sass").write_text(sass)
         loops = sass_loops(sass)
         threads = 32 * kw["warps"]
-        weights = 128 * kw["bn"]  # one K tile (8 int4 slots of 16 k) of BLOCK_N columns, one projection
+        # one K tile (8 int4 slots of 16 k) of BLOCK_N columns, one projection (two: the fused gate+up loop)
+        weights = 128 * kw["bn"] * (2 if kw.get("fuse") else 1)
         regs, stack = regs_of(k.asm["cubin"])
         res[name] = {"regs": regs, "stack": stack, "shared": k.metadata.shared,
                      "loop": counts(loop_body(ptx)), "ttgir": ttgir_facts(ttgir), "sass_loops": loops[:3],

@@ -65,25 +65,31 @@ for name, dt, kinds, uniform, bm, bn, split, warps, gk, asm in (
         ("gate_up_dot_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 128, 1, 8, 128, True),
         ("gate_up_dot_swap_asm_int4_fp16", "fp16", 1 << 2, 2, 16, 128, 1, 4, 128, True),
         ("gate_up_dot_swap_asm_mixed_fp16", "fp16", asm_kinds, -1, 32, 64, 1, 4, 128, True),
-        ("gate_up_dot_swap_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False)):
+        ("gate_up_dot_swap_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False),
+        ("gate_up_dot_swap_dk_fused_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, 4, 128, True),
+        ("gate_up_dot_swap_dk_fused_asm_mixed_fp16", "fp16", asm_kinds, -1, 32, 64, 1, 4, 128, True),
+        ("gate_up_dot_swap_dk_fused_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False)):
     types = {"x_ptr": "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32", "npost_ptr": "*i32",
              "inter_ptr": "*fp32" if split > 1 else "*" + dt, "zero_ptr": "*fp32",
              **flat("g", "*" + dt), **flat("u", "*" + dt)}
     out[name] = build(MG._moe_gate_up_kernel, types,
         dict(SLOTS_PER_TOKEN=5, G_KINDS=kinds, G_UNIFORM=uniform, U_KINDS=kinds, U_UNIFORM=uniform,
              IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=split, ZERO_BLOCK=1024,
-             UNROLL=2 if bm == 1 else 1, G_GK=gk, U_GK=gk, ASM=asm, DIRECT=bm == 1, SWAP=int("swap" in name)), warps)
+             UNROLL=2 if bm == 1 else 1, G_GK=gk, U_GK=gk, ASM=asm, DIRECT=bm == 1,
+             SWAP=(31 if "_dk" in name else 1) if "swap" in name else 0, FUSE_GU=int("fused" in name)), warps)
 for name, dt, kinds, uniform, bm, bn, split, swiglu, warps, gk, asm in (
         ("down_decode_swiglu_mixed", "fp16", some_kinds, -1, 1, 32, 4, True, 4, 0, False),
         ("down_dot_split_int8_bf16", "bf16", 1 << 3, 3, 32, 64, 3, False, 4, 128, False),
         ("down_dot_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True),
-        ("down_dot_swap_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True)):
+        ("down_dot_swap_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True),
+        ("down_dot_swap_dk_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, False, 4, 128, True)):
     types = {"inter_ptr": "*fp32" if swiglu else "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32",
              "npost_ptr": "*i32", "w_ptr": "*fp32", "out_ptr": "*fp32", **flat("d", "*" + dt)}
     out[name] = build(MG._moe_down_kernel, types,
         dict(SLOTS_PER_TOKEN=5, D_KINDS=kinds, D_UNIFORM=uniform, IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn,
              SPLIT_K=split, A_SWIGLU=swiglu, UNROLL=2 if bm == 1 else 1, D_GK=gk, ASM=asm,
-             A_SPLITS=4 if swiglu else 1, DIRECT=bm == 1, SWAP=int("swap" in name)), warps)
+             A_SPLITS=4 if swiglu else 1, DIRECT=bm == 1, SWAP=(31 if "_dk" in name else 1) if "swap" in name else 0),
+        warps)
 print(json.dumps(out))
 """
 
@@ -98,7 +104,7 @@ def test_moe_kernels_compile_for_hopper():
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(info) == 19
+    assert len(info) == 23
     for name, meta in info.items():
         assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
         # swapped tensor-core tiles: wgmma reads the (unpacked) weights from registers, the others use none

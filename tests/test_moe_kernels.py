@@ -55,6 +55,10 @@ TILED = MoEGemmConfig(16, 64, 4, 32, 3, 4)
 TILED_SPLIT = MoEGemmConfig(16, 32, 4, 32, 2, 4)  # tensor cores, down K range split over 2 programs
 SWAP = MoEGemmConfig(16, 64, 4, 32, 3, 4, swap_ab=1)        # weights the left MMA operand, tokens its N
 SWAP_SPLIT = MoEGemmConfig(32, 32, 4, 64, 2, 4, swap_ab=1)  # 32-row blocks, down K range split
+# one tl.dot per scale group / 8 slots, scales a tile ahead; gate and up in one K loop
+SWAP_DOT = MoEGemmConfig(16, 64, 4, 32, 3, 4, swap_ab=1, dot_k=128, prefetch=1)
+SWAP_FUSED = MoEGemmConfig(16, 32, 4, 64, 2, 4, swap_ab=1, dot_k=128, fuse_gu=1)
+SWAP_FUSED_PRE = MoEGemmConfig(32, 64, 4, 32, 1, 4, swap_ab=1, fuse_gu=1, prefetch=1)
 
 
 @pytest.mark.parametrize("fmt", ["int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8"])
@@ -65,7 +69,7 @@ def test_each_format(fmt, gen):
     x = torch.randn(T, H, generator=gen).half()
     ids, w = routing(T, E, k, gen)
     ref = fused_moe_reference(x, ids, w, ex)
-    for cfg in (DECODE, TILED, SWAP):
+    for cfg in (DECODE, TILED, SWAP, SWAP_DOT, SWAP_FUSED):
         out = run_fused(x, ids, w, ex, cfg)
         assert rel_err(out, ref) < TOL[torch.float16], (fmt, cfg)
 
@@ -82,7 +86,7 @@ def test_mixed_widths_one_launch_each(gen):
     ids, w = routing(T, E, k, gen, drop=True)
     ref = fused_moe_reference(x, ids, w, ex)
     assert ref[0].abs().max() == 0
-    for cfg in (DECODE, DECODE_H, TILED, TILED_SPLIT, SWAP, SWAP_SPLIT):
+    for cfg in (DECODE, DECODE_H, TILED, TILED_SPLIT, SWAP, SWAP_SPLIT, SWAP_DOT, SWAP_FUSED):
         out = run_fused(x, ids, w, ex, cfg)
         assert rel_err(out, ref) < TOL[torch.float16]
         assert (out[0] == 0).all()
@@ -121,8 +125,31 @@ def test_asymmetric(gen):
     ids, w = routing(T, E, k, gen)
     x = torch.randn(T, H, generator=gen).half()
     ref = fused_moe_reference(x, ids, w, ex)
-    for cfg in (DECODE, TILED, SWAP):
+    for cfg in (DECODE, TILED, SWAP, SWAP_DOT, SWAP_FUSED_PRE):
         assert rel_err(run_fused(x, ids, w, ex, cfg), ref) < TOL[torch.float16], cfg
+
+
+def test_fused_gate_up_same_and_different_kinds(gen):
+    """``fuse_gu``: one K loop for gate and up where an expert's two share a kind (int4/int4, asymmetric
+    int3/int3, fp8/fp8), the two loops where they differ (int2/int4), in one mixed launch; and the uniform
+    compile. K = 256 and N a multiple of the block (no masks: EVEN_K / EVEN_N) for gate_up, a partial tile for
+    down (K = 96)."""
+    recipe = [(("int4", 32), ("int4", 32), ("int2", 32)), (("int2", 32), ("int4", 32), ("int4", 32)),
+              ("fp8", "fp8", ("int4", 32)), (("int4", 32), ("int4", 32), ("int8", 32))]
+    E, H, I, T, k = 4, 256, 96, 5, 2
+    ex = make_experts(recipe, E, H, I, gen)
+    x = torch.randn(T, H, generator=gen).half()
+    ids, w = routing(T, E, k, gen, drop=True)
+    ref = fused_moe_reference(x, ids, w, ex)
+    for cfg in (SWAP_FUSED, SWAP_FUSED_PRE, MoEGemmConfig(16, 32, 4, 32, 1, 4, swap_ab=1, fuse_gu=1)):
+        out = run_fused(x, ids, w, ex, cfg)
+        assert rel_err(out, ref) < TOL[torch.float16], cfg
+        assert (out[0] == 0).all()
+    asym = make_experts(("int3", 32), 2, H, I, gen, symmetric=False)
+    ids2, w2 = routing(T, 2, 1, gen)
+    ref2 = fused_moe_reference(x, ids2, w2, asym)
+    for uniform in (False, True):
+        assert rel_err(run_fused(x, ids2, w2, asym, SWAP_FUSED, uniform=uniform), ref2) < TOL[torch.float16]
 
 
 @pytest.mark.gpu
@@ -134,7 +161,7 @@ def test_bf16_on_gpu(recipe, gen):
     ids, w = routing(T, E, k, gen)
     x = torch.randn(T, H, generator=gen).bfloat16().cuda()
     ref = fused_moe_reference(x, ids.cuda(), w.cuda(), ex)
-    for cfg in (DECODE, TILED, SWAP):
+    for cfg in (DECODE, TILED, SWAP, SWAP_DOT, SWAP_FUSED):
         al = align_tokens(ids.cuda(), E, cfg.block_m)
         out = torch.full((T, H), float("nan"), device="cuda")
         moe_gemm_launch(x, w.cuda(), al.sorted_ids, al.expert_ids, al.num_tokens_post_pad, ex.flat("gate"),
@@ -165,6 +192,10 @@ def test_config_validation():
         MoEGemmConfig(1, 48, 4, 64, 1, 4)
     with pytest.raises(ValueError, match="swap_ab needs tensor-core blocks"):
         MoEGemmConfig(1, 32, 4, 32, 1, 4, swap_ab=1)
+    with pytest.raises(ValueError, match="dot_k must be 16"):
+        MoEGemmConfig(16, 64, 4, 64, 1, 4, swap_ab=1, dot_k=64)
+    with pytest.raises(ValueError, match="swapped tiles"):
+        MoEGemmConfig(16, 64, 4, 64, 1, 4, fuse_gu=1)
     with pytest.raises(ValueError, match="swap_ab must be 0 or 1"):
         MoEGemmConfig(16, 64, 4, 64, 1, 4, swap_ab=2)
 
@@ -233,5 +264,5 @@ def test_group_fold_across_tiles(fmt, gen):
     x = torch.randn(T, H, generator=gen).half()
     ids, w = routing(T, E, k, gen)
     ref = fused_moe_reference(x, ids, w, ex)
-    for cfg in (TILED_SPLIT, SWAP_SPLIT) if fmt == "int4" else (TILED_SPLIT,):  # int4 g128: the GLM case
+    for cfg in (TILED_SPLIT, SWAP_SPLIT, SWAP_FUSED_PRE) if fmt == "int4" else (TILED_SPLIT,):  # int4 g128: GLM
         assert rel_err(run_fused(x, ids, w, ex, cfg), ref) < TOL[torch.float16], cfg

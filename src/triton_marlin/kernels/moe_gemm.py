@@ -109,86 +109,283 @@ def _fold_operand(q, z, DKIND: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.con
 
 
 @triton.jit
-def _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale, code_off,
-                   hi_off, scale_off, zero_off, group, offs_n, n_ok, kt_begin, kt_end, k_lim,
-                   BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
-                   SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, GK: tl.constexpr, ASM: tl.constexpr):
-    """The tensor-core K loop with the operands swapped (``SWAP``): ``acc_t [BN, BM] += W_slot.T [BN, 16] @
-    A_slot.T [16, BM]`` per code slot, the weights the LEFT operand and the block's token rows the MMA's N.
-    On sm_90 that is ``wgmma`` with its left operand in registers: the unpacked weights go straight from the
-    PTX unpackers into the MMA (no shared-memory round trip of the dequantized operand), and 16 token rows
-    still fill an ``m64n16k16``. The word rows load transposed (``[BN, 16]``), scales and zero points
-    broadcast along dim 0; ``acc`` and the result are ``[BN, BM]`` (the epilogues work transposed). Same operand modes as the unswapped
-    loop (fold with the group scale on a per-group partial, PTX unpack, or per-weight dequantization)."""
+def _swap_scales(scales16, scales8, zeros8, gscale, scale_off, zero_off, srow, N, offs_n, n_ok, kpos, klim,
+                 BITS: tl.constexpr, SCALE_KIND: tl.constexpr, SYM: tl.constexpr, MASKED: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """Scales (fp32 ``[BN]``) and zero points (int32 ``[BN]``) of scale row ``srow`` of columns ``offs_n``.
+    ``MASKED``: mask by ``n_ok`` and ``kpos < klim`` (a slot past K); else no mask at all."""
+    p = scale_off + srow * N + offs_n
+    if MASKED:
+        smask = n_ok & ((kpos + offs_n * 0) < klim)
+        if SCALE_KIND == 0:
+            raw_s = tl.load(scales16 + p, mask=smask, other=0.0)
+        else:
+            raw_s = tl.load(scales8 + p, mask=smask, other=0)
+    else:
+        if SCALE_KIND == 0:
+            raw_s = tl.load(scales16 + p)
+        else:
+            raw_s = tl.load(scales8 + p)
+    s = decode_scale(raw_s, gscale, SCALE_KIND)
+    if SYM:
+        z = tl.zeros([BLOCK_N], tl.int32) + (1 << (BITS - 1))
+    else:
+        zp = zero_off + srow * N + offs_n
+        if MASKED:
+            z = tl.load(zeros8 + zp, mask=smask, other=0).to(tl.int32)
+        else:
+            z = tl.load(zeros8 + zp).to(tl.int32)
+    return s, z
+
+
+@triton.jit
+def _swap_tile(acc_t, bs, kt, k_lim, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale, code_off,
+               hi_off, scale_off, zero_off, group, offs_n, n_ok, s_pre, z_pre,
+               BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
+               SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, GK: tl.constexpr, ASM: tl.constexpr, DS: tl.constexpr,
+               EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, PRE: tl.constexpr):
+    """One K tile (``SLOTS`` code slots of 16 k) of one projection, swapped: ``acc_t [BN, BM] += W.T @ A.T``.
+    ``bs``: the tile's activation blocks, one ``[16 * DS, BM]`` per ``tl.dot`` (``DS`` slots joined along K in
+    registers, :func:`_cat_k`), loaded by the caller (the fused gate+up loop shares them). ``PRE``: the tile is
+    one scale group whose scales ``s_pre``/``z_pre`` the caller loaded a tile ahead."""
     TILE: tl.constexpr = SLOTS * 16
     FOLD: tl.constexpr = GK > 0 and GK % 16 == 0 and (GK % TILE == 0 or TILE % GK == 0)
     GS: tl.constexpr = (GK // 16 if GK < TILE else SLOTS) if FOLD else 1
-    USE_ASM: tl.constexpr = ASM and DKIND != 2 and BITS != 8
+    # the PTX unpack makes the exact unscaled operand: fold only (per-weight scales take Triton's unpack)
+    USE_ASM: tl.constexpr = ASM and FOLD and DKIND != 2 and BITS != 8
     wc = tl.arange(0, 16)
     nT = offs_n[:, None]
     nT_ok = n_ok[:, None]
-    acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    for kt in range(kt_begin, kt_end):
-        k0 = kt * TILE
-        cols = kt * 16 + wc
-        words = 0
-        hi = 0
-        if BITS != 8:
-            words = tl.load(codes32 + code_off + cols[None, :] * N + nT, mask=nT_ok, other=0)
-            if BITS == 3:
-                hi = tl.load(codes16 + hi_off + cols[None, :] * N + nT, mask=nT_ok, other=0)
-        if USE_ASM:
-            if BITS == 3:
-                raws = unpack_int3_magic_fp16_asm(words, hi)
-            elif DKIND == 0:
-                raws = unpack_magic_fp16_asm(words, BITS)
+    k0 = kt * TILE
+    cols = kt * 16 + wc
+    words = 0
+    hi = 0
+    if BITS != 8:
+        wp = code_off + cols[None, :] * N + nT
+        if EVEN_N:
+            words = tl.load(codes32 + wp)
+        else:
+            words = tl.load(codes32 + wp, mask=nT_ok, other=0)
+        if BITS == 3:
+            hp = hi_off + cols[None, :] * N + nT
+            if EVEN_N:
+                hi = tl.load(codes16 + hp)
             else:
-                raws = unpack_e2m1_fp16_asm(words)
-        for i in tl.static_range(SLOTS):
-            ks = k0 + i * 16
-            if i % GS == 0:
-                srow = ks // group
-                smask = n_ok & ((ks + offs_n * 0) < k_lim)
-                if SCALE_KIND == 0:
-                    raw_s = tl.load(scales16 + scale_off + srow * N + offs_n, mask=smask, other=0.0)
-                else:
-                    raw_s = tl.load(scales8 + scale_off + srow * N + offs_n, mask=smask, other=0)
-                s = decode_scale(raw_s, gscale, SCALE_KIND)
-                if SYM:
-                    z = tl.zeros([BLOCK_N], tl.int32) + (1 << (BITS - 1))
-                else:
-                    z = tl.load(zeros8 + zero_off + srow * N + offs_n, mask=smask, other=0).to(tl.int32)
-                part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-            kk = ks + wc
+                hi = tl.load(codes16 + hp, mask=nT_ok, other=0)
+    if USE_ASM:
+        if BITS == 3:
+            raws = unpack_int3_magic_fp16_asm(words, hi)
+        elif DKIND == 0:
+            raws = unpack_magic_fp16_asm(words, BITS)
+        else:
+            raws = unpack_e2m1_fp16_asm(words)
+    s = s_pre
+    z = z_pre
+    part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for j in tl.static_range(SLOTS // DS):
+        ws = ()
+        for u in tl.static_range(DS):
+            ks = k0 + (j * DS + u) * 16
+            if (j * DS + u) % GS == 0:
+                if not PRE:
+                    if FOLD:
+                        srow = ks // GK
+                    else:
+                        srow = ks // group
+                    s, z = _swap_scales(scales16, scales8, zeros8, gscale, scale_off, zero_off, srow, N, offs_n,
+                                        n_ok, ks, k_lim, BITS, SCALE_KIND, SYM, not (EVEN_K and EVEN_N), BLOCK_N)
             if USE_ASM:
                 if DKIND == 0:
                     if SYM:  # a constant: Triton keeps the unpack in the MMA operand layout
-                        w = raws[i] - tl.full([BLOCK_N, 1], 1024.0 + (1 << (BITS - 1)), tl.float16)
+                        w = raws[j * DS + u] - tl.full([BLOCK_N, 1], 1024.0 + (1 << (BITS - 1)), tl.float16)
                     else:
-                        w = raws[i] - int_magic_fp16(z)[:, None]  # (1024 + q) - (1024 + z): exact q - z
+                        w = raws[j * DS + u] - int_magic_fp16(z)[:, None]  # (1024 + q) - (1024 + z): exact q - z
                 else:
-                    w = raws[i]
+                    w = raws[j * DS + u]
             else:
                 if BITS == 8:
-                    q = tl.load(codes8 + code_off + kk[None, :] * N + nT,
-                                mask=(kk < k_lim)[None, :] & nT_ok, other=0).to(tl.int32)
+                    kk = ks + wc
+                    qp = code_off + kk[None, :] * N + nT
+                    if EVEN_K and EVEN_N:
+                        q = tl.load(codes8 + qp).to(tl.int32)
+                    else:
+                        q = tl.load(codes8 + qp, mask=(kk < k_lim)[None, :] & nT_ok, other=0).to(tl.int32)
                 elif BITS == 3:
-                    q = ((words >> (i * 2)) & 3) | (((hi.to(tl.int32) >> i) & 1) << 2)
+                    q = ((words >> ((j * DS + u) * 2)) & 3) | (((hi.to(tl.int32) >> (j * DS + u)) & 1) << 2)
                 else:
-                    q = (words >> (i * LO_BITS)) & ((1 << LO_BITS) - 1)
+                    q = (words >> ((j * DS + u) * LO_BITS)) & ((1 << LO_BITS) - 1)
                 if FOLD:
                     w = _fold_operand(q, z[:, None], DKIND, BITS, IS_BF16)
                 else:
                     w = dequant(q, s[:, None], z[:, None], DKIND, BITS, False, IS_BF16)
-            b = tl.load(a_rows[None, :] + kk[:, None], mask=a_ok[None, :] & (kk < k_lim)[:, None], other=0.0)
-            if FOLD:
-                part = tl.dot(w, b, part)
-                if i % GS == GS - 1:
-                    acc_t += part * (s * raw_factor(DKIND))[:, None]
-            else:
-                acc_t = tl.dot(w, b, acc_t)
+            ws = ws + (w,)
+        for lvl in tl.static_range(4):
+            if len(ws) > 1:
+                halves = ()
+                for p in tl.static_range(len(ws) // 2):
+                    halves = halves + (_cat_k(ws[2 * p], ws[2 * p + 1], BLOCK_N, 16 << lvl),)
+                ws = halves
+        if FOLD:
+            if (j * DS) % GS == 0:
+                part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            part = tl.dot(ws[0], bs[j], part)
+            if ((j + 1) * DS) % GS == 0:
+                acc_t += part * (s * raw_factor(DKIND))[:, None]
+        else:
+            acc_t = tl.dot(ws[0], bs[j], acc_t)
+    return acc_t
+
+
+@triton.jit
+def _cat_k(a, b, ROWS: tl.constexpr, W: tl.constexpr):
+    """``[ROWS, W]`` and ``[ROWS, W]`` -> ``[ROWS, 2W]`` (``a`` the first W columns); on sm_90 in the wgmma
+    register-operand layout a register renaming (as :func:`triton_marlin.kernels.qgemm._cat_k`)."""
+    return tl.reshape(tl.permute(tl.join(a, b), (0, 2, 1)), (ROWS, 2 * W))
+
+
+
+@triton.jit
+def _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS: tl.constexpr, DS: tl.constexpr, EVEN_K: tl.constexpr):
+    """The activation blocks of K tile ``kt``: one ``[16 * DS, BM]`` per ``tl.dot`` (a tuple). The rows are
+    always readable (padding rows point at a valid row; see the kernels), so only a partial last tile
+    (``EVEN_K`` False) masks, by k; ``a_ok`` is unused."""
+    bs = ()
+    for j in tl.static_range(SLOTS // DS):
+        kk = kt * (SLOTS * 16) + j * (16 * DS) + tl.arange(0, 16 * DS)
+        if EVEN_K:
+            b = tl.load(a_rows[None, :] + kk[:, None])
+        else:
+            b = tl.load(a_rows[None, :] + kk[:, None], mask=(kk < k_lim)[:, None], other=0.0)
+        bs = bs + (b,)
+    return bs
+
+
+@triton.jit
+def _swap_prefetch(scales16, scales8, zeros8, gscale, scale_off, zero_off, kt, N, offs_n, n_ok, kt_end,
+                   BITS: tl.constexpr, SLOTS: tl.constexpr, SCALE_KIND: tl.constexpr, SYM: tl.constexpr,
+                   GK: tl.constexpr, PRE: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The scales of K tile ``kt`` when it is one scale group (``PRE``), else unit placeholders."""
+    if PRE:
+        s, z = _swap_scales(scales16, scales8, zeros8, gscale, scale_off, zero_off, (kt * (SLOTS * 16)) // GK, N,
+                            offs_n, n_ok, kt, kt_end, BITS, SCALE_KIND, SYM, MASKED, BLOCK_N)
+    else:
+        s = tl.full([BLOCK_N], 1.0, tl.float32)
+        z = tl.zeros([BLOCK_N], tl.int32)
+    return s, z
+
+
+
+@triton.jit
+def _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale, code_off,
+                   hi_off, scale_off, zero_off, group, offs_n, n_ok, kt_begin, kt_end, k_lim,
+                   BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
+                   SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, GK: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr):
+    """The tensor-core K loop with the operands swapped (``SWAP``): ``acc_t [BN, BM] += W.T [BN, 16 DS] @ A.T
+    [16 DS, BM]``, the weights the LEFT operand and the block's token rows the MMA's N. On sm_90 that is
+    ``wgmma`` with its left operand in registers: the unpacked weights go straight from the PTX unpackers
+    into the MMA (no shared-memory round trip of the dequantized operand), and 16 token rows still fill an
+    ``m64n16k16``. The word rows load transposed (``[BN, 16]``), scales and zero points broadcast along dim 0;
+    ``acc`` and the result are ``[BN, BM]`` (the epilogues work transposed). Same operand modes as the unswapped
+    loop (fold with the group scale on a per-group partial, PTX unpack, or per-weight dequantization).
+
+    ``SWAP`` bits (see :func:`swap_mode`): 1 swapped; 2 one ``tl.dot`` per scale group (fold) or per 8 slots
+    (``dot_k=128``: the slot operands joined along K in registers, so Triton waits on the tensor cores once
+    per group instead of once per slot); 4 ``EVEN_K`` (no partial tile: no k masks); 8 ``EVEN_N`` (no column
+    masks; every table offset is then a multiple of 16 elements, so the word loads vectorize); 16 scales loaded
+    a tile ahead where a tile is one scale group (``prefetch``)."""
+    TILE: tl.constexpr = SLOTS * 16
+    FOLD: tl.constexpr = GK > 0 and GK % 16 == 0 and (GK % TILE == 0 or TILE % GK == 0)
+    GS: tl.constexpr = (GK // 16 if GK < TILE else SLOTS) if FOLD else 1
+    DOT_SPAN: tl.constexpr = GS if FOLD else SLOTS
+    DS: tl.constexpr = (8 if DOT_SPAN > 8 else DOT_SPAN) if (SWAP // 2) % 2 == 1 else 1
+    EVEN_K: tl.constexpr = (SWAP // 4) % 2 == 1
+    EVEN_N: tl.constexpr = (SWAP // 8) % 2 == 1
+    PRE: tl.constexpr = FOLD and GS == SLOTS and (SWAP // 16) % 2 == 1
+    if EVEN_N:
+        code_off = tl.multiple_of(code_off, 16)
+        hi_off = tl.multiple_of(hi_off, 16)
+        scale_off = tl.multiple_of(scale_off, 16)
+        if not SYM:
+            zero_off = tl.multiple_of(zero_off, 16)
+    s_n, z_n = _swap_prefetch(scales16, scales8, zeros8, gscale, scale_off, zero_off, kt_begin, N, offs_n, n_ok,
+                              kt_end, BITS, SLOTS, SCALE_KIND, SYM, GK, PRE, True, BLOCK_N)
+    acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for kt in range(kt_begin, kt_end):
+        bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K)
+        s_c = s_n
+        z_c = z_n
+        if PRE:
+            s_n, z_n = _swap_prefetch(scales16, scales8, zeros8, gscale, scale_off, zero_off,
+                                      tl.minimum(kt + 1, kt_end - 1), N, offs_n, n_ok, kt_end, BITS, SLOTS, SCALE_KIND,
+                                      SYM, GK, PRE, not EVEN_N, BLOCK_N)
+        acc_t = _swap_tile(acc_t, bs, kt, k_lim, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
+                           code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok, s_c, z_c, BITS, LO_BITS, SLOTS,
+                           DKIND, SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, GK, ASM, DS, EVEN_K, EVEN_N, PRE)
     return acc + acc_t
+
+
+@triton.jit
+def _dot_loop_swap2(a_rows, a_ok, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, g_code_off, g_hi_off, g_scale_off,
+                    g_zero_off, g_group, uc32, uc16, uc8, us16, us8, uz8, u_gscale, u_code_off, u_hi_off, u_scale_off,
+                    u_zero_off, u_group, offs_n, n_ok, kt_begin, kt_end, k_lim,
+                    BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
+                    SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, G_GK: tl.constexpr, U_GK: tl.constexpr, ASM: tl.constexpr,
+                    SWAP: tl.constexpr):
+    """Gate and up of one kind in ONE swapped K loop (``fuse_gu``): each tile's activation blocks are loaded
+    once for both, and the two projections' MMA chains are independent. As :func:`_dot_loop_swap`, twice;
+    the dots span the smaller of the two projections' spans. Returns ``(gate_t, up_t)``, ``[BN, BM]`` each."""
+    TILE: tl.constexpr = SLOTS * 16
+    G_FOLD: tl.constexpr = G_GK > 0 and G_GK % 16 == 0 and (G_GK % TILE == 0 or TILE % G_GK == 0)
+    U_FOLD: tl.constexpr = U_GK > 0 and U_GK % 16 == 0 and (U_GK % TILE == 0 or TILE % U_GK == 0)
+    G_GS: tl.constexpr = (G_GK // 16 if G_GK < TILE else SLOTS) if G_FOLD else 1
+    U_GS: tl.constexpr = (U_GK // 16 if U_GK < TILE else SLOTS) if U_FOLD else 1
+    G_SPAN: tl.constexpr = G_GS if G_FOLD else SLOTS
+    U_SPAN: tl.constexpr = U_GS if U_FOLD else SLOTS
+    SPAN: tl.constexpr = G_SPAN if G_SPAN < U_SPAN else U_SPAN
+    DS: tl.constexpr = (8 if SPAN > 8 else SPAN) if (SWAP // 2) % 2 == 1 else 1
+    EVEN_K: tl.constexpr = (SWAP // 4) % 2 == 1
+    EVEN_N: tl.constexpr = (SWAP // 8) % 2 == 1
+    G_PRE: tl.constexpr = G_FOLD and G_GS == SLOTS and (SWAP // 16) % 2 == 1
+    U_PRE: tl.constexpr = U_FOLD and U_GS == SLOTS and (SWAP // 16) % 2 == 1
+    if EVEN_N:
+        g_code_off = tl.multiple_of(g_code_off, 16)
+        g_hi_off = tl.multiple_of(g_hi_off, 16)
+        g_scale_off = tl.multiple_of(g_scale_off, 16)
+        u_code_off = tl.multiple_of(u_code_off, 16)
+        u_hi_off = tl.multiple_of(u_hi_off, 16)
+        u_scale_off = tl.multiple_of(u_scale_off, 16)
+        if not SYM:
+            g_zero_off = tl.multiple_of(g_zero_off, 16)
+            u_zero_off = tl.multiple_of(u_zero_off, 16)
+    gs_n, gz_n = _swap_prefetch(gs16, gs8, gz8, g_gscale, g_scale_off, g_zero_off, kt_begin, N, offs_n, n_ok,
+                                kt_end, BITS, SLOTS, SCALE_KIND, SYM, G_GK, G_PRE, True, BLOCK_N)
+    us_n, uz_n = _swap_prefetch(us16, us8, uz8, u_gscale, u_scale_off, u_zero_off, kt_begin, N, offs_n, n_ok,
+                                kt_end, BITS, SLOTS, SCALE_KIND, SYM, U_GK, U_PRE, True, BLOCK_N)
+    g_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    u_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for kt in range(kt_begin, kt_end):
+        bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K)
+        gs_c = gs_n
+        gz_c = gz_n
+        us_c = us_n
+        uz_c = uz_n
+        ktn = tl.minimum(kt + 1, kt_end - 1)
+        if G_PRE:
+            gs_n, gz_n = _swap_prefetch(gs16, gs8, gz8, g_gscale, g_scale_off, g_zero_off, ktn, N, offs_n, n_ok, kt_end,
+                                        BITS, SLOTS, SCALE_KIND, SYM, G_GK, G_PRE, not EVEN_N, BLOCK_N)
+        if U_PRE:
+            us_n, uz_n = _swap_prefetch(us16, us8, uz8, u_gscale, u_scale_off, u_zero_off, ktn, N, offs_n, n_ok, kt_end,
+                                        BITS, SLOTS, SCALE_KIND, SYM, U_GK, U_PRE, not EVEN_N, BLOCK_N)
+        g_t = _swap_tile(g_t, bs, kt, k_lim, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, g_code_off, g_hi_off,
+                         g_scale_off, g_zero_off, g_group, offs_n, n_ok, gs_c, gz_c, BITS, LO_BITS, SLOTS, DKIND,
+                         SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, G_GK, ASM, DS, EVEN_K, EVEN_N, G_PRE)
+        u_t = _swap_tile(u_t, bs, kt, k_lim, N, uc32, uc16, uc8, us16, us8, uz8, u_gscale, u_code_off, u_hi_off,
+                         u_scale_off, u_zero_off, u_group, offs_n, n_ok, us_c, uz_c, BITS, LO_BITS, SLOTS, DKIND,
+                         SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, U_GK, ASM, DS, EVEN_K, EVEN_N, U_PRE)
+    return g_t, u_t
 
 
 @triton.jit
@@ -281,7 +478,7 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
     elif SWAP:
         acc = _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
                              code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok, kt_begin, kt_end, k_lim,
-                             BITS, LO_BITS, SLOTS, DKIND, SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, GK, ASM)
+                             BITS, LO_BITS, SLOTS, DKIND, SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, GK, ASM, SWAP)
     else:
         # tensor cores, one k=16 tl.dot per code slot: slot i of the tile's 16 word rows is already the
         # [16, BLOCK_N] operand of k0 + 16 i .. k0 + 16 i + 15 (no reshape, no layout shuffle of a whole tile).
@@ -292,7 +489,8 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
         TILE: tl.constexpr = SLOTS * 16
         FOLD: tl.constexpr = GK > 0 and GK % 16 == 0 and (GK % TILE == 0 or TILE % GK == 0)
         GS: tl.constexpr = (GK // 16 if GK < TILE else SLOTS) if FOLD else 1
-        USE_ASM: tl.constexpr = ASM and DKIND != 2 and BITS != 8
+        # the PTX unpack gives the unscaled fold operand; per-weight scales (groups that differ) take Triton's
+        USE_ASM: tl.constexpr = ASM and FOLD and DKIND != 2 and BITS != 8
         for kt in range(kt_begin, kt_end):
             k0 = kt * TILE
             rows = kt * 16 + wr
@@ -447,6 +645,80 @@ def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_
 
 
 @triton.jit
+def _kind_loop2(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, g_code_off, g_hi_off, g_scale_off,
+                g_zero_off, g_group, uc32, uc16, uc8, us16, us8, uz8, u_gscale, u_code_off, u_hi_off, u_scale_off,
+                u_zero_off, u_group, offs_n, n_ok, KIND: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, G_GK: tl.constexpr, U_GK: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr):
+    """Gate and up of one compile-time ``KIND`` in one swapped K loop (:func:`_dot_loop_swap2`), the whole K
+    range (tensor-core blocks keep gate_up unsplit)."""
+    BITS: tl.constexpr = 2 if KIND % 8 == 0 else (3 if KIND % 8 == 1 else (8 if KIND % 8 == 3 or KIND % 8 == 7 else 4))
+    LO_BITS: tl.constexpr = 2 if BITS == 3 else BITS
+    SLOTS: tl.constexpr = 16 if BITS < 4 else 8
+    DKIND: tl.constexpr = 0 if KIND % 8 < 4 else (2 if KIND % 8 == 7 else 1)
+    SCALE_KIND: tl.constexpr = 1 if KIND % 8 == 5 else (2 if KIND % 8 == 6 else 0)
+    SYM: tl.constexpr = KIND < 8
+    n_tiles = tl.cdiv(K, SLOTS * 16)
+    return _dot_loop_swap2(a_rows, a_ok, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, g_code_off, g_hi_off,
+                           g_scale_off, g_zero_off, g_group, uc32, uc16, uc8, us16, us8, uz8, u_gscale, u_code_off,
+                           u_hi_off, u_scale_off, u_zero_off, u_group, offs_n, n_ok, 0, n_tiles, K,
+                           BITS, LO_BITS, SLOTS, DKIND, SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, G_GK, U_GK, ASM,
+                           SWAP)
+
+
+@triton.jit
+def _proj_gate_up_fused(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab,
+                        uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok,
+                        G_KINDS: tl.constexpr, G_UNIFORM: tl.constexpr, U_KINDS: tl.constexpr,
+                        U_UNIFORM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        G_GK: tl.constexpr, U_GK: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr):
+    """Gate and up of expert ``e`` (swapped tiles, ``fuse_gu``): one K loop for both when the expert's gate
+    and up share a kind (compile-time in uniform launches; in mixed launches a branch per kind present in
+    both projections), else the two loops of :func:`_proj`. Returns ``(gate_t, up_t)``, ``[BN, BM]`` each."""
+    if G_UNIFORM >= 0 and G_UNIFORM == U_UNIFORM:
+        grow = gtab + e * 8
+        urow = utab + e * 8
+        g, u = _kind_loop2(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, tl.load(ggs + e), tl.load(grow + 1),
+                           tl.load(grow + 2), tl.load(grow + 3), tl.load(grow + 4), tl.load(grow + 5),
+                           uc32, uc16, uc8, us16, us8, uz8, tl.load(ugs + e), tl.load(urow + 1), tl.load(urow + 2),
+                           tl.load(urow + 3), tl.load(urow + 4), tl.load(urow + 5), offs_n, n_ok, G_UNIFORM,
+                           IS_BF16, BLOCK_M, BLOCK_N, G_GK, U_GK, ASM, SWAP)
+    elif G_UNIFORM >= 0 and U_UNIFORM >= 0:  # two different compile-time kinds: nothing to share
+        g = _proj(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok, 0,
+                  G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, 1, False, 1, G_GK, ASM, 1, SWAP, 0)
+        u = _proj(a_rows, a_ok, K, N, uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok, 0,
+                  U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, 1, False, 1, U_GK, ASM, 1, SWAP, 0)
+    else:
+        grow = gtab + e * 8
+        urow = utab + e * 8
+        if G_UNIFORM >= 0:
+            gkind = G_UNIFORM
+        else:
+            gkind = tl.load(grow)
+        if U_UNIFORM >= 0:
+            ukind = U_UNIFORM
+        else:
+            ukind = tl.load(urow)
+        g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        if gkind == ukind:
+            for kc in tl.static_range(12):
+                if ((G_KINDS >> kc) & 1) and ((U_KINDS >> kc) & 1):
+                    if gkind == kc:
+                        g, u = _kind_loop2(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, tl.load(ggs + e),
+                                           tl.load(grow + 1), tl.load(grow + 2), tl.load(grow + 3), tl.load(grow + 4),
+                                           tl.load(grow + 5), uc32, uc16, uc8, us16, us8, uz8, tl.load(ugs + e),
+                                           tl.load(urow + 1), tl.load(urow + 2), tl.load(urow + 3), tl.load(urow + 4),
+                                           tl.load(urow + 5), offs_n, n_ok, kc, IS_BF16, BLOCK_M, BLOCK_N, G_GK, U_GK,
+                                           ASM, SWAP)
+        else:
+            g = _proj(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok, 0,
+                      G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, 1, False, 1, G_GK, ASM, 1, SWAP, 0)
+            u = _proj(a_rows, a_ok, K, N, uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok, 0,
+                      U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, 1, False, 1, U_GK, ASM, 1, SWAP, 0)
+    return g, u
+
+
+@triton.jit
 def _block_rows(sorted_ptr, eids_ptr, npost_ptr, num_experts, BLOCK_M: tl.constexpr, DIRECT: tl.constexpr):
     """``(rows, slots, expert, live)`` of this program's block. Aligned: rows of the sorted slot list, the
     block's expert from the per-block list, live below the padded row count (the three loads are independent:
@@ -475,7 +747,8 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
                         U_KINDS: tl.constexpr, U_UNIFORM: tl.constexpr, IS_BF16: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
                         ZERO_BLOCK: tl.constexpr, UNROLL: tl.constexpr, G_GK: tl.constexpr, U_GK: tl.constexpr,
-                        ASM: tl.constexpr, DIRECT: tl.constexpr, SWAP: tl.constexpr = 0):
+                        ASM: tl.constexpr, DIRECT: tl.constexpr, SWAP: tl.constexpr = 0,
+                        FUSE_GU: tl.constexpr = 0):
     """``SPLIT_K == 1``: ``inter [capacity, I]`` (x's dtype) gets ``silu(gate) * up`` of each row.
     ``SPLIT_K > 1``: the K range is split over programs; split ``p`` stores its fp32 partials of gate and up
     in ``inter [SPLIT_K, capacity, 2 I]`` (plain stores: no zero-fill, no atomics, a fixed summation order)
@@ -496,14 +769,21 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
     if not live:
         return
     row_ok = slot < num_slots
-    token = slot // SLOTS_PER_TOKEN
+    # padding rows read token 0's row (a valid address): the swapped loop loads activations without row masks
+    # (an MMA column depends on its own row only, and the padding columns are never stored)
+    token = tl.where(row_ok, slot // SLOTS_PER_TOKEN, 0)
     a_rows = x_ptr + token.to(tl.int64) * stride_x
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
-    g = _proj(a_rows, row_ok, H, I, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok, pid_k,
-              G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL, G_GK, ASM, 1, SWAP, 0)
-    u = _proj(a_rows, row_ok, H, I, uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok, pid_k,
-              U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL, U_GK, ASM, 1, SWAP, 0)
+    if FUSE_GU and SWAP and BLOCK_M > 1:
+        g, u = _proj_gate_up_fused(a_rows, row_ok, H, I, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab,
+                                   uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok, G_KINDS, G_UNIFORM,
+                                   U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, G_GK, U_GK, ASM, SWAP)
+    else:
+        g = _proj(a_rows, row_ok, H, I, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok, pid_k,
+                  G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL, G_GK, ASM, 1, SWAP, 0)
+        u = _proj(a_rows, row_ok, H, I, uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok, pid_k,
+                  U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, SPLIT_K, False, UNROLL, U_GK, ASM, 1, SWAP, 0)
     if SWAP and BLOCK_M > 1:  # g, u are [BLOCK_N, BLOCK_M] (SPLIT_K == 1: tensor-core blocks keep gate_up whole)
         h = g / (1.0 + tl.exp(-g)) * u
         tl.store(inter_ptr + offs_m.to(tl.int64)[None, :] * I + offs_n[:, None], h.to(inter_ptr.dtype.element_ty),
@@ -565,7 +845,11 @@ class MoEGemmConfig:
     (its atomics add the parts). ``stages``: Triton's software-pipelining depth (0: Triton's default).
     ``swap_ab`` (tensor-core blocks only): the weights are the left MMA operand and the block's token rows its
     N (``acc_t [BN, BM] += W.T @ A.T``, see :func:`_dot_loop_swap`): ``wgmma`` with the unpacked weights in
-    registers on sm_90."""
+    registers on sm_90. Swapped tiles only: ``dot_k=128`` joins up to 8 slot operands (one scale group with fold)
+    along K into one ``tl.dot`` (Triton then waits on the tensor cores once per group, not once per slot);
+    ``prefetch`` loads a tile's scales one tile ahead (tiles of one scale group); ``fuse_gu`` runs gate and up
+    in one K loop where an expert's gate and up share a kind (the activation tile loaded once, two
+    independent MMA chains)."""
 
     block_m: int
     up_block_n: int
@@ -576,6 +860,9 @@ class MoEGemmConfig:
     up_split_k: int = 1
     stages: int = 0
     swap_ab: int = 0
+    dot_k: int = 16
+    prefetch: int = 0
+    fuse_gu: int = 0
 
     def __post_init__(self):
         if self.block_m < 1 or self.block_m & (self.block_m - 1) or 1 < self.block_m < 16:
@@ -588,6 +875,12 @@ class MoEGemmConfig:
             raise ValueError(f"swap_ab must be 0 or 1, got {self.swap_ab!r}")
         if self.swap_ab and self.block_m == 1:
             raise ValueError("swap_ab needs tensor-core blocks (block_m >= 16)")
+        if self.dot_k not in (16, 128):
+            raise ValueError(f"dot_k must be 16 (one tl.dot per code slot) or 128, got {self.dot_k!r}")
+        if self.prefetch not in (0, 1) or self.fuse_gu not in (0, 1):
+            raise ValueError(f"prefetch and fuse_gu must be 0 or 1: {self}")
+        if (self.dot_k != 16 or self.prefetch or self.fuse_gu) and not self.swap_ab:
+            raise ValueError("dot_k > 16, prefetch and fuse_gu apply to the swapped tiles (swap_ab=1) only")
         if self.stages < 0:
             raise ValueError(f"stages must be >= 0, got {self.stages}")
         for name in ("up_block_n", "down_block_n"):
@@ -596,6 +889,16 @@ class MoEGemmConfig:
                 raise ValueError(f"{name} must be a power of two >= 16, got {v}")
         if min(self.up_warps, self.down_warps, self.down_split_k, self.up_split_k) < 1:
             raise ValueError(f"warps and split factors must be >= 1: {self}")
+
+
+def swap_mode(config: "MoEGemmConfig", K: int, N: int, block_n: int) -> int:
+    """The ``SWAP`` constexpr of the kernels for one projection of K x N (bits of :func:`_dot_loop_swap`): 0
+    unswapped; else 1 + 2 (``dot_k`` 128) + 4 (K a multiple of 256, the widest tile: no partial tile) + 8 (N a
+    multiple of ``block_n``: no column masks, table offsets multiples of 16) + 16 (``prefetch``)."""
+    if not config.swap_ab or config.block_m == 1:
+        return 0
+    return (1 | (2 if config.dot_k > 16 else 0) | (4 if K % 256 == 0 else 0) | (8 if N % block_n == 0 else 0)
+            | (16 if config.prefetch else 0))
 
 
 def _splits(K: int | None) -> int:
@@ -653,6 +956,11 @@ def candidate_configs(num_slots: int, num_experts: int, hidden: int | None = Non
         for bm in (16, 32, 64):
             for bn in (64, 128):
                 out.append(MoEGemmConfig(bm, bn, 4, bn, 1, 4, swap_ab=1))
+        # one dot per scale group (fewer tensor-core drains) and gate+up in one K loop (docs/perf/moe.md)
+        bm = base.block_m
+        out += [MoEGemmConfig(bm, 64, 4, 64, 1, 4, swap_ab=1, dot_k=128),
+                MoEGemmConfig(bm, 64, 4, 64, 1, 4, swap_ab=1, dot_k=128, fuse_gu=1),
+                MoEGemmConfig(bm, 128, 8, 128, 1, 8, swap_ab=1, dot_k=128, fuse_gu=1)]
     return list(dict.fromkeys(out))
 
 
@@ -758,8 +1066,8 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
         *gate.launch_args(), *up.launch_args(), num_slots, num_experts, H, I, split_stride,
         SLOTS_PER_TOKEN=k_total, G_KINDS=gk, G_UNIFORM=gu, U_KINDS=uk, U_UNIFORM=uu, IS_BF16=is_bf16,
         BLOCK_M=config.block_m, BLOCK_N=config.up_block_n, SPLIT_K=config.up_split_k, ZERO_BLOCK=1024,
-        UNROLL=unroll, G_GK=gate.group_k, U_GK=up.group_k, ASM=asm, DIRECT=direct, SWAP=config.swap_ab,
-        num_warps=config.up_warps,
+        UNROLL=unroll, G_GK=gate.group_k, U_GK=up.group_k, ASM=asm, DIRECT=direct,
+        SWAP=swap_mode(config, H, I, config.up_block_n), FUSE_GU=config.fuse_gu, num_warps=config.up_warps,
         **extra)
     grid_down = (max_blocks, triton.cdiv(H, config.down_block_n), config.down_split_k)
     _moe_down_kernel[grid_down](
@@ -767,7 +1075,8 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
         split_stride,
         SLOTS_PER_TOKEN=k_total, D_KINDS=dk, D_UNIFORM=du, IS_BF16=is_bf16, BLOCK_M=config.block_m,
         BLOCK_N=config.down_block_n, SPLIT_K=config.down_split_k, A_SWIGLU=split_up, UNROLL=unroll,
-        D_GK=down.group_k, ASM=asm, A_SPLITS=config.up_split_k, DIRECT=direct, SWAP=config.swap_ab,
+        D_GK=down.group_k, ASM=asm, A_SPLITS=config.up_split_k, DIRECT=direct,
+        SWAP=swap_mode(config, I, H, config.down_block_n),
         num_warps=config.down_warps,
         **extra)
     return out
