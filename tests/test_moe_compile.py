@@ -17,7 +17,7 @@ import re
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton_marlin.kernels import moe_align as MA, moe_gemm as MG
+from triton_marlin.kernels import moe_align as MA, moe_gemm as MG, moe_router as MR
 
 def build(fn, types, consts, num_warps):
     # as the JIT launches it: pointers and the listed ints with divisibility 16, the rest plain i32
@@ -37,12 +37,16 @@ def flat(prefix, scale):
 out = {}
 out["route_grouped"] = build(MA._route_kernel, {"logits_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32",
                                                 "w_ptr": "*fp32", "nvalid_ptr": "*i32"},
-    dict(TOP_K=8, K_TOTAL=9, N_SHARED=1, SIGMOID=True, HAS_BIAS=True, N_GROUP=8, TOPK_GROUP=4, GROUP_SIZE=32,
+    dict(NUM_PARTS=1, TOP_K=8, K_TOTAL=9, N_SHARED=1, SIGMOID=True, HAS_BIAS=True, N_GROUP=8, TOPK_GROUP=4,
+         GROUP_SIZE=32,
          NORM=True, SCALE=2.5, HAS_NVALID=True, BLOCK_E=256, BLOCK_K=16, BLOCK_G=8), 4)
 out["route_glm"] = build(MA._route_kernel, {"logits_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32",
                                             "w_ptr": "*fp32", "nvalid_ptr": "*i32"},
-    dict(TOP_K=4, K_TOTAL=5, N_SHARED=1, SIGMOID=True, HAS_BIAS=True, N_GROUP=1, TOPK_GROUP=1, GROUP_SIZE=64,
+    dict(NUM_PARTS=8, TOP_K=4, K_TOTAL=5, N_SHARED=1, SIGMOID=True, HAS_BIAS=True, N_GROUP=1, TOPK_GROUP=1,
+         GROUP_SIZE=64,
          NORM=True, SCALE=1.8, HAS_NVALID=False, BLOCK_E=64, BLOCK_K=8, BLOCK_G=1), 1)
+out["router_logits"] = build(MR._router_logits_kernel, {"x_ptr": "*fp16", "w_ptr": "*fp32", "parts_ptr": "*fp32"},
+    dict(BLOCK_T=16, BLOCK_E=16, BLOCK_K=32), 4)
 out["align"] = build(MA._align_kernel, {"ids_ptr": "*i32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
                                         "npost_ptr": "*i32"},
     dict(BLOCK_M=16, BLOCK_S=64, BLOCK_E=128, BLOCK_B=64), 4)
@@ -104,7 +108,7 @@ def test_moe_kernels_compile_for_hopper():
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(info) == 23
+    assert len(info) == 24 and {"route_glm", "router_logits", "align"} <= set(info)
     for name, meta in info.items():
         assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
         # swapped tensor-core tiles: wgmma reads the (unpacked) weights from registers, the others use none
