@@ -77,10 +77,12 @@ def add_case_args(p, default_formats="int4"):
     p.add_argument("--candidates", default="all", choices=CANDIDATE_SETS, action=_CandidateSet,
                    help="kernel configurations the variant/selection sweeps time: all, swapab (the "
                         "swap-AB tensor-core candidates plus what the packaged tables select now) or swapab2 "
-                        "(only the swap-AB tiles with one tl.dot per K tile, plus the tables' choice)")
+                        "(only the swap-AB tiles with one tl.dot per K tile, plus the tables' choice) or small "
+                        "(the one-shot gemv for small weights, the measured small-weight bests and the tables' "
+                        "choice)")
 
 
-CANDIDATE_SETS = ("all", "swapab", "swapab2")
+CANDIDATE_SETS = ("all", "swapab", "swapab2", "small")
 _candidate_set = "all"  # set by --candidates when a benchmark parses its arguments
 
 
@@ -257,6 +259,50 @@ def swapab_k_configs(M: int) -> list:
             cfg(128, 128, 4, 1, 0), cfg(128, 128, 4, 2, 0), cfg(64, 256, 8, 1, 0)]
 
 
+def oneshot_configs(M: int) -> list:
+    """One-shot gemv candidates for M <= 4 (``oneshot=1``: the K loop unrolled, every load of a program issued
+    before the first decode; for the small GLM-4.7-Flash expert weights, where the time is latency). Column
+    blocks x warps chosen from the offline sm_90 compile (``gpu/qgemm_ptx.py --oneshot``): no spills and all
+    loads ahead of the first FFMA on K = 2048 and 1536, int4 g128; split 1 (one CTA reduces K across its
+    warps, no partials) and split 2 for the narrowest grids."""
+    from triton_marlin.kernels.qgemm import KernelConfig as KC
+
+    if M > 4:
+        return []
+    bm = 1 << max(0, (M - 1).bit_length())
+    shapes = ((16, 2, 1), (16, 4, 1), (32, 4, 1), (32, 8, 1), (64, 8, 1), (32, 4, 2), (64, 8, 2))
+    if bm > 1:  # one accumulator per token row: narrower blocks keep the registers in check
+        shapes = ((16, 2, 1), (16, 4, 1), (32, 8, 1), (16, 4, 2))
+    return [KC("gemv", block_m=bm, block_n=bn, num_warps=w, split_k=sk, oneshot=1) for bn, w, sk in shapes]
+
+
+def small_configs(M: int) -> list:
+    """``--candidates small``: the one-shot gemv (M <= 4), the configurations that won the GLM expert shapes in
+    the 2026-11-26 H200 sweep (gemv bn32/64 split 4, 16x128 fold tiles split 4/8 with the scales ahead) and
+    what the packaged tables pick."""
+    from triton_marlin.kernels.qgemm import KernelConfig as KC
+
+    out = oneshot_configs(M)
+    if M <= 4:
+        bm = 1 << max(0, (M - 1).bit_length())
+        for bn in (32, 64):
+            for pf in (0, 1):
+                out.append(KC("gemv", block_m=bm, block_n=bn, split_k=4, num_warps=4, prefetch=pf))
+    if M <= 64:
+        for split in (4, 8):
+            out.append(KC("dot", block_m=16, block_n=128, split_k=split, num_warps=4, num_stages=3, fold=1,
+                          prefetch=1))
+    if M >= 16:
+        out.append(KC("dot", block_m=16, block_n=128, split_k=4, num_warps=4, num_stages=3, fold=1, prefetch=1,
+                      swap_ab=1))
+    if M >= 64:
+        out.append(KC("dequant"))
+    for cfg in table_configs(M):
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
 def table_configs(M: int, fmt: str = "int4") -> list:
     """What the packaged selection tables run for ``fmt`` at M rows on each shape they measured (the
     current best, to time beside new candidates)."""
@@ -279,7 +325,8 @@ def candidate_configs(M: int, quick: bool = False, which: str | None = None) -> 
     """The kernel configurations bench_kernel_variants times for a batch of M rows (split-K is a
     run-time argument: it costs no extra compile). ``which`` (default: the benchmark's
     ``--candidates``): ``all``; ``swapab`` = :func:`swapab_configs` plus :func:`table_configs`; ``swapab2`` =
-    :func:`swapab_k_configs` plus :func:`table_configs`."""
+    :func:`swapab_k_configs` plus :func:`table_configs`; ``small`` = :func:`small_configs` (one-shot gemv:
+    its tiles per program are a compile-time constant, so each split costs a compile)."""
     from triton_marlin.kernels.qgemm import KernelConfig as KC
 
     which = which or _candidate_set
@@ -288,14 +335,19 @@ def candidate_configs(M: int, quick: bool = False, which: str | None = None) -> 
     if quick:
         if M <= 4:
             out = [KC("gemv", block_m=1 if M == 1 else 4, block_n=64),
-                   KC("dot", block_m=16, block_n=64, fold=1, split_k=2, prefetch=1)]
+                   KC("dot", block_m=16, block_n=64, fold=1, split_k=2, prefetch=1),
+                   KC("gemv", block_m=1 if M == 1 else 4, block_n=16, num_warps=2, oneshot=1)]
         else:
             out = [KC("dot", block_m=16, block_n=64, fold=1), KC("dot", block_m=16, block_n=64, wide=1),
                    KC("dequant"), KC("dot", block_m=16, block_n=64, fold=1, prefetch=1, swap_ab=1),
                    KC("dot", block_m=16, block_n=64, prefetch=1, swap_ab=1, dot_k=128)]
         if which == "swapab2":
             return [c for c in out if c.dot_k != 16 or c.family == "dequant"]
+        if which == "small":
+            return [c for c in out if c.oneshot or c.family == "dequant"] or out[:1]
         return out if which == "all" else [c for c in out if c.swap_ab or c.family == "dequant"]
+    if which == "small":
+        return small_configs(M)
     if which in ("swapab", "swapab2"):
         out = swapab_configs(M) if which == "swapab" else swapab_k_configs(M)
         for cfg in table_configs(M):
@@ -314,6 +366,7 @@ def candidate_configs(M: int, quick: bool = False, which: str | None = None) -> 
             for bn in (32, 64, 128):
                 for split in (1, 2, 4):
                     out.append(KC("gemv", block_m=bm, block_n=bn, split_k=split, num_warps=4, prefetch=prefetch))
+        out.extend(oneshot_configs(M))
     if M <= 64:
         # 16-row fold tiles: width x pipeline depth x split-K x scales loaded a tile ahead (6 stages,
         # 8 warps and unrolling K tiles measured slower on the H200: docs/perf/gemm.md)

@@ -4,7 +4,7 @@
 # lines go to $OUT/qgemm/ (packed into $OUT/qgemm.tgz when there are more than 7); a compact table is
 # printed last.
 # Usage (repository root, on the GPU machine):
-#   bash gpu/qgemm_check.sh [check|tune|final|explore|stages|closing|overhead|swapab|swapab2]
+#   bash gpu/qgemm_check.sh [check|tune|final|explore|stages|closing|overhead|swapab|swapab2|small]
 #   check: GPU tests + int4 variant sweep on 8192x8192 and 28672x8192 (M 1,16,64,256,1024) + bench_gemm
 #          of int4/fp4/mxfp4/int2/int3/int8 at M=1 on the same shapes (~6 min).
 #   tune:  GPU tests of the PTX-unpack formats, bench_kernel_selection for int4 on the shapes
@@ -30,6 +30,11 @@
 #          candidates and the table's configurations), the int4 selection sweep of those candidates + the packaged
 #          table's choice on the two large shapes at M 16,64,128,256 (merged into a copy of the packaged table,
 #          $OUT/qgemm/table_swapab.json), then bench_gemm int4 at M 1,16,64,256,1024 with that table (~4 min).
+#   small: the one-shot gemv for small weights (oneshot=1: K loop unrolled, every load issued before the first
+#          decode): its GPU tests (alongside a parallel compile of the small candidates), bench_kernel_selection
+#          of --candidates small on the GLM-4.7-Flash expert shapes at M 1,4,16 (merged into a copy of the
+#          packaged table, $OUT/qgemm/table_small.json), bench_gemm on those shapes at M 1,16,64 with that table,
+#          and int4 + mxfp4 at M=1 on the two large shapes (the mxfp4 gap, packaged table) (~3 min).
 #   overhead: host-side cost of a small eager call (gpu/qgemm_overhead.py) and int4 bench_gemm at
 #          M 1 and 16 (~1.5 min).
 set -uo pipefail
@@ -142,7 +147,21 @@ swapab2)
   step gemm 70 env TRITON_MARLIN_QGEMM_TABLE="$TABLE" $PY benchmarks/bench_gemm.py --shapes $BIG \
       --m 1,16,64,256,1024 --formats int4 --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   ;;
-*) echo "usage: $0 [check|tune|final|explore|stages|closing|overhead|swapab|swapab2]" >&2; exit 2 ;;
+small)
+  GLM=glm47_expert_gate_up,glm47_expert_down
+  TABLE="$LOG/table_small.json"
+  cp src/triton_marlin/kernels/tuned/nvidia-h200.json "$TABLE"
+  timeout 100 $PY gpu/qgemm_warm.py --formats int4 --m 1,4,16 --candidates small --procs 8 > "$LOG/warm.log" 2>&1 &
+  step tests 100 $PY -m pytest -q -n 8 -m gpu tests/test_qgemm.py -k oneshot
+  wait; cat "$LOG/warm.log"
+  step selection 60 $PY benchmarks/bench_kernel_selection.py --shapes $GLM --m 1,4,16 --formats int4 \
+      --candidates small --table "$TABLE" --merge --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
+  step gemm 40 env TRITON_MARLIN_QGEMM_TABLE="$TABLE" $PY benchmarks/bench_gemm.py --shapes $GLM \
+      --m 1,16,64 --formats int4 --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
+  step gemm_big 40 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1 --formats int4,mxfp4 \
+      --warmup 5 --repeats 20 --output "$LOG/gemm_big.jsonl"
+  ;;
+*) echo "usage: $0 [check|tune|final|explore|stages|closing|overhead|swapab|swapab2|small]" >&2; exit 2 ;;
 esac
 $PY gpu/qgemm_summary.py variants="$LOG/variants.jsonl" gemm="$LOG/gemm.jsonl"
 echo "failed steps: ${failed[*]:-none}" | tee -a "$LOG/summary.txt"

@@ -32,8 +32,8 @@ PTRS = {"x_ptr": "*fp16", "qw_ptr": "*i32", "qh_ptr": "*i16", "s_ptr": "*fp16", 
         "gs_ptr": "*fp32", "bias_ptr": "*fp16", "out_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
 
 
-def build(consts, num_warps, num_stages, dtype="fp16"):
-    fn = Q._qgemm_dot_kernel
+def build(consts, num_warps, num_stages, dtype="fp16", fn=None):
+    fn = fn or Q._qgemm_dot_kernel
     names = fn.arg_names
     consts = dict(consts, stride_xk=1)
     ptrs = dict(PTRS)
@@ -186,12 +186,87 @@ def sass_facts(kernel, consts, num_warps) -> dict:
             "loop_sass": len(body), "sass_per_weight": round(per_weight, 2), "top_ops": top}
 
 
+def oneshot_variants():
+    """The gemv-oneshot kernel (``KernelConfig(family="gemv", oneshot=1)``) on the GLM-4.7-Flash expert shapes,
+    int4 g128 fp16, M = 1: K = 2048 (16 tiles: one block) and K = 1536 (12 tiles: blocks of 8 + 4), and the
+    looped gemv (today's best: bn32 split 4 with the scales a tile ahead) for comparison."""
+    base = dict(fmt(), HAS_BIAS=False, BLOCK_M=1)
+    base.pop("EVEN_K")
+    out = {}
+    for K, (na, nb) in ((2048, (16, 0)), (1536, (8, 4))):
+        for bn, w in ((16, 2), (16, 4), (32, 4), (32, 8), (64, 8), (128, 8)):
+            out[f"oneshot_K{K}_bn{bn}_w{w}"] = (dict(base, EVEN_N=True, MASK_K=False, MASK_B=False, SPLIT=False,
+                                                     NA=na, NB=nb, TILES_PER_PROGRAM=na + nb, BLOCK_N=bn), w, 1)
+    out["oneshot_K1536_split3_bn64_w4"] = (dict(base, EVEN_N=True, MASK_K=False, MASK_B=False, SPLIT=True, NA=4,
+                                                NB=0, TILES_PER_PROGRAM=4, BLOCK_N=64), 4, 1)
+    out["gemv_loop_bn32_pf"] = (dict(base, EVEN_K=True, EVEN_N=True, SPLIT=True, BLOCK_N=32, PREFETCH=True), 4, 2)
+    return out
+
+
+def oneshot_facts(kernel, consts, num_warps, K) -> dict:
+    """Whole-kernel SASS of a gemv variant: registers, spills, instruction count, global loads, and where the
+    last global load sits against the first FFMA (all loads issued before the first use: last_ldg < first_ffma)."""
+    import subprocess
+    import tempfile
+
+    cuobjdump = str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", res)
+    local = re.search(r"STACK:(\d+)", res)
+    ops = []
+    for ln in sass.splitlines():
+        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", ln)
+        if m:
+            ops.append(m.group(1))
+    ldg = [i for i, o in enumerate(ops) if o == "LDG"]
+    ffma = [i for i, o in enumerate(ops) if o in ("FFMA", "FMUL", "FADD")]
+    bra_back = sum(1 for ln in sass.splitlines() if "BRA" in ln)
+    weights = K * consts["BLOCK_N"] if "TILES_PER_PROGRAM" in consts else None
+    if weights and consts.get("SPLIT") and consts["TILES_PER_PROGRAM"] * 128 < K:
+        weights = consts["TILES_PER_PROGRAM"] * 128 * consts["BLOCK_N"]
+    return {"regs": int(regs.group(1)) if regs else None, "stack_bytes": int(local.group(1)) if local else None,
+            "sass": len(ops), "LDG": len(ldg), "last_ldg": ldg[-1] if ldg else None,
+            "first_ffma": ffma[0] if ffma else None, "branches": bra_back,
+            "lane_instr_per_weight": round(len(ops) * 32 * num_warps / weights, 2) if weights else None}
+
+
+def main_oneshot(args):
+    print(f"triton {triton.__version__}, target sm_90 (gemv oneshot)")
+    res = {}
+    for name, (consts, warps, stages) in oneshot_variants().items():
+        if args.only and name not in args.only.split(","):
+            continue
+        fn = Q._qgemv_kernel if name.startswith("gemv_loop") else Q._qgemv_oneshot_kernel
+        try:
+            k = build(consts, warps, stages, fn=fn)
+        except Exception as e:  # report, keep going
+            print(f"{name}: compile failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            continue
+        if args.dump:
+            d = Path(args.dump)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{name}.ptx").write_text(k.asm["ptx"])
+            (d / f"{name}.sass").write_text(str(k.asm.get("sass", "")))
+        K = int(re.search(r"_K(\d+)", name).group(1)) if "_K" in name else 2048
+        res[name] = oneshot_facts(k, consts, warps, K)
+        print(name, json.dumps(res[name]))
+    print(json.dumps(res))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dump", default=None, help="write each variant's TTGIR and PTX to this folder")
     p.add_argument("--only", default=None, help="comma-separated variant names")
     p.add_argument("--sass", action="store_true", help="registers, spills and the K loop's SASS (cuobjdump)")
+    p.add_argument("--oneshot", action="store_true",
+                   help="the gemv-oneshot kernel instead: registers, SASS, global loads vs the first FFMA")
     args = p.parse_args()
+    if args.oneshot:
+        return main_oneshot(args)
     todo = variants()
     if args.only:
         todo = {k: v for k, v in todo.items() if k in args.only.split(",")}

@@ -162,6 +162,67 @@ def test_swap_dot_k_groups_zero_points_splits(fmt, opts, K, fold, gen):
                                      swap_ab=1, dot_k=128))
 
 
+# The one-shot gemv (oneshot=1: the K loop unrolled, every load issued before the first decode): every format x
+# both dtypes, odd N, M up to 4 rows per program, split-K with a short last split, one block of word rows or two
+# (8 + 4 tiles), a ragged last tile.
+_ONESHOT_COMBOS = [
+    (1, 333, 96, Q.KernelConfig("gemv", block_m=1, block_n=32, oneshot=1)),
+    (3, 7, 96, Q.KernelConfig("gemv", block_m=4, block_n=16, num_warps=2, split_k=2, oneshot=1)),
+    (2, 40, 1536, Q.KernelConfig("gemv", block_m=2, block_n=16, num_warps=2, oneshot=1)),
+    (1, 17, 1472, Q.KernelConfig("gemv", block_m=1, block_n=64, num_warps=8, split_k=3, oneshot=1)),
+]
+ONESHOT_CASES = [(fmt, dt, *_ONESHOT_COMBOS[(i + j) % len(_ONESHOT_COMBOS)])
+                 for i, fmt in enumerate(FORMATS) for j, dt in enumerate((torch.float16, torch.bfloat16))]
+
+
+@pytest.mark.parametrize("fmt,dtype,M,N,K,cfg", ONESHOT_CASES,
+                         ids=[f"{c[0]}-{str(c[1])[6:]}-M{c[2]}-N{c[3]}-K{c[4]}-bm{c[5].block_m}-sk{c[5].split_k}"
+                              for c in ONESHOT_CASES])
+def test_oneshot_formats_dtypes_odd_shapes(fmt, dtype, M, N, K, cfg, gen):
+    qt = _quant(fmt, N, K, gen, _device(), group_size=GROUP_96[fmt])
+    x = torch.randn(M, K, generator=gen).to(dtype).to(_device())
+    _check(x, qt, cfg)
+
+
+@pytest.mark.parametrize("fmt,opts,K", [
+    ("int4", {"symmetric": False, "group_size": 128}, 1536),  # 12 tiles: blocks of 8 + 4
+    ("int3", {"symmetric": False, "group_size": 64}, 1408),   # 4 groups per 256-row tile, 5.5 tiles
+    ("int8", {"symmetric": False, "group_size": -1}, 200),    # per-channel, a ragged 8-bit tile
+    ("nvfp4", {"group_size": 16}, 656),                       # 8 groups per tile
+])
+@pytest.mark.parametrize("split_k", [1, 2, 5])
+def test_oneshot_groups_zero_points_splits(fmt, opts, K, split_k, gen):
+    """oneshot with asymmetric codes, groups spanning tiles or part of one, per-channel scales, a ragged last
+    tile, uneven splits (5 tiles per split of 12 tiles: 4 + 1 blocks; the last split short)."""
+    qt = _quant(fmt, 40, K, gen, _device(), **opts)
+    x = torch.randn(3, K, generator=gen).half().to(_device())
+    _check(x, qt, Q.KernelConfig("gemv", block_m=4, block_n=16, num_warps=2, split_k=split_k, oneshot=1))
+
+
+def test_oneshot_blocks_and_config():
+    assert Q.oneshot_blocks(16) == (16, 0)
+    assert Q.oneshot_blocks(12) == (8, 4)
+    assert Q.oneshot_blocks(7) == (4, 4)
+    assert Q.oneshot_blocks(1) == (1, 0)
+    cfg = Q.KernelConfig("gemv", block_m=1, block_n=32, oneshot=1)
+    assert Q.KernelConfig.from_dict(cfg.as_dict()) == cfg
+    assert Q._path_name(cfg, Q.format_spec(_quant("int4", 8, 128, torch.Generator().manual_seed(0),
+                                                   torch.device("cpu"))), torch.float16) == "gemv-oneshot"
+    with pytest.raises(ValueError, match="oneshot"):
+        Q.KernelConfig("dot", block_m=16, oneshot=1).validate()
+    with pytest.raises(ValueError, match="oneshot"):
+        Q.KernelConfig("gemv", block_m=1, oneshot=2).validate()
+
+
+def test_oneshot_long_k_splits_to_the_cap(gen):
+    """A oneshot entry met on a K longer than MAX_ONESHOT_TILES tiles (a table entry reused for another shape)
+    splits K so no program unrolls more than the cap."""
+    K = 128 * (Q.MAX_ONESHOT_TILES + 3)
+    qt = _quant("int4", 16, K, gen, _device(), group_size=128)
+    x = torch.randn(1, K, generator=gen).half().to(_device())
+    _check(x, qt, Q.KernelConfig("gemv", block_m=1, block_n=16, num_warps=2, oneshot=1))
+
+
 def test_swap_dot_slots():
     """Slots per tl.dot: dot_k / 16, capped at the tile (8 or 16 slots) and, with fold, at the scale group."""
     spec = Q.FormatSpec(kind=0, bits=4, symmetric=True, scale_kind=0, group=128, slots=8)
@@ -428,6 +489,25 @@ def test_gpu_swapk_every_format(fmt, dtype, gen):
                     break
                 except OutOfResources:
                     cfg = Q._smaller(cfg)
+
+
+@gpu
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_oneshot_every_format(fmt, dtype, gen):
+    """The one-shot gemv on CUDA at the GLM-4.7-Flash expert shapes (16 tiles in one block; 12 as 8 + 4) and an
+    odd one (ragged tile, odd N), every gemv_oneshot candidate of the benchmarks at M 1..4."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import _gemm_common as G
+
+    for N, K in ((3072, 2048), (2048, 1536), (333, 1536 + 96)):
+        qt = _quant(fmt, N, K, gen, torch.device("cuda"), group_size=GROUP_96[fmt])
+        for M in (1, 3, 4):
+            x = torch.randn(M, K, generator=gen).to(dtype).cuda()
+            for cfg in G.oneshot_configs(M):
+                _check(x, qt, cfg)
 
 
 @gpu

@@ -362,6 +362,225 @@ def _qgemv_kernel(
                        bias, HAS_BIAS, SPLIT_K)
 
 
+# ----------------------------------------------------------------------------------------------
+# One-shot GEMV for small weights: every load of the program issued before the first use
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _os_load(x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, t0, t_end, kend, offs_n, mask_n, N, G, M, m0,
+             stride_xm, stride_xk, NT: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
+             SCALE_KIND: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr,
+             EVEN_N: tl.constexpr, MASK_K: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Every global load of NT K tiles starting at tile ``t0`` (tiles at or past ``t_end`` masked off), as
+    one ``[NT*16, BN]`` block of word rows (row r = word row ``t0*16 + r``: tile ``t0 + r // 16``, row
+    ``r % 16``). Returns ``(words, words_hi, codes8, scales, zeros, xs)``: for 8-bit codes ``codes8`` holds
+    one ``[R, BN]`` byte block per slot (words are placeholders); ``scales``/``zeros`` one ``[R, BN]`` block
+    per scale group of a tile (gathered per row: all rows of a tile share it); ``xs`` one ``[R]`` activation
+    vector per (row of the M block, slot), ``k = (t0 + r // 16) * TILE_K + 16 * slot + r % 16``."""
+    TILE_K: tl.constexpr = 16 * SLOTS
+    R: tl.constexpr = NT * 16
+    r = tl.arange(0, R)
+    t = t0 + r // 16
+    row = r % 16
+    t_ok = t < t_end
+    if MASK_K:
+        wmask = t_ok[:, None] & mask_n[None, :]
+    else:
+        wmask = mask_n[None, :] & (r[:, None] >= 0)
+    # words
+    if BITS != 8:
+        offs = (t0 * 16 + r)[:, None] * N + offs_n[None, :]
+        if EVEN_N and not MASK_K:
+            words = tl.load(qw_ptr + offs)
+        else:
+            words = tl.load(qw_ptr + offs, mask=wmask, other=0)
+        if BITS == 3:
+            if EVEN_N and not MASK_K:
+                words_hi = tl.load(qh_ptr + offs)
+            else:
+                words_hi = tl.load(qh_ptr + offs, mask=wmask, other=0)
+        else:
+            words_hi = words
+        codes8 = ()
+    else:
+        words = 0
+        words_hi = 0
+        codes8 = ()
+        for i in tl.static_range(SLOTS):
+            k = t * TILE_K + 16 * i + row
+            ptrs = qw_ptr + k[:, None] * N + offs_n[None, :]
+            codes8 = codes8 + (tl.load(ptrs, mask=wmask & (k < kend)[:, None], other=0),)
+    # scales and zero points, one block per group of the tile
+    scales = ()
+    zeros = ()
+    if GROUP_SLOTS != 0:
+        if SCALE_KIND == 2:
+            gscale = tl.load(gs_ptr)
+        else:
+            gscale = 1.0
+        for j in tl.static_range(SLOTS // GROUP_SLOTS):
+            g = (t * TILE_K + 16 * GROUP_SLOTS * j) // GROUP
+            ok = wmask & (g < G)[:, None]
+            sofs = g[:, None] * N + offs_n[None, :]
+            scales = scales + (decode_scale(tl.load(s_ptr + sofs, mask=ok, other=0), gscale, SCALE_KIND),)
+            if not SYMMETRIC:
+                zeros = zeros + (tl.load(z_ptr + sofs, mask=ok, other=0).to(tl.int32),)
+    # activations: one vector per (token row, slot)
+    xs = ()
+    for m in tl.static_range(BLOCK_M):
+        for i in tl.static_range(SLOTS):
+            k = t * TILE_K + 16 * i + row
+            xp = x_ptr + (m0 + m) * stride_xm + k * stride_xk
+            if MASK_K:
+                if m > 0:
+                    xv = tl.load(xp, mask=(k < kend) & ((r * 0 + m0 + m) < M), other=0.0)
+                else:
+                    xv = tl.load(xp, mask=k < kend, other=0.0)
+            else:
+                if m > 0:
+                    xv = tl.load(xp, mask=(r * 0 + m0 + m) < M, other=0.0)
+                else:
+                    xv = tl.load(xp)
+            xs = xs + (xv,)
+    return words, words_hi, codes8, scales, zeros, xs
+
+
+@triton.jit
+def _os_compute(words, words_hi, codes8, scales, zeros, xs, z_pc, R: tl.constexpr, BLOCK_N: tl.constexpr,
+                KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, GROUP_SLOTS: tl.constexpr,
+                SLOTS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The products of one :func:`_os_load` block: per token row the ``[BN]`` sum over its R word rows and
+    all slots (fp32; group scales applied to each group's partial sums, per-channel scales left to the
+    caller). Returns four ``[BN]`` vectors (rows past BLOCK_M are zero)."""
+    zero = tl.zeros((R, BLOCK_N), dtype=tl.float32)
+    acc0 = zero
+    acc1 = zero
+    acc2 = zero
+    acc3 = zero
+    part0 = zero
+    part1 = zero
+    part2 = zero
+    part3 = zero
+    z = z_pc[None, :]
+    for i in tl.static_range(SLOTS):
+        if GROUP_SLOTS != 0:
+            if i % GROUP_SLOTS == 0:
+                part0 = zero
+                part1 = zero
+                part2 = zero
+                part3 = zero
+                if not SYMMETRIC:
+                    z = zeros[i // GROUP_SLOTS]
+        if BITS == 8:
+            codes = codes8[i].to(tl.int32)
+        else:
+            codes = unpack_codes(words, words_hi, i, BITS)
+        v = _raw_fp32(codes, z, KIND, BITS, SYMMETRIC)
+        part0 += xs[i].to(tl.float32)[:, None] * v
+        if BLOCK_M > 1:
+            part1 += xs[SLOTS + i].to(tl.float32)[:, None] * v
+        if BLOCK_M > 2:
+            part2 += xs[2 * SLOTS + i].to(tl.float32)[:, None] * v
+            part3 += xs[3 * SLOTS + i].to(tl.float32)[:, None] * v
+        if GROUP_SLOTS == 0 or i % GROUP_SLOTS == GROUP_SLOTS - 1:
+            if GROUP_SLOTS != 0:
+                s = scales[i // GROUP_SLOTS]
+                acc0 += part0 * s
+                if BLOCK_M > 1:
+                    acc1 += part1 * s
+                if BLOCK_M > 2:
+                    acc2 += part2 * s
+                    acc3 += part3 * s
+            else:
+                acc0 += part0
+                if BLOCK_M > 1:
+                    acc1 += part1
+                if BLOCK_M > 2:
+                    acc2 += part2
+                    acc3 += part3
+                part0 = zero
+                part1 = zero
+                part2 = zero
+                part3 = zero
+    return tl.sum(acc0, axis=0), tl.sum(acc1, axis=0), tl.sum(acc2, axis=0), tl.sum(acc3, axis=0)
+
+
+@triton.jit(do_not_specialize=["M", "G", "TILES", "SPLIT_K"])
+def _qgemv_oneshot_kernel(
+        x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
+        M, N, K, G, TILES, SPLIT_K,
+        stride_xm, stride_xk, stride_om,
+        KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
+        GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, HAS_BIAS: tl.constexpr,
+        EVEN_N: tl.constexpr, MASK_K: tl.constexpr, MASK_B: tl.constexpr, SPLIT: tl.constexpr,
+        NA: tl.constexpr, NB: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The gemv family with the K loop gone (``oneshot=1``): a program's TILES_PER_PROGRAM K tiles (a compile-
+    time constant, the whole K without split-K) are read as at most two power-of-two blocks of word rows
+    (NA + NB tiles; NB may round the remainder up, masked) and every load of the program (words, scales,
+    zero points, activations) is issued before the first decode: one memory latency per program instead of
+    one per tile, no software pipeline to fill or drain. Operands, grid and split-K as :func:`_qgemv_kernel`
+    (split-K, when asked for, reduces through the same workspace + counter; SPLIT_K = 1 skips it).
+    MASK_K / MASK_B: some rows of the first / second block may lie past the program's tiles or past K (masked
+    loads, x zero there)."""
+    TILE_K: tl.constexpr = 16 * SLOTS
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    m0 = pid_m * BLOCK_M
+    t0 = pid_k * TILES_PER_PROGRAM
+    t_end = tl.minimum(t0 + TILES_PER_PROGRAM, TILES)
+    kend = tl.minimum(t_end * TILE_K, K)
+    if GROUP_SLOTS == 0:
+        s_pc, z_pc = _load_group(s_ptr, z_ptr, gs_ptr, 0, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
+    else:
+        z_pc = tl.zeros_like(offs_n)
+    # issue every load (both blocks) before any use
+    wa, wha, c8a, sa, za, xa = _os_load(x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, t0, t_end, kend, offs_n,
+                                        mask_n, N, G, M, m0, stride_xm, stride_xk, NA, BITS, SYMMETRIC,
+                                        SCALE_KIND, GROUP, GROUP_SLOTS, SLOTS, EVEN_N, MASK_K, BLOCK_M)
+    if NB > 0:
+        wb, whb, c8b, sb, zb, xb = _os_load(x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, t0 + NA, t_end, kend,
+                                            offs_n, mask_n, N, G, M, m0, stride_xm, stride_xk, NB, BITS,
+                                            SYMMETRIC, SCALE_KIND, GROUP, GROUP_SLOTS, SLOTS, EVEN_N, MASK_B,
+                                            BLOCK_M)
+    r0, r1, r2, r3 = _os_compute(wa, wha, c8a, sa, za, xa, z_pc, NA * 16, BLOCK_N, KIND, BITS, SYMMETRIC,
+                                 GROUP_SLOTS, SLOTS, BLOCK_M)
+    if NB > 0:
+        q0, q1, q2, q3 = _os_compute(wb, whb, c8b, sb, zb, xb, z_pc, NB * 16, BLOCK_N, KIND, BITS, SYMMETRIC,
+                                     GROUP_SLOTS, SLOTS, BLOCK_M)
+        r0 += q0
+        r1 += q1
+        r2 += q2
+        r3 += q3
+    factor = raw_factor(KIND)
+    if GROUP_SLOTS == 0:
+        col_scale = s_pc * factor
+    else:
+        col_scale = tl.full((BLOCK_N,), factor, tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    rr = tl.arange(0, BLOCK_M)[:, None]
+    res = tl.where(rr == 0, (r0 * col_scale)[None, :], 0.0)
+    if BLOCK_M > 1:
+        res = tl.where(rr == 1, (r1 * col_scale)[None, :], res)
+    if BLOCK_M > 2:
+        res = tl.where(rr == 2, (r2 * col_scale)[None, :], res)
+        res = tl.where(rr == 3, (r3 * col_scale)[None, :], res)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    mask = (offs_m < M)[:, None] & mask_n[None, :]
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    if not SPLIT:
+        tl.store(out_ptrs, (res + bias[None, :]).to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tile_id = pid_m * tl.num_programs(0) + pid_n
+        _splitk_reduce(res, ws_ptr, cnt_ptr, tile_id, pid_k, M, N, offs_m, offs_n, mask, out_ptrs,
+                       bias, HAS_BIAS, SPLIT_K)
+
+
 @triton.jit
 def _load_tile_scales(s_ptr, z_ptr, gs_ptr, t, offs_n, mask_n, N, G, TILE_K: tl.constexpr,
                       GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, NG: tl.constexpr,
@@ -909,7 +1128,9 @@ class KernelConfig:
     (gemv, and the dot family's per-slot modes); ``swap_ab`` computes the transposed product with the weights as the
     left tensor-core operand (dot family, per-slot modes; see :func:`_dot_tile_swap`); ``dot_k`` (swap_ab only)
     is the K of each ``tl.dot``: 16 = one per code slot, up to the whole K tile (:func:`_dot_tile_swap_k`;
-    capped at the tile, and at the scale group with fold)."""
+    capped at the tile, and at the scale group with fold); ``oneshot`` (gemv only) unrolls the K loop: each program's
+    K tiles (all of K with ``split_k=1``; at most :data:`MAX_ONESHOT_TILES`, more split K) are a compile-time
+    constant and every load is issued before the first decode (:func:`_qgemv_oneshot_kernel`; small weights)."""
     family: str
     block_m: int = 16
     block_n: int = 64
@@ -922,9 +1143,10 @@ class KernelConfig:
     prefetch: int = 0
     swap_ab: int = 0
     dot_k: int = 16
+    oneshot: int = 0
 
     _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide",
-             "prefetch", "swap_ab", "dot_k")
+             "prefetch", "swap_ab", "dot_k", "oneshot")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self._KEYS}
@@ -965,8 +1187,25 @@ class KernelConfig:
             raise ValueError(f"swap_ab needs block_n >= 16 (the MMA's M dimension), got {self.block_n}")
         if self.dot_k not in (16, 32, 64, 128, 256):
             raise ValueError(f"dot_k must be one of 16, 32, 64, 128, 256, got {self.dot_k!r}")
+        if self.oneshot not in (0, 1):
+            raise ValueError(f"oneshot must be 0 or 1, got {self.oneshot!r}")
+        if self.oneshot and self.family != "gemv":
+            raise ValueError(f"oneshot applies to the gemv family only, got family {self.family!r}")
         if self.dot_k != 16 and not self.swap_ab:
             raise ValueError(f"dot_k > 16 (one tl.dot over several code slots) needs swap_ab=1, got dot_k={self.dot_k}")
+
+
+MAX_ONESHOT_TILES = 16  # K tiles one oneshot program unrolls (K = 2048 for 4-bit codes); more splits K
+
+
+def oneshot_blocks(tiles: int) -> tuple[int, int]:
+    """The two power-of-two blocks (NA, NB) of K tiles a oneshot program reads for ``tiles`` tiles: NA the
+    largest power of two <= tiles, NB the rest rounded up to a power of two (0 when none; the rounding is
+    masked): 12 -> (8, 4), 16 -> (16, 0), 7 -> (4, 4)."""
+    na = 1 << (tiles.bit_length() - 1)
+    rest = tiles - na
+    nb = 0 if rest == 0 else 1 << (rest - 1).bit_length()
+    return na, nb
 
 
 def fold_supported(spec: FormatSpec, dtype: torch.dtype) -> bool:
@@ -1064,6 +1303,8 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
     G = s.shape[0]
     tiles = _tiles(spec, K)
     split = max(1, min(cfg.split_k, tiles))
+    if cfg.oneshot:
+        split = max(split, _cdiv(tiles, MAX_ONESHOT_TILES))
     per_split = _cdiv(tiles, split)
     split = _cdiv(tiles, per_split)  # no empty splits
     even_n = N % cfg.block_n == 0
@@ -1084,7 +1325,16 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
               x.stride(0), x.stride(1), out.stride(0))
     flags = dict(_meta(spec), HAS_BIAS=bias is not None, EVEN_K=even_k, EVEN_N=even_n, SPLIT=split > 1,
                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
-    if cfg.family == "gemv":
+    if cfg.family == "gemv" and cfg.oneshot:
+        na, nb = oneshot_blocks(per_split)
+        rest = per_split - na
+        flags.pop("EVEN_K")
+        _qgemv_oneshot_kernel[grid](*common[:15], split, *common[17:], **flags,
+                                    MASK_K=not even_k or tiles % per_split != 0,
+                                    MASK_B=not even_k or tiles % per_split != 0 or nb != rest,
+                                    NA=na, NB=nb, TILES_PER_PROGRAM=per_split, num_warps=cfg.num_warps,
+                                    num_stages=1)
+    elif cfg.family == "gemv":
         _qgemv_kernel[grid](*common, **flags, PREFETCH=bool(cfg.prefetch), num_warps=cfg.num_warps,
                             num_stages=cfg.num_stages)
     else:
@@ -1138,6 +1388,8 @@ def _path_name(cfg: KernelConfig, spec: FormatSpec, dtype: torch.dtype) -> str:
         if cfg.fold and fold_supported(spec, dtype):
             return "dot-fold" + swap
         return "dot-wide" if cfg.wide else "dot" + swap
+    if cfg.family == "gemv" and cfg.oneshot:
+        return "gemv-oneshot"
     return cfg.family
 
 
