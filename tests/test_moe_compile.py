@@ -46,7 +46,9 @@ out["route_glm"] = build(MA._route_kernel, {"logits_ptr": "*fp32", "bias_ptr": "
          GROUP_SIZE=64,
          NORM=True, SCALE=1.8, HAS_NVALID=False, BLOCK_E=64, BLOCK_K=8, BLOCK_G=1), 1)
 out["router_logits"] = build(MR._router_logits_kernel, {"x_ptr": "*fp16", "w_ptr": "*fp32", "parts_ptr": "*fp32"},
-    dict(BLOCK_T=16, BLOCK_E=16, BLOCK_K=32), 4)
+    dict(BLOCK_T=16, BLOCK_E=64, BLOCK_K=32), 4)
+out["router_logits_one"] = build(MR._router_logits_kernel, {"x_ptr": "*fp16", "w_ptr": "*fp32", "parts_ptr": "*fp32"},
+    dict(BLOCK_T=1, BLOCK_E=8, BLOCK_K=64), 4)
 out["align"] = build(MA._align_kernel, {"ids_ptr": "*i32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
                                         "npost_ptr": "*i32"},
     dict(BLOCK_M=16, BLOCK_S=64, BLOCK_E=128, BLOCK_B=64), 4)
@@ -108,7 +110,7 @@ def test_moe_kernels_compile_for_hopper():
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(info) == 24 and {"route_glm", "router_logits", "align"} <= set(info)
+    assert len(info) == 25 and {"route_glm", "router_logits", "align"} <= set(info)
     for name, meta in info.items():
         assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
         # swapped tensor-core tiles: wgmma reads the (unpacked) weights from registers, the others use none

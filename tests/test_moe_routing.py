@@ -133,7 +133,7 @@ def test_bad_input():
         route_reference(torch.zeros(3, 8, dtype=torch.int64), cfg)
 
 
-@pytest.mark.parametrize("T,E,H", [(1, 64, 2048), (5, 16, 96), (19, 65, 320), (0, 8, 64)])
+@pytest.mark.parametrize("T,E,H", [(1, 64, 2048), (5, 16, 96), (19, 65, 320), (40, 64, 512), (0, 8, 64)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_router_logit_parts_sum_to_the_fp32_product(T, E, H, dtype, gen):
     """The split-K router kernel: its planes sum to x.float() @ W.T within fp32 summation error

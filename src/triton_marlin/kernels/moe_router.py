@@ -18,8 +18,10 @@ import triton.language as tl
 @triton.jit
 def _router_logits_kernel(x_ptr, stride_x, w_ptr, parts_ptr, T, E, H, K_PER_SPLIT,
                           BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``parts[s, t, e] = sum over k of split s of x[t, k] * w[e, k]`` in fp32 (CUDA cores: a
-    ``[BLOCK_T, BLOCK_E, BLOCK_K]`` product reduced over k each step). Grid: (T blocks, E blocks, splits)."""
+    """``parts[s, t, e] = sum over k of split s of x[t, k] * w[e, k]`` in fp32 on CUDA cores: for a few tokens
+    a ``[BLOCK_T, BLOCK_E, BLOCK_K]`` product reduced over k each step, from 16 tokens ``tl.dot`` with IEEE fp32
+    precision (the broadcast form measured 39 us at 256 GLM tokens on the H200). Grid: (T blocks, E blocks,
+    splits)."""
     pid_t = tl.program_id(0)
     pid_e = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -37,7 +39,10 @@ def _router_logits_kernel(x_ptr, stride_x, w_ptr, parts_ptr, T, E, H, K_PER_SPLI
         k_ok = kk < k_end
         xs = tl.load(x_rows + kk[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
         ws = tl.load(w_rows + kk[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += tl.sum(xs[:, None, :] * ws[None, :, :], axis=2)
+        if BLOCK_T >= 16:  # FMA-based dot (fp32 products and sums, no TF32)
+            acc = tl.dot(xs, tl.trans(ws), acc, input_precision="ieee")
+        else:
+            acc += tl.sum(xs[:, None, :] * ws[None, :, :], axis=2)
     out = parts_ptr + pid_s.to(tl.int64) * T * E + offs_t[:, None] * E + offs_e[None, :]
     tl.store(out, acc, mask=t_ok[:, None] & e_ok[None, :])
 
@@ -66,9 +71,12 @@ def router_logit_parts(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return torch.zeros((1, 0, E), dtype=torch.float32, device=x.device)
     if x.stride(1) != 1:
         x = x.contiguous()
-    block_t = min(16, triton.next_power_of_2(max(T, 1)))
-    block_e = 16 if block_t >= 8 else 8
-    block_k = 32 if block_t >= 8 else 64
+    if T >= 16:
+        block_t, block_e, block_k = 16, min(64, max(16, triton.next_power_of_2(E))), 32
+    else:
+        block_t = triton.next_power_of_2(T)
+        block_e = 16 if block_t >= 8 else 8
+        block_k = 32 if block_t >= 8 else 64
     splits = router_splits(T, E, H, block_t, block_e)
     k_per_split = triton.cdiv(triton.cdiv(H, splits), block_k) * block_k
     splits = triton.cdiv(H, k_per_split)  # no empty splits
