@@ -649,7 +649,9 @@ for name, fold, bm, bn, warps in (("swapk_scaled_int4_bm64", False, 64, 256, 8),
 out["wide_int4"] = build(Q._qgemm_dot_kernel, dict(fmt(0, 4, 8, 8), **dot, FOLD=False, WIDE=True, ASM=False,
                          SPLIT=False, BLOCK_M=128, BLOCK_N=128, SWAP=False), 8, 3)
 out["gemv_int8"] = build(Q._qgemv_kernel, dict(fmt(0, 8, 8, 8), HAS_BIAS=True, SPLIT=True, BLOCK_M=4,
-                         BLOCK_N=256), 4, 2)
+                         BLOCK_N=256, PREFETCH=False), 4, 2)
+out["gemv_int4_ahead"] = build(Q._qgemv_kernel, dict(fmt(0, 4, 8, 8), HAS_BIAS=False, SPLIT=True, BLOCK_M=1,
+                               BLOCK_N=64, PREFETCH=True), 4, 2)
 out["dequant_nvfp4"] = build(Q._dequant_kernel, dict(fmt(1, 4, 8, 1, scale_kind=2), IS_BF16=False,
                              BLOCK_N=128), 4, 2)
 print(json.dumps(out))
