@@ -270,7 +270,8 @@ def oneshot_configs(M: int) -> list:
     if M > 4:
         return []
     bm = 1 << max(0, (M - 1).bit_length())
-    shapes = ((16, 2, 1), (16, 4, 1), (32, 4, 1), (32, 8, 1), (64, 8, 1), (32, 4, 2), (64, 8, 2))
+    shapes = ((8, 2, 1), (8, 4, 1), (16, 2, 1), (16, 4, 1), (16, 8, 1), (32, 4, 1), (32, 8, 1), (64, 8, 1),
+              (32, 4, 2), (64, 8, 2))
     if bm > 1:  # one accumulator per token row: narrower blocks keep the registers in check
         shapes = ((16, 2, 1), (16, 4, 1), (32, 8, 1), (16, 4, 2))
     return [KC("gemv", block_m=bm, block_n=bn, num_warps=w, split_k=sk, oneshot=1) for bn, w, sk in shapes]

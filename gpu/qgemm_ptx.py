@@ -194,7 +194,7 @@ def oneshot_variants():
     base.pop("EVEN_K")
     out = {}
     for K, (na, nb) in ((2048, (16, 0)), (1536, (8, 4))):
-        for bn, w in ((16, 2), (16, 4), (32, 4), (32, 8), (64, 8), (128, 8)):
+        for bn, w in ((8, 2), (8, 4), (16, 2), (16, 4), (16, 8), (32, 4), (32, 8), (32, 16), (64, 8), (128, 8)):
             out[f"oneshot_K{K}_bn{bn}_w{w}"] = (dict(base, EVEN_N=True, MASK_K=False, MASK_B=False, SPLIT=False,
                                                      NA=na, NB=nb, TILES_PER_PROGRAM=na + nb, BLOCK_N=bn), w, 1)
     out["oneshot_K1536_split3_bn64_w4"] = (dict(base, EVEN_N=True, MASK_K=False, MASK_B=False, SPLIT=True, NA=4,

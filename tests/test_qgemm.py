@@ -170,6 +170,7 @@ _ONESHOT_COMBOS = [
     (3, 7, 96, Q.KernelConfig("gemv", block_m=4, block_n=16, num_warps=2, split_k=2, oneshot=1)),
     (2, 40, 1536, Q.KernelConfig("gemv", block_m=2, block_n=16, num_warps=2, oneshot=1)),
     (1, 17, 1472, Q.KernelConfig("gemv", block_m=1, block_n=64, num_warps=8, split_k=3, oneshot=1)),
+    (1, 21, 512, Q.KernelConfig("gemv", block_m=1, block_n=8, num_warps=4, oneshot=1)),
 ]
 ONESHOT_CASES = [(fmt, dt, *_ONESHOT_COMBOS[(i + j) % len(_ONESHOT_COMBOS)])
                  for i, fmt in enumerate(FORMATS) for j, dt in enumerate((torch.float16, torch.bfloat16))]
