@@ -8,6 +8,11 @@ the per-kernel GPU times of the default configuration from the profiler. Prints 
 ``--candidates swap``: the default, the unswapped 16/32-row tiles beside it and the swapped-operand tiles
 (``swap_ab=1``) only, and the per-kernel profile of the default and of the fastest configuration.
 ``--candidates fused``: the default and the swapped tiles with ``dot_k=128`` / ``prefetch`` / ``fuse_gu``.
+``--candidates regress``: the swapped-loop regression of b2154e1 (docs/perf/moe.md): the default, the loop of
+0929a96 (``legacy_loop=1``) and each change of the rework reverted alone (``pad_rows`` 1 / 2, ``words_first``,
+``even=0``), the same reverts on the best fused tile (``fuse_gu`` + ``dot_k=128`` + ``prefetch``), and at 16
+tokens the 16x128 default with the loop of 0929a96 and the padding switches; per-kernel GPU times of every
+configuration.
 """
 import argparse
 import sys
@@ -49,17 +54,50 @@ FUSED = {
           C(32, 128, 4, 128, 1, 4, **S, dot_k=128, fuse_gu=1)],
 }
 
+# --candidates regress: each change b2154e1 made to every swapped tile switched back alone (MoEGemmConfig docs)
+BEST = dict(swap_ab=1, dot_k=128, prefetch=1, fuse_gu=1)
+REVERTS = [dict(pad_rows=1), dict(pad_rows=2), dict(words_first=1), dict(even=0)]
+REGRESS = {
+    256: [C(32, 64, 4, 64, 1, 4, **S, legacy_loop=1)] + [C(32, 64, 4, 64, 1, 4, **S, **r) for r in REVERTS]
+    + [C(32, 64, 4, 64, 1, 4, **S, pad_rows=1, words_first=1, even=0), C(32, 64, 4, 64, 1, 4, **BEST)]
+    + [C(32, 64, 4, 64, 1, 4, **BEST, **r) for r in REVERTS],
+    16: [C(16, 128, 4, 128, 1, 4, **S, legacy_loop=1), C(16, 128, 4, 128, 1, 4, **S, pad_rows=1),
+         C(16, 128, 4, 128, 1, 4, **S, pad_rows=2)],
+}
+
+
+def short(cfg: C) -> str:
+    """The fields of ``cfg`` that differ from the dataclass defaults, ``block_m x up_block_n`` first."""
+    extra = [f"{f}={getattr(cfg, f)}" for f in ("up_warps", "stages", "swap_ab", "dot_k", "prefetch", "fuse_gu",
+                                               "pad_rows", "words_first", "even", "legacy_loop")
+             if getattr(cfg, f) != getattr(C(16, 64, 4, 64, 1, 4), f)]
+    return f"{cfg.block_m}x{cfg.up_block_n} " + " ".join(extra)
+
+
+def kernel_times(fn) -> dict:
+    """Average GPU time per call of each kernel ``fn`` launches (torch profiler, 5 calls)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+    return {ev.key: (ev.count, getattr(ev, "device_time", 0.0)) for ev in prof.key_averages()
+            if getattr(ev, "device_time", 0.0)}
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 256])
     p.add_argument("--recipes", nargs="+", default=["int4", "glm4"], choices=["int4", "glm4"])
-    p.add_argument("--candidates", default="all", choices=["all", "swap", "fused"])
+    p.add_argument("--candidates", default="all", choices=["all", "swap", "fused", "regress"])
     p.add_argument("--smoke", action="store_true", help="CPU interpreter, shrunk layer: checks the script runs")
     a = p.parse_args()
     dev = torch.device("cpu" if a.smoke else "cuda")
     copy_gbps = load_baseline(dev)["copy_GBps"]
     rows = []
+    kernels = {}
     for recipe in a.recipes:
         layer = glm_layer(dev, shrink=a.smoke, recipe=recipe, seed=0)
         ex = layer.experts
@@ -72,7 +110,7 @@ def main():
             ref = fused_moe_reference(x, ids, w, ex)
             nbytes = active_bytes(ex, ids)
             dflt = default_config(ids.numel(), ex.num_total, ex.hidden_size, ex.intermediate_size)
-            table = {"swap": SWAP, "fused": FUSED}.get(a.candidates, CANDIDATES)
+            table = {"swap": SWAP, "fused": FUSED, "regress": REGRESS}.get(a.candidates, CANDIDATES)
             cands = [dflt] + [c for c in table.get(T, []) if c != dflt]
             for cfg in cands[:2] if a.smoke else cands:
                 try:
@@ -88,7 +126,16 @@ def main():
                     print(f"{recipe} T={T} {cfg}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
                 r = rows[-1]
                 print(f"{r[0]:5s} T={r[1]:4d} err={r[3]:.2e} {r[4]:9.1f} us {r[5]:7.0f} GB/s  {r[2]}", flush=True)
-            if a.smoke:
+                if a.candidates == "regress" and not a.smoke and r[4] == r[4]:
+                    try:  # gate_up and down apart, every configuration
+                        kt = kernel_times(lambda: _fused_acc(x, ids, w, ex, uniform=False, config=cfg))
+                        split = {n: t for n, (c, t) in kt.items() if n in ("_moe_gate_up_kernel", "_moe_down_kernel")}
+                        kernels[(recipe, T, cfg)] = split
+                        print(f"  T={T} kernels gate_up {split.get('_moe_gate_up_kernel', float('nan')):8.2f} us "
+                              f"down {split.get('_moe_down_kernel', float('nan')):8.2f} us  {short(cfg)}", flush=True)
+                    except Exception as exc:  # a diagnostic: report, keep the table
+                        print(f"profile failed: {type(exc).__name__}: {exc}", flush=True)
+            if a.smoke or a.candidates == "regress":
                 continue
             # per-kernel GPU times of the default configuration (and of the fastest, where another)
             from torch.profiler import ProfilerActivity, profile
@@ -113,6 +160,13 @@ def main():
     print("\nrecipe  T     err        us     GB/s  frac  config")
     for r in rows:
         print(f"{r[0]:6s} {r[1]:4d} {r[3]:9.2e} {r[4]:8.1f} {r[5]:8.0f} {r[5] / copy_gbps:5.2f}  {r[2]}")
+    if kernels:
+        print("\nrecipe  T   graph us  gate_up    down  vs default  config (fields off their defaults)")
+        for r in rows:
+            k = kernels.get((r[0], r[1], r[2]), {})
+            base = next((b for b in rows if b[0] == r[0] and b[1] == r[1]), r)  # the default: first of its T
+            print(f"{r[0]:6s} {r[1]:4d} {r[4]:9.1f} {k.get('_moe_gate_up_kernel', float('nan')):8.1f} "
+                  f"{k.get('_moe_down_kernel', float('nan')):7.1f} {r[4] / base[4]:10.3f}  {short(r[2])}")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,16 @@
 counts from the PTX (tensor-core instructions, shared-memory traffic, barriers) and the SASS (lane
 instructions per weight), to compare the MoE tiles with qgemm's fold tiles (``gpu/qgemm_ptx.py``).
 
-    python gpu/moe_ptx.py [--only NAME,...] [--dump DIR]
+    python gpu/moe_ptx.py [--only NAME,...] [--dump DIR] [--mixed]
 
 Run it with the GPU machine's Triton (3.6) where it is installed apart, e.g. ``/tmp/t36/bin/python``.
 "Loop" is the K loop of one projection (the longest backward-branch region of the PTX / SASS); the gate_up
 kernel with two K loops (gate, then up) has two such loops, the fused one (``FUSE_GU``) one loop with both
 projections. SASS per weight: loop SASS instructions x threads / (weights per loop iteration).
+``--mixed`` compiles as ``gpu/moe_explore.py`` launches (``uniform=False``: the kind read from the table, one
+kind compiled in) instead of the uniform compile; registers differ (e.g. the 32x64 swapped gate_up: 110 before
+b2154e1 and 115 after mixed, 152 and 109 uniform). The ``regress`` variants (``--only '.*_rg.*'``) are the
+switches of the swapped-loop rework (``MoEGemmConfig`` ``legacy_loop``, ``pad_rows``, ``words_first``, ``even``).
 """
 from __future__ import annotations
 
@@ -41,8 +45,9 @@ def _flat(prefix, scale):
 def _build(fn, types, consts, num_warps, num_stages):
     names = fn.arg_names
     sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-             if n not in consts and (sig[n].startswith("*") or n in ("H", "I", "stride_x"))}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)  # as the JIT specializes the GLM launch
+             if n not in consts and (sig[n].startswith("*") or n in ("H", "I", "stride_x", "num_slots", "zero_numel",
+                                                                      "split_stride"))}
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()}, attrs=attrs)
     opts = dict(num_warps=num_warps)
     if num_stages:
@@ -50,28 +55,36 @@ def _build(fn, types, consts, num_warps, num_stages):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
 
 
-def _swap(bm, bn, swap, dot_k, prefetch, K, N):
+SWITCHES = ("pad_rows", "words_first", "even", "legacy_loop")
+
+
+def _swap(bm, bn, swap, dot_k, prefetch, K, N, **switches):
     """The kernels' SWAP constexpr for the GLM shapes (K, N), as the launcher computes it."""
     if not swap:
         return 0
-    return MG.swap_mode(MG.MoEGemmConfig(bm, bn, 4, bn, 1, 4, swap_ab=1, dot_k=dot_k, prefetch=prefetch), K, N, bn)
+    return MG.swap_mode(MG.MoEGemmConfig(bm, bn, 4, bn, 1, 4, swap_ab=1, dot_k=dot_k, prefetch=prefetch, **switches),
+                        K, N, bn)
 
 
-def gate_up(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16", dot_k=16, prefetch=0, fuse=0):
-    consts = dict(SLOTS_PER_TOKEN=5, G_KINDS=1 << kind, G_UNIFORM=kind, U_KINDS=1 << kind, U_UNIFORM=kind,
+def gate_up(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16", dot_k=16, prefetch=0, fuse=0, mixed=False,
+            **switches):
+    uni = -1 if mixed else kind
+    consts = dict(SLOTS_PER_TOKEN=5, G_KINDS=1 << kind, G_UNIFORM=uni, U_KINDS=1 << kind, U_UNIFORM=uni,
                   IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=1, ZERO_BLOCK=1024, UNROLL=1, G_GK=128,
                   U_GK=128, ASM=asm, DIRECT=False)
-    consts["SWAP"] = _swap(bm, bn, swap, dot_k, prefetch, 2048, 1536)
+    consts["SWAP"] = _swap(bm, bn, swap, dot_k, prefetch, 2048, 1536, **switches)
     consts["FUSE_GU"] = fuse
     types = {"x_ptr": "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32", "npost_ptr": "*i32",
              "inter_ptr": "*" + dt, "zero_ptr": "*fp32", **_flat("g", "*" + dt), **_flat("u", "*" + dt)}
     return _build(MG._moe_gate_up_kernel, types, consts, warps, stages)
 
 
-def down(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16", dot_k=16, prefetch=0, fuse=0):
-    consts = dict(SLOTS_PER_TOKEN=5, D_KINDS=1 << kind, D_UNIFORM=kind, IS_BF16=dt == "bf16", BLOCK_M=bm,
-                  BLOCK_N=bn, SPLIT_K=1, A_SWIGLU=False, UNROLL=1, D_GK=128, ASM=asm, A_SPLITS=1, DIRECT=False)
-    consts["SWAP"] = _swap(bm, bn, swap, dot_k, prefetch, 1536, 2048)
+def down(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16", dot_k=16, prefetch=0, fuse=0, mixed=False,
+         **switches):
+    consts = dict(SLOTS_PER_TOKEN=5, D_KINDS=1 << kind, D_UNIFORM=-1 if mixed else kind, IS_BF16=dt == "bf16",
+                  BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=1, A_SWIGLU=False, UNROLL=1, D_GK=128, ASM=asm, A_SPLITS=1,
+                  DIRECT=False)
+    consts["SWAP"] = _swap(bm, bn, swap, dot_k, prefetch, 1536, 2048, **switches)
     types = {"inter_ptr": "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32", "npost_ptr": "*i32",
              "w_ptr": "*fp32", "out_ptr": "*fp32", **_flat("d", "*" + dt)}
     return _build(MG._moe_down_kernel, types, consts, warps, stages)
@@ -129,6 +142,18 @@ def variants():
                 if "f" in tag and name_fn != "gate_up":
                     continue
                 out[f"{name_fn}_swap{tag}_bm{bm}_bn{bn}_w{w}"] = (fn, dict(bm=bm, bn=bn, warps=w, swap=1, **extra))
+        # the swapped-loop regression (b2154e1): each change switched back alone, on the default tiles and the
+        # best fused one (v0: the loop of 0929a96, m: padding rows masked, a: padding rows = the block's first
+        # row, w: words before activations, e: no EVEN_K/EVEN_N)
+        reverts = (("", {}), ("v0", dict(legacy_loop=1)), ("m", dict(pad_rows=1)), ("a", dict(pad_rows=2)),
+                   ("w", dict(words_first=1)), ("e", dict(even=0)), ("mwe", dict(pad_rows=1, words_first=1, even=0)))
+        for bm, bn, base_tag, base in ((32, 64, "", {}), (16, 128, "", {}),
+                                       (32, 64, "fdp", dict(fuse=1, dot_k=128, prefetch=1))):
+            for tag, extra in reverts:
+                if (base and tag in ("v0", "mwe")) or (bm == 16 and tag not in ("", "v0", "m", "a")):
+                    continue  # (down ignores fuse: its fdp variants are dot_k=128 + prefetch)
+                out[f"{name_fn}_rg{base_tag}{tag}_bm{bm}_bn{bn}_w4"] = (fn, dict(bm=bm, bn=bn, warps=4, swap=1,
+                                                                                 **base, **extra))
     return out
 
 
@@ -136,6 +161,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default=None)
     p.add_argument("--dump", default=None)
+    p.add_argument("--mixed", action="store_true", help="compile as moe_explore launches (kind from the table)")
     a = p.parse_args()
     todo = variants()
     if a.only:
@@ -144,7 +170,7 @@ def main():
     res = {}
     for name, (fn, kw) in todo.items():
         try:
-            k = fn(**kw)
+            k = fn(**kw, mixed=a.mixed)
         except Exception as e:  # report, keep going
             print(f"{name}: compile failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
             continue
@@ -161,7 +187,11 @@ def main():
         # one K tile (8 int4 slots of 16 k) of BLOCK_N columns, one projection (two: the fused gate+up loop)
         weights = 128 * kw["bn"] * (2 if kw.get("fuse") else 1)
         regs, stack = regs_of(k.asm["cubin"])
-        res[name] = {"regs": regs, "stack": stack, "shared": k.metadata.shared,
+        # CTAs per SM: registers (allocated in 8s), shared memory (+1 KB reserved per CTA), 64 warps
+        sm_ctas = min(65536 // (-(-regs // 8) * 8 * threads), 228 * 1024 // (k.metadata.shared + 1024),
+                      2048 // threads)
+        res[name] = {"regs": regs, "stack": stack, "shared": k.metadata.shared, "ctas_per_sm": sm_ctas,
+                     "ldgsts": {w: len(re.findall(rf"LDGSTS\.E{w}\b", sass)) for w in ("", ".64", ".128")},
                      "loop": counts(loop_body(ptx)), "ttgir": ttgir_facts(ttgir), "sass_loops": loops[:3],
                      "sass_per_weight": round(loops[0] * threads / weights, 2) if loops else None}
         print(name, json.dumps(res[name]), flush=True)

@@ -59,6 +59,14 @@ out["align_scatter_glm"] = build(MA._align_scatter_kernel, align_types,  # 65 ex
     dict(BLOCK_M=16, BLOCK_S=64, BLOCK_E=128, E_TILES=1, BLOCK_C=32, BLOCK_B=32, FROM_IDS=False), 4)
 out["align_fused_bm1"] = build(MA._align_scatter_kernel, align_types,  # one launch; BLOCK_M 1, 3 expert tiles
     dict(BLOCK_M=1, BLOCK_S=16, BLOCK_E=128, E_TILES=3, BLOCK_C=32, BLOCK_B=32, FROM_IDS=True), 4)
+# SWAP bits (MG.swap_mode) of the switches of the swapped-loop rework: pad_rows=1 masked (32) / 2 the block's
+# first row (64), words_first (128), even=0 (no 4/8), legacy_loop (256: the loop of 0929a96)
+SWAP_OF = {"gate_up_dot_swap_pad1_asm_mixed_fp16": 13 | 32,
+           "gate_up_dot_swap_dk_fused_pad2_wf_asm_int4_fp16": 31 | 64 | 128,
+           "gate_up_dot_swap_dk_fused_pad1_odd_mixed_bf16": 1 | 2 | 32,
+           "gate_up_dot_swap_v0_asm_int4_fp16": 1 | 256,
+           "down_dot_swap_pad2_wf_asm_int4_fp16": 13 | 64 | 128,
+           "down_dot_swap_v0_asm_split_fp16": 1 | 256}
 every_kind = (1 << MG.NUM_KINDS) - 1
 some_kinds = (1 << 0) | (1 << 5) | (1 << 7) | (1 << 9)  # int2, mxfp4, fp8, asymmetric int3
 asm_kinds = (1 << 1) | (1 << 4) | (1 << 10)  # the PTX unpackers: int3, fp4 (E2M1), asymmetric int4
@@ -74,7 +82,11 @@ for name, dt, kinds, uniform, bm, bn, split, warps, gk, asm in (
         ("gate_up_dot_swap_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False),
         ("gate_up_dot_swap_dk_fused_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, 4, 128, True),
         ("gate_up_dot_swap_dk_fused_asm_mixed_fp16", "fp16", asm_kinds, -1, 32, 64, 1, 4, 128, True),
-        ("gate_up_dot_swap_dk_fused_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False)):
+        ("gate_up_dot_swap_dk_fused_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False),
+        ("gate_up_dot_swap_pad1_asm_mixed_fp16", "fp16", asm_kinds, -1, 32, 64, 1, 4, 128, True),
+        ("gate_up_dot_swap_dk_fused_pad2_wf_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, 4, 128, True),
+        ("gate_up_dot_swap_dk_fused_pad1_odd_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False),
+        ("gate_up_dot_swap_v0_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, 4, 128, True)):
     types = {"x_ptr": "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32", "npost_ptr": "*i32",
              "inter_ptr": "*fp32" if split > 1 else "*" + dt, "zero_ptr": "*fp32",
              **flat("g", "*" + dt), **flat("u", "*" + dt)}
@@ -82,19 +94,23 @@ for name, dt, kinds, uniform, bm, bn, split, warps, gk, asm in (
         dict(SLOTS_PER_TOKEN=5, G_KINDS=kinds, G_UNIFORM=uniform, U_KINDS=kinds, U_UNIFORM=uniform,
              IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=split, ZERO_BLOCK=1024,
              UNROLL=2 if bm == 1 else 1, G_GK=gk, U_GK=gk, ASM=asm, DIRECT=bm == 1,
-             SWAP=(31 if "_dk" in name else 1) if "swap" in name else 0, FUSE_GU=int("fused" in name)), warps)
+             SWAP=SWAP_OF.get(name, (31 if "_dk" in name else 1) if "swap" in name else 0),
+             FUSE_GU=int("fused" in name)), warps)
 for name, dt, kinds, uniform, bm, bn, split, swiglu, warps, gk, asm in (
         ("down_decode_swiglu_mixed", "fp16", some_kinds, -1, 1, 32, 4, True, 4, 0, False),
         ("down_dot_split_int8_bf16", "bf16", 1 << 3, 3, 32, 64, 3, False, 4, 128, False),
         ("down_dot_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True),
         ("down_dot_swap_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True),
-        ("down_dot_swap_dk_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, False, 4, 128, True)):
+        ("down_dot_swap_dk_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, False, 4, 128, True),
+        ("down_dot_swap_pad2_wf_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, False, 4, 128, True),
+        ("down_dot_swap_v0_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True)):
     types = {"inter_ptr": "*fp32" if swiglu else "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32",
              "npost_ptr": "*i32", "w_ptr": "*fp32", "out_ptr": "*fp32", **flat("d", "*" + dt)}
     out[name] = build(MG._moe_down_kernel, types,
         dict(SLOTS_PER_TOKEN=5, D_KINDS=kinds, D_UNIFORM=uniform, IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn,
              SPLIT_K=split, A_SWIGLU=swiglu, UNROLL=2 if bm == 1 else 1, D_GK=gk, ASM=asm,
-             A_SPLITS=4 if swiglu else 1, DIRECT=bm == 1, SWAP=(31 if "_dk" in name else 1) if "swap" in name else 0),
+             A_SPLITS=4 if swiglu else 1, DIRECT=bm == 1,
+             SWAP=SWAP_OF.get(name, (31 if "_dk" in name else 1) if "swap" in name else 0)),
         warps)
 print(json.dumps(out))
 """
@@ -110,7 +126,7 @@ def test_moe_kernels_compile_for_hopper():
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(info) == 25 and {"route_glm", "router_logits", "align"} <= set(info)
+    assert len(info) == 31 and {"route_glm", "router_logits", "align"} <= set(info)
     for name, meta in info.items():
         assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
         # swapped tensor-core tiles: wgmma reads the (unpacked) weights from registers, the others use none

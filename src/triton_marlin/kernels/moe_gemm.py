@@ -139,16 +139,17 @@ def _swap_scales(scales16, scales8, zeros8, gscale, scale_off, zero_off, srow, N
 
 
 @triton.jit
-def _swap_tile(acc_t, bs, kt, k_lim, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale, code_off,
-               hi_off, scale_off, zero_off, group, offs_n, n_ok, s_pre, z_pre,
+def _swap_tile(acc_t, bs, words, hi, kt, k_lim, N, codes8, scales16, scales8, zeros8, gscale, code_off,
+               scale_off, zero_off, group, offs_n, n_ok, s_pre, z_pre,
                BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
                SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, GK: tl.constexpr, ASM: tl.constexpr, DS: tl.constexpr,
                EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, PRE: tl.constexpr):
     """One K tile (``SLOTS`` code slots of 16 k) of one projection, swapped: ``acc_t [BN, BM] += W.T @ A.T``.
     ``bs``: the tile's activation blocks, one ``[16 * DS, BM]`` per ``tl.dot`` (``DS`` slots joined along K in
-    registers, :func:`_cat_k`), loaded by the caller (the fused gate+up loop shares them). ``PRE``: the tile is
-    one scale group whose scales ``s_pre``/``z_pre`` the caller loaded a tile ahead."""
+    registers, :func:`_cat_k`), loaded by the caller (the fused gate+up loop shares them); ``words``/``hi``: the
+    tile's packed word rows (:func:`_swap_words`, loaded by the caller too, so it picks the order of the two
+    loads). ``PRE``: the tile is one scale group whose scales ``s_pre``/``z_pre`` the caller loaded a tile ahead."""
     TILE: tl.constexpr = SLOTS * 16
     FOLD: tl.constexpr = GK > 0 and GK % 16 == 0 and (GK % TILE == 0 or TILE % GK == 0)
     GS: tl.constexpr = (GK // 16 if GK < TILE else SLOTS) if FOLD else 1
@@ -158,21 +159,6 @@ def _swap_tile(acc_t, bs, kt, k_lim, N, codes32, codes16, codes8, scales16, scal
     nT = offs_n[:, None]
     nT_ok = n_ok[:, None]
     k0 = kt * TILE
-    cols = kt * 16 + wc
-    words = 0
-    hi = 0
-    if BITS != 8:
-        wp = code_off + cols[None, :] * N + nT
-        if EVEN_N:
-            words = tl.load(codes32 + wp)
-        else:
-            words = tl.load(codes32 + wp, mask=nT_ok, other=0)
-        if BITS == 3:
-            hp = hi_off + cols[None, :] * N + nT
-            if EVEN_N:
-                hi = tl.load(codes16 + hp)
-            else:
-                hi = tl.load(codes16 + hp, mask=nT_ok, other=0)
     if USE_ASM:
         if BITS == 3:
             raws = unpack_int3_magic_fp16_asm(words, hi)
@@ -246,14 +232,44 @@ def _cat_k(a, b, ROWS: tl.constexpr, W: tl.constexpr):
 
 
 @triton.jit
-def _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS: tl.constexpr, DS: tl.constexpr, EVEN_K: tl.constexpr):
+def _swap_words(codes32, codes16, code_off, hi_off, kt, N, offs_n, n_ok, BITS: tl.constexpr, EVEN_N: tl.constexpr):
+    """The packed word rows of K tile ``kt``, transposed: ``words [BN, 16]`` (int32) and, for int3, the high-bit
+    plane ``hi [BN, 16]`` (int16); 0 placeholders for 8-bit codes (loaded per slot by :func:`_swap_tile`)."""
+    words = 0
+    hi = 0
+    if BITS != 8:
+        cols = kt * 16 + tl.arange(0, 16)
+        nT = offs_n[:, None]
+        wp = code_off + cols[None, :] * N + nT
+        if EVEN_N:
+            words = tl.load(codes32 + wp)
+        else:
+            words = tl.load(codes32 + wp, mask=n_ok[:, None], other=0)
+        if BITS == 3:
+            hp = hi_off + cols[None, :] * N + nT
+            if EVEN_N:
+                hi = tl.load(codes16 + hp)
+            else:
+                hi = tl.load(codes16 + hp, mask=n_ok[:, None], other=0)
+    return words, hi
+
+
+@triton.jit
+def _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS: tl.constexpr, DS: tl.constexpr, EVEN_K: tl.constexpr,
+                      ROW_MASK: tl.constexpr):
     """The activation blocks of K tile ``kt``: one ``[16 * DS, BM]`` per ``tl.dot`` (a tuple). The rows are
     always readable (padding rows point at a valid row; see the kernels), so only a partial last tile
-    (``EVEN_K`` False) masks, by k; ``a_ok`` is unused."""
+    (``EVEN_K`` False) masks, by k. ``ROW_MASK`` (``pad_rows=1``): padding rows (``a_ok`` False) are masked
+    too: zero-filled, no global read (the loads before b2154e1)."""
     bs = ()
     for j in tl.static_range(SLOTS // DS):
         kk = kt * (SLOTS * 16) + j * (16 * DS) + tl.arange(0, 16 * DS)
-        if EVEN_K:
+        if ROW_MASK:
+            if EVEN_K:
+                b = tl.load(a_rows[None, :] + kk[:, None], mask=a_ok[None, :], other=0.0)
+            else:
+                b = tl.load(a_rows[None, :] + kk[:, None], mask=a_ok[None, :] & (kk < k_lim)[:, None], other=0.0)
+        elif EVEN_K:
             b = tl.load(a_rows[None, :] + kk[:, None])
         else:
             b = tl.load(a_rows[None, :] + kk[:, None], mask=(kk < k_lim)[:, None], other=0.0)
@@ -293,8 +309,11 @@ def _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, sca
     ``SWAP`` bits (see :func:`swap_mode`): 1 swapped; 2 one ``tl.dot`` per scale group (fold) or per 8 slots
     (``dot_k=128``: the slot operands joined along K in registers, so Triton waits on the tensor cores once
     per group instead of once per slot); 4 ``EVEN_K`` (no partial tile: no k masks); 8 ``EVEN_N`` (no column
-    masks; every table offset is then a multiple of 16 elements, so the word loads vectorize); 16 scales loaded
-    a tile ahead where a tile is one scale group (``prefetch``)."""
+    masks; every table offset is then a multiple of 16 elements and says so, though the word copies stay 4-byte
+    on sm_90: docs/perf/moe.md); 16 scales loaded
+    a tile ahead where a tile is one scale group (``prefetch``); 32 padding rows masked (``pad_rows=1``; 64,
+    ``pad_rows=2``, is the kernels' business: padding rows alias the block's first row); 128 the tile's words
+    loaded before its activation blocks (``words_first``); 256 is :func:`_dot_loop_swap_v0` instead."""
     TILE: tl.constexpr = SLOTS * 16
     FOLD: tl.constexpr = GK > 0 and GK % 16 == 0 and (GK % TILE == 0 or TILE % GK == 0)
     GS: tl.constexpr = (GK // 16 if GK < TILE else SLOTS) if FOLD else 1
@@ -303,6 +322,8 @@ def _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, sca
     EVEN_K: tl.constexpr = (SWAP // 4) % 2 == 1
     EVEN_N: tl.constexpr = (SWAP // 8) % 2 == 1
     PRE: tl.constexpr = FOLD and GS == SLOTS and (SWAP // 16) % 2 == 1
+    ROW_MASK: tl.constexpr = (SWAP // 32) % 2 == 1
+    WORDS_FIRST: tl.constexpr = (SWAP // 128) % 2 == 1
     if EVEN_N:
         code_off = tl.multiple_of(code_off, 16)
         hi_off = tl.multiple_of(hi_off, 16)
@@ -313,15 +334,21 @@ def _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, sca
                               kt_end, BITS, SLOTS, SCALE_KIND, SYM, GK, PRE, True, BLOCK_N)
     acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     for kt in range(kt_begin, kt_end):
-        bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K)
+        if WORDS_FIRST:
+            words, hi = _swap_words(codes32, codes16, code_off, hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
+            bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K, ROW_MASK)
+        else:
+            bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K, ROW_MASK)
         s_c = s_n
         z_c = z_n
         if PRE:
             s_n, z_n = _swap_prefetch(scales16, scales8, zeros8, gscale, scale_off, zero_off,
                                       tl.minimum(kt + 1, kt_end - 1), N, offs_n, n_ok, kt_end, BITS, SLOTS, SCALE_KIND,
                                       SYM, GK, PRE, not EVEN_N, BLOCK_N)
-        acc_t = _swap_tile(acc_t, bs, kt, k_lim, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
-                           code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok, s_c, z_c, BITS, LO_BITS, SLOTS,
+        if not WORDS_FIRST:  # the order of b2154e1: activations, scales of the next tile, then the words
+            words, hi = _swap_words(codes32, codes16, code_off, hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
+        acc_t = _swap_tile(acc_t, bs, words, hi, kt, k_lim, N, codes8, scales16, scales8, zeros8, gscale,
+                           code_off, scale_off, zero_off, group, offs_n, n_ok, s_c, z_c, BITS, LO_BITS, SLOTS,
                            DKIND, SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, GK, ASM, DS, EVEN_K, EVEN_N, PRE)
     return acc + acc_t
 
@@ -350,6 +377,8 @@ def _dot_loop_swap2(a_rows, a_ok, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, 
     EVEN_N: tl.constexpr = (SWAP // 8) % 2 == 1
     G_PRE: tl.constexpr = G_FOLD and G_GS == SLOTS and (SWAP // 16) % 2 == 1
     U_PRE: tl.constexpr = U_FOLD and U_GS == SLOTS and (SWAP // 16) % 2 == 1
+    ROW_MASK: tl.constexpr = (SWAP // 32) % 2 == 1
+    WORDS_FIRST: tl.constexpr = (SWAP // 128) % 2 == 1
     if EVEN_N:
         g_code_off = tl.multiple_of(g_code_off, 16)
         g_hi_off = tl.multiple_of(g_hi_off, 16)
@@ -367,7 +396,12 @@ def _dot_loop_swap2(a_rows, a_ok, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, 
     g_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     u_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     for kt in range(kt_begin, kt_end):
-        bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K)
+        if WORDS_FIRST:
+            g_words, g_hi = _swap_words(gc32, gc16, g_code_off, g_hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
+            u_words, u_hi = _swap_words(uc32, uc16, u_code_off, u_hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
+            bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K, ROW_MASK)
+        else:
+            bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K, ROW_MASK)
         gs_c = gs_n
         gz_c = gz_n
         us_c = us_n
@@ -379,13 +413,99 @@ def _dot_loop_swap2(a_rows, a_ok, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, 
         if U_PRE:
             us_n, uz_n = _swap_prefetch(us16, us8, uz8, u_gscale, u_scale_off, u_zero_off, ktn, N, offs_n, n_ok, kt_end,
                                         BITS, SLOTS, SCALE_KIND, SYM, U_GK, U_PRE, not EVEN_N, BLOCK_N)
-        g_t = _swap_tile(g_t, bs, kt, k_lim, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, g_code_off, g_hi_off,
+        if not WORDS_FIRST:  # the order of b2154e1: each projection's words just before its tile
+            g_words, g_hi = _swap_words(gc32, gc16, g_code_off, g_hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
+        g_t = _swap_tile(g_t, bs, g_words, g_hi, kt, k_lim, N, gc8, gs16, gs8, gz8, g_gscale, g_code_off,
                          g_scale_off, g_zero_off, g_group, offs_n, n_ok, gs_c, gz_c, BITS, LO_BITS, SLOTS, DKIND,
                          SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, G_GK, ASM, DS, EVEN_K, EVEN_N, G_PRE)
-        u_t = _swap_tile(u_t, bs, kt, k_lim, N, uc32, uc16, uc8, us16, us8, uz8, u_gscale, u_code_off, u_hi_off,
+        if not WORDS_FIRST:
+            u_words, u_hi = _swap_words(uc32, uc16, u_code_off, u_hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
+        u_t = _swap_tile(u_t, bs, u_words, u_hi, kt, k_lim, N, uc8, us16, us8, uz8, u_gscale, u_code_off,
                          u_scale_off, u_zero_off, u_group, offs_n, n_ok, us_c, uz_c, BITS, LO_BITS, SLOTS, DKIND,
                          SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, U_GK, ASM, DS, EVEN_K, EVEN_N, U_PRE)
     return g_t, u_t
+
+
+@triton.jit
+def _dot_loop_swap_v0(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale, code_off,
+                      hi_off, scale_off, zero_off, group, offs_n, n_ok, kt_begin, kt_end, k_lim,
+                      BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
+                      SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, GK: tl.constexpr, ASM: tl.constexpr):
+    """The swapped K loop as it was before b2154e1 (commit 0929a96; ``legacy_loop=1``), kept to time the rework
+    against on the same card: one k=16 ``tl.dot`` per slot, each slot's activation block loaded with the row
+    mask ``a_ok`` (padding rows zero-filled, not read) and the k mask, the scale row found by dividing by the
+    table's runtime ``group``, column masks on words and scales. One change: the PTX unpack only with fold (the
+    fix of b2154e1; without it a per-weight-scale projection on CUDA fp16 is wrong)."""
+    TILE: tl.constexpr = SLOTS * 16
+    FOLD: tl.constexpr = GK > 0 and GK % 16 == 0 and (GK % TILE == 0 or TILE % GK == 0)
+    GS: tl.constexpr = (GK // 16 if GK < TILE else SLOTS) if FOLD else 1
+    USE_ASM: tl.constexpr = ASM and FOLD and DKIND != 2 and BITS != 8
+    wc = tl.arange(0, 16)
+    nT = offs_n[:, None]
+    nT_ok = n_ok[:, None]
+    acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for kt in range(kt_begin, kt_end):
+        k0 = kt * TILE
+        cols = kt * 16 + wc
+        words = 0
+        hi = 0
+        if BITS != 8:
+            words = tl.load(codes32 + code_off + cols[None, :] * N + nT, mask=nT_ok, other=0)
+            if BITS == 3:
+                hi = tl.load(codes16 + hi_off + cols[None, :] * N + nT, mask=nT_ok, other=0)
+        if USE_ASM:
+            if BITS == 3:
+                raws = unpack_int3_magic_fp16_asm(words, hi)
+            elif DKIND == 0:
+                raws = unpack_magic_fp16_asm(words, BITS)
+            else:
+                raws = unpack_e2m1_fp16_asm(words)
+        for i in tl.static_range(SLOTS):
+            ks = k0 + i * 16
+            if i % GS == 0:
+                srow = ks // group
+                smask = n_ok & ((ks + offs_n * 0) < k_lim)
+                if SCALE_KIND == 0:
+                    raw_s = tl.load(scales16 + scale_off + srow * N + offs_n, mask=smask, other=0.0)
+                else:
+                    raw_s = tl.load(scales8 + scale_off + srow * N + offs_n, mask=smask, other=0)
+                s = decode_scale(raw_s, gscale, SCALE_KIND)
+                if SYM:
+                    z = tl.zeros([BLOCK_N], tl.int32) + (1 << (BITS - 1))
+                else:
+                    z = tl.load(zeros8 + zero_off + srow * N + offs_n, mask=smask, other=0).to(tl.int32)
+                part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            kk = ks + wc
+            if USE_ASM:
+                if DKIND == 0:
+                    if SYM:  # a constant: Triton keeps the unpack in the MMA operand layout
+                        w = raws[i] - tl.full([BLOCK_N, 1], 1024.0 + (1 << (BITS - 1)), tl.float16)
+                    else:
+                        w = raws[i] - int_magic_fp16(z)[:, None]  # (1024 + q) - (1024 + z): exact q - z
+                else:
+                    w = raws[i]
+            else:
+                if BITS == 8:
+                    q = tl.load(codes8 + code_off + kk[None, :] * N + nT,
+                                mask=(kk < k_lim)[None, :] & nT_ok, other=0).to(tl.int32)
+                elif BITS == 3:
+                    q = ((words >> (i * 2)) & 3) | (((hi.to(tl.int32) >> i) & 1) << 2)
+                else:
+                    q = (words >> (i * LO_BITS)) & ((1 << LO_BITS) - 1)
+                if FOLD:
+                    w = _fold_operand(q, z[:, None], DKIND, BITS, IS_BF16)
+                else:
+                    w = dequant(q, s[:, None], z[:, None], DKIND, BITS, False, IS_BF16)
+            b = tl.load(a_rows[None, :] + kk[:, None], mask=a_ok[None, :] & (kk < k_lim)[:, None], other=0.0)
+            if FOLD:
+                part = tl.dot(w, b, part)
+                if i % GS == GS - 1:
+                    acc_t += part * (s * raw_factor(DKIND))[:, None]
+            else:
+                acc_t = tl.dot(w, b, acc_t)
+    return acc + acc_t
+
 
 
 @triton.jit
@@ -475,6 +595,10 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
                         w = e4m3_raw_fp16(q).to(tl.float32) * (s * 256.0)[:, None, :]
                     acc2 += tl.sum(w * a3, axis=0)  # sum over the 8 slots: in registers
         acc += tl.sum(acc2, axis=0)[None, :]
+    elif SWAP and (SWAP // 256) % 2 == 1:  # legacy_loop: the swapped loop before b2154e1
+        acc = _dot_loop_swap_v0(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
+                                code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok, kt_begin, kt_end, k_lim,
+                                BITS, LO_BITS, SLOTS, DKIND, SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, GK, ASM)
     elif SWAP:
         acc = _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
                              code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok, kt_begin, kt_end, k_lim,
@@ -770,8 +894,14 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
         return
     row_ok = slot < num_slots
     # padding rows read token 0's row (a valid address): the swapped loop loads activations without row masks
-    # (an MMA column depends on its own row only, and the padding columns are never stored)
-    token = tl.where(row_ok, slot // SLOTS_PER_TOKEN, 0)
+    # (an MMA column depends on its own row only, and the padding columns are never stored). SWAP bit 64
+    # (pad_rows=2): they read the token of the block's first row instead (a valid slot in every live block:
+    # each expert's run starts a block), the same lines as that row.
+    if SWAP and BLOCK_M > 1 and (SWAP // 64) % 2 == 1:
+        slot0 = tl.load(sorted_ptr + pid_m * BLOCK_M)
+        token = tl.where(row_ok, slot // SLOTS_PER_TOKEN, tl.where(slot0 < num_slots, slot0 // SLOTS_PER_TOKEN, 0))
+    else:
+        token = tl.where(row_ok, slot // SLOTS_PER_TOKEN, 0)
     a_rows = x_ptr + token.to(tl.int64) * stride_x
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
@@ -822,6 +952,9 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
     token = slot // SLOTS_PER_TOKEN
     if A_SWIGLU:
         a_rows = inter_ptr + offs_m.to(tl.int64) * (2 * I)
+    elif SWAP and BLOCK_M > 1 and (SWAP // 64) % 2 == 1:
+        # pad_rows=2: padding rows (allocated, never written) read the block's first row, which gate_up wrote
+        a_rows = inter_ptr + tl.where(row_ok, offs_m, pid_m * BLOCK_M).to(tl.int64) * I
     else:
         a_rows = inter_ptr + offs_m.to(tl.int64) * I
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -849,7 +982,17 @@ class MoEGemmConfig:
     along K into one ``tl.dot`` (Triton then waits on the tensor cores once per group, not once per slot);
     ``prefetch`` loads a tile's scales one tile ahead (tiles of one scale group); ``fuse_gu`` runs gate and up
     in one K loop where an expert's gate and up share a kind (the activation tile loaded once, two
-    independent MMA chains)."""
+    independent MMA chains).
+
+    Switches of the changes b2154e1 made to every swapped tile (docs/perf/moe.md, "the swapped-loop
+    regression"), to time each against the default on one card; the defaults are that commit's behaviour:
+    ``pad_rows`` how a block's padding rows load their activations: 0 unmasked from a valid address (gate_up
+    token 0's row, down the padding row of ``inter``, allocated and never written), 1 masked (zero-filled, no
+    global read: before b2154e1), 2 unmasked from the block's first row (the same lines as a row read anyway);
+    ``words_first=1`` issues a tile's word copies before its activation blocks (the order before); ``even=0``
+    drops the no-mask specializations (``EVEN_K``/``EVEN_N``: masks on words, scales and activation k, no
+    ``tl.multiple_of`` on the table offsets); ``legacy_loop=1`` runs the whole swapped loop of 0929a96
+    (:func:`_dot_loop_swap_v0`; none of the other swapped-tile options)."""
 
     block_m: int
     up_block_n: int
@@ -863,6 +1006,10 @@ class MoEGemmConfig:
     dot_k: int = 16
     prefetch: int = 0
     fuse_gu: int = 0
+    pad_rows: int = 0
+    words_first: int = 0
+    even: int = 1
+    legacy_loop: int = 0
 
     def __post_init__(self):
         if self.block_m < 1 or self.block_m & (self.block_m - 1) or 1 < self.block_m < 16:
@@ -881,6 +1028,17 @@ class MoEGemmConfig:
             raise ValueError(f"prefetch and fuse_gu must be 0 or 1: {self}")
         if (self.dot_k != 16 or self.prefetch or self.fuse_gu) and not self.swap_ab:
             raise ValueError("dot_k > 16, prefetch and fuse_gu apply to the swapped tiles (swap_ab=1) only")
+        if self.pad_rows not in (0, 1, 2):
+            raise ValueError(f"pad_rows must be 0 (unmasked, token 0), 1 (masked) or 2 (the block's first row), "
+                             f"got {self.pad_rows!r}")
+        if self.words_first not in (0, 1) or self.even not in (0, 1) or self.legacy_loop not in (0, 1):
+            raise ValueError(f"words_first, even and legacy_loop must be 0 or 1: {self}")
+        if (self.pad_rows or self.words_first or not self.even or self.legacy_loop) and not self.swap_ab:
+            raise ValueError("pad_rows, words_first, even and legacy_loop apply to the swapped tiles (swap_ab=1) only")
+        if self.legacy_loop and (self.dot_k != 16 or self.prefetch or self.fuse_gu or self.pad_rows
+                                 or self.words_first or not self.even):
+            raise ValueError("legacy_loop runs the swapped loop of 0929a96: no dot_k, prefetch, fuse_gu, pad_rows, "
+                             f"words_first or even=0 with it: {self}")
         if self.stages < 0:
             raise ValueError(f"stages must be >= 0, got {self.stages}")
         for name in ("up_block_n", "down_block_n"):
@@ -894,11 +1052,16 @@ class MoEGemmConfig:
 def swap_mode(config: "MoEGemmConfig", K: int, N: int, block_n: int) -> int:
     """The ``SWAP`` constexpr of the kernels for one projection of K x N (bits of :func:`_dot_loop_swap`): 0
     unswapped; else 1 + 2 (``dot_k`` 128) + 4 (K a multiple of 256, the widest tile: no partial tile) + 8 (N a
-    multiple of ``block_n``: no column masks, table offsets multiples of 16) + 16 (``prefetch``)."""
+    multiple of ``block_n``: no column masks, table offsets multiples of 16) + 16 (``prefetch``) + 32
+    (``pad_rows=1``: padding rows masked) + 64 (``pad_rows=2``: padding rows read the block's first row) + 128
+    (``words_first``) + 256 (``legacy_loop``); ``even=0`` leaves out 4 and 8."""
     if not config.swap_ab or config.block_m == 1:
         return 0
-    return (1 | (2 if config.dot_k > 16 else 0) | (4 if K % 256 == 0 else 0) | (8 if N % block_n == 0 else 0)
-            | (16 if config.prefetch else 0))
+    even = config.even and not config.legacy_loop
+    return (1 | (2 if config.dot_k > 16 else 0) | (4 if even and K % 256 == 0 else 0)
+            | (8 if even and N % block_n == 0 else 0) | (16 if config.prefetch else 0)
+            | (32 if config.pad_rows == 1 else 0) | (64 if config.pad_rows == 2 else 0)
+            | (128 if config.words_first else 0) | (256 if config.legacy_loop else 0))
 
 
 def _splits(K: int | None) -> int:
