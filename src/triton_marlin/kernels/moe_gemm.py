@@ -1083,21 +1083,22 @@ def default_config(num_slots: int, num_experts: int, hidden: int | None = None,
       72-109 us; 16 tokens (~48 experts): decode 306 us, 16-row swapped tiles 143 us.
     - otherwise swapped tensor-core tiles (weights the left MMA operand, from registers) whose padding rows
       are masked (``pad_rows=1``: 44% of the 256-token rows and 87% of the 16-token rows are padding; reading
-      them cost 16-45 us): 16-row blocks of 128 columns up to ~12 slots per expert (16 tokens: 136.6 us),
-      32-row blocks of 64 columns above with gate and up in one K loop, one ``tl.dot`` per K tile and the
-      scales a tile ahead (256 tokens, ~20 slots per expert: 226.7 us, against 253.4 us for the separate
-      loops and 348 us with 16-row blocks, which decode each expert's weights again), 64-row blocks past ~48
-      (not measured yet).
+      them cost 16-45 us), gate and up in one K loop, one ``tl.dot`` per K tile and the scales a tile ahead:
+      16-row blocks of 128 columns up to ~12 slots per expert (16 tokens: 120.6 us against 136.4 us for the
+      separate loops), 32-row blocks above, 64 columns for gate_up and 128 for down (256 tokens, ~20 slots per
+      expert: 223.6 us; 226.8 us with 64-column down blocks, 253.4 us for separate loops, 296 us for 64-row
+      blocks and 348 us for 16-row blocks, which decode each expert's weights again); 64-row blocks past ~48
+      slots per expert.
     ``hidden`` is gate_up's K, ``intermediate`` down's (the decode splits; the grid rule)."""
     active = max(1, min(num_experts, num_slots))
     per_expert = num_slots / active
     col_blocks = -(-(intermediate or 1536) // 128)
     if per_expert <= 2 and active * col_blocks < 264:
         return MoEGemmConfig(1, 32, 4, 32, _splits(intermediate), 4, up_split_k=_splits(hidden))
+    fused = dict(swap_ab=1, dot_k=128, prefetch=1, fuse_gu=1, pad_rows=1)
     if per_expert <= 12:
-        return MoEGemmConfig(16, 128, 4, 128, 1, 4, swap_ab=1, pad_rows=1)
-    bm = 32 if per_expert <= 48 else 64
-    return MoEGemmConfig(bm, 64, 4, 64, 1, 4, swap_ab=1, dot_k=128, prefetch=1, fuse_gu=1, pad_rows=1)
+        return MoEGemmConfig(16, 128, 4, 128, 1, 4, **fused)
+    return MoEGemmConfig(32 if per_expert <= 48 else 64, 64, 4, 128, 1, 4, **fused)
 
 
 def candidate_configs(num_slots: int, num_experts: int, hidden: int | None = None,
