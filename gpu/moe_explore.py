@@ -8,6 +8,7 @@ the per-kernel GPU times of the default configuration from the profiler. Prints 
 ``--candidates swap``: the default, the unswapped 16/32-row tiles beside it and the swapped-operand tiles
 (``swap_ab=1``) only, and the per-kernel profile of the default and of the fastest configuration.
 ``--candidates fused``: the default and the swapped tiles with ``dot_k=128`` / ``prefetch`` / ``fuse_gu``.
+``--candidates library``: exactly what ``select_config`` times when ``TRITON_MARLIN_MOE_TUNE=1``.
 ``--candidates tune``: neighbours of the default (the down kernel's column block and warps, 64-row blocks, the
 fused loop at 16 tokens), each with its gate_up / down split.
 ``--candidates regress``: the swapped-loop regression of b2154e1 (docs/perf/moe.md): the default, the loop of
@@ -26,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from _moe_common import active_bytes, glm_layer  # noqa: E402
 from triton_marlin.bench import load_baseline, time_fn  # noqa: E402
-from triton_marlin.kernels.moe_gemm import MoEGemmConfig as C, default_config, fused_moe_reference  # noqa: E402
+from triton_marlin.kernels.moe_gemm import (MoEGemmConfig as C, candidate_configs, default_config,  # noqa: E402
+                                            fused_moe_reference)
 from triton_marlin.moe.strategies import _fused_acc  # noqa: E402
 
 CANDIDATES = {
@@ -102,7 +104,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 256])
     p.add_argument("--recipes", nargs="+", default=["int4", "glm4"], choices=["int4", "glm4"])
-    p.add_argument("--candidates", default="all", choices=["all", "swap", "fused", "regress", "tune"])
+    p.add_argument("--candidates", default="all", choices=["all", "swap", "fused", "regress", "tune", "library"])
     p.add_argument("--smoke", action="store_true", help="CPU interpreter, shrunk layer: checks the script runs")
     a = p.parse_args()
     dev = torch.device("cpu" if a.smoke else "cuda")
@@ -121,8 +123,11 @@ def main():
             ref = fused_moe_reference(x, ids, w, ex)
             nbytes = active_bytes(ex, ids)
             dflt = default_config(ids.numel(), ex.num_total, ex.hidden_size, ex.intermediate_size)
-            table = {"swap": SWAP, "fused": FUSED, "regress": REGRESS, "tune": TUNE}.get(a.candidates, CANDIDATES)
-            cands = [dflt] + [c for c in table.get(T, []) if c != dflt]
+            if a.candidates == "library":  # what select_config tries with TRITON_MARLIN_MOE_TUNE=1
+                cands = candidate_configs(ids.numel(), ex.num_total, ex.hidden_size, ex.intermediate_size)
+            else:
+                table = {"swap": SWAP, "fused": FUSED, "regress": REGRESS, "tune": TUNE}.get(a.candidates, CANDIDATES)
+                cands = [dflt] + [c for c in table.get(T, []) if c != dflt]
             for cfg in cands[:2] if a.smoke else cands:
                 try:
                     out = _fused_acc(x, ids, w, ex, uniform=False, config=cfg)
@@ -137,7 +142,7 @@ def main():
                     print(f"{recipe} T={T} {cfg}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
                 r = rows[-1]
                 print(f"{r[0]:5s} T={r[1]:4d} err={r[3]:.2e} {r[4]:9.1f} us {r[5]:7.0f} GB/s  {r[2]}", flush=True)
-                if a.candidates in ("regress", "tune") and not a.smoke and r[4] == r[4]:
+                if a.candidates in ("regress", "tune", "library") and not a.smoke and r[4] == r[4]:
                     try:  # gate_up and down apart, every configuration
                         kt = kernel_times(lambda: _fused_acc(x, ids, w, ex, uniform=False, config=cfg))
                         split = {n: t for n, (c, t) in kt.items() if n in ("_moe_gate_up_kernel", "_moe_down_kernel")}
@@ -146,7 +151,7 @@ def main():
                               f"down {split.get('_moe_down_kernel', float('nan')):8.2f} us  {short(cfg)}", flush=True)
                     except Exception as exc:  # a diagnostic: report, keep the table
                         print(f"profile failed: {type(exc).__name__}: {exc}", flush=True)
-            if a.smoke or a.candidates in ("regress", "tune"):
+            if a.smoke or a.candidates in ("regress", "tune", "library"):
                 continue
             # per-kernel GPU times of the default configuration (and of the fastest, where another)
             from torch.profiler import ProfilerActivity, profile

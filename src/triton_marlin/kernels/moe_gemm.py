@@ -1113,20 +1113,15 @@ def candidate_configs(num_slots: int, num_experts: int, hidden: int | None = Non
                 MoEGemmConfig(1, 32, 4, 32, 1, 4), MoEGemmConfig(16, 64, 4, 64, 1, 4),
                 MoEGemmConfig(16, 128, 4, 128, 1, 4, swap_ab=1)]
     if base.block_m > 1:
-        for bm in (16, 32, 64):
-            for bn in (64, 128):
-                w = 4 if bn == 64 else 8
-                out.append(MoEGemmConfig(bm, bn, w, bn, 1, w))
-        # swapped operands (weights the left MMA operand; offline sm_90 counts in docs/perf/moe.md): 4 warps
-        # (one warpgroup: 64-row wgmma slices of the weight block), 16/32 token rows as the MMA's N
-        for bm in (16, 32, 64):
-            for bn in (64, 128):
-                out.append(MoEGemmConfig(bm, bn, 4, bn, 1, 4, swap_ab=1))
-        # one dot per scale group (fewer tensor-core drains) and gate+up in one K loop (docs/perf/moe.md)
+        # neighbours of the default (H200 sweeps, docs/perf/moe.md): the fused swapped tiles with other gate_up /
+        # down column blocks and warps, and the separate-loop swapped tile; the unswapped tiles and unmasked
+        # padding rows measured 10-60% slower and are not retried
         bm = base.block_m
-        out += [MoEGemmConfig(bm, 64, 4, 64, 1, 4, swap_ab=1, dot_k=128),
-                MoEGemmConfig(bm, 64, 4, 64, 1, 4, swap_ab=1, dot_k=128, fuse_gu=1),
-                MoEGemmConfig(bm, 128, 8, 128, 1, 8, swap_ab=1, dot_k=128, fuse_gu=1)]
+        fused = dict(swap_ab=1, dot_k=128, prefetch=1, fuse_gu=1, pad_rows=1)
+        for up_bn, up_w, down_bn, down_w in ((64, 4, 64, 4), (64, 4, 128, 4), (64, 4, 128, 8), (64, 4, 256, 8),
+                                             (128, 4, 128, 4), (128, 8, 128, 8)):
+            out.append(MoEGemmConfig(bm, up_bn, up_w, down_bn, 1, down_w, **fused))
+        out.append(MoEGemmConfig(bm, 64, 4, 64, 1, 4, swap_ab=1, pad_rows=1))
     return list(dict.fromkeys(out))
 
 
