@@ -3,8 +3,8 @@
 expert intermediate 1536; generated weights): the whole layer per forward, three ways.
 
 - ``slow_path``: router, routing, then a Python loop over the active experts (three qmatmul each).
-- ``fused_eager``: router, routing kernel, alignment kernel, fused gate_up (SwiGLU) and down (weight +
-  scatter-add) kernels, launched from Python.
+- ``fused_eager``: router-logits and routing kernels, the alignment (tensor-core blocks only; one slot per
+  program needs none), fused gate_up (SwiGLU) and down (weight + scatter-add) kernels, launched from Python.
 - ``fused_graph``: the same captured once as a CUDA graph per batch bucket and replayed
   (:class:`triton_marlin.moe.graph.GraphedMoE`); also ``fused_in_graph``: the per-layer time when ten layers
   run back to back inside one graph, as in a captured decode step.
