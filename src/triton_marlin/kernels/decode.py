@@ -280,3 +280,17 @@ def unpack_e2m1_fp16_asm(words):
     return tl.inline_asm_elementwise(
         E2M1_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [words],
         dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+
+
+@triton.jit
+def unpack_slots_fp16_asm(words, words_hi, BITS: tl.constexpr, INTEGER: tl.constexpr):
+    """Every code slot of a tile's word rows from the PTX pair unpackers (GPU only): integer codes as
+    ``1024 + code`` (3-bit codes from their 2-bit and 1-bit planes, ``words_hi`` the latter), else E2M1 codes
+    as raw fp16 values. A tuple with one fp16 tensor per slot."""
+    if BITS == 3:
+        raws = unpack_int3_magic_fp16_asm(words, words_hi)
+    elif INTEGER:
+        raws = unpack_magic_fp16_asm(words, BITS)
+    else:
+        raws = unpack_e2m1_fp16_asm(words)
+    return raws

@@ -47,8 +47,7 @@ import triton
 import triton.language as tl
 
 from .decode import (decode_scale, dequant, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp16, int_magic_fp32,
-                     raw_factor, unpack_e2m1_fp16_asm,
-                     unpack_int3_magic_fp16_asm, unpack_magic_fp16_asm)
+                     raw_factor, unpack_slots_fp16_asm)
 
 # Kind codes: the format kinds of triton_marlin.moe.experts.KIND_CODES, asymmetric integers + 8; the table
 # columns are those of triton_marlin.moe.experts (T_KIND ... T_GROUP, 8 per expert).
@@ -160,12 +159,7 @@ def _swap_tile(acc_t, bs, words, hi, kt, k_lim, N, codes8, scales16, scales8, ze
     nT_ok = n_ok[:, None]
     k0 = kt * TILE
     if USE_ASM:
-        if BITS == 3:
-            raws = unpack_int3_magic_fp16_asm(words, hi)
-        elif DKIND == 0:
-            raws = unpack_magic_fp16_asm(words, BITS)
-        else:
-            raws = unpack_e2m1_fp16_asm(words)
+        raws = unpack_slots_fp16_asm(words, hi, BITS, DKIND == 0)
     s = s_pre
     z = z_pre
     part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -455,12 +449,7 @@ def _dot_loop_swap_v0(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, 
             if BITS == 3:
                 hi = tl.load(codes16 + hi_off + cols[None, :] * N + nT, mask=nT_ok, other=0)
         if USE_ASM:
-            if BITS == 3:
-                raws = unpack_int3_magic_fp16_asm(words, hi)
-            elif DKIND == 0:
-                raws = unpack_magic_fp16_asm(words, BITS)
-            else:
-                raws = unpack_e2m1_fp16_asm(words)
+            raws = unpack_slots_fp16_asm(words, hi, BITS, DKIND == 0)
         for i in tl.static_range(SLOTS):
             ks = k0 + i * 16
             if i % GS == 0:
@@ -625,12 +614,7 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
                 if BITS == 3:
                     hi = tl.load(codes16 + hi_off + rows[:, None] * N + n2, mask=n_ok[None, :], other=0)
             if USE_ASM:
-                if BITS == 3:
-                    raws = unpack_int3_magic_fp16_asm(words, hi)
-                elif DKIND == 0:
-                    raws = unpack_magic_fp16_asm(words, BITS)
-                else:
-                    raws = unpack_e2m1_fp16_asm(words)
+                raws = unpack_slots_fp16_asm(words, hi, BITS, DKIND == 0)
             for i in tl.static_range(SLOTS):
                 ks = k0 + i * 16
                 if i % GS == 0:

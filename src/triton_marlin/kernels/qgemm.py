@@ -37,8 +37,7 @@ from ..formats import QuantizedTensor
 from ..formats.packing import code_tile_k
 from . import decode as D
 from .decode import (dequant, decode_scale, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp16, int_magic_fp32,
-                     raw_factor, unpack_codes, unpack_e2m1_fp16_asm,
-                     unpack_int3_magic_fp16_asm, unpack_magic_fp16_asm)
+                     raw_factor, unpack_codes, unpack_slots_fp16_asm)
 
 SUPPORTED_FORMATS = ("int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8")
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
@@ -289,17 +288,8 @@ def _qgemv_kernel(
         for i in tl.static_range(SLOTS):
             if GROUP_SLOTS != 0:
                 if i % GROUP_SLOTS == 0:
-                    if LOAD_AHEAD:
-                        if i == 0:
-                            s = s0
-                            z = z0
-                        else:
-                            s = s1
-                            z = z1
-                    else:
-                        g = (t * TILE_K + i * 16) // GROUP
-                        s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND,
-                                           SYMMETRIC)
+                    s, z = _slot_scales(i, t, s0, z0, s1, z1, s_ptr, z_ptr, gs_ptr, offs_n, mask_n, N, G, TILE_K,
+                                        GROUP, SCALE_KIND, SYMMETRIC, LOAD_AHEAD)
                     part0 = zero
                     part1 = zero
                     part2 = zero
@@ -601,6 +591,25 @@ def _load_tile_scales(s_ptr, z_ptr, gs_ptr, t, offs_n, mask_n, N, G, TILE_K: tl.
 
 
 @triton.jit
+def _slot_scales(slot: tl.constexpr, t, s0, z0, s1, z1, s_ptr, z_ptr, gs_ptr, offs_n, mask_n, N, G,
+                 TILE_K: tl.constexpr, GROUP: tl.constexpr, SCALE_KIND: tl.constexpr, SYMMETRIC: tl.constexpr,
+                 AHEAD: tl.constexpr):
+    """Scales and zero points of the group starting at code slot ``slot`` of K tile ``t``: with ``AHEAD`` the
+    first or second of the tile's groups already loaded (:func:`_load_tile_scales`), else loaded here."""
+    if AHEAD:
+        if slot == 0:
+            s = s0
+            z = z0
+        else:
+            s = s1
+            z = z1
+    else:
+        s, z = _load_group(s_ptr, z_ptr, gs_ptr, (t * TILE_K + slot * 16) // GROUP, offs_n, mask_n, N, G,
+                           SCALE_KIND, SYMMETRIC)
+    return s, z
+
+
+@triton.jit
 def _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n, qw_ptr, s_ptr, z_ptr, gs_ptr,
               z_pc, s0, z0, s1, z1, N, K, G,
               KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
@@ -619,25 +628,12 @@ def _dot_tile(acc, words, words_hi, t, x_row, stride_xk, mask_m, offs_n, mask_n,
     unit = tl.full((BLOCK_N,), 1.0, tl.float32)
     zero_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if ASM:
-        if BITS == 3:
-            raws = unpack_int3_magic_fp16_asm(words, words_hi)
-        elif KIND == 0:
-            raws = unpack_magic_fp16_asm(words, BITS)
-        else:
-            raws = unpack_e2m1_fp16_asm(words)
+        raws = unpack_slots_fp16_asm(words, words_hi, BITS, KIND == 0)
     for i in tl.static_range(SLOTS):
         if GROUP_SLOTS != 0:
             if i % GROUP_SLOTS == 0:
-                if PREFETCH:
-                    if i == 0:
-                        s = s0
-                        z = z0
-                    else:
-                        s = s1
-                        z = z1
-                else:
-                    g = (t * TILE_K + i * 16) // GROUP
-                    s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
+                s, z = _slot_scales(i, t, s0, z0, s1, z1, s_ptr, z_ptr, gs_ptr, offs_n, mask_n, N, G, TILE_K, GROUP,
+                                    SCALE_KIND, SYMMETRIC, PREFETCH)
                 if FOLD:
                     part = zero_acc
             scale = s
@@ -696,25 +692,12 @@ def _dot_tile_swap(acc_t, words, words_hi, t, x_col, stride_xk, mask_m, offs_n, 
     unit = tl.full((BLOCK_N,), 1.0, tl.float32)
     zero_acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     if ASM:
-        if BITS == 3:
-            raws = unpack_int3_magic_fp16_asm(words, words_hi)
-        elif KIND == 0:
-            raws = unpack_magic_fp16_asm(words, BITS)
-        else:
-            raws = unpack_e2m1_fp16_asm(words)
+        raws = unpack_slots_fp16_asm(words, words_hi, BITS, KIND == 0)
     for i in tl.static_range(SLOTS):
         if GROUP_SLOTS != 0:
             if i % GROUP_SLOTS == 0:
-                if PREFETCH:
-                    if i == 0:
-                        s = s0
-                        z = z0
-                    else:
-                        s = s1
-                        z = z1
-                else:
-                    g = (t * TILE_K + i * 16) // GROUP
-                    s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
+                s, z = _slot_scales(i, t, s0, z0, s1, z1, s_ptr, z_ptr, gs_ptr, offs_n, mask_n, N, G, TILE_K, GROUP,
+                                    SCALE_KIND, SYMMETRIC, PREFETCH)
                 if FOLD:
                     part = zero_acc
             scale = s
@@ -829,12 +812,7 @@ def _dot_tile_swap_k(acc_t, words, words_hi, t, x_col, stride_xk, mask_m, offs_n
     zero_acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     part = zero_acc
     if ASM:
-        if BITS == 3:
-            raws = unpack_int3_magic_fp16_asm(words, words_hi)
-        elif KIND == 0:
-            raws = unpack_magic_fp16_asm(words, BITS)
-        else:
-            raws = unpack_e2m1_fp16_asm(words)
+        raws = unpack_slots_fp16_asm(words, words_hi, BITS, KIND == 0)
     if GROUP_SLOTS != 0 and NG <= 2 and not PREFETCH:
         s0, z0, s1, z1 = _load_tile_scales(s_ptr, z_ptr, gs_ptr, t, offs_n, mask_n, N, G, TILE_K, GROUP,
                                            GROUP_SLOTS, NG, SCALE_KIND, SYMMETRIC)
@@ -843,16 +821,8 @@ def _dot_tile_swap_k(acc_t, words, words_hi, t, x_col, stride_xk, mask_m, offs_n
         for u in tl.static_range(DOT_SLOTS):
             if GROUP_SLOTS != 0:
                 if (j * DOT_SLOTS + u) % GROUP_SLOTS == 0:
-                    if NG <= 2:
-                        if j * DOT_SLOTS + u == 0:
-                            s = s0
-                            z = z0
-                        else:
-                            s = s1
-                            z = z1
-                    else:
-                        g = (t * TILE_K + (j * DOT_SLOTS + u) * 16) // GROUP
-                        s, z = _load_group(s_ptr, z_ptr, gs_ptr, g, offs_n, mask_n, N, G, SCALE_KIND, SYMMETRIC)
+                    s, z = _slot_scales(j * DOT_SLOTS + u, t, s0, z0, s1, z1, s_ptr, z_ptr, gs_ptr, offs_n, mask_n,
+                                        N, G, TILE_K, GROUP, SCALE_KIND, SYMMETRIC, NG <= 2)
             if ASM:
                 raw = raws[j * DOT_SLOTS + u]
             else:
