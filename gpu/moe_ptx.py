@@ -191,7 +191,8 @@ def main():
         sm_ctas = min(65536 // (-(-regs // 8) * 8 * threads), 228 * 1024 // (k.metadata.shared + 1024),
                       2048 // threads)
         res[name] = {"regs": regs, "stack": stack, "shared": k.metadata.shared, "ctas_per_sm": sm_ctas,
-                     "ldgsts": {w: len(re.findall(rf"LDGSTS\.E{w}\b", sass)) for w in ("", ".64", ".128")},
+                     "ldgsts": {w or "32": len(re.findall(rf"LDGSTS\.E(?:\.BYPASS)?(?:\.LTC128B)?{w}(?![.\w])", sass))
+                               for w in ("", ".64", ".128")},
                      "loop": counts(loop_body(ptx)), "ttgir": ttgir_facts(ttgir), "sass_loops": loops[:3],
                      "sass_per_weight": round(loops[0] * threads / weights, 2) if loops else None}
         print(name, json.dumps(res[name]), flush=True)

@@ -5,8 +5,9 @@ import torch
 
 import triton_marlin
 from triton_marlin.formats import FormatError
-from triton_marlin.moe.experts import (KIND_CODES, PROJECTIONS, QuantizedExperts, T_CODE, T_GROUP, T_HI, T_KIND,
-                                       T_SCALE, T_ZERO, pad_to_max_bits, repack_lossless)
+from triton_marlin.moe.experts import (KIND_CODES, PART_ALIGN, PROJECTIONS, QuantizedExperts, T_CODE, T_GROUP, T_HI,
+                                       T_KIND, T_SCALE, T_ZERO, interleave_word_tiles, pad_to_max_bits,
+                                       repack_lossless)
 
 H, I = 64, 96
 
@@ -69,18 +70,33 @@ def test_flat_tables_point_at_each_expert(gen):
             row = flat.table[e].tolist()
             assert row[T_KIND] == KIND_CODES[qt.format]
             assert row[T_GROUP] == (qt.shape[1] if qt.group_size == -1 else qt.group_size)
-            codes = qt.tensors["qweight"].reshape(-1)
-            buf = flat.codes8 if qt.format in ("int8", "fp8") else flat.codes32
+            assert all(off % PART_ALIGN == 0 for off in (row[T_CODE], row[T_HI], row[T_SCALE]))
+            if qt.format in ("int8", "fp8"):
+                codes, buf = qt.tensors["qweight"].reshape(-1), flat.codes8
+            else:
+                codes, buf = interleave_word_tiles(qt.tensors["qweight"]).reshape(-1), flat.codes32
             assert torch.equal(buf[row[T_CODE]:row[T_CODE] + codes.numel()], codes)
             sc = qt.tensors["scales"].reshape(-1)
             sbuf = flat.scales8 if qt.format in ("mxfp4", "nvfp4") else flat.scales16
             assert torch.equal(sbuf[row[T_SCALE]:row[T_SCALE] + sc.numel()], sc)
             if "qweight_hi" in qt.tensors:
-                hi = qt.tensors["qweight_hi"].reshape(-1)
+                hi = interleave_word_tiles(qt.tensors["qweight_hi"]).reshape(-1)
                 assert torch.equal(flat.codes16[row[T_HI]:row[T_HI] + hi.numel()], hi)
             assert row[T_ZERO] == -1
             if qt.format == "nvfp4":
                 assert flat.gscale[e] == qt.tensors["global_scale"][0]
+
+
+def test_interleave_word_tiles_layout():
+    """Word (r, n) of a [rows, N] plane lands at (r // 16, n, r % 16); a partial tile is refused."""
+    rows, N = 48, 5
+    words = torch.arange(rows * N, dtype=torch.int32).reshape(rows, N)
+    out = interleave_word_tiles(words)
+    assert out.shape == (rows // 16, N, 16)
+    for r, n in ((0, 0), (15, 4), (16, 0), (37, 3), (47, 4)):
+        assert out[r // 16, n, r % 16] == words[r, n]
+    with pytest.raises(ValueError, match="multiple of 16 rows"):
+        interleave_word_tiles(words[:40])
 
 
 def test_asymmetric_kind_and_zeros(gen):

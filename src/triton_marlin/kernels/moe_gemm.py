@@ -55,6 +55,16 @@ NUM_KINDS = 12
 
 
 @triton.jit
+def _known16(off):
+    """``off``, a multiple of 16 by construction (every part of a flat buffer starts at one, see
+    :mod:`triton_marlin.moe.experts`),
+    rebuilt as ``(off >> 4) << 4`` so the compiler can prove it and vectorize the loads at that offset.
+    ``tl.multiple_of`` cannot: it annotates the op that made the value, and a table offset reaches the loops
+    as a function argument (the hint was silently dropped; every word copy went out as 4 bytes)."""
+    return (off >> 4) << 4
+
+
+@triton.jit
 def _codes_and_scales(words, hi, k0, sl, K, k_lim, N, codes8, scales16, scales8, zeros8, gscale, code_off,
                       scale_off, zero_off, group, offs_n, n_ok,
                       BITS: tl.constexpr, LO_BITS: tl.constexpr, SCALE_KIND: tl.constexpr, SYM: tl.constexpr):
@@ -232,15 +242,14 @@ def _swap_words(codes32, codes16, code_off, hi_off, kt, N, offs_n, n_ok, BITS: t
     words = 0
     hi = 0
     if BITS != 8:
-        cols = kt * 16 + tl.arange(0, 16)
-        nT = offs_n[:, None]
-        wp = code_off + cols[None, :] * N + nT
+        tile = kt * (16 * N) + offs_n[:, None] * 16 + tl.arange(0, 16)[None, :]  # interleaved: see _word_rows
+        wp = code_off + tile
         if EVEN_N:
             words = tl.load(codes32 + wp)
         else:
             words = tl.load(codes32 + wp, mask=n_ok[:, None], other=0)
         if BITS == 3:
-            hp = hi_off + cols[None, :] * N + nT
+            hp = hi_off + tile
             if EVEN_N:
                 hi = tl.load(codes16 + hp)
             else:
@@ -318,12 +327,11 @@ def _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, sca
     PRE: tl.constexpr = FOLD and GS == SLOTS and (SWAP // 16) % 2 == 1
     ROW_MASK: tl.constexpr = (SWAP // 32) % 2 == 1
     WORDS_FIRST: tl.constexpr = (SWAP // 128) % 2 == 1
-    if EVEN_N:
-        code_off = tl.multiple_of(code_off, 16)
-        hi_off = tl.multiple_of(hi_off, 16)
-        scale_off = tl.multiple_of(scale_off, 16)
-        if not SYM:
-            zero_off = tl.multiple_of(zero_off, 16)
+    code_off = _known16(code_off)
+    hi_off = _known16(hi_off)
+    scale_off = _known16(scale_off)
+    if not SYM:
+        zero_off = _known16(zero_off)
     s_n, z_n = _swap_prefetch(scales16, scales8, zeros8, gscale, scale_off, zero_off, kt_begin, N, offs_n, n_ok,
                               kt_end, BITS, SLOTS, SCALE_KIND, SYM, GK, PRE, True, BLOCK_N)
     acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -373,16 +381,15 @@ def _dot_loop_swap2(a_rows, a_ok, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, 
     U_PRE: tl.constexpr = U_FOLD and U_GS == SLOTS and (SWAP // 16) % 2 == 1
     ROW_MASK: tl.constexpr = (SWAP // 32) % 2 == 1
     WORDS_FIRST: tl.constexpr = (SWAP // 128) % 2 == 1
-    if EVEN_N:
-        g_code_off = tl.multiple_of(g_code_off, 16)
-        g_hi_off = tl.multiple_of(g_hi_off, 16)
-        g_scale_off = tl.multiple_of(g_scale_off, 16)
-        u_code_off = tl.multiple_of(u_code_off, 16)
-        u_hi_off = tl.multiple_of(u_hi_off, 16)
-        u_scale_off = tl.multiple_of(u_scale_off, 16)
-        if not SYM:
-            g_zero_off = tl.multiple_of(g_zero_off, 16)
-            u_zero_off = tl.multiple_of(u_zero_off, 16)
+    g_code_off = _known16(g_code_off)
+    g_hi_off = _known16(g_hi_off)
+    g_scale_off = _known16(g_scale_off)
+    u_code_off = _known16(u_code_off)
+    u_hi_off = _known16(u_hi_off)
+    u_scale_off = _known16(u_scale_off)
+    if not SYM:
+        g_zero_off = _known16(g_zero_off)
+        u_zero_off = _known16(u_zero_off)
     gs_n, gz_n = _swap_prefetch(gs16, gs8, gz8, g_gscale, g_scale_off, g_zero_off, kt_begin, N, offs_n, n_ok,
                                 kt_end, BITS, SLOTS, SCALE_KIND, SYM, G_GK, G_PRE, True, BLOCK_N)
     us_n, uz_n = _swap_prefetch(us16, us8, uz8, u_gscale, u_scale_off, u_zero_off, kt_begin, N, offs_n, n_ok,
@@ -441,13 +448,13 @@ def _dot_loop_swap_v0(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, 
     acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     for kt in range(kt_begin, kt_end):
         k0 = kt * TILE
-        cols = kt * 16 + wc
         words = 0
         hi = 0
         if BITS != 8:
-            words = tl.load(codes32 + code_off + cols[None, :] * N + nT, mask=nT_ok, other=0)
+            tile = kt * (16 * N) + nT * 16 + wc[None, :]  # interleaved words: see _swap_words
+            words = tl.load(codes32 + code_off + tile, mask=nT_ok, other=0)
             if BITS == 3:
-                hi = tl.load(codes16 + hi_off + cols[None, :] * N + nT, mask=nT_ok, other=0)
+                hi = tl.load(codes16 + hi_off + tile, mask=nT_ok, other=0)
         if USE_ASM:
             raws = unpack_slots_fp16_asm(words, hi, BITS, DKIND == 0)
         for i in tl.static_range(SLOTS):
@@ -526,6 +533,11 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
     row_lim = kt_end * 16                          # word rows likewise
     wr = tl.arange(0, 16)
     n2 = offs_n[None, :]
+    code_off = _known16(code_off)
+    hi_off = _known16(hi_off)
+    scale_off = _known16(scale_off)
+    if not SYM:
+        zero_off = _known16(zero_off)
     if BLOCK_M == 1:
         acc2 = tl.zeros([16, BLOCK_N], dtype=tl.float32)  # per-row partial sums
         for kt0 in range(kt_begin, kt_end, UNROLL):
@@ -537,9 +549,10 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
                 words = 0
                 hi = 0
                 if BITS != 8:
-                    words = tl.load(codes32 + code_off + rows[:, None] * N + n2, mask=wmask, other=0)
+                    tile = kt * (16 * N) + n2 * 16 + wr[:, None]  # interleaved words: see _swap_words
+                    words = tl.load(codes32 + code_off + tile, mask=wmask, other=0)
                     if BITS == 3:
-                        hi = tl.load(codes16 + hi_off + rows[:, None] * N + n2, mask=wmask, other=0).to(tl.int32)
+                        hi = tl.load(codes16 + hi_off + tile, mask=wmask, other=0).to(tl.int32)
                 for h in tl.static_range(SLOTS // 8):
                     sl = h * 8 + tl.arange(0, 8)
                     q, s, z = _codes_and_scales(words, hi, k0, sl, K, k_lim, N, codes8, scales16, scales8, zeros8,
@@ -606,13 +619,13 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
         USE_ASM: tl.constexpr = ASM and FOLD and DKIND != 2 and BITS != 8
         for kt in range(kt_begin, kt_end):
             k0 = kt * TILE
-            rows = kt * 16 + wr
             words = 0
             hi = 0
             if BITS != 8:
-                words = tl.load(codes32 + code_off + rows[:, None] * N + n2, mask=n_ok[None, :], other=0)
+                tile = kt * (16 * N) + n2 * 16 + wr[:, None]  # interleaved words: see _swap_words
+                words = tl.load(codes32 + code_off + tile, mask=n_ok[None, :], other=0)
                 if BITS == 3:
-                    hi = tl.load(codes16 + hi_off + rows[:, None] * N + n2, mask=n_ok[None, :], other=0)
+                    hi = tl.load(codes16 + hi_off + tile, mask=n_ok[None, :], other=0)
             if USE_ASM:
                 raws = unpack_slots_fp16_asm(words, hi, BITS, DKIND == 0)
             for i in tl.static_range(SLOTS):
@@ -974,9 +987,9 @@ class MoEGemmConfig:
     token 0's row, down the padding row of ``inter``, allocated and never written), 1 masked (zero-filled, no
     global read: before b2154e1), 2 unmasked from the block's first row (the same lines as a row read anyway);
     ``words_first=1`` issues a tile's word copies before its activation blocks (the order before); ``even=0``
-    drops the no-mask specializations (``EVEN_K``/``EVEN_N``: masks on words, scales and activation k, no
-    ``tl.multiple_of`` on the table offsets); ``legacy_loop=1`` runs the whole swapped loop of 0929a96
-    (:func:`_dot_loop_swap_v0`; none of the other swapped-tile options)."""
+    drops the no-mask specializations (``EVEN_K``/``EVEN_N``: masks on words, scales and activation k);
+    ``legacy_loop=1`` runs the whole swapped loop of 0929a96 (:func:`_dot_loop_swap_v0`; none of the other
+    swapped-tile options)."""
 
     block_m: int
     up_block_n: int

@@ -11,6 +11,12 @@ For the fused kernels each projection is flattened (:meth:`QuantizedExperts.flat
 all experts concatenated into one buffer per word type, scales and zero points likewise, and a small
 int32 table giving each expert's format, offsets and group size. One kernel launch then reads experts of
 different widths; the kernel branches on the table, and a program only ever serves one expert.
+
+The flat buffers hold packed words tile-interleaved: a ``[rows, N]`` plane (16 word rows per K tile, see
+:mod:`triton_marlin.formats.packing`) is stored ``[rows / 16, N, 16]``, so the 16 words a kernel unpacks for
+one output column and K tile are 64 contiguous bytes (16-byte copies into the tensor-core tiles' shared
+memory, whose word tile is ``[BLOCK_N, 16]``, instead of 4-byte ones). Every part starts at a multiple of
+16 elements of its buffer, which the kernels rely on for those copies.
 """
 from __future__ import annotations
 
@@ -82,8 +88,9 @@ class FlatProjection:
     """One projection of all experts, flattened for a single kernel launch (see the module docstring).
 
     Buffers hold element offsets given by ``table`` (int32 ``[num_experts, T_FIELDS]``): kind, code offset,
-    high-plane offset (int3), scale offset, zero-point offset (-1: symmetric), group size along K. Every
-    expert's codes are ``[rows, N]`` row-major, so the row stride is ``N`` for all of them.
+    high-plane offset (int3), scale offset, zero-point offset (-1: symmetric), group size along K; every
+    offset is a multiple of 16. Packed words (``codes32``, ``codes16``) are tile-interleaved
+    (:func:`interleave_word_tiles`); 8-bit codes, scales and zero points are ``[rows, N]`` row-major.
     """
 
     N: int
@@ -119,6 +126,18 @@ class FlatProjection:
                 self.table)
 
 
+PART_ALIGN = 16  # elements: every part of a flat buffer starts at a multiple of this
+
+
+def interleave_word_tiles(words: torch.Tensor) -> torch.Tensor:
+    """Packed words ``[rows, N]`` (rows a multiple of 16) -> ``[rows / 16, N, 16]``: word ``(r, n)`` moves to
+    ``(r // 16, n, r % 16)``, so each column's 16 word rows of a K tile are contiguous."""
+    rows, N = words.shape
+    if rows % 16:
+        raise ValueError(f"packed words need a multiple of 16 rows (whole K tiles), got {rows}")
+    return words.reshape(rows // 16, 16, N).transpose(1, 2).contiguous()
+
+
 def flatten_projection(qts: Sequence[QuantizedTensor]) -> FlatProjection:
     """Concatenate one projection of every expert into a :class:`FlatProjection`."""
     N, K = qts[0].shape
@@ -131,6 +150,10 @@ def flatten_projection(qts: Sequence[QuantizedTensor]) -> FlatProjection:
     kinds = []
 
     def put(name: str, t: torch.Tensor) -> int:
+        pad = -sizes[name] % PART_ALIGN
+        if pad:
+            parts[name].append(torch.zeros(pad, dtype=t.dtype, device=t.device))
+            sizes[name] += pad
         off = sizes[name]
         flat = t.reshape(-1)
         parts[name].append(flat)
@@ -147,8 +170,8 @@ def flatten_projection(qts: Sequence[QuantizedTensor]) -> FlatProjection:
         if qt.format in ("int8", "fp8"):
             table[e, T_CODE] = put("codes8", t["qweight"])
         else:
-            table[e, T_CODE] = put("codes32", t["qweight"])
-        table[e, T_HI] = put("codes16", t["qweight_hi"]) if "qweight_hi" in t else 0
+            table[e, T_CODE] = put("codes32", interleave_word_tiles(t["qweight"]))
+        table[e, T_HI] = put("codes16", interleave_word_tiles(t["qweight_hi"])) if "qweight_hi" in t else 0
         if qt.format in ("mxfp4", "nvfp4"):
             table[e, T_SCALE] = put("scales8", t["scales"])
         else:
