@@ -8,8 +8,10 @@ and, beside it, launched from Python from an idle GPU (what an eager caller pays
 
   single  the one-program ``_align_kernel`` (the old path)
   fused   ``_align_scatter_kernel`` counting the slots itself: one launch, several programs
-  split   ``_align_hist_kernel`` + ``_align_scatter_kernel``: two launches
-  auto    what ``align_triton`` picks by slot count (``align_method``)
+  split   ``_align_count_kernel`` + ``_align_scatter_kernel``: two launches
+  routed  ``_align_scatter_kernel`` alone on chunk counts given (16 tokens x 5 slots a chunk, as the MoE router
+          kernel writes them; computed here on the host, untimed): what the MoE layer runs
+  auto    what ``align_triton`` picks by slot count without counts (``align_method``)
 
 Prints a table (speedup = single's median / this method's median, same run) and writes JSON lines to
 ``--output``. On the GPU machine, from the repository root:
@@ -34,13 +36,27 @@ from triton_marlin.kernels import moe_align as MA  # noqa: E402
 from triton_marlin.moe.align import align_capacity, align_reference  # noqa: E402
 
 ROUTED, TOP_K, SHARED = 64, 4, 1
-METHODS = ("single", "fused", "split", "auto")
+METHODS = ("single", "fused", "split", "routed", "auto")
 
 
 def glm_ids(T: int, gen: torch.Generator) -> torch.Tensor:
     """[T, 5] int32: 4 distinct routed experts per token (uniform), then the shared expert (id 64)."""
     routed = torch.rand(T, ROUTED, generator=gen).argsort(dim=1)[:, :TOP_K]
     return torch.cat([routed, torch.full((T, SHARED), ROUTED)], dim=1).int()
+
+
+def chunk_counts(ids: torch.Tensor, num_experts: int, chunk: int) -> torch.Tensor:
+    """int32 [chunks, E + chunk]: per chunk of ``chunk`` slots its slots per expert, then each slot's rank among
+    the chunk's earlier slots of its expert (the layout of :mod:`triton_marlin.kernels.moe_align`)."""
+    flat = ids.reshape(-1).long()
+    chunks = -(-flat.numel() // chunk)
+    pad = torch.full((chunks * chunk,), -1, dtype=torch.long)
+    pad[:flat.numel()] = flat
+    onehot = torch.nn.functional.one_hot(pad.clamp(min=0), num_experts) * (pad >= 0)[:, None]
+    onehot = onehot.view(chunks, chunk, num_experts)
+    before = onehot.cumsum(1) - onehot
+    rank = before.gather(2, pad.clamp(min=0).view(chunks, chunk, 1)).squeeze(2)
+    return torch.cat([onehot.sum(1), rank], dim=1).int()
 
 
 def main(argv=None):
@@ -70,9 +86,11 @@ def main(argv=None):
             runs = picked if method == "auto" else method
             return {"tokens": T, "slots": slots, "experts": E, "block_m": a.block_m, "method": method,
                     "runs": runs, "launches": 2 if runs == "split" else 1}
+        counts = chunk_counts(ids_cpu, E, 16 * (TOP_K + SHARED)).to(dev)
         for method in a.methods:
             def fn(method=method):
-                return MA.align_triton(ids, E, a.block_m, cap, blocks, method=method)
+                kw = {"chunk_counts": counts} if method == "routed" else {}
+                return MA.align_triton(ids, E, a.block_m, cap, blocks, method=method, **kw)
 
             sorted_ids, expert_ids, npost = fn()
             if not (torch.equal(sorted_ids.cpu(), ref.sorted_ids) and torch.equal(expert_ids.cpu(), ref.expert_ids)

@@ -1,7 +1,8 @@
-"""Token/expert alignment: every Triton method (one program; one launch of several programs; histogram +
-scatter launches) equals the reference bit for bit, and both satisfy the layout contract, including the edge
-cases (slots routed to no active expert, everything on one expert, more experts than slots, ids past E, slot
-counts that are not a multiple of the chunk, many chunks, several expert tiles)."""
+"""Token/expert alignment: every Triton method (one program; one launch of several programs; count +
+scatter launches; one scatter launch on chunk counts given, as the MoE router kernel writes them) equals the
+reference bit for bit, and both satisfy the layout contract, including the edge cases (slots routed to no
+active expert, everything on one expert, more experts than slots, ids past E, slot counts that are not a
+multiple of the chunk, many chunks, many experts)."""
 import types
 
 import pytest
@@ -76,6 +77,23 @@ CASES = {
 }
 
 
+def chunk_counts_of(ids, num_experts, chunk):
+    """The chunk counts (int32 [chunks, E + chunk]) of ``ids``, in torch: per chunk of ``chunk`` slots the
+    slots per expert, then each slot's rank among the chunk's earlier slots of its expert; POISON where the
+    kernels must not look (ranks of slots outside [0, E), past the last slot)."""
+    flat = ids.reshape(-1).long()
+    chunks = -(-flat.numel() // chunk)
+    out = torch.full((chunks, num_experts + chunk), POISON, dtype=torch.int32)
+    for c in range(chunks):
+        part = flat[c * chunk:(c + 1) * chunk]
+        for e in range(num_experts):
+            out[c, e] = int((part == e).sum())
+        for i, v in enumerate(part.tolist()):
+            if 0 <= v < num_experts:
+                out[c, num_experts + i] = int((part[:i] == v).sum())
+    return out
+
+
 def _poisoned_empty(monkeypatch):
     """Every buffer the launcher allocates (outputs and histogram scratch) starts as POISON, so an element a
     kernel forgets to write (or a histogram column it reads without writing) fails the comparison."""
@@ -107,6 +125,42 @@ def test_triton_equals_reference(case, method, gen, monkeypatch):
     check_layout(al, ids, E)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_routed_counts_equal_reference(case, gen, monkeypatch):
+    """method "routed": the scatter launch alone on chunk counts given (chunks of 16 tokens, as the router
+    kernel's token blocks: 16 x k slots, not a power of two for k = 3, 5, 9)."""
+    ids, E, bm = CASES[case](gen)
+    ref = align_reference(ids.int(), E, bm)
+    counts = chunk_counts_of(ids, E, 16 * max(1, ids.shape[1]))
+    _poisoned_empty(monkeypatch)
+    dispatch.reset()
+    al = align_tokens(ids.int(), E, bm, backend="triton", chunk_counts=counts)
+    assert dispatch.counts() == {("moe_align", "triton-routed"): 1}
+    assert torch.equal(al.sorted_ids, ref.sorted_ids)
+    assert torch.equal(al.expert_ids, ref.expert_ids)
+    assert torch.equal(al.num_tokens_post_pad, ref.num_tokens_post_pad)
+
+
+@pytest.mark.parametrize("T,valid", [(3, 3), (16, 16), (256, 250)])
+def test_router_kernel_counts_align_like_the_reference(T, valid, gen):
+    """The GLM front end as the layer runs it: router_route's ids and chunk counts -> the "routed" alignment,
+    equal to align_reference on those ids (padding rows included), block_m 16 and 32."""
+    from triton_marlin.kernels.moe_router import router_route
+    from triton_marlin.moe.routing import RoutingConfig
+
+    cfg = RoutingConfig(64, 4, "sigmoid", routed_scaling_factor=1.8)
+    x = torch.randn(T, 256, generator=gen).half()
+    w = torch.randn(64, 256, generator=gen) * 0.05
+    r = router_route(x, w, cfg, torch.randn(64, generator=gen) * 0.1, torch.tensor([valid], dtype=torch.int32),
+                     num_shared=1)
+    for bm in (16, 32):
+        ref = align_reference(r.ids, 65, bm)
+        al = align_tokens(r.ids, 65, bm, backend="triton", chunk_counts=r.chunk_counts)
+        assert torch.equal(al.sorted_ids, ref.sorted_ids) and torch.equal(al.expert_ids, ref.expert_ids)
+        assert torch.equal(al.num_tokens_post_pad, ref.num_tokens_post_pad)
+        check_layout(al, r.ids, 65)
+
+
 def test_int64_ids_and_block_m_sweep(gen):
     """int64 ids are accepted; every method and block_m 1/16/32/64 on one draw, 65 experts."""
     ids = torch.randint(-1, 66, (50, 5), generator=gen)
@@ -125,6 +179,7 @@ def test_auto_method_by_slot_count_and_recorded(gen):
     limit = MA.FUSED_MAX_CHUNKS * 64
     assert MA.align_method(1, 65) == "fused" and MA.align_method(limit, 65) == "fused"
     assert MA.align_method(limit + 1, 65) == "split" and MA.align_method(1280, 65) == "split"
+    assert MA.align_method(1, 65, have_counts=True) == "routed" == MA.align_method(1280, 65, have_counts=True)
     for T, expect in ((3, "fused"), (limit // 5 + 1, "split")):
         ids = _glm(gen, T)
         dispatch.reset()
@@ -159,24 +214,37 @@ def test_bad_input():
         MA.align_triton(torch.zeros(2, 2, dtype=torch.int32), 4, 16, 64, 4, method="one")
     with pytest.raises(ValueError, match="capacity"):
         MA.align_triton(torch.zeros(2, 2, dtype=torch.int32), 4, 16, 60, 4)
+    ids = torch.zeros(5, 2, dtype=torch.int32)
+    counts = chunk_counts_of(ids, 4, 4)  # 3 chunks of 4 slots
+    with pytest.raises(ValueError, match="only with it"):
+        MA.align_triton(ids, 4, 16, 64, 4, method="split", chunk_counts=counts)
+    with pytest.raises(ValueError, match="only with it"):
+        MA.align_triton(ids, 4, 16, 64, 4, method="routed")
+    with pytest.raises(ValueError, match="need 2"):
+        MA.align_triton(ids, 4, 16, 64, 4, chunk_counts=chunk_counts_of(ids, 4, 8)[:1])
+    with pytest.raises(ValueError, match="contiguous int32"):
+        MA.align_triton(ids, 4, 16, 64, 4, chunk_counts=counts.long())
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + ("routed",))
 def test_cuda_graph_replay(method, gen):
     """Captured once, replayed on new routings of the same shape: equal to the reference each time."""
     T, E, bm = 256, 65, 16
     ids = _glm(gen, T).int().cuda()
+    counts = chunk_counts_of(ids.cpu(), E, 80).cuda() if method == "routed" else None
     cap, blocks = align_capacity(ids.numel(), E, bm)
-    MA.align_triton(ids, E, bm, cap, blocks, method=method)  # compile outside the capture
+    MA.align_triton(ids, E, bm, cap, blocks, method=method, chunk_counts=counts)  # compile outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = MA.align_triton(ids, E, bm, cap, blocks, method=method)
+        out = MA.align_triton(ids, E, bm, cap, blocks, method=method, chunk_counts=counts)
     for _ in range(3):
         new = _glm(gen, T).int()
         new[:7] = -1  # padding rows of a graph bucket
         ids.copy_(new)
+        if counts is not None:
+            counts.copy_(chunk_counts_of(new, E, 80))
         graph.replay()
         torch.cuda.synchronize()
         ref = align_reference(new, E, bm)

@@ -65,6 +65,25 @@ def test_forward_static_masks_padding_rows(small_layer, gen):
         small_layer.forward_static(x, torch.tensor([2], dtype=torch.int32), "hybrid")
 
 
+@pytest.mark.parametrize("strategy,align", [("fast_mixed", "triton-routed"), ("max_bits_padded", "triton-routed"),
+                                            ("hybrid", "triton-fused")])
+def test_router_counts_reach_the_alignment(small_layer, strategy, align, gen):
+    """20 tokens (16-row blocks, so the alignment runs): one router launch routes and counts, the alignment
+    is the scatter launch alone on those counts (hybrid filters the ids, so its alignment counts them
+    itself); the output matches the reference, padding rows are zero."""
+    layer = small_layer
+    x = torch.randn(20, 64, generator=gen).half()
+    dispatch.reset()
+    out = layer.forward_static(x, torch.tensor([18], dtype=torch.int32), strategy) if strategy != "hybrid" \
+        else layer(x[:18], strategy)
+    c = dispatch.counts()
+    assert c[("moe_router", "triton")] == 1
+    assert c[("moe_align", align)] == 1 and sum(v for (op, _), v in c.items() if op == "moe_align") == 1
+    ids, w = layer.route(x[:18])
+    assert rel_err(out[:18], fused_moe_reference(x[:18], ids, w, layer.experts)) < 1.5e-3
+    assert (out[18:] == 0).all()
+
+
 def test_layer_bad_input(small_layer):
     with pytest.raises(ValueError, match="hidden_size=64"):
         small_layer(torch.randn(2, 65).half())

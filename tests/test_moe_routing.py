@@ -1,5 +1,6 @@
 """Routing: the torch reference against a per-token loop written from the model definitions, the Triton
-routing kernel against the reference, and bad input."""
+routing kernel and the router kernel (logits + routing + the alignment's chunk counts in one launch) against
+the reference, and bad input."""
 import math
 
 import pytest
@@ -76,7 +77,7 @@ def test_bias_selects_but_does_not_weight(gen):
 def test_triton_kernel_matches_reference(cfg, with_bias, gen):
     from triton_marlin.kernels.moe_align import route_triton
 
-    T = 6
+    T = 19  # a block of 16 tokens and a partial one
     logits = torch.randn(T, cfg.num_experts, generator=gen) * 2
     bias = (torch.rand(cfg.num_experts, generator=gen) - 0.5) * 0.5 if with_bias else None
     ref = route_reference(logits, cfg, bias)
@@ -133,42 +134,107 @@ def test_bad_input():
         route_reference(torch.zeros(3, 8, dtype=torch.int64), cfg)
 
 
+def _planes_sum(parts):
+    """The planes summed in plane order, as the kernel does."""
+    total = parts[0].clone()
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def _chunk_counts_of(ids, num_experts, block_t):
+    """The chunk counts the alignment reads, from the ids: per block of ``block_t`` tokens, the slots per
+    expert, then every slot's rank among the block's earlier slots of its expert (-1 slots: any value)."""
+    T, k = ids.shape
+    rows = []
+    for c in range(0, T, block_t):
+        flat = ids[c:c + block_t].reshape(-1).long()
+        hist = torch.stack([(flat == e).sum() for e in range(num_experts)])
+        rank = torch.tensor([int((flat[:i] == flat[i]).sum()) if flat[i] >= 0 else -1 for i in range(flat.numel())]
+                            + [-1] * (block_t * k - flat.numel()), dtype=torch.int64)
+        rows.append((hist, rank))
+    return rows
+
+
 @pytest.mark.parametrize("T,E,H", [(1, 64, 2048), (5, 16, 96), (19, 65, 320), (40, 64, 512), (0, 8, 64)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_router_logit_parts_sum_to_the_fp32_product(T, E, H, dtype, gen):
+def test_router_logits_sum_to_the_fp32_product(T, E, H, dtype, gen):
     """The split-K router kernel: its planes sum to x.float() @ W.T within fp32 summation error
     (each of the H products and partial sums rounds once: |error| <= H * 2**-24 * (|x| @ |W|.T), doubled for the
     reduction of the planes) plus, from 16 tokens (3xTF32 tensor cores), at most 2**-20 relative per product
     (W carried as two TF32 parts, the dropped low x low term), x read in its own dtype."""
-    from triton_marlin.kernels.moe_router import router_logit_parts
+    from triton_marlin.kernels.moe_router import router_route
 
     x = torch.randn(T, H, generator=gen).to(dtype)
     w = torch.randn(E, H, generator=gen) * 0.02
-    parts = router_logit_parts(x, w)
+    parts = router_route(x, w, RoutingConfig(E, 2)).logit_parts
     assert parts.dim() == 3 and parts.shape[1:] == (T, E)
     ref = x.double() @ w.double().t()
     bound = (2.0 ** -20 + 2 * H * 2.0 ** -24) * (x.double().abs() @ w.double().abs().t())
     assert ((parts.sum(0).double() - ref).abs() <= bound + 1e-30).all()
 
 
-def test_router_logit_parts_refuse_bad_input(gen):
-    from triton_marlin.kernels.moe_router import router_logit_parts
+# (T, H, config, bias, shared, valid): one token (8 E blocks x 8 splits arriving), a partial block, several
+# blocks with padding rows, group-limited routing, softmax, no shared expert
+ROUTER_CASES = [
+    (1, 2048, RoutingConfig(64, 4, "sigmoid", routed_scaling_factor=1.8), True, 1, None),
+    (7, 256, RoutingConfig(64, 4, "sigmoid", routed_scaling_factor=1.8), True, 1, 5),
+    (37, 512, RoutingConfig(64, 4, "sigmoid", routed_scaling_factor=1.8), True, 1, 30),
+    (20, 384, RoutingConfig(16, 4, "sigmoid", n_group=4, topk_group=2, routed_scaling_factor=2.5), True, 2, None),
+    (18, 256, RoutingConfig(8, 2, "softmax"), False, 0, 17),
+    (3, 320, RoutingConfig(12, 3, "sigmoid", n_group=3, topk_group=1, norm_topk_prob=False), False, 1, None),
+]
 
+
+@pytest.mark.parametrize("case", range(len(ROUTER_CASES)))
+def test_router_route_matches_reference(case, gen):
+    """router_route: ids equal the reference's on the kernel's own logits (the planes summed in order), weights
+    within fp32 rounding of the renormalization's summation order; padding rows -1 / 0; shared slots last;
+    the chunk counts are those of the ids; the arrival counters are back at zero; a second launch gives the
+    same bits."""
+    from triton_marlin.kernels import moe_router as MR
+
+    T, H, cfg, with_bias, S, nv = ROUTER_CASES[case]
+    E = cfg.num_experts
+    x = torch.randn(T, H, generator=gen).half()
+    w = torch.randn(E, H, generator=gen) * 0.05
+    bias = (torch.rand(E, generator=gen) - 0.5) * 0.2 if with_bias else None
+    num_valid = torch.tensor([nv], dtype=torch.int32) if nv is not None else None
+    r = MR.router_route(x, w, cfg, bias, num_valid, num_shared=S)
+    n = T if nv is None else nv
+    ref = route_reference(_planes_sum(r.logit_parts), cfg, bias)
+    k = cfg.top_k
+    assert r.ids.shape == (T, k + S) and r.weights.shape == (T, k + S)
+    assert torch.equal(r.ids[:n, :k], ref.topk_ids[:n])
+    torch.testing.assert_close(r.weights[:n, :k], ref.topk_weights[:n], rtol=4 * 2.0 ** -24 * k, atol=0)
+    assert torch.equal(r.ids[:n, k:], torch.arange(E, E + S, dtype=torch.int32).expand(n, S))
+    assert torch.equal(r.weights[:n, k:], torch.ones(n, S))
+    assert (r.ids[n:] == -1).all() and (r.weights[n:] == 0).all()
+    block_t = MR.router_blocks(T, E)[0]
+    assert r.chunk_counts.shape == (-(-T // block_t), E + S + block_t * (k + S))
+    for c, (hist, rank) in enumerate(_chunk_counts_of(r.ids, E + S, block_t)):
+        assert torch.equal(r.chunk_counts[c, :E + S].long(), hist)
+        got = r.chunk_counts[c, E + S:].long()
+        assert torch.equal(got[rank >= 0], rank[rank >= 0])
+    assert (MR._counters(x.device)[:r.chunk_counts.shape[0]] == 0).all()
+    again = MR.router_route(x, w, cfg, bias, num_valid, num_shared=S)
+    assert torch.equal(again.ids, r.ids) and torch.equal(again.weights, r.weights)
+    assert torch.equal(again.logit_parts, r.logit_parts)
+
+
+def test_router_route_refuses_bad_input(gen):
+    from triton_marlin.kernels.moe_router import router_route
+
+    cfg = RoutingConfig(4, 2)
     with pytest.raises(ValueError, match="same H"):
-        router_logit_parts(torch.randn(2, 8), torch.randn(4, 16))
+        router_route(torch.randn(2, 8), torch.randn(4, 16), cfg)
     with pytest.raises(ValueError, match="fp32"):
-        router_logit_parts(torch.randn(2, 8), torch.randn(4, 8).half())
+        router_route(torch.randn(2, 8), torch.randn(4, 8).half(), cfg)
     with pytest.raises(TypeError, match="fp16, bf16 or fp32"):
-        router_logit_parts(torch.randn(2, 8).double(), torch.randn(4, 8))
-
-
-def test_route_kernel_sums_partial_planes(gen):
-    """route_triton on [S, T, E] planes equals route_triton on their sum (planes summed in order)."""
-    from triton_marlin.kernels.moe_align import route_triton
-
-    cfg = RoutingConfig(16, 4, "sigmoid", routed_scaling_factor=1.8)
-    planes = torch.randn(3, 6, 16, generator=gen)
-    total = planes[0] + planes[1] + planes[2]
-    ids_p, w_p = route_triton(planes, cfg, None, num_shared=1)
-    ids_s, w_s = route_triton(total, cfg, None, num_shared=1)
-    assert torch.equal(ids_p, ids_s) and torch.equal(w_p, w_s)
+        router_route(torch.randn(2, 8).double(), torch.randn(4, 8), cfg)
+    with pytest.raises(ValueError, match="4 experts"):
+        router_route(torch.randn(2, 8), torch.randn(5, 8), cfg)
+    with pytest.raises(ValueError, match="correction_bias"):
+        router_route(torch.randn(2, 8), torch.randn(4, 8), RoutingConfig(4, 2, "sigmoid"), torch.zeros(3))
+    with pytest.raises(ValueError, match="num_valid_tokens"):
+        router_route(torch.randn(2, 8), torch.randn(4, 8), cfg, None, torch.tensor([1]))

@@ -69,30 +69,33 @@ def align_reference(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> A
 
 
 def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, backend: str = "auto",
-                 method: str = "auto") -> Alignment:
+                 method: str = "auto", chunk_counts: torch.Tensor | None = None) -> Alignment:
     """Align token slots to experts: the Triton kernels where Triton runs, else :func:`align_reference`.
 
     ``method`` (Triton only): ``"single"`` (one program), ``"fused"`` (one launch, several programs),
-    ``"split"`` (histogram launch + scatter launch) or ``"auto"`` (by the slot count, see
+    ``"split"`` (count launch + scatter launch), ``"routed"`` (one launch on ``chunk_counts``: the per-chunk
+    counts of ``topk_ids`` the MoE router kernel writes, see :mod:`triton_marlin.kernels.moe_align`) or
+    ``"auto"`` ("routed" with counts, else by the slot count, see
     :func:`triton_marlin.kernels.moe_align.align_method`); all equal the reference bit for bit. The path
-    taken is recorded as ``("moe_align", "triton-<method>")`` or ``("moe_align", "torch")``."""
+    taken is recorded as ``("moe_align", "triton-<method>")`` or ``("moe_align", "torch")`` (which ignores
+    ``chunk_counts``)."""
     from .. import dispatch
     from ..device import triton_enabled_for
 
     _check(topk_ids, num_experts, block_m)
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if method not in ("auto", "single", "fused", "split"):
-        raise ValueError(f"method must be 'auto', 'single', 'fused' or 'split', got {method!r}")
+    if method not in ("auto", "single", "fused", "split", "routed"):
+        raise ValueError(f"method must be 'auto', 'single', 'fused', 'split' or 'routed', got {method!r}")
     if backend == "triton" or (backend == "auto" and triton_enabled_for(topk_ids.device)):
         from ..kernels.moe_align import align_method, align_triton
 
         if method == "auto":
-            method = align_method(topk_ids.numel(), num_experts)
+            method = align_method(topk_ids.numel(), num_experts, chunk_counts is not None)
         dispatch.record("moe_align", f"triton-{method}")
         capacity, max_blocks = align_capacity(topk_ids.numel(), num_experts, block_m)
         sorted_ids, expert_ids, npost = align_triton(topk_ids, num_experts, block_m, capacity, max_blocks,
-                                                     method=method)
+                                                     method=method, chunk_counts=chunk_counts)
         return Alignment(sorted_ids, expert_ids, npost, block_m, topk_ids.numel())
     dispatch.record("moe_align", "torch")
     return align_reference(topk_ids, num_experts, block_m)

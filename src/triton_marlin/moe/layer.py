@@ -2,7 +2,8 @@
 
 ``forward(x)`` routes the tokens (router logits in float32, as the reference models compute them), appends
 one slot per shared expert with weight 1, and runs the experts with the chosen strategy
-(:mod:`triton_marlin.moe.strategies`). ``forward_static`` is the same computation restricted to what a
+(:mod:`triton_marlin.moe.strategies`). Where Triton runs, the router kernel also hands the strategy the
+alignment's per-chunk counts of the slots, so the alignment is one launch. ``forward_static`` is the same computation restricted to what a
 CUDA graph can hold (no host syncs, padding rows masked by a device-side token count); see
 :mod:`triton_marlin.moe.graph`.
 """
@@ -66,20 +67,25 @@ class MoELayer(nn.Module):
     def route(self, x2: torch.Tensor, *, num_valid: torch.Tensor | None = None, check_finite: bool = True):
         """``(ids int32, weights fp32)``, ``[T, top_k + num_shared]``: routed slots, then the shared ones.
 
-        Where Triton runs, the logits come from one kernel (:mod:`triton_marlin.kernels.moe_router`: fp32
-        products and sums, split-K planes the routing kernel sums as it loads them), else from
-        :meth:`router_logits`."""
+        Where Triton runs, one kernel computes the logits and routes them
+        (:func:`triton_marlin.kernels.moe_router.router_route`: fp32 products and sums, split-K planes summed
+        by the last program of each token block, which routes the block), else :meth:`router_logits` and
+        :func:`~triton_marlin.moe.routing.route_reference`."""
+        return self._route(x2, num_valid, check_finite)[:2]
+
+    def _route(self, x2, num_valid, check_finite):
+        """:meth:`route` plus the alignment's chunk counts of the ids (None on the torch path)."""
         S = self.experts.num_shared
         if triton_enabled_for(x2.device):
             from .. import dispatch
-            from ..kernels.moe_align import route_triton
-            from ..kernels.moe_router import router_logit_parts
+            from ..kernels.moe_router import router_route
 
             dispatch.record("moe_router", "triton")
-            parts = router_logit_parts(x2, self.router_weight)
-            check_router_inputs(parts.sum(0) if check_finite else parts[0], self.routing, self.correction_bias,
-                                check_finite)
-            return route_triton(parts, self.routing, self.correction_bias, num_valid, num_shared=S)
+            r = router_route(x2, self.router_weight, self.routing, self.correction_bias, num_valid, num_shared=S)
+            # after the launch: the logits exist only as the kernel's split-K planes (their sum: a host sync)
+            check_router_inputs(r.logit_parts.sum(0) if check_finite else r.logit_parts[0], self.routing,
+                                self.correction_bias, check_finite)
+            return r.ids, r.weights, r.chunk_counts
         logits = self.router_logits(x2)
         if num_valid is not None:
             raise ValueError("num_valid needs the Triton routing kernel (CUDA or TRITON_INTERPRET=1)")
@@ -91,7 +97,7 @@ class MoELayer(nn.Module):
                                   device=ids.device).expand(T, S)
             ids = torch.cat([ids, shared], dim=1)
             w = torch.cat([w, torch.ones((T, S), dtype=w.dtype, device=w.device)], dim=1)
-        return ids, w
+        return ids, w, None
 
     def forward(self, x: torch.Tensor, strategy: str | None = None) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.shape[-1] != self.hidden_size:
@@ -99,8 +105,8 @@ class MoELayer(nn.Module):
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.hidden_size)
-        ids, w = self.route(x2)
-        out = self.get_strategy(strategy)(x2, ids, w)
+        ids, w, counts = self._route(x2, None, True)
+        out = self.get_strategy(strategy)(x2, ids, w, chunk_counts=counts)
         return out.reshape(*lead, self.hidden_size)
 
     def forward_static(self, x2: torch.Tensor, num_valid: torch.Tensor, strategy: str | None = None) -> torch.Tensor:
@@ -110,5 +116,5 @@ class MoELayer(nn.Module):
         if name not in CAPTURABLE_STRATEGIES:
             raise ValueError(f"strategy {name!r} needs host syncs and cannot run in a CUDA graph; use one of "
                              f"{CAPTURABLE_STRATEGIES}")
-        ids, w = self.route(x2, num_valid=num_valid, check_finite=False)
-        return self.get_strategy(name)(x2, ids, w)
+        ids, w, counts = self._route(x2, num_valid, False)
+        return self.get_strategy(name)(x2, ids, w, chunk_counts=counts)

@@ -21,6 +21,7 @@ error elsewhere: there is no silent fallback to the loop.
 from __future__ import annotations
 
 import collections
+import contextvars
 import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
@@ -93,7 +94,20 @@ def tuning_enabled() -> bool:
     return os.environ.get("TRITON_MARLIN_MOE_TUNE", "0") == "1"
 
 
-def _launch(x, topk_ids, weights, experts, config, uniform, uniform_kinds, out):
+# The alignment's chunk counts of the ids a strategy call received (``MoEStrategy.__call__(...,
+# chunk_counts=...)``, from the router kernel), for that call only, as ``(topk_ids, counts)``: ``_fused`` passes
+# no counts on, so ``_fused_acc`` looks them up here, and uses them only for that very ids tensor (Hybrid's
+# filtered ids, say, get none: the alignment counts them itself).
+_CALL_CHUNK_COUNTS: contextvars.ContextVar = contextvars.ContextVar("moe_chunk_counts", default=None)
+
+
+def _call_chunk_counts(topk_ids):
+    cur = _CALL_CHUNK_COUNTS.get()
+    return cur[1] if cur is not None and cur[0] is topk_ids else None
+
+
+def _launch(x, topk_ids, weights, experts, config, uniform, uniform_kinds, out, chunk_counts=None):
+    """Alignment (one launch when ``chunk_counts`` describe ``topk_ids``) and the expert kernels."""
     from .. import dispatch
     from ..kernels.moe_gemm import direct_ids, moe_gemm_launch
 
@@ -102,13 +116,13 @@ def _launch(x, topk_ids, weights, experts, config, uniform, uniform_kinds, out):
         dispatch.record("moe_align", "none (one slot per program)")
         return moe_gemm_launch(x, weights, None, direct_ids(topk_ids), None, *flats, config=config,
                                uniform=uniform, uniform_kinds=uniform_kinds, out=out)
-    al = align_tokens(topk_ids, experts.num_total, config.block_m, backend="triton")
+    al = align_tokens(topk_ids, experts.num_total, config.block_m, backend="triton", chunk_counts=chunk_counts)
     return moe_gemm_launch(x, weights, al.sorted_ids, al.expert_ids, al.num_tokens_post_pad, *flats,
                            config=config, uniform=uniform, uniform_kinds=uniform_kinds, out=out)
 
 
 def select_config(x, topk_ids, weights, experts: QuantizedExperts, uniform: bool, uniform_kinds=None, *,
-                  tune: bool | None = None):
+                  tune: bool | None = None, chunk_counts=None):
     """The kernels' launch configuration for this problem: measured once per problem key when tuning is on
     (and the stream is not being captured into a CUDA graph), else the heuristic default."""
     from ..kernels import moe_gemm as mg
@@ -125,7 +139,8 @@ def select_config(x, topk_ids, weights, experts: QuantizedExperts, uniform: bool
     best, best_us = default, float("inf")
     for cfg in mg.candidate_configs(topk_ids.numel(), experts.num_total, experts.hidden_size,
                                     experts.intermediate_size):
-        fn = lambda: _launch(x, topk_ids, weights, experts, cfg, uniform, uniform_kinds, None)  # noqa: E731
+        fn = lambda: _launch(x, topk_ids, weights, experts, cfg, uniform, uniform_kinds, None,  # noqa: E731
+                             chunk_counts)
         fn()
         torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -158,13 +173,17 @@ def fused_experts_op(x, topk_ids, topk_weights, experts: QuantizedExperts, *, un
 
 
 def _fused_acc(x, topk_ids, topk_weights, experts: QuantizedExperts, *, uniform: bool,
-               uniform_kinds=None, out=None, config=None) -> torch.Tensor:
+               uniform_kinds=None, out=None, config=None, chunk_counts=None) -> torch.Tensor:
+    """``chunk_counts``: the alignment's counts of ``topk_ids`` (default: those the strategy call received
+    for these ids, if any)."""
     weights = topk_weights if topk_weights.dtype == torch.float32 and topk_weights.is_contiguous() \
         else topk_weights.float().contiguous()
     x = x if x.stride(1) == 1 else x.contiguous()
+    if chunk_counts is None:
+        chunk_counts = _call_chunk_counts(topk_ids)
     if config is None:
-        config = select_config(x, topk_ids, weights, experts, uniform, uniform_kinds)
-    return _launch(x, topk_ids, weights, experts, config, uniform, uniform_kinds, out)
+        config = select_config(x, topk_ids, weights, experts, uniform, uniform_kinds, chunk_counts=chunk_counts)
+    return _launch(x, topk_ids, weights, experts, config, uniform, uniform_kinds, out, chunk_counts)
 
 
 class MoEStrategy:
@@ -194,7 +213,9 @@ class MoEStrategy:
         w = self.weights
         return sum(w.expert_nbytes(e) for e in torch.unique(topk_ids.cpu()).tolist() if 0 <= e < w.num_total)
 
-    def __call__(self, x, topk_ids, topk_weights):
+    def __call__(self, x, topk_ids, topk_weights, *, chunk_counts=None):
+        """``chunk_counts``: the alignment's per-chunk counts of ``topk_ids`` from the router kernel
+        (:func:`triton_marlin.kernels.moe_router.router_route`), or None (the alignment counts)."""
         check_forward_args(x, topk_ids, topk_weights, self.experts)
         if torch.compiler.is_compiling():  # traced once: the custom op is what runs (no Python bookkeeping)
             return self.forward(x, topk_ids, topk_weights)
@@ -203,7 +224,11 @@ class MoEStrategy:
         dispatch.record("moe_experts", self.name)
         if x.shape[0] == 0:
             return x.new_zeros((0, self.experts.hidden_size))
-        return self.forward(x, topk_ids, topk_weights)
+        token = _CALL_CHUNK_COUNTS.set((topk_ids, chunk_counts) if chunk_counts is not None else None)
+        try:
+            return self.forward(x, topk_ids, topk_weights)
+        finally:
+            _CALL_CHUNK_COUNTS.reset(token)
 
     def forward(self, x, topk_ids, topk_weights):
         raise NotImplementedError
