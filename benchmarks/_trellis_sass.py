@@ -47,7 +47,7 @@ def loop_counts(sass: str) -> tuple[int, dict]:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bits", type=int, default=3)
-    p.add_argument("--code", default="3inst", choices=["3inst", "1mad", "hyb"])
+    p.add_argument("--code", default="3inst", choices=["3inst", "1mad", "hyb", "1mad2"])
     p.add_argument("--asm", type=int, default=1, help="1: inline-PTX decode (what CUDA runs), 0: portable")
     p.add_argument("--block-tn", type=int, default=8)
     p.add_argument("--block-tk", type=int, default=None)

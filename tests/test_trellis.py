@@ -27,6 +27,10 @@ def _code_value_numpy(state: int, code: str, lut=None) -> float:
         if code == "1mad":
             x = int(np.uint32(state) * np.uint32(34038481) + np.uint32(76625530))
             return float(sum((x >> (8 * i)) & 255 for i in range(4)) - 510)
+        if code == "1mad2":          # a 2-D value: 1mad, and 1mad with a second LCG
+            x = int(np.uint32(state) * np.uint32(34038481) + np.uint32(76625530))
+            y = int(np.uint32(state) * np.uint32(0x2E3A8F1D) + np.uint32(0x9E3779B9))
+            return [float(sum((z >> (8 * i)) & 255 for i in range(4)) - 510) for z in (x, y)]
         x = int(np.uint32(state) * np.uint32(0xCBAC1FED))
         return float(lut[x >> 24])
 
@@ -44,11 +48,17 @@ def test_code_values_match_scalar_definition(code, gen):
 @pytest.mark.parametrize("code", tf.CODES)
 def test_code_tables_are_gaussian_like(code):
     # a useful trellis code spreads 2^16 states over a bell-shaped, centred, non-degenerate set
-    v = tf.code_table(code, tf.default_hyb_lut() if code == "hyb" else None).double()
-    z = (v - v.mean()) / v.std()
-    assert abs(v.mean().item()) < 0.05 * v.std().item()
-    assert 2.0 < (z ** 4).mean().item() < 4.0          # kurtosis near a Gaussian's 3
-    assert v.unique().numel() > 64
+    table = tf.code_table(code, tf.default_hyb_lut() if code == "hyb" else None).double()
+    assert table.shape == ((1 << 16, 2) if code in tf.PAIR_CODES else (1 << 16,))
+    for v in table.reshape(1 << 16, -1).t():            # each component of a 2-D code
+        z = (v - v.mean()) / v.std()
+        assert abs(v.mean().item()) < 0.05 * v.std().item()
+        assert 2.0 < (z ** 4).mean().item() < 4.0      # kurtosis near a Gaussian's 3
+        assert v.unique().numel() > 64
+    if code in tf.PAIR_CODES:                            # components uncorrelated, equal spread
+        c = torch.corrcoef(table.t())
+        assert abs(c[0, 1].item()) < 0.02
+        assert table[:, 0].std().item() == pytest.approx(table[:, 1].std().item(), rel=0.02)
 
 
 # -- bitstreams and tail-biting ----------------------------------------------------------------
@@ -72,6 +82,22 @@ def test_decoder_matches_step_by_step_trellis(K, gen):
     for b in range(3):
         assert states[b].tolist() == _states_step_by_step(codes[b].tolist(), K)
     assert torch.equal(tf.states_to_codes(states, K), codes)
+
+
+@pytest.mark.parametrize("K", BITS)
+def test_pair_code_reads_the_state_of_each_odd_step(K, gen):
+    # 1mad2: steps 2u and 2u+1 are the two components of the step-by-step state of step 2u+1
+    codes = torch.randint(0, 1 << K, (2, 256), generator=gen)
+    words = tf.pack_stream(codes, K)
+    table = tf.code_table("1mad2")
+    for b in range(2):
+        st = _states_step_by_step(codes[b].tolist(), K)
+        want = [table[st[t | 1], t & 1].item() for t in range(256)]
+        assert tf.path_values(tf.stream_states(words, K)[b], table).tolist() == want
+        # the pair states read with 2K bits per step, and back to per-step states
+        pairs = tf.stream_states(words, 2 * K)[b]
+        assert pairs.tolist() == st[1::2]
+        assert tf.pair_to_step_states(pairs[None], K)[0].tolist() == st
 
 
 def test_stream_word_bit_order():
@@ -115,6 +141,75 @@ def _exhaustive(x: torch.Tensor, values: torch.Tensor, K: int, L: int, start_low
 
 def _path_cost(x, values, states):
     return ((x.double() - values[states].double()) ** 2).sum().item()
+
+
+def _exhaustive_pairs(x: torch.Tensor, values: torch.Tensor, K: int, L: int):
+    """Minimum over all circular streams of ``T*K`` bits (tail-biting) of the pair code's cost:
+    ``x [T, 2]``, one state per pair step (``K`` bits each), 2-D values ``[2^L, 2]``."""
+    T = x.shape[0]
+    n = T * K
+    streams = torch.arange(1 << n)
+    cost = torch.zeros(1 << n, dtype=torch.float64)
+    for u in range(T):
+        end = (u + 1) * K                        # window of L bits ending at bit `end`, circular
+        s = torch.zeros_like(streams)
+        for i in range(L):
+            bit = (end - L + i) % n
+            s = (s << 1) | ((streams >> (n - 1 - bit)) & 1)
+        cost += ((x[u].double() - values[s].double()) ** 2).sum(-1)
+    return cost.min().item()
+
+
+@pytest.mark.parametrize("K,L,T", [(2, 6, 5), (4, 8, 3)])
+def test_viterbi_pairs_free_start_is_exact_and_tail_biting_paths_are_circular(K, L, T, gen):
+    # 2-D values (pair codes), K bits per step of two weights: without tail-biting the search is
+    # the exact optimum over all start states and code sequences; with it (default), the path is a
+    # circular stream and never costs less than the best circular stream (exhaustive)
+    values = torch.randn(1 << L, 2, generator=gen)
+    x = torch.randn(2, T, 2, generator=gen)
+    mask = (1 << L) - 1
+    seqs = torch.tensor(list(itertools.product(range(1 << K), repeat=T)))
+    for b in range(2):
+        s = viterbi(x[b:b + 1], values, K, L, tail_biting=False)[0]
+        assert torch.equal(s[1:], ((s[:-1] << K) | (s[1:] & ((1 << K) - 1))) & mask)
+        got = ((x[b].double() - values[s].double()) ** 2).sum().item()
+        best = float("inf")
+        for s0 in range(1 << L):
+            st = torch.full((seqs.shape[0],), s0, dtype=torch.int64)
+            cost = torch.zeros(seqs.shape[0], dtype=torch.float64)
+            for t in range(T):
+                st = ((st << K) | seqs[:, t]) & mask
+                cost += ((x[b, t].double() - values[st].double()) ** 2).sum(-1)
+            best = min(best, cost.min().item())
+        assert got == pytest.approx(best, rel=1e-9)
+        s = viterbi(x[b:b + 1], values, K, L)[0]
+        assert torch.equal(s, ((torch.roll(s, 1) << K) | (s & ((1 << K) - 1))) & mask)
+        got = ((x[b].double() - values[s].double()) ** 2).sum().item()
+        assert got >= _exhaustive_pairs(x[b], values, K, L) - 1e-9
+
+
+@pytest.mark.parametrize("K,L,T", [(2, 6, 4), (4, 8, 3)])
+def test_viterbi_pairs_with_fixed_shared_bits_are_exact(K, L, T, gen):
+    # with the shared start/end bits given, the search is the exact optimum over those streams
+    values = torch.randn(1 << L, 2, generator=gen)
+    x = torch.randn(1, T, 2, generator=gen)
+    M = 1 << (L - K)
+    low = torch.randint(0, M, (1,), generator=gen)
+    s = viterbi(x, values, K, L, tail_biting=True, start_low=low)[0]
+    assert (s[-1] & (M - 1)).item() == low.item() and (s[0] >> K).item() == low.item()
+    got = ((x[0].double() - values[s].double()) ** 2).sum().item()
+    # brute force over start states with those low bits and all code sequences ending on them
+    best = float("inf")
+    seqs = torch.tensor(list(itertools.product(range(1 << K), repeat=T)))
+    for p in range(1 << K):
+        st = torch.full((seqs.shape[0],), p * M + low.item(), dtype=torch.int64)
+        cost = torch.zeros(seqs.shape[0], dtype=torch.float64)
+        for t in range(T):
+            st = ((st << K) | seqs[:, t]) & ((1 << L) - 1)
+            cost += ((x[0, t].double() - values[st].double()) ** 2).sum(-1)
+        cost[(st & (M - 1)) != low.item()] = float("inf")
+        best = min(best, cost.min().item())
+    assert got == pytest.approx(best, rel=1e-9)
 
 
 @pytest.mark.parametrize("K,L,T", [(1, 4, 9), (2, 6, 6), (3, 6, 4)])
@@ -173,7 +268,7 @@ def test_dequantize_is_inverse_rotations_of_decoded_tiles(gen):
 LLOYD_MAX = {2: 0.1175, 3: 0.03454, 4: 0.009497}
 
 
-@pytest.mark.parametrize("bits,code", [(2, "3inst"), (3, "1mad"), (4, "hyb")])
+@pytest.mark.parametrize("bits,code", [(2, "3inst"), (3, "1mad"), (4, "hyb"), (2, "1mad2"), (4, "1mad2")])
 def test_quantize_beats_best_scalar_quantizer(bits, code, gen):
     w = torch.randn(32, 32, generator=gen) * 0.02
     qt = tm.quantize(w, f"trellis{bits}", method="viterbi", code=code, seed=int(torch.randint(0, 99, (1,), generator=gen)))

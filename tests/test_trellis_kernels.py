@@ -39,6 +39,9 @@ CASES = [  # (N, K, bits, code, group_size)
     (128, 96, 3, "3inst", -1),       # even; static GEMV (16*8 | N, 32 | K)
     (128, 64, 4, "1mad", 32),        # static GEMV, grouped scales
     (256, 32, 2, "hyb", -1),         # static GEMV
+    (128, 96, 3, "1mad2", 32),       # pair code (two weights per state): static GEMV, grouped
+    (48, 64, 4, "1mad2", -1),        # pair code, generic kernels
+    (256, 32, 2, "1mad2", -1),       # pair code, static GEMV
 ]
 
 
@@ -57,7 +60,7 @@ def test_rotated_kernel_matches_decoded_weight(N, K, bits, code, group, M, gen):
         assert rel_err(out2, xr.double() @ wt.t()) < 1e-5
 
 
-@pytest.mark.parametrize("bits,code,group", [(2, "1mad", -1), (3, "3inst", 32), (4, "hyb", -1)])
+@pytest.mark.parametrize("bits,code,group", [(2, "1mad", -1), (3, "3inst", 32), (4, "hyb", -1), (3, "1mad2", -1)])
 @pytest.mark.parametrize("M", [1, 2, 3, 4])
 def test_static_gemv_split_parts_and_rows(bits, code, group, M, gen):
     # what qmatmul runs: one partial result per K split ([S, M, N], nothing zeroed), up to 4 rows of x
@@ -156,7 +159,8 @@ def test_gpu_trellis_qgemm_under_torch_compile(gen):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("bits,code", [(2, "1mad"), (3, "3inst"), (4, "3inst"), (3, "1mad")])
+@pytest.mark.parametrize("bits,code", [(2, "1mad"), (3, "3inst"), (4, "3inst"), (3, "1mad"), (2, "1mad2"),
+                                       (3, "1mad2"), (4, "1mad2")])
 @pytest.mark.parametrize("no_asm", ["0", "1"])
 def test_gpu_static_gemv_asm_and_portable_agree(bits, code, no_asm, gen, monkeypatch):
     # the inline-PTX decode and the portable decode must both equal the reference exactly (fp32 FMA)
@@ -170,7 +174,7 @@ def test_gpu_static_gemv_asm_and_portable_agree(bits, code, no_asm, gen, monkeyp
 
 
 @pytest.mark.parametrize("M,dtype", [(1, torch.float16), (3, torch.float32), (16, torch.float16)])
-@pytest.mark.parametrize("bits,code,group", [(2, "3inst", -1), (3, "hyb", 32), (4, "1mad", -1)])
+@pytest.mark.parametrize("bits,code,group", [(2, "3inst", -1), (3, "hyb", 32), (4, "1mad", -1), (2, "1mad2", 32)])
 def test_tensor_core_gemv(M, dtype, bits, code, group, gen):
     qt = random_trellis(128, 64, bits, code, group, gen)
     wt = qt.fmt.rotated_weight(qt).double()
@@ -207,6 +211,14 @@ def test_static_gemv_compiles_for_sm90_with_few_instructions_per_weight():
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["instr_per_weight"] < 12, r
     assert r["opcodes"].get("LDG", 0) / r["weights_per_thread"] < 0.5      # words loaded once per group
+    # the pair code: one state (window, two LCGs) per two weights; one dp4a, FADD and FFMA per weight
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "_trellis_sass.py"), "--bits", "2",
+                           "--code", "1mad2", "--asm", "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    wpt = r["weights_per_thread"]
+    assert r["opcodes"].get("IDP", 0) == wpt and r["opcodes"].get("FFMA", 0) == wpt, r
+    assert r["instr_per_weight"] < 6.5, r          # 5.8 with Triton 3.6 and 3.9 (1mad: 6.8)
 
 
 def test_split_k_fills_whole_waves(monkeypatch):
@@ -227,7 +239,8 @@ def test_split_k_fills_whole_waves(monkeypatch):
     assert tg._split_k(64, 3, torch.device("cpu")) == 1 and tg._split_k(64, 8, torch.device("cpu")) == 2
 
 
-@pytest.mark.parametrize("bits,code,group,M", [(3, "3inst", -1, 1), (2, "1mad", 32, 3), (4, "hyb", -1, 2)])
+@pytest.mark.parametrize("bits,code,group,M", [(3, "3inst", -1, 1), (2, "1mad", 32, 3), (4, "hyb", -1, 2),
+                                              (4, "1mad2", -1, 1)])
 def test_input_transform_inside_the_gemv(bits, code, group, M, gen):
     # the decode GEMV applying the input Hadamard transform itself (each program rotates its own K
     # range) equals the separate launch, for every K split

@@ -37,17 +37,20 @@ from . import hadamard as had
 from .hadamard import _block_fwht
 
 GEMV_MAX_M = 4
-CODE_IDS = {"3inst": 0, "1mad": 1, "hyb": 2}
+CODE_IDS = {"3inst": 0, "1mad": 1, "hyb": 2, "1mad2": 3}
+PAIR = 3         # codes from this id on decode two weights (n_local even, odd) per state
 HAS_GATHER = hasattr(tl, "gather")   # register/shared-memory table reads (Triton >= 3.2)
 LAST_COMPILED: dict = {}   # path -> the compiled kernel of the latest launch (benchmarks read its asm)
 
 
 @triton.jit
 def _decode(base_ptr, off_hi, off_prev, rshift, lshift, mask, lut_ptr, CODE: tl.constexpr,
-            EVEN: tl.constexpr):
+            EVEN: tl.constexpr, odd=None):
     """Code values (fp32) of a block of weights. ``base_ptr``: the int32 words of the block's first
     tile row; ``off_hi``/``off_prev``: int32 offsets of each weight's two window words from it;
-    ``rshift`` = r and ``lshift`` = 31 - r (uint32). ``EVEN``: no element is masked."""
+    ``rshift`` = r and ``lshift`` = 31 - r (uint32). ``EVEN``: no element is masked. Pair codes:
+    the offsets and shifts are those of the pair's state (step t | 1) and ``odd`` (n odd) picks the
+    component."""
     if EVEN:
         cur = tl.load(base_ptr + off_hi)
         prv = tl.load(base_ptr + off_prev)
@@ -67,19 +70,24 @@ def _decode(base_ptr, off_hi, off_prev, rshift, lshift, mask, lut_ptr, CODE: tl.
         x = state * 34038481 + 76625530
         total = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)
         val = (total.to(tl.int32) - 510).to(tl.float32)
-    else:            # hyb: a 256-entry fp16 table (512 bytes, stays in L1)
+    elif CODE == 2:  # hyb: a 256-entry fp16 table (512 bytes, stays in L1)
         x = state * tl.full(state.shape, 0xCBAC1FED, tl.uint32)
         val = tl.load(lut_ptr + (x >> 24).to(tl.int32)).to(tl.float32)
+    else:            # 1mad2: component 1 for odd n
+        v0, v1 = _pair_values(state, False, tl.float32)
+        val = tl.where(odd, v1, v0)
     return val
 
 
 @triton.jit
-def _window_offsets(kk, nn, N, BITS: tl.constexpr):
+def _window_offsets(kk, nn, N, BITS: tl.constexpr, PAIRED: tl.constexpr = False):
     """Per (k, n) of a [BLOCK_K, BLOCK_N] block: int32 offsets of the window's two words from the
     words of the block's first tile row (tile row = k // 16), and the funnel shifts r, 31 - r.
     Computed once per program: only k % 16, n % 16 and the tile position inside the block matter."""
     W: tl.constexpr = 8 * BITS
     t = (kk % 16)[:, None] * 16 + (nn % 16)[None, :]
+    if PAIRED:
+        t = t | 1            # both weights of a pair read the state of its odd step
     e = (t + 1) * BITS
     hi = (e - 1) // 32
     r = 32 * (hi + 1) - e
@@ -105,7 +113,8 @@ def _trellis_gemv_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm
     nn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     kk = tl.arange(0, BLOCK_K)
     nmask = nn < N
-    off_hi, off_prev, rsh, lsh = _window_offsets(kk, nn, N, BITS)
+    off_hi, off_prev, rsh, lsh = _window_offsets(kk, nn, N, BITS, CODE >= 3)
+    odd = ((nn % 2) == 1)[None, :]
     row_words = (N // 16) * W                       # int32 words of one tile row (16 k)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     k_start = pid_k * ITERS_PER_SPLIT * BLOCK_K
@@ -114,7 +123,7 @@ def _trellis_gemv_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, stride_xm
         k = k0 + kk
         kmask = k < K
         base = qw_ptr + (k0 // 16) * row_words        # int32: < 2^31 words (8 GiB of codes)
-        val = _decode(base, off_hi, off_prev, rsh, lsh, kmask[:, None] & nmask[None, :], lut_ptr, CODE, EVEN)
+        val = _decode(base, off_hi, off_prev, rsh, lsh, kmask[:, None] & nmask[None, :], lut_ptr, CODE, EVEN, odd)
         if EVEN:
             xv = tl.load(x_ptr + m * stride_xm + k).to(tl.float32)
             s = tl.load(s_ptr + (k0 // group) * N + nn).to(tl.float32)
@@ -186,6 +195,56 @@ def _code_value(state, lut_ptr, lut, CODE: tl.constexpr, ASM: tl.constexpr = Fal
     else:            # hyb
         x = state * tl.full(state.shape, 0xCBAC1FED, tl.uint32)
         val = tl.load(lut_ptr + (x >> 24).to(tl.int32)).to(OUT)
+    return val
+
+
+@triton.jit
+def _byte_sum_value(x, ASM: tl.constexpr, OUT: tl.constexpr):
+    """Sum of the 4 bytes of uint32 ``x`` minus 510, in ``OUT`` (1mad's value of its LCG word): the
+    byte sum lands in the mantissa of 2^23 (one ``dp4a`` with ASM), one subtraction removes 2^23 + 510."""
+    if ASM:
+        biased = tl.inline_asm_elementwise("dp4a.u32.u32 $0, $1, 0x01010101, 0x4B000000;", "=r,r", [x],
+                                           dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        total = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)
+        biased = (total + 0x4B000000).to(tl.int32, bitcast=True)
+    return (biased.to(tl.float32, bitcast=True) - 8389118.0).to(OUT)
+
+
+@triton.jit
+def _pair_values(state, ASM: tl.constexpr, OUT: tl.constexpr):
+    """The two components of code 1mad2 for 16-bit states (formats/trellis.py: decode_states): the
+    1mad value of ``state * 34038481 + 76625530`` and of ``state * 0x2E3A8F1D + 0x9E3779B9``."""
+    x = state * 34038481 + 76625530
+    y = state * tl.full(state.shape, 0x2E3A8F1D, tl.uint32) + tl.full(state.shape, 0x9E3779B9, tl.uint32)
+    return _byte_sum_value(x, ASM, OUT), _byte_sum_value(y, ASM, OUT)
+
+
+@triton.jit
+def _pair_states(wm1, w0, w1, w2, P0: tl.constexpr, BITS: tl.constexpr):
+    """States of the 8 odd steps 16*P0 + 2j + 1 of column P0 of a group (one per pair), [G, TN, 8]."""
+    B: tl.constexpr = 16 * P0 + 1
+    a0 = tl.join(_window(wm1, w0, w1, w2, B + 0, BITS), _window(wm1, w0, w1, w2, B + 8, BITS))
+    a1 = tl.join(_window(wm1, w0, w1, w2, B + 2, BITS), _window(wm1, w0, w1, w2, B + 10, BITS))
+    a2 = tl.join(_window(wm1, w0, w1, w2, B + 4, BITS), _window(wm1, w0, w1, w2, B + 12, BITS))
+    a3 = tl.join(_window(wm1, w0, w1, w2, B + 6, BITS), _window(wm1, w0, w1, w2, B + 14, BITS))
+    b0 = tl.join(a0, a2)
+    b1 = tl.join(a1, a3)
+    c = tl.join(b0, b1)            # [G, TN, 2, 2, 2]: element [x, y, z] is pair 4x + 2y + z
+    return tl.reshape(c, (c.shape[0], c.shape[1], 8))
+
+
+@triton.jit
+def _column_values(wm1, w0, w1, w2, P0: tl.constexpr, BITS: tl.constexpr, lut_ptr, lut, CODE: tl.constexpr,
+                   ASM: tl.constexpr, GATHER: tl.constexpr, OUT: tl.constexpr = tl.float32):
+    """Code values of the 16 steps of column P0 of a group, [G, TN, 16] (n_local last): one state per
+    step, or for pair codes one state per two steps (n_local 2j and 2j+1 from pair j)."""
+    if CODE >= 3:
+        v0, v1 = _pair_values(_pair_states(wm1, w0, w1, w2, P0, BITS), ASM, OUT)
+        v = tl.join(v0, v1)        # [G, TN, 8, 2]: n_local = 2j + component
+        val = tl.reshape(v, (v.shape[0], v.shape[1], 16))
+    else:
+        val = _code_value(_column_states(wm1, w0, w1, w2, P0, BITS), lut_ptr, lut, CODE, ASM, GATHER, OUT)
     return val
 
 
@@ -337,7 +396,7 @@ def _trellis_gemv_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, N, K, st
             base = qw_ptr + (k0 // 16) * tk_words
             wm1, w0, w1, w2 = _load_words(base, g, tn, tk_words, n_tiles, WG, W, GPT)
         for p in tl.static_range(P):
-            val = _code_value(_column_states(wm1, w0, w1, w2, p, BITS), lut_ptr, lut, CODE, ASM, GATHER)
+            val = _column_values(wm1, w0, w1, w2, p, BITS, lut_ptr, lut, CODE, ASM, GATHER)
             if GROUPED:
                 sg = tl.load(s_ptr + ((k0 + g * P + p) // group)[:, None, None] * N
                              + (tn * 16)[None, :, None] + nl[None, None, :]).to(tl.float32)
@@ -435,11 +494,11 @@ def _trellis_gemm_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K,
             w1 = _load_word(base, g, tn, tk_words, n_tiles, 1, WG, W, GPT)
         if WG > 2:
             w2 = _load_word(base, g, tn, tk_words, n_tiles, 2, WG, W, GPT)
-        v0 = _code_value(_column_states(wm1, w0, w1, w2, 0, BITS), lut_ptr, lut, CODE, ASM, GATHER, DEC)
+        v0 = _column_values(wm1, w0, w1, w2, 0, BITS, lut_ptr, lut, CODE, ASM, GATHER, DEC)
         if P == 1:
             w = tl.reshape(v0, (BK, BN))                                   # k = g, n = 16 tn + n_local
         else:
-            v1 = _code_value(_column_states(wm1, w0, w1, w2, 1, BITS), lut_ptr, lut, CODE, ASM, GATHER, DEC)
+            v1 = _column_values(wm1, w0, w1, w2, 1, BITS, lut_ptr, lut, CODE, ASM, GATHER, DEC)
             w = tl.reshape(tl.permute(tl.join(v0, v1), (0, 3, 1, 2)), (BK, BN))   # k = 2 g + p
         if GROUPED:
             w = w * tl.load(s_ptr + (k0 // group) * N + nn).to(tl.float32)[None, :]
@@ -471,14 +530,15 @@ def _trellis_gemm_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K, stride
     kk = tl.arange(0, BLOCK_K)
     nmask = nn < N
     mmask = mm < M
-    off_hi, off_prev, rsh, lsh = _window_offsets(kk, nn, N, BITS)
+    off_hi, off_prev, rsh, lsh = _window_offsets(kk, nn, N, BITS, CODE >= 3)
+    odd = ((nn % 2) == 1)[None, :]
     row_words = (N // 16) * W
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + kk
         kmask = k < K
         base = qw_ptr + (k0 // 16) * row_words        # int32: < 2^31 words (8 GiB of codes)
-        val = _decode(base, off_hi, off_prev, rsh, lsh, kmask[:, None] & nmask[None, :], lut_ptr, CODE, EVEN)
+        val = _decode(base, off_hi, off_prev, rsh, lsh, kmask[:, None] & nmask[None, :], lut_ptr, CODE, EVEN, odd)
         s = tl.load(s_ptr + (k0 // group) * N + nn, mask=nmask, other=0.0).to(tl.float32)
         a = tl.load(x_ptr + mm[:, None] * stride_xm + k[None, :], mask=mmask[:, None] & kmask[None, :],
                     other=0.0)
@@ -519,7 +579,9 @@ def _sm_count(device: torch.device) -> int:
 GEMV_DEFAULTS = {
     "m1": {("3inst", 2): (2, True), ("3inst", 3): (2, True), ("3inst", 4): (4, True),
            ("1mad", 2): (2, False), ("1mad", 3): (2, False), ("1mad", 4): (2, False),
-           ("hyb", 2): (1, True), ("hyb", 3): (4, True), ("hyb", 4): (1, True)},
+           ("hyb", 2): (1, True), ("hyb", 3): (4, True), ("hyb", 4): (1, True),
+           # 1mad2: not swept on a GPU yet; 1mad's choice (its decode is the closest)
+           ("1mad2", 2): (2, False), ("1mad2", 3): (2, False), ("1mad2", 4): (2, False)},
     "rows_block_tk": {2: 1, 3: 2, 4: 1}, "rows_prefetch": False,
     "programs_per_sm": 8, "num_warps": 4}
 

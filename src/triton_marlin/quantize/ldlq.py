@@ -50,7 +50,7 @@ def quantize_ldlq(weight: torch.Tensor, format: str, group_size: int, *, hessian
             tiles = tf.matrix_to_tiles(target).reshape(-1, tf.TILE_WEIGHTS)      # [N/16, 256]
             st = encode_tiles(tiles, setup.values, setup.bits, bar, chunk_tiles)
             states[b] = st
-            q = tf.tiles_to_matrix(setup.values[st], N, T).to(torch.float64) * S[:, c0:c1]
+            q = tf.tiles_to_matrix(tf.path_values(st, setup.values), N, T).to(torch.float64) * S[:, c0:c1]
             if c1 < K:
                 err = torch.linalg.solve_triangular(R[c0:c1, c0:c1], (W[:, c0:c1] - q), upper=True,
                                                     left=False)

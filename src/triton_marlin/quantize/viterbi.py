@@ -34,17 +34,20 @@ SCALE_FACTOR = {2: 1.0, 3: 1.1, 4: 1.15}
 
 def _forward(x: torch.Tensor, values: torch.Tensor, K: int, L: int,
              start_low: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Viterbi forward pass over ``x [B, T]``. Returns (final costs ``[B, 2^L]``, backpointers).
+    """Viterbi forward pass over ``x [B, T]`` (or ``[B, T, V]`` with values ``[2^L, V]``). Returns
+    (final costs ``[B, 2^L]``, backpointers).
 
     ``start_low``: if given ``[B]``, the state before step 0 must have these low ``L-K`` bits.
     Costs drop the per-step constant ``x^2`` (it does not change the argmin).
     """
-    B, T = x.shape
+    B, T = x.shape[:2]
     S, P = 1 << L, 1 << K
     M = S >> K
     v = values.to(device=x.device, dtype=torch.float32)
-    v2 = (v * v).unsqueeze(0)
-    vneg2 = (-2.0 * v).unsqueeze(0)
+    if v.dim() == 1:                     # scalar values: x [B, T]
+        v, x = v[:, None], x[..., None]
+    v2 = (v * v).sum(1).unsqueeze(0)
+    vneg2 = (-2.0 * v).t().unsqueeze(1)  # [V, 1, S]
     if start_low is None:
         cost = torch.zeros(B, S, device=x.device, dtype=torch.float32)
     else:
@@ -56,7 +59,9 @@ def _forward(x: torch.Tensor, values: torch.Tensor, K: int, L: int,
     for t in range(T):
         minv, arg = cost.view(B, P, M).min(dim=1)
         bp[t].copy_(arg)
-        cost = torch.addcmul(v2, xf[:, t:t + 1], vneg2)
+        cost = torch.addcmul(v2, xf[:, t, 0:1], vneg2[0])
+        for c in range(1, vneg2.shape[0]):           # 2-D values (pair codes)
+            cost.addcmul_(xf[:, t, c:c + 1], vneg2[c])
         cost.view(B, M, P).add_(minv.unsqueeze(-1))
     return cost, bp
 
@@ -79,19 +84,22 @@ def viterbi(x: torch.Tensor, values: torch.Tensor, K: int, L: int = tf.STATE_BIT
             tail_biting: bool = True, start_low: torch.Tensor | None = None) -> torch.Tensor:
     """Minimum-squared-error trellis paths for sequences ``x [B, T]``; returns states ``[B, T]``.
 
-    ``values``: the code value of each of the ``2^L`` states. Without tail-biting (and no
+    ``values``: the code value of each of the ``2^L`` states: ``[2^L]``, or ``[2^L, V]`` for a code
+    with V-dimensional values, in which case ``x`` is ``[B, T, V]`` (``K`` bits per step of V weights). Without tail-biting (and no
     ``start_low``) the result is the exact optimum over all paths. With ``start_low`` it is the exact
     optimum over paths whose start state carries those low bits and (if ``tail_biting``) whose end
     state carries them too. With ``tail_biting`` and no ``start_low``, the shared bits are chosen by
     a free pass over the sequence rotated by half (see the module docstring).
     """
-    if x.dim() != 2:
-        raise ValueError(f"x must be [B, T], got {tuple(x.shape)}")
-    if values.shape != (1 << L,):
+    vector = values.dim() == 2
+    if x.dim() != (3 if vector else 2) or (vector and x.shape[2] != values.shape[1]):
+        raise ValueError(f"x must be [B, T] ([B, T, V] for values [2^L, V]), got {tuple(x.shape)} with values "
+                         f"{tuple(values.shape)}")
+    if values.shape[0] != 1 << L or values.dim() > 2:
         raise ValueError(f"values must have {1 << L} entries (2^L), got {tuple(values.shape)}")
     if not 0 < K < L:
         raise ValueError(f"need 0 < K < L, got K={K}, L={L}")
-    B, T = x.shape
+    B, T = x.shape[:2]
     P, M = 1 << K, 1 << (L - K)
     if tail_biting and start_low is None:
         half = T // 2
@@ -122,13 +130,20 @@ def _chunk_tiles(device: torch.device, K: int, L: int, T: int) -> int:
 
 def encode_tiles(targets: torch.Tensor, values: torch.Tensor, K: int, progress=None,
                  chunk: int | None = None) -> torch.Tensor:
-    """Tail-biting Viterbi states for tile sequences ``targets [B, 256]``, in chunks of tiles."""
+    """Tail-biting Viterbi states for tile sequences ``targets [B, 256]``, in chunks of tiles; ``K``
+    bits per weight. A pair code (``values [2^L, 2]``) is searched as 128 steps of ``2K`` bits with 2-D
+    targets; its per-step states come back expanded (:func:`formats.trellis.pair_to_step_states`)."""
     B, T = targets.shape
-    chunk = chunk or _chunk_tiles(targets.device, K, tf.STATE_BITS, T)
+    V = 1 if values.dim() == 1 else values.shape[1]
+    chunk = chunk or _chunk_tiles(targets.device, K * V, tf.STATE_BITS, T // V)
     out = torch.empty(B, T, dtype=torch.int64, device=targets.device)
     for lo in range(0, B, chunk):
         hi = min(B, lo + chunk)
-        out[lo:hi] = viterbi(targets[lo:hi], values, K)
+        if V == 1:
+            out[lo:hi] = viterbi(targets[lo:hi], values, K)
+        else:
+            pairs = viterbi(targets[lo:hi].reshape(hi - lo, T // V, V), values, K * V)
+            out[lo:hi] = tf.pair_to_step_states(pairs, K)
         if progress is not None:
             progress.update(hi - lo)
     return out
@@ -249,7 +264,7 @@ def quantize_viterbi(weight: torch.Tensor, format: str, group_size: int, *, code
                      chunk_tiles: int | None = None, lut_iters: int = 0, hessian=None) -> QuantizedTensor:
     """Trellis-quantize ``weight [N, K]`` tile by tile with tail-biting Viterbi (no Hessian).
 
-    Options: ``code`` (3inst | 1mad | hyb), ``scale_dtype``, ``seed`` (Hadamard signs), ``lut`` (hyb
+    Options: ``code`` (3inst | 1mad | hyb | 1mad2), ``scale_dtype``, ``seed`` (Hadamard signs), ``lut`` (hyb
     table, fp16 [256]), ``scale_factor`` (override the tuned default), ``refit`` (least-squares
     rescale of each row after the search), ``progress`` (tqdm bar; default on above 4096 tiles),
     ``device`` (where to encode; default the weight's), ``chunk_tiles``, ``lut_iters`` (code hyb:
@@ -275,6 +290,6 @@ def quantize_viterbi(weight: torch.Tensor, format: str, group_size: int, *, code
         bar.close()
     states = states.reshape(setup.K // tf.TILE, setup.N // tf.TILE, tf.TILE_WEIGHTS)
     if refit:
-        code_vals = tf.tiles_to_matrix(setup.values[states], setup.N, setup.K)
+        code_vals = tf.tiles_to_matrix(tf.path_values(states, setup.values), setup.N, setup.K)
         scales = setup.refit_scales(wt, code_vals)
     return setup.finish(states, scales, "viterbi")
