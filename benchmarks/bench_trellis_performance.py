@@ -42,7 +42,7 @@ PIPES = {"int": ("IMAD", "IADD3", "LOP3", "SHF", "PRMT", "SGXT", "LEA", "VIADD",
 def add_args(p):
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     p.add_argument("--bits", default="2,3,4", help="bits per weight to measure (trellis2/3/4)")
-    p.add_argument("--codes", default="3inst,1mad,hyb", help="trellis codes to measure")
+    p.add_argument("--codes", default="3inst,1mad,hyb,1mad2", help="trellis codes to measure")
     p.add_argument("--distortion-shape", default=None,
                    help="NxK of the Gaussian matrix for distortion (default 256x256 on GPU, 64x64 on CPU; "
                         "--quick 16x32)")
@@ -226,7 +226,7 @@ def main(argv=None):
     if args.quick and args.bits == "2,3,4":
         bits_list = [3]
     codes = G.parse_list(args.codes)
-    if args.quick and args.codes == "3inst,1mad,hyb":
+    if args.quick and args.codes == "3inst,1mad,hyb,1mad2":
         codes = ["3inst"]
     if args.device.type == "cpu" and not args.quick:
         runner.note("CPU: the Viterbi search over 2^16 states is slow here; default sizes are small")

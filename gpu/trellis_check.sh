@@ -10,7 +10,8 @@
 #      generic, tensor-core.
 # Run from anywhere on the GPU machine: bash gpu/trellis_check.sh  (or `bash gpu/trellis_check.sh speed`:
 # M=1 timings with the per-launch breakdown, the static-GEMV sweep, M=2/4/16/128, kernel GPU tests;
-# ~4 min; `SWEEP=0 bash gpu/trellis_check.sh speed` skips the sweeps, ~2.5 min)
+# ~4 min; `SWEEP=0 bash gpu/trellis_check.sh speed` skips the sweeps, ~2.5 min; BATCHED=0 skips M > 1;
+# CODES=1mad,1mad2 limits the M=1 timings and sweeps to those codes)
 # Writes $OUT/trellis.log (all output, tables included), $OUT/trellis.jsonl (all records) and
 # $OUT/trellis_asm/ (PTX + op counts). Exits non-zero if any step failed. Expected device time ~6 min
 # (kernel compiles included; each step has a timeout, the worst case is ~12 min).
@@ -43,20 +44,25 @@ if [ "${1:-all}" = "speed" ]; then
   # per-launch breakdown, the static GEMV sweep on both shapes (one call per shape), M=2/4/16/128
   # with their block sweeps, then the GPU tests of the kernels; records go straight to $OUT so a
   # cut-short run keeps every finished step; ~5 min
-  step gemm_trellis 85 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
-    --m 1 --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --repeats 30 -o "$OUT/gemm.jsonl"
+  # CODES (default all four) picks the codes of the M=1 timings and sweeps, e.g. CODES=1mad,1mad2
+  CODES="${CODES:-3inst,1mad,hyb,1mad2}"
+  NC=$(echo "$CODES" | tr ',' '\n' | wc -l)
+  step gemm_trellis $((25 + 22 * NC)) python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
+    --m 1 --formats trellis2,trellis3,trellis4 --codes "$CODES" --repeats 30 -o "$OUT/gemm.jsonl"
   if [ "${SWEEP:-1}" = "1" ]; then
-  step sweep_8192 75 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 --m 1 \
-    --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --no-int4 --sweep --repeats 15 -o "$OUT/sweep_8192.jsonl"
-  step sweep_28672 55 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 28672x8192 --m 1 \
-    --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --no-int4 --sweep --repeats 15 -o "$OUT/sweep_28672.jsonl"
+  step sweep_8192 $((15 + 18 * NC)) python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 --m 1 \
+    --formats trellis2,trellis3,trellis4 --codes "$CODES" --no-int4 --sweep --repeats 15 -o "$OUT/sweep_8192.jsonl"
+  step sweep_28672 $((15 + 14 * NC)) python benchmarks/bench_gemm_trellis.py --device cuda --shapes 28672x8192 --m 1 \
+    --formats trellis2,trellis3,trellis4 --codes "$CODES" --no-int4 --sweep --repeats 15 -o "$OUT/sweep_28672.jsonl"
   fi
+  if [ "${BATCHED:-1}" = "1" ]; then
   step gemm_trellis_batched 45 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 \
     --m 2,4,16,128 --formats trellis2,trellis3,trellis4 --codes 3inst --no-int4 --repeats 20 \
     $( [ "${SWEEP:-1}" = "1" ] && echo --sweep ) \
     -o "$OUT/gemm_batched.jsonl"
   step gemm_trellis_bf16 30 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 \
     --m 1,16 --formats trellis3 --codes 3inst --dtype bfloat16 --no-int4 --repeats 20 -o "$OUT/gemm_bf16.jsonl"
+  fi
   cat "$OUT"/gemm*.jsonl "$OUT"/sweep*.jsonl > "$WORK/all.jsonl" 2>/dev/null
   python benchmarks/_trellis_summary.py "$WORK/all.jsonl" > "$OUT/summary.txt"
   step pytest_gpu_kernels 60 python -m pytest -q -x -m gpu tests/test_trellis_kernels.py tests/test_hadamard.py \
@@ -64,8 +70,8 @@ if [ "${1:-all}" = "speed" ]; then
   cat "$OUT/summary.txt"
   exit $status
 fi
-step gemm_trellis 180 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
-  --m 1 --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb --repeats 30 \
+step gemm_trellis 240 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
+  --m 1 --formats trellis2,trellis3,trellis4 --codes 3inst,1mad,hyb,1mad2 --repeats 30 \
   --asm-dir "$OUT/trellis_asm" -o "$WORK/gemm.jsonl"
 step gemm_trellis_batched 90 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 \
   --m 4,16,128 --formats trellis2,trellis3,trellis4 --codes 3inst --repeats 30 -o "$WORK/gemm_batched.jsonl"
