@@ -11,11 +11,6 @@ the per-kernel GPU times of the default configuration from the profiler. Prints 
 ``--candidates library``: exactly what ``select_config`` times when ``TRITON_MARLIN_MOE_TUNE=1``.
 ``--candidates tune``: neighbours of the default (the down kernel's column block and warps, 64-row blocks, the
 fused loop at 16 tokens), each with its gate_up / down split.
-``--candidates regress``: the swapped-loop regression of b2154e1 (docs/perf/moe.md): the default, the loop of
-0929a96 (``legacy_loop=1``) and each change of the rework reverted alone (``pad_rows`` 1 / 2, ``words_first``,
-``even=0``), the same reverts on the best fused tile (``fuse_gu`` + ``dot_k=128`` + ``prefetch``), and at 16
-tokens the 16x128 default with the loop of 0929a96 and the padding switches; per-kernel GPU times of every
-configuration.
 """
 import argparse
 import sys
@@ -58,31 +53,19 @@ FUSED = {
           C(32, 128, 4, 128, 1, 4, **S, dot_k=128, fuse_gu=1)],
 }
 
-# --candidates regress: each change b2154e1 made to every swapped tile switched back alone (MoEGemmConfig docs)
-BEST = dict(swap_ab=1, dot_k=128, prefetch=1, fuse_gu=1)
-REVERTS = [dict(pad_rows=1), dict(pad_rows=2), dict(words_first=1), dict(even=0)]
-REGRESS = {
-    256: [C(32, 64, 4, 64, 1, 4, **S, legacy_loop=1)] + [C(32, 64, 4, 64, 1, 4, **S, **r) for r in REVERTS]
-    + [C(32, 64, 4, 64, 1, 4, **S, pad_rows=1, words_first=1, even=0), C(32, 64, 4, 64, 1, 4, **BEST)]
-    + [C(32, 64, 4, 64, 1, 4, **BEST, **r) for r in REVERTS],
-    16: [C(16, 128, 4, 128, 1, 4, **S, legacy_loop=1), C(16, 128, 4, 128, 1, 4, **S, pad_rows=1),
-         C(16, 128, 4, 128, 1, 4, **S, pad_rows=2)],
-}
-
-# --candidates tune: neighbours of the default chosen from the regress run (padding rows masked): the down
+# --candidates tune: neighbours of the default: the down
 # kernel's column block and warps, 64-row blocks, and at 16 tokens the fused loop
-P = dict(BEST, pad_rows=1)
+P = dict(swap_ab=1, dot_k=128, prefetch=1, fuse_gu=1)
 TUNE = {
     256: [C(32, 64, 4, 128, 1, 4, **P), C(32, 64, 4, 128, 1, 8, **P), C(32, 64, 4, 32, 1, 4, **P),
           C(64, 64, 4, 64, 1, 4, **P), C(32, 64, 4, 64, 1, 4, **P, stages=3), C(32, 64, 4, 64, 2, 4, **P)],
-    16: [C(16, 128, 4, 128, 1, 4, **P), C(16, 64, 4, 64, 1, 4, **P), C(16, 128, 4, 64, 1, 4, **S, pad_rows=1)],
+    16: [C(16, 128, 4, 128, 1, 4, **P), C(16, 64, 4, 64, 1, 4, **P), C(16, 128, 4, 64, 1, 4, **S)],
 }
 
 
 def short(cfg: C) -> str:
     """The fields of ``cfg`` that differ from the dataclass defaults, ``block_m x up_block_n`` first."""
-    extra = [f"{f}={getattr(cfg, f)}" for f in ("up_warps", "stages", "swap_ab", "dot_k", "prefetch", "fuse_gu",
-                                               "pad_rows", "words_first", "even", "legacy_loop")
+    extra = [f"{f}={getattr(cfg, f)}" for f in ("up_warps", "stages", "swap_ab", "dot_k", "prefetch", "fuse_gu")
              if getattr(cfg, f) != getattr(C(16, 64, 4, 64, 1, 4), f)]
     return f"{cfg.block_m}x{cfg.up_block_n} " + " ".join(extra)
 
@@ -104,7 +87,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 256])
     p.add_argument("--recipes", nargs="+", default=["int4", "glm4"], choices=["int4", "glm4"])
-    p.add_argument("--candidates", default="all", choices=["all", "swap", "fused", "regress", "tune", "library"])
+    p.add_argument("--candidates", default="all", choices=["all", "swap", "fused", "tune", "library"])
     p.add_argument("--smoke", action="store_true", help="CPU interpreter, shrunk layer: checks the script runs")
     a = p.parse_args()
     dev = torch.device("cpu" if a.smoke else "cuda")
@@ -126,7 +109,7 @@ def main():
             if a.candidates == "library":  # what select_config tries with TRITON_MARLIN_MOE_TUNE=1
                 cands = candidate_configs(ids.numel(), ex.num_total, ex.hidden_size, ex.intermediate_size)
             else:
-                table = {"swap": SWAP, "fused": FUSED, "regress": REGRESS, "tune": TUNE}.get(a.candidates, CANDIDATES)
+                table = {"swap": SWAP, "fused": FUSED, "tune": TUNE}.get(a.candidates, CANDIDATES)
                 cands = [dflt] + [c for c in table.get(T, []) if c != dflt]
             for cfg in cands[:2] if a.smoke else cands:
                 try:
@@ -142,7 +125,7 @@ def main():
                     print(f"{recipe} T={T} {cfg}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
                 r = rows[-1]
                 print(f"{r[0]:5s} T={r[1]:4d} err={r[3]:.2e} {r[4]:9.1f} us {r[5]:7.0f} GB/s  {r[2]}", flush=True)
-                if a.candidates in ("regress", "tune", "library") and not a.smoke and r[4] == r[4]:
+                if a.candidates in ("tune", "library") and not a.smoke and r[4] == r[4]:
                     try:  # gate_up and down apart, every configuration
                         kt = kernel_times(lambda: _fused_acc(x, ids, w, ex, uniform=False, config=cfg))
                         split = {n: t for n, (c, t) in kt.items() if n in ("_moe_gate_up_kernel", "_moe_down_kernel")}
@@ -151,7 +134,7 @@ def main():
                               f"down {split.get('_moe_down_kernel', float('nan')):8.2f} us  {short(cfg)}", flush=True)
                     except Exception as exc:  # a diagnostic: report, keep the table
                         print(f"profile failed: {type(exc).__name__}: {exc}", flush=True)
-            if a.smoke or a.candidates in ("regress", "tune", "library"):
+            if a.smoke or a.candidates in ("tune", "library"):
                 continue
             # per-kernel GPU times of the default configuration (and of the fastest, where another)
             from torch.profiler import ProfilerActivity, profile

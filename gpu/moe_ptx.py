@@ -10,8 +10,7 @@ kernel with two K loops (gate, then up) has two such loops, the fused one (``FUS
 projections. SASS per weight: loop SASS instructions x threads / (weights per loop iteration).
 ``--mixed`` compiles as ``gpu/moe_explore.py`` launches (``uniform=False``: the kind read from the table, one
 kind compiled in) instead of the uniform compile; registers differ (e.g. the 32x64 swapped gate_up: 110 before
-b2154e1 and 115 after mixed, 152 and 109 uniform). The ``regress`` variants (``--only '.*_rg.*'``) are the
-switches of the swapped-loop rework (``MoEGemmConfig`` ``legacy_loop``, ``pad_rows``, ``words_first``, ``even``).
+b2154e1 and 115 after mixed, 152 and 109 uniform).
 """
 from __future__ import annotations
 
@@ -55,36 +54,32 @@ def _build(fn, types, consts, num_warps, num_stages):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
 
 
-SWITCHES = ("pad_rows", "words_first", "even", "legacy_loop")
 
-
-def _swap(bm, bn, swap, dot_k, prefetch, K, N, **switches):
+def _swap(bm, bn, swap, dot_k, prefetch, K, N):
     """The kernels' SWAP constexpr for the GLM shapes (K, N), as the launcher computes it."""
     if not swap:
         return 0
-    return MG.swap_mode(MG.MoEGemmConfig(bm, bn, 4, bn, 1, 4, swap_ab=1, dot_k=dot_k, prefetch=prefetch, **switches),
+    return MG.swap_mode(MG.MoEGemmConfig(bm, bn, 4, bn, 1, 4, swap_ab=1, dot_k=dot_k, prefetch=prefetch),
                         K, N, bn)
 
 
-def gate_up(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16", dot_k=16, prefetch=0, fuse=0, mixed=False,
-            **switches):
+def gate_up(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16", dot_k=16, prefetch=0, fuse=0, mixed=False):
     uni = -1 if mixed else kind
     consts = dict(SLOTS_PER_TOKEN=5, G_KINDS=1 << kind, G_UNIFORM=uni, U_KINDS=1 << kind, U_UNIFORM=uni,
                   IS_BF16=dt == "bf16", BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=1, ZERO_BLOCK=1024, UNROLL=1, G_GK=128,
                   U_GK=128, ASM=asm, DIRECT=False)
-    consts["SWAP"] = _swap(bm, bn, swap, dot_k, prefetch, 2048, 1536, **switches)
+    consts["SWAP"] = _swap(bm, bn, swap, dot_k, prefetch, 2048, 1536)
     consts["FUSE_GU"] = fuse
     types = {"x_ptr": "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32", "npost_ptr": "*i32",
              "inter_ptr": "*" + dt, "zero_ptr": "*fp32", **_flat("g", "*" + dt), **_flat("u", "*" + dt)}
     return _build(MG._moe_gate_up_kernel, types, consts, warps, stages)
 
 
-def down(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16", dot_k=16, prefetch=0, fuse=0, mixed=False,
-         **switches):
+def down(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16", dot_k=16, prefetch=0, fuse=0, mixed=False):
     consts = dict(SLOTS_PER_TOKEN=5, D_KINDS=1 << kind, D_UNIFORM=-1 if mixed else kind, IS_BF16=dt == "bf16",
                   BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=1, A_SWIGLU=False, UNROLL=1, D_GK=128, ASM=asm, A_SPLITS=1,
                   DIRECT=False)
-    consts["SWAP"] = _swap(bm, bn, swap, dot_k, prefetch, 1536, 2048, **switches)
+    consts["SWAP"] = _swap(bm, bn, swap, dot_k, prefetch, 1536, 2048)
     types = {"inter_ptr": "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32", "npost_ptr": "*i32",
              "w_ptr": "*fp32", "out_ptr": "*fp32", **_flat("d", "*" + dt)}
     return _build(MG._moe_down_kernel, types, consts, warps, stages)
@@ -142,18 +137,6 @@ def variants():
                 if "f" in tag and name_fn != "gate_up":
                     continue
                 out[f"{name_fn}_swap{tag}_bm{bm}_bn{bn}_w{w}"] = (fn, dict(bm=bm, bn=bn, warps=w, swap=1, **extra))
-        # the swapped-loop regression (b2154e1): each change switched back alone, on the default tiles and the
-        # best fused one (v0: the loop of 0929a96, m: padding rows masked, a: padding rows = the block's first
-        # row, w: words before activations, e: no EVEN_K/EVEN_N)
-        reverts = (("", {}), ("v0", dict(legacy_loop=1)), ("m", dict(pad_rows=1)), ("a", dict(pad_rows=2)),
-                   ("w", dict(words_first=1)), ("e", dict(even=0)), ("mwe", dict(pad_rows=1, words_first=1, even=0)))
-        for bm, bn, base_tag, base in ((32, 64, "", {}), (16, 128, "", {}),
-                                       (32, 64, "fdp", dict(fuse=1, dot_k=128, prefetch=1))):
-            for tag, extra in reverts:
-                if (base and tag in ("v0", "mwe")) or (bm == 16 and tag not in ("", "v0", "m", "a")):
-                    continue  # (down ignores fuse: its fdp variants are dot_k=128 + prefetch)
-                out[f"{name_fn}_rg{base_tag}{tag}_bm{bm}_bn{bn}_w4"] = (fn, dict(bm=bm, bn=bn, warps=4, swap=1,
-                                                                                 **base, **extra))
     return out
 
 

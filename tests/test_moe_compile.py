@@ -59,14 +59,10 @@ out["align_scatter_glm"] = build(MA._align_scatter_kernel, align_types,  # 65 ex
     dict(BLOCK_M=16, BLOCK_S=64, BLOCK_E=128, E_TILES=1, BLOCK_C=32, BLOCK_B=32, FROM_IDS=False), 4)
 out["align_fused_bm1"] = build(MA._align_scatter_kernel, align_types,  # one launch; BLOCK_M 1, 3 expert tiles
     dict(BLOCK_M=1, BLOCK_S=16, BLOCK_E=128, E_TILES=3, BLOCK_C=32, BLOCK_B=32, FROM_IDS=True), 4)
-# SWAP bits (MG.swap_mode) of the switches of the swapped-loop rework: pad_rows=1 masked (32) / 2 the block's
-# first row (64), words_first (128), even=0 (no 4/8), legacy_loop (256: the loop of 0929a96)
-SWAP_OF = {"gate_up_dot_swap_pad1_asm_mixed_fp16": 13 | 32,
-           "gate_up_dot_swap_dk_fused_pad2_wf_asm_int4_fp16": 31 | 64 | 128,
-           "gate_up_dot_swap_dk_fused_pad1_odd_mixed_bf16": 1 | 2 | 32,
-           "gate_up_dot_swap_v0_asm_int4_fp16": 1 | 256,
-           "down_dot_swap_pad2_wf_asm_int4_fp16": 13 | 64 | 128,
-           "down_dot_swap_v0_asm_split_fp16": 1 | 256}
+# SWAP bits (MG.swap_mode) other than the default 1 (swapped) / 31 (``_dk``: dot_k 128, EVEN_K, EVEN_N, prefetch)
+SWAP_OF = {"gate_up_dot_swap_even_asm_mixed_fp16": 1 | 4 | 8,
+           "gate_up_dot_swap_dk_fused_odd_mixed_bf16": 1 | 2,
+           "down_dot_swap_even_asm_int4_fp16": 1 | 4 | 8}
 every_kind = (1 << MG.NUM_KINDS) - 1
 some_kinds = (1 << 0) | (1 << 5) | (1 << 7) | (1 << 9)  # int2, mxfp4, fp8, asymmetric int3
 asm_kinds = (1 << 1) | (1 << 4) | (1 << 10)  # the PTX unpackers: int3, fp4 (E2M1), asymmetric int4
@@ -83,10 +79,8 @@ for name, dt, kinds, uniform, bm, bn, split, warps, gk, asm in (
         ("gate_up_dot_swap_dk_fused_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, 4, 128, True),
         ("gate_up_dot_swap_dk_fused_asm_mixed_fp16", "fp16", asm_kinds, -1, 32, 64, 1, 4, 128, True),
         ("gate_up_dot_swap_dk_fused_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False),
-        ("gate_up_dot_swap_pad1_asm_mixed_fp16", "fp16", asm_kinds, -1, 32, 64, 1, 4, 128, True),
-        ("gate_up_dot_swap_dk_fused_pad2_wf_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, 4, 128, True),
-        ("gate_up_dot_swap_dk_fused_pad1_odd_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False),
-        ("gate_up_dot_swap_v0_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, 4, 128, True)):
+        ("gate_up_dot_swap_even_asm_mixed_fp16", "fp16", asm_kinds, -1, 32, 64, 1, 4, 128, True),
+        ("gate_up_dot_swap_dk_fused_odd_mixed_bf16", "bf16", some_kinds, -1, 16, 64, 1, 4, 32, False)):
     types = {"x_ptr": "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32", "npost_ptr": "*i32",
              "inter_ptr": "*fp32" if split > 1 else "*" + dt, "zero_ptr": "*fp32",
              **flat("g", "*" + dt), **flat("u", "*" + dt)}
@@ -102,8 +96,7 @@ for name, dt, kinds, uniform, bm, bn, split, swiglu, warps, gk, asm in (
         ("down_dot_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True),
         ("down_dot_swap_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True),
         ("down_dot_swap_dk_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, False, 4, 128, True),
-        ("down_dot_swap_pad2_wf_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, False, 4, 128, True),
-        ("down_dot_swap_v0_asm_split_fp16", "fp16", asm_kinds, -1, 16, 128, 2, False, 4, 128, True)):
+        ("down_dot_swap_even_asm_int4_fp16", "fp16", 1 << 2, 2, 32, 64, 1, False, 4, 128, True)):
     types = {"inter_ptr": "*fp32" if swiglu else "*" + dt, "sorted_ptr": "*i32", "eids_ptr": "*i32",
              "npost_ptr": "*i32", "w_ptr": "*fp32", "out_ptr": "*fp32", **flat("d", "*" + dt)}
     out[name] = build(MG._moe_down_kernel, types,
@@ -126,7 +119,7 @@ def test_moe_kernels_compile_for_hopper():
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(info) == 31 and {"route_glm", "router_logits", "align"} <= set(info)
+    assert len(info) == 28 and {"route_glm", "router_logits", "align"} <= set(info)
     for name, meta in info.items():
         assert 0 <= meta["shared"] <= 227 * 1024, (name, meta)
         # swapped tensor-core tiles: wgmma reads the (unpacked) weights from registers, the others use none

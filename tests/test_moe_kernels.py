@@ -59,14 +59,11 @@ SWAP_SPLIT = MoEGemmConfig(32, 32, 4, 64, 2, 4, swap_ab=1)  # 32-row blocks, dow
 SWAP_DOT = MoEGemmConfig(16, 64, 4, 32, 3, 4, swap_ab=1, dot_k=128, prefetch=1)
 SWAP_FUSED = MoEGemmConfig(16, 32, 4, 64, 2, 4, swap_ab=1, dot_k=128, fuse_gu=1)
 SWAP_FUSED_PRE = MoEGemmConfig(32, 64, 4, 32, 1, 4, swap_ab=1, fuse_gu=1, prefetch=1)
-# the switches of the swapped-loop rework (b2154e1): padding rows masked / reading the block's first row, the
-# words issued before the activations, no EVEN_K/EVEN_N specialization, the loop of 0929a96
-SWITCHED = [MoEGemmConfig(16, 64, 4, 32, 3, 4, swap_ab=1, pad_rows=1),
-            MoEGemmConfig(32, 32, 4, 64, 2, 4, swap_ab=1, pad_rows=2, words_first=1),
-            MoEGemmConfig(16, 64, 4, 64, 1, 4, swap_ab=1, even=0, words_first=1),
-            MoEGemmConfig(16, 64, 4, 32, 3, 4, swap_ab=1, legacy_loop=1),
-            MoEGemmConfig(16, 32, 4, 64, 2, 4, swap_ab=1, dot_k=128, fuse_gu=1, pad_rows=2, words_first=1),
-            MoEGemmConfig(32, 64, 4, 32, 1, 4, swap_ab=1, dot_k=128, fuse_gu=1, prefetch=1, pad_rows=1, even=0)]
+# swapped tiles over the EVEN paths (K = 256, N a multiple of the block) and a partial down tile, 16/32-row blocks
+SWAPPED_EVEN = [MoEGemmConfig(16, 64, 4, 32, 3, 4, swap_ab=1),
+                MoEGemmConfig(32, 32, 4, 64, 2, 4, swap_ab=1, dot_k=128),
+                MoEGemmConfig(16, 32, 4, 64, 2, 4, swap_ab=1, dot_k=128, fuse_gu=1),
+                MoEGemmConfig(32, 64, 4, 32, 1, 4, swap_ab=1, dot_k=128, fuse_gu=1, prefetch=1)]
 
 
 @pytest.mark.parametrize("fmt", ["int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8"])
@@ -160,13 +157,11 @@ def test_fused_gate_up_same_and_different_kinds(gen):
         assert rel_err(run_fused(x, ids2, w2, asym, SWAP_FUSED, uniform=uniform), ref2) < TOL[torch.float16]
 
 
-@pytest.mark.parametrize("cfg", SWITCHED, ids=lambda c: f"bm{c.block_m}_pad{c.pad_rows}_wf{c.words_first}_even{c.even}"
-                         f"_v0{c.legacy_loop}_dk{c.dot_k}_f{c.fuse_gu}")
-def test_swapped_loop_switches(cfg, gen):
-    """Each switch of the swapped-loop rework gives the reference: mixed kinds (fused and separate gate/up
-    loops, int8 codes loaded per slot), K = 256 with N a multiple of the block (the EVEN paths, where ``even=0``
-    puts the masks back) and a partial down tile (K = 96); blocks of 16 and 32 rows with 1-3 slots per expert,
-    so most rows are padding (masked, the block's first row, or token 0 / unwritten rows of ``inter``)."""
+@pytest.mark.parametrize("cfg", SWAPPED_EVEN, ids=lambda c: f"bm{c.block_m}_dk{c.dot_k}_f{c.fuse_gu}_p{c.prefetch}")
+def test_swapped_tiles_even_paths(cfg, gen):
+    """Swapped tiles give the reference: mixed kinds (fused and separate gate/up loops, int8 codes loaded per
+    slot), K = 256 with N a multiple of the block (the EVEN paths: no k or column masks) and a partial down tile
+    (K = 96); blocks of 16 and 32 rows with 1-3 slots per expert, so most rows are padding (masked)."""
     recipe = [(("int4", 32), ("int4", 32), ("int2", 32)), (("int2", 32), ("int4", 32), ("int4", 32)),
               ("fp8", "fp8", ("int4", 32)), (("int4", 32), ("int8", 32), ("int3", 32))]
     E, H, I, T, k = 4, 256, 96, 5, 2
@@ -177,7 +172,7 @@ def test_swapped_loop_switches(cfg, gen):
     out = run_fused(x, ids, w, ex, cfg)
     assert rel_err(out, ref) < TOL[torch.float16], cfg
     assert (out[0] == 0).all()
-    if cfg.legacy_loop or cfg.fuse_gu:
+    if cfg.fuse_gu:
         return
     # int4 group 128 (GLM's format: one scale group per tile, the fold path), uniform compile
     ex2 = make_experts(("int4", 128), 3, 256, 128, gen)
@@ -187,11 +182,10 @@ def test_swapped_loop_switches(cfg, gen):
 
 
 def test_swap_mode_bits():
-    """The SWAP constexpr of each switch for the GLM shapes (gate_up K 2048 x N 1536, down 1536 x 2048)."""
+    """The SWAP constexpr of the swapped tiles for the GLM shapes (gate_up K 2048 x N 1536, down 1536 x 2048)."""
     base = dict(block_m=32, up_block_n=64, up_warps=4, down_block_n=64, down_split_k=1, down_warps=4, swap_ab=1)
-    for extra, bits in ((dict(), 13), (dict(pad_rows=1), 13 | 32), (dict(pad_rows=2), 13 | 64),
-                        (dict(words_first=1), 13 | 128), (dict(even=0), 1), (dict(legacy_loop=1), 1 | 256),
-                        (dict(dot_k=128, prefetch=1, fuse_gu=1), 31), (dict(dot_k=128, even=0), 3)):
+    for extra, bits in ((dict(), 13), (dict(dot_k=128), 15), (dict(prefetch=1), 29),
+                        (dict(dot_k=128, prefetch=1, fuse_gu=1), 31)):
         cfg = MoEGemmConfig(**base, **extra)
         assert swap_mode(cfg, 2048, 1536, 64) == bits and swap_mode(cfg, 1536, 2048, 64) == bits, extra
     assert swap_mode(MoEGemmConfig(16, 64, 4, 64, 1, 4), 2048, 1536, 64) == 0  # unswapped
@@ -244,18 +238,8 @@ def test_config_validation():
         MoEGemmConfig(16, 64, 4, 64, 1, 4, fuse_gu=1)
     with pytest.raises(ValueError, match="swap_ab must be 0 or 1"):
         MoEGemmConfig(16, 64, 4, 64, 1, 4, swap_ab=2)
-    with pytest.raises(ValueError, match="pad_rows must be"):
-        MoEGemmConfig(16, 64, 4, 64, 1, 4, swap_ab=1, pad_rows=3)
     with pytest.raises(ValueError, match="must be 0 or 1"):
-        MoEGemmConfig(16, 64, 4, 64, 1, 4, swap_ab=1, even=2)
-    with pytest.raises(ValueError, match="swapped tiles"):
-        MoEGemmConfig(16, 64, 4, 64, 1, 4, pad_rows=1)
-    with pytest.raises(ValueError, match="swapped tiles"):
-        MoEGemmConfig(16, 64, 4, 64, 1, 4, legacy_loop=1)
-    with pytest.raises(ValueError, match="legacy_loop"):
-        MoEGemmConfig(16, 64, 4, 64, 1, 4, swap_ab=1, legacy_loop=1, dot_k=128)
-    with pytest.raises(ValueError, match="legacy_loop"):
-        MoEGemmConfig(16, 64, 4, 64, 1, 4, swap_ab=1, legacy_loop=1, pad_rows=1)
+        MoEGemmConfig(16, 64, 4, 64, 1, 4, swap_ab=1, prefetch=2)
 
 
 def test_configs():

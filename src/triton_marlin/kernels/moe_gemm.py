@@ -258,24 +258,18 @@ def _swap_words(codes32, codes16, code_off, hi_off, kt, N, offs_n, n_ok, BITS: t
 
 
 @triton.jit
-def _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS: tl.constexpr, DS: tl.constexpr, EVEN_K: tl.constexpr,
-                      ROW_MASK: tl.constexpr):
-    """The activation blocks of K tile ``kt``: one ``[16 * DS, BM]`` per ``tl.dot`` (a tuple). The rows are
-    always readable (padding rows point at a valid row; see the kernels), so only a partial last tile
-    (``EVEN_K`` False) masks, by k. ``ROW_MASK`` (``pad_rows=1``): padding rows (``a_ok`` False) are masked
-    too: zero-filled, no global read (the loads before b2154e1)."""
+def _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS: tl.constexpr, DS: tl.constexpr, EVEN_K: tl.constexpr):
+    """The activation blocks of K tile ``kt``: one ``[16 * DS, BM]`` per ``tl.dot`` (a tuple). Padding rows
+    (``a_ok`` False) are masked: zero-filled, no global read (44% of the rows of a 256-token GLM layer and 87%
+    at 16 tokens are padding; reading them cost 16-45 us on the H200). A partial last tile (``EVEN_K`` False)
+    masks by k too."""
     bs = ()
     for j in tl.static_range(SLOTS // DS):
         kk = kt * (SLOTS * 16) + j * (16 * DS) + tl.arange(0, 16 * DS)
-        if ROW_MASK:
-            if EVEN_K:
-                b = tl.load(a_rows[None, :] + kk[:, None], mask=a_ok[None, :], other=0.0)
-            else:
-                b = tl.load(a_rows[None, :] + kk[:, None], mask=a_ok[None, :] & (kk < k_lim)[:, None], other=0.0)
-        elif EVEN_K:
-            b = tl.load(a_rows[None, :] + kk[:, None])
+        if EVEN_K:
+            b = tl.load(a_rows[None, :] + kk[:, None], mask=a_ok[None, :], other=0.0)
         else:
-            b = tl.load(a_rows[None, :] + kk[:, None], mask=(kk < k_lim)[:, None], other=0.0)
+            b = tl.load(a_rows[None, :] + kk[:, None], mask=a_ok[None, :] & (kk < k_lim)[:, None], other=0.0)
         bs = bs + (b,)
     return bs
 
@@ -312,11 +306,9 @@ def _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, sca
     ``SWAP`` bits (see :func:`swap_mode`): 1 swapped; 2 one ``tl.dot`` per scale group (fold) or per 8 slots
     (``dot_k=128``: the slot operands joined along K in registers, so Triton waits on the tensor cores once
     per group instead of once per slot); 4 ``EVEN_K`` (no partial tile: no k masks); 8 ``EVEN_N`` (no column
-    masks; every table offset is then a multiple of 16 elements and says so, though the word copies stay 4-byte
-    on sm_90: docs/perf/moe.md); 16 scales loaded
-    a tile ahead where a tile is one scale group (``prefetch``); 32 padding rows masked (``pad_rows=1``; 64,
-    ``pad_rows=2``, is the kernels' business: padding rows alias the block's first row); 128 the tile's words
-    loaded before its activation blocks (``words_first``); 256 is :func:`_dot_loop_swap_v0` instead."""
+    masks); 16 scales loaded a tile ahead where a tile is one scale group (``prefetch``). Per K tile: the
+    activation blocks, the next tile's scales, then the word rows (16-byte copies: the flat buffers interleave
+    each column's 16 word rows, see :mod:`triton_marlin.moe.experts`)."""
     TILE: tl.constexpr = SLOTS * 16
     FOLD: tl.constexpr = GK > 0 and GK % 16 == 0 and (GK % TILE == 0 or TILE % GK == 0)
     GS: tl.constexpr = (GK // 16 if GK < TILE else SLOTS) if FOLD else 1
@@ -325,8 +317,6 @@ def _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, sca
     EVEN_K: tl.constexpr = (SWAP // 4) % 2 == 1
     EVEN_N: tl.constexpr = (SWAP // 8) % 2 == 1
     PRE: tl.constexpr = FOLD and GS == SLOTS and (SWAP // 16) % 2 == 1
-    ROW_MASK: tl.constexpr = (SWAP // 32) % 2 == 1
-    WORDS_FIRST: tl.constexpr = (SWAP // 128) % 2 == 1
     code_off = _known16(code_off)
     hi_off = _known16(hi_off)
     scale_off = _known16(scale_off)
@@ -336,19 +326,14 @@ def _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, sca
                               kt_end, BITS, SLOTS, SCALE_KIND, SYM, GK, PRE, True, BLOCK_N)
     acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     for kt in range(kt_begin, kt_end):
-        if WORDS_FIRST:
-            words, hi = _swap_words(codes32, codes16, code_off, hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
-            bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K, ROW_MASK)
-        else:
-            bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K, ROW_MASK)
+        bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K)
         s_c = s_n
         z_c = z_n
         if PRE:
             s_n, z_n = _swap_prefetch(scales16, scales8, zeros8, gscale, scale_off, zero_off,
                                       tl.minimum(kt + 1, kt_end - 1), N, offs_n, n_ok, kt_end, BITS, SLOTS, SCALE_KIND,
                                       SYM, GK, PRE, not EVEN_N, BLOCK_N)
-        if not WORDS_FIRST:  # the order of b2154e1: activations, scales of the next tile, then the words
-            words, hi = _swap_words(codes32, codes16, code_off, hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
+        words, hi = _swap_words(codes32, codes16, code_off, hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
         acc_t = _swap_tile(acc_t, bs, words, hi, kt, k_lim, N, codes8, scales16, scales8, zeros8, gscale,
                            code_off, scale_off, zero_off, group, offs_n, n_ok, s_c, z_c, BITS, LO_BITS, SLOTS,
                            DKIND, SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, GK, ASM, DS, EVEN_K, EVEN_N, PRE)
@@ -379,8 +364,6 @@ def _dot_loop_swap2(a_rows, a_ok, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, 
     EVEN_N: tl.constexpr = (SWAP // 8) % 2 == 1
     G_PRE: tl.constexpr = G_FOLD and G_GS == SLOTS and (SWAP // 16) % 2 == 1
     U_PRE: tl.constexpr = U_FOLD and U_GS == SLOTS and (SWAP // 16) % 2 == 1
-    ROW_MASK: tl.constexpr = (SWAP // 32) % 2 == 1
-    WORDS_FIRST: tl.constexpr = (SWAP // 128) % 2 == 1
     g_code_off = _known16(g_code_off)
     g_hi_off = _known16(g_hi_off)
     g_scale_off = _known16(g_scale_off)
@@ -397,12 +380,7 @@ def _dot_loop_swap2(a_rows, a_ok, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, 
     g_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     u_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     for kt in range(kt_begin, kt_end):
-        if WORDS_FIRST:
-            g_words, g_hi = _swap_words(gc32, gc16, g_code_off, g_hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
-            u_words, u_hi = _swap_words(uc32, uc16, u_code_off, u_hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
-            bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K, ROW_MASK)
-        else:
-            bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K, ROW_MASK)
+        bs = _swap_activations(a_rows, a_ok, kt, k_lim, SLOTS, DS, EVEN_K)
         gs_c = gs_n
         gz_c = gz_n
         us_c = us_n
@@ -414,94 +392,15 @@ def _dot_loop_swap2(a_rows, a_ok, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, 
         if U_PRE:
             us_n, uz_n = _swap_prefetch(us16, us8, uz8, u_gscale, u_scale_off, u_zero_off, ktn, N, offs_n, n_ok, kt_end,
                                         BITS, SLOTS, SCALE_KIND, SYM, U_GK, U_PRE, not EVEN_N, BLOCK_N)
-        if not WORDS_FIRST:  # the order of b2154e1: each projection's words just before its tile
-            g_words, g_hi = _swap_words(gc32, gc16, g_code_off, g_hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
+        g_words, g_hi = _swap_words(gc32, gc16, g_code_off, g_hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
         g_t = _swap_tile(g_t, bs, g_words, g_hi, kt, k_lim, N, gc8, gs16, gs8, gz8, g_gscale, g_code_off,
                          g_scale_off, g_zero_off, g_group, offs_n, n_ok, gs_c, gz_c, BITS, LO_BITS, SLOTS, DKIND,
                          SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, G_GK, ASM, DS, EVEN_K, EVEN_N, G_PRE)
-        if not WORDS_FIRST:
-            u_words, u_hi = _swap_words(uc32, uc16, u_code_off, u_hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
+        u_words, u_hi = _swap_words(uc32, uc16, u_code_off, u_hi_off, kt, N, offs_n, n_ok, BITS, EVEN_N)
         u_t = _swap_tile(u_t, bs, u_words, u_hi, kt, k_lim, N, uc8, us16, us8, uz8, u_gscale, u_code_off,
                          u_scale_off, u_zero_off, u_group, offs_n, n_ok, us_c, uz_c, BITS, LO_BITS, SLOTS, DKIND,
                          SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, U_GK, ASM, DS, EVEN_K, EVEN_N, U_PRE)
     return g_t, u_t
-
-
-@triton.jit
-def _dot_loop_swap_v0(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale, code_off,
-                      hi_off, scale_off, zero_off, group, offs_n, n_ok, kt_begin, kt_end, k_lim,
-                      BITS: tl.constexpr, LO_BITS: tl.constexpr, SLOTS: tl.constexpr, DKIND: tl.constexpr,
-                      SCALE_KIND: tl.constexpr, SYM: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, GK: tl.constexpr, ASM: tl.constexpr):
-    """The swapped K loop as it was before b2154e1 (commit 0929a96; ``legacy_loop=1``), kept to time the rework
-    against on the same card: one k=16 ``tl.dot`` per slot, each slot's activation block loaded with the row
-    mask ``a_ok`` (padding rows zero-filled, not read) and the k mask, the scale row found by dividing by the
-    table's runtime ``group``, column masks on words and scales. One change: the PTX unpack only with fold (the
-    fix of b2154e1; without it a per-weight-scale projection on CUDA fp16 is wrong)."""
-    TILE: tl.constexpr = SLOTS * 16
-    FOLD: tl.constexpr = GK > 0 and GK % 16 == 0 and (GK % TILE == 0 or TILE % GK == 0)
-    GS: tl.constexpr = (GK // 16 if GK < TILE else SLOTS) if FOLD else 1
-    USE_ASM: tl.constexpr = ASM and FOLD and DKIND != 2 and BITS != 8
-    wc = tl.arange(0, 16)
-    nT = offs_n[:, None]
-    nT_ok = n_ok[:, None]
-    acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    for kt in range(kt_begin, kt_end):
-        k0 = kt * TILE
-        words = 0
-        hi = 0
-        if BITS != 8:
-            tile = kt * (16 * N) + nT * 16 + wc[None, :]  # interleaved words: see _swap_words
-            words = tl.load(codes32 + code_off + tile, mask=nT_ok, other=0)
-            if BITS == 3:
-                hi = tl.load(codes16 + hi_off + tile, mask=nT_ok, other=0)
-        if USE_ASM:
-            raws = unpack_slots_fp16_asm(words, hi, BITS, DKIND == 0)
-        for i in tl.static_range(SLOTS):
-            ks = k0 + i * 16
-            if i % GS == 0:
-                srow = ks // group
-                smask = n_ok & ((ks + offs_n * 0) < k_lim)
-                if SCALE_KIND == 0:
-                    raw_s = tl.load(scales16 + scale_off + srow * N + offs_n, mask=smask, other=0.0)
-                else:
-                    raw_s = tl.load(scales8 + scale_off + srow * N + offs_n, mask=smask, other=0)
-                s = decode_scale(raw_s, gscale, SCALE_KIND)
-                if SYM:
-                    z = tl.zeros([BLOCK_N], tl.int32) + (1 << (BITS - 1))
-                else:
-                    z = tl.load(zeros8 + zero_off + srow * N + offs_n, mask=smask, other=0).to(tl.int32)
-                part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-            kk = ks + wc
-            if USE_ASM:
-                if DKIND == 0:
-                    if SYM:  # a constant: Triton keeps the unpack in the MMA operand layout
-                        w = raws[i] - tl.full([BLOCK_N, 1], 1024.0 + (1 << (BITS - 1)), tl.float16)
-                    else:
-                        w = raws[i] - int_magic_fp16(z)[:, None]  # (1024 + q) - (1024 + z): exact q - z
-                else:
-                    w = raws[i]
-            else:
-                if BITS == 8:
-                    q = tl.load(codes8 + code_off + kk[None, :] * N + nT,
-                                mask=(kk < k_lim)[None, :] & nT_ok, other=0).to(tl.int32)
-                elif BITS == 3:
-                    q = ((words >> (i * 2)) & 3) | (((hi.to(tl.int32) >> i) & 1) << 2)
-                else:
-                    q = (words >> (i * LO_BITS)) & ((1 << LO_BITS) - 1)
-                if FOLD:
-                    w = _fold_operand(q, z[:, None], DKIND, BITS, IS_BF16)
-                else:
-                    w = dequant(q, s[:, None], z[:, None], DKIND, BITS, False, IS_BF16)
-            b = tl.load(a_rows[None, :] + kk[:, None], mask=a_ok[None, :] & (kk < k_lim)[:, None], other=0.0)
-            if FOLD:
-                part = tl.dot(w, b, part)
-                if i % GS == GS - 1:
-                    acc_t += part * (s * raw_factor(DKIND))[:, None]
-            else:
-                acc_t = tl.dot(w, b, acc_t)
-    return acc + acc_t
-
 
 
 @triton.jit
@@ -597,10 +496,6 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
                         w = e4m3_raw_fp16(q).to(tl.float32) * (s * 256.0)[:, None, :]
                     acc2 += tl.sum(w * a3, axis=0)  # sum over the 8 slots: in registers
         acc += tl.sum(acc2, axis=0)[None, :]
-    elif SWAP and (SWAP // 256) % 2 == 1:  # legacy_loop: the swapped loop before b2154e1
-        acc = _dot_loop_swap_v0(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
-                                code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok, kt_begin, kt_end, k_lim,
-                                BITS, LO_BITS, SLOTS, DKIND, SCALE_KIND, SYM, IS_BF16, BLOCK_M, BLOCK_N, GK, ASM)
     elif SWAP:
         acc = _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, scales8, zeros8, gscale,
                              code_off, hi_off, scale_off, zero_off, group, offs_n, n_ok, kt_begin, kt_end, k_lim,
@@ -890,15 +785,7 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
     if not live:
         return
     row_ok = slot < num_slots
-    # padding rows read token 0's row (a valid address): the swapped loop loads activations without row masks
-    # (an MMA column depends on its own row only, and the padding columns are never stored). SWAP bit 64
-    # (pad_rows=2): they read the token of the block's first row instead (a valid slot in every live block:
-    # each expert's run starts a block), the same lines as that row.
-    if SWAP and BLOCK_M > 1 and (SWAP // 64) % 2 == 1:
-        slot0 = tl.load(sorted_ptr + pid_m * BLOCK_M)
-        token = tl.where(row_ok, slot // SLOTS_PER_TOKEN, tl.where(slot0 < num_slots, slot0 // SLOTS_PER_TOKEN, 0))
-    else:
-        token = tl.where(row_ok, slot // SLOTS_PER_TOKEN, 0)
+    token = tl.where(row_ok, slot // SLOTS_PER_TOKEN, 0)  # padding rows: a valid address, loads masked
     a_rows = x_ptr + token.to(tl.int64) * stride_x
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
@@ -949,9 +836,6 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
     token = slot // SLOTS_PER_TOKEN
     if A_SWIGLU:
         a_rows = inter_ptr + offs_m.to(tl.int64) * (2 * I)
-    elif SWAP and BLOCK_M > 1 and (SWAP // 64) % 2 == 1:
-        # pad_rows=2: padding rows (allocated, never written) read the block's first row, which gate_up wrote
-        a_rows = inter_ptr + tl.where(row_ok, offs_m, pid_m * BLOCK_M).to(tl.int64) * I
     else:
         a_rows = inter_ptr + offs_m.to(tl.int64) * I
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -979,17 +863,7 @@ class MoEGemmConfig:
     along K into one ``tl.dot`` (Triton then waits on the tensor cores once per group, not once per slot);
     ``prefetch`` loads a tile's scales one tile ahead (tiles of one scale group); ``fuse_gu`` runs gate and up
     in one K loop where an expert's gate and up share a kind (the activation tile loaded once, two
-    independent MMA chains).
-
-    Switches of the changes b2154e1 made to every swapped tile (docs/perf/moe.md, "the swapped-loop
-    regression"), to time each against the default on one card; the defaults are that commit's behaviour:
-    ``pad_rows`` how a block's padding rows load their activations: 0 unmasked from a valid address (gate_up
-    token 0's row, down the padding row of ``inter``, allocated and never written), 1 masked (zero-filled, no
-    global read: before b2154e1), 2 unmasked from the block's first row (the same lines as a row read anyway);
-    ``words_first=1`` issues a tile's word copies before its activation blocks (the order before); ``even=0``
-    drops the no-mask specializations (``EVEN_K``/``EVEN_N``: masks on words, scales and activation k);
-    ``legacy_loop=1`` runs the whole swapped loop of 0929a96 (:func:`_dot_loop_swap_v0`; none of the other
-    swapped-tile options)."""
+    independent MMA chains). Swapped tiles mask their padding rows (no global read)."""
 
     block_m: int
     up_block_n: int
@@ -1003,10 +877,6 @@ class MoEGemmConfig:
     dot_k: int = 16
     prefetch: int = 0
     fuse_gu: int = 0
-    pad_rows: int = 0
-    words_first: int = 0
-    even: int = 1
-    legacy_loop: int = 0
 
     def __post_init__(self):
         if self.block_m < 1 or self.block_m & (self.block_m - 1) or 1 < self.block_m < 16:
@@ -1025,17 +895,6 @@ class MoEGemmConfig:
             raise ValueError(f"prefetch and fuse_gu must be 0 or 1: {self}")
         if (self.dot_k != 16 or self.prefetch or self.fuse_gu) and not self.swap_ab:
             raise ValueError("dot_k > 16, prefetch and fuse_gu apply to the swapped tiles (swap_ab=1) only")
-        if self.pad_rows not in (0, 1, 2):
-            raise ValueError(f"pad_rows must be 0 (unmasked, token 0), 1 (masked) or 2 (the block's first row), "
-                             f"got {self.pad_rows!r}")
-        if self.words_first not in (0, 1) or self.even not in (0, 1) or self.legacy_loop not in (0, 1):
-            raise ValueError(f"words_first, even and legacy_loop must be 0 or 1: {self}")
-        if (self.pad_rows or self.words_first or not self.even or self.legacy_loop) and not self.swap_ab:
-            raise ValueError("pad_rows, words_first, even and legacy_loop apply to the swapped tiles (swap_ab=1) only")
-        if self.legacy_loop and (self.dot_k != 16 or self.prefetch or self.fuse_gu or self.pad_rows
-                                 or self.words_first or not self.even):
-            raise ValueError("legacy_loop runs the swapped loop of 0929a96: no dot_k, prefetch, fuse_gu, pad_rows, "
-                             f"words_first or even=0 with it: {self}")
         if self.stages < 0:
             raise ValueError(f"stages must be >= 0, got {self.stages}")
         for name in ("up_block_n", "down_block_n"):
@@ -1049,16 +908,11 @@ class MoEGemmConfig:
 def swap_mode(config: "MoEGemmConfig", K: int, N: int, block_n: int) -> int:
     """The ``SWAP`` constexpr of the kernels for one projection of K x N (bits of :func:`_dot_loop_swap`): 0
     unswapped; else 1 + 2 (``dot_k`` 128) + 4 (K a multiple of 256, the widest tile: no partial tile) + 8 (N a
-    multiple of ``block_n``: no column masks, table offsets multiples of 16) + 16 (``prefetch``) + 32
-    (``pad_rows=1``: padding rows masked) + 64 (``pad_rows=2``: padding rows read the block's first row) + 128
-    (``words_first``) + 256 (``legacy_loop``); ``even=0`` leaves out 4 and 8."""
+    multiple of ``block_n``: no column masks) + 16 (``prefetch``)."""
     if not config.swap_ab or config.block_m == 1:
         return 0
-    even = config.even and not config.legacy_loop
-    return (1 | (2 if config.dot_k > 16 else 0) | (4 if even and K % 256 == 0 else 0)
-            | (8 if even and N % block_n == 0 else 0) | (16 if config.prefetch else 0)
-            | (32 if config.pad_rows == 1 else 0) | (64 if config.pad_rows == 2 else 0)
-            | (128 if config.words_first else 0) | (256 if config.legacy_loop else 0))
+    return (1 | (2 if config.dot_k > 16 else 0) | (4 if K % 256 == 0 else 0) | (8 if N % block_n == 0 else 0)
+            | (16 if config.prefetch else 0))
 
 
 def _splits(K: int | None) -> int:
@@ -1078,21 +932,21 @@ def default_config(num_slots: int, num_experts: int, hidden: int | None = None,
       small to keep memory busy: fewer than ~264 gate_up programs (two per SM of a 132-SM part) of 128
       columns, i.e. about 22 active experts for I = 1536. One token (5 experts): decode 31 us, tensor cores
       72-109 us; 16 tokens (~48 experts): decode 306 us, 16-row swapped tiles 143 us.
-    - otherwise swapped tensor-core tiles (weights the left MMA operand, from registers) whose padding rows
-      are masked (``pad_rows=1``: 44% of the 256-token rows and 87% of the 16-token rows are padding; reading
-      them cost 16-45 us), gate and up in one K loop, one ``tl.dot`` per K tile and the scales a tile ahead:
-      16-row blocks of 128 columns up to ~12 slots per expert (16 tokens: 120.6 us against 136.4 us for the
-      separate loops), 32-row blocks above, 64 columns for gate_up and 128 for down (256 tokens, ~20 slots per
-      expert: 223.6 us; 226.8 us with 64-column down blocks, 253.4 us for separate loops, 296 us for 64-row
-      blocks and 348 us for 16-row blocks, which decode each expert's weights again); 64-row blocks past ~48
-      slots per expert.
+    - otherwise swapped tensor-core tiles (weights the left MMA operand, from registers; padding rows masked),
+      gate and up in one K loop, one ``tl.dot`` per K tile and the scales a tile ahead: 16-row blocks of 128
+      columns up to ~12 slots per expert, 32-row blocks above, 64 columns for gate_up and 128 for down, 64-row
+      blocks past ~48 slots per expert. Expert kernels in a CUDA graph, H200, int4 (docs/perf/data/
+      2026-11-26-h200-moe-interleave/explore_library.log): 16 tokens 78.9 us (16x64 tiles 81.4, separate gate
+      and up loops 98.0, decode 260-337); 256 tokens, ~20 slots per expert, 153.3 us (64-column down 153.9,
+      128-column gate_up 157.8, 8-warp down 158.8, separate loops 212.1; 64- and 16-row blocks measured slower
+      in earlier sweeps: they decode each expert's weights more often or leave the grid short).
     ``hidden`` is gate_up's K, ``intermediate`` down's (the decode splits; the grid rule)."""
     active = max(1, min(num_experts, num_slots))
     per_expert = num_slots / active
     col_blocks = -(-(intermediate or 1536) // 128)
     if per_expert <= 2 and active * col_blocks < 264:
         return MoEGemmConfig(1, 32, 4, 32, _splits(intermediate), 4, up_split_k=_splits(hidden))
-    fused = dict(swap_ab=1, dot_k=128, prefetch=1, fuse_gu=1, pad_rows=1)
+    fused = dict(swap_ab=1, dot_k=128, prefetch=1, fuse_gu=1)
     if per_expert <= 12:
         return MoEGemmConfig(16, 128, 4, 128, 1, 4, **fused)
     return MoEGemmConfig(32 if per_expert <= 48 else 64, 64, 4, 128, 1, 4, **fused)
@@ -1114,11 +968,11 @@ def candidate_configs(num_slots: int, num_experts: int, hidden: int | None = Non
         # down column blocks and warps, and the separate-loop swapped tile; the unswapped tiles and unmasked
         # padding rows measured 10-60% slower and are not retried
         bm = base.block_m
-        fused = dict(swap_ab=1, dot_k=128, prefetch=1, fuse_gu=1, pad_rows=1)
+        fused = dict(swap_ab=1, dot_k=128, prefetch=1, fuse_gu=1)
         for up_bn, up_w, down_bn, down_w in ((64, 4, 64, 4), (64, 4, 128, 4), (64, 4, 128, 8), (64, 4, 256, 8),
                                              (128, 4, 128, 4), (128, 8, 128, 8)):
             out.append(MoEGemmConfig(bm, up_bn, up_w, down_bn, 1, down_w, **fused))
-        out.append(MoEGemmConfig(bm, 64, 4, 64, 1, 4, swap_ab=1, pad_rows=1))
+        out.append(MoEGemmConfig(bm, 64, 4, 64, 1, 4, swap_ab=1))
     return list(dict.fromkeys(out))
 
 
