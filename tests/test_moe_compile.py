@@ -1,9 +1,10 @@
 """The MoE kernels compile for Hopper (sm_90, Triton's own toolchain, no GPU needed).
 
 The CPU interpreter runs Python semantics, so it accepts things the compiler rejects (a constexpr computed by a
-tuple assignment, say); this compiles the variants the strategies launch: the routing and alignment kernels
-(one program; histogram + scatter), the decode (one slot per program, split-K, SwiGLU on load) and tensor-core
-paths, fp16 and bf16, one kind and every kind behind the table branch."""
+tuple assignment, say); this compiles the variants the strategies launch: the router (logits + routing + chunk
+counts, one token and 256), the routing and alignment kernels (one program; counts + scatter), the decode (one
+slot per program, split-K, SwiGLU on load) and tensor-core paths, fp16 and bf16, one kind and every kind behind
+the table branch."""
 import json
 import os
 import subprocess
@@ -35,30 +36,31 @@ def flat(prefix, scale):
             prefix + "s8": "*u8", prefix + "z8": "*u8", prefix + "gs": "*fp32", prefix + "tab": "*i32"}
 
 out = {}
-out["route_grouped"] = build(MA._route_kernel, {"logits_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32",
-                                                "w_ptr": "*fp32", "nvalid_ptr": "*i32"},
-    dict(NUM_PARTS=1, TOP_K=8, K_TOTAL=9, N_SHARED=1, SIGMOID=True, HAS_BIAS=True, N_GROUP=8, TOPK_GROUP=4,
-         GROUP_SIZE=32,
-         NORM=True, SCALE=2.5, HAS_NVALID=True, BLOCK_E=256, BLOCK_K=16, BLOCK_G=8), 4)
-out["route_glm"] = build(MA._route_kernel, {"logits_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32",
-                                            "w_ptr": "*fp32", "nvalid_ptr": "*i32"},
-    dict(NUM_PARTS=8, TOP_K=4, K_TOTAL=5, N_SHARED=1, SIGMOID=True, HAS_BIAS=True, N_GROUP=1, TOPK_GROUP=1,
-         GROUP_SIZE=64,
-         NORM=True, SCALE=1.8, HAS_NVALID=False, BLOCK_E=64, BLOCK_K=8, BLOCK_G=1), 1)
-out["router_logits"] = build(MR._router_logits_kernel, {"x_ptr": "*fp16", "w_ptr": "*fp32", "parts_ptr": "*fp32"},
-    dict(BLOCK_T=16, BLOCK_E=64, BLOCK_K=32), 4)
-out["router_logits_one"] = build(MR._router_logits_kernel, {"x_ptr": "*fp16", "w_ptr": "*fp32", "parts_ptr": "*fp32"},
-    dict(BLOCK_T=1, BLOCK_E=8, BLOCK_K=64), 4)
+route_types = {"logits_ptr": "*fp32", "bias_ptr": "*fp32", "ids_ptr": "*i32", "w_ptr": "*fp32", "nvalid_ptr": "*i32"}
+out["route_grouped"] = build(MA._route_kernel, route_types,
+    dict(TOP_K=8, K_TOTAL=9, N_SHARED=1, SIGMOID=True, HAS_BIAS=True, N_GROUP=8, TOPK_GROUP=4, GROUP_SIZE=32,
+         NORM=True, SCALE=2.5, HAS_NVALID=True, BLOCK_T=8, BLOCK_E=256, BLOCK_K=16, BLOCK_G=8), 4)
+out["route_glm"] = build(MA._route_kernel, route_types,
+    dict(TOP_K=4, K_TOTAL=5, N_SHARED=1, SIGMOID=True, HAS_BIAS=True, N_GROUP=1, TOPK_GROUP=1, GROUP_SIZE=64,
+         NORM=True, SCALE=1.8, HAS_NVALID=False, BLOCK_T=16, BLOCK_E=64, BLOCK_K=8, BLOCK_G=1), 4)
+router_types = {"x_ptr": "*fp16", "w_ptr": "*fp32", "parts_ptr": "*fp32", "counter_ptr": "*i32", "bias_ptr": "*fp32",
+                "ids_ptr": "*i32", "wts_ptr": "*fp32", "nvalid_ptr": "*i32", "counts_ptr": "*i32"}
+router_glm = dict(TOP_K=4, K_TOTAL=5, N_SHARED=1, SIGMOID=True, HAS_BIAS=True, N_GROUP=1, TOPK_GROUP=1, GROUP_SIZE=64,
+                  NORM=True, SCALE=1.8, HAS_NVALID=True, BLOCK_ER=64, BLOCK_KR=8, BLOCK_G=1, BLOCK_SH=1)
+out["router_logits"] = build(MR._router_route_kernel, router_types,  # 256 GLM tokens: tensor cores, 16 splits
+    dict(BLOCK_T=16, BLOCK_E=64, BLOCK_K=64, NUM_SPLITS=16, **router_glm), 4)
+out["router_logits_one"] = build(MR._router_route_kernel, router_types,  # one token: 8 E blocks x 8 splits
+    dict(BLOCK_T=1, BLOCK_E=8, BLOCK_K=64, NUM_SPLITS=8, **router_glm), 4)
 out["align"] = build(MA._align_kernel, {"ids_ptr": "*i32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
                                         "npost_ptr": "*i32"},
     dict(BLOCK_M=16, BLOCK_S=64, BLOCK_E=128, BLOCK_B=64), 4)
-align_types = {"ids_ptr": "*i32", "hist_ptr": "*i32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
+align_types = {"ids_ptr": "*i32", "counts_ptr": "*i32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
                "npost_ptr": "*i32"}
-out["align_hist_e257"] = build(MA._align_hist_kernel, align_types, dict(BLOCK_S=64, BLOCK_E=128, E_TILES=3), 4)
-out["align_scatter_glm"] = build(MA._align_scatter_kernel, align_types,  # 65 experts, 16-row blocks
-    dict(BLOCK_M=16, BLOCK_S=64, BLOCK_E=128, E_TILES=1, BLOCK_C=32, BLOCK_B=32, FROM_IDS=False), 4)
-out["align_fused_bm1"] = build(MA._align_scatter_kernel, align_types,  # one launch; BLOCK_M 1, 3 expert tiles
-    dict(BLOCK_M=1, BLOCK_S=16, BLOCK_E=128, E_TILES=3, BLOCK_C=32, BLOCK_B=32, FROM_IDS=True), 4)
+out["align_count_e257"] = build(MA._align_count_kernel, align_types, dict(BLOCK_S=64, BLOCK_E=512), 4)
+out["align_scatter_glm"] = build(MA._align_scatter_kernel, align_types,  # 65 experts, 32-row blocks, 80-slot chunks
+    dict(BLOCK_M=32, BLOCK_S=128, BLOCK_E=128, BLOCK_C=16, BLOCK_B=32, FROM_IDS=False), 4)
+out["align_fused_bm1"] = build(MA._align_scatter_kernel, align_types,  # one launch; BLOCK_M 1, 257 experts
+    dict(BLOCK_M=1, BLOCK_S=16, BLOCK_E=512, BLOCK_C=8, BLOCK_B=32, FROM_IDS=True), 4)
 # SWAP bits (MG.swap_mode) other than the default 1 (swapped) / 31 (``_dk``: dot_k 128, EVEN_K, EVEN_N, prefetch)
 SWAP_OF = {"gate_up_dot_swap_even_asm_mixed_fp16": 1 | 4 | 8,
            "gate_up_dot_swap_dk_fused_odd_mixed_bf16": 1 | 2,

@@ -32,7 +32,7 @@ import triton.language as tl
 from .moe_align import _route_chunk_counts, _route_tile, check_num_valid, route_constexprs
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])  # one token: T == 1 must stay a runtime value (``T.to`` below)
 def _router_route_kernel(x_ptr, stride_x, w_ptr, parts_ptr, counter_ptr, bias_ptr, ids_ptr, wts_ptr, nvalid_ptr,
                          counts_ptr, T, E, H, K_PER_SPLIT,
                          BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,

@@ -21,7 +21,6 @@ error elsewhere: there is no silent fallback to the loop.
 from __future__ import annotations
 
 import collections
-import contextvars
 import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
@@ -94,18 +93,6 @@ def tuning_enabled() -> bool:
     return os.environ.get("TRITON_MARLIN_MOE_TUNE", "0") == "1"
 
 
-# The alignment's chunk counts of the ids a strategy call received (``MoEStrategy.__call__(...,
-# chunk_counts=...)``, from the router kernel), for that call only, as ``(topk_ids, counts)``: ``_fused`` passes
-# no counts on, so ``_fused_acc`` looks them up here, and uses them only for that very ids tensor (Hybrid's
-# filtered ids, say, get none: the alignment counts them itself).
-_CALL_CHUNK_COUNTS: contextvars.ContextVar = contextvars.ContextVar("moe_chunk_counts", default=None)
-
-
-def _call_chunk_counts(topk_ids):
-    cur = _CALL_CHUNK_COUNTS.get()
-    return cur[1] if cur is not None and cur[0] is topk_ids else None
-
-
 def _launch(x, topk_ids, weights, experts, config, uniform, uniform_kinds, out, chunk_counts=None):
     """Alignment (one launch when ``chunk_counts`` describe ``topk_ids``) and the expert kernels."""
     from .. import dispatch
@@ -174,13 +161,11 @@ def fused_experts_op(x, topk_ids, topk_weights, experts: QuantizedExperts, *, un
 
 def _fused_acc(x, topk_ids, topk_weights, experts: QuantizedExperts, *, uniform: bool,
                uniform_kinds=None, out=None, config=None, chunk_counts=None) -> torch.Tensor:
-    """``chunk_counts``: the alignment's counts of ``topk_ids`` (default: those the strategy call received
-    for these ids, if any)."""
+    """``chunk_counts``: the alignment's per-chunk counts of exactly ``topk_ids`` (from the router kernel), or
+    None (the alignment counts)."""
     weights = topk_weights if topk_weights.dtype == torch.float32 and topk_weights.is_contiguous() \
         else topk_weights.float().contiguous()
     x = x if x.stride(1) == 1 else x.contiguous()
-    if chunk_counts is None:
-        chunk_counts = _call_chunk_counts(topk_ids)
     if config is None:
         config = select_config(x, topk_ids, weights, experts, uniform, uniform_kinds, chunk_counts=chunk_counts)
     return _launch(x, topk_ids, weights, experts, config, uniform, uniform_kinds, out, chunk_counts)
@@ -218,19 +203,15 @@ class MoEStrategy:
         (:func:`triton_marlin.kernels.moe_router.router_route`), or None (the alignment counts)."""
         check_forward_args(x, topk_ids, topk_weights, self.experts)
         if torch.compiler.is_compiling():  # traced once: the custom op is what runs (no Python bookkeeping)
-            return self.forward(x, topk_ids, topk_weights)
+            return self.forward(x, topk_ids, topk_weights, chunk_counts)
         if self.fused:
             _need_triton(self.name, x.device)
         dispatch.record("moe_experts", self.name)
         if x.shape[0] == 0:
             return x.new_zeros((0, self.experts.hidden_size))
-        token = _CALL_CHUNK_COUNTS.set((topk_ids, chunk_counts) if chunk_counts is not None else None)
-        try:
-            return self.forward(x, topk_ids, topk_weights)
-        finally:
-            _CALL_CHUNK_COUNTS.reset(token)
+        return self.forward(x, topk_ids, topk_weights, chunk_counts)
 
-    def forward(self, x, topk_ids, topk_weights):
+    def forward(self, x, topk_ids, topk_weights, chunk_counts=None):
         raise NotImplementedError
 
 
@@ -238,16 +219,16 @@ class SlowPath(MoEStrategy):
     name = "slow_path"
     fused = False
 
-    def forward(self, x, topk_ids, topk_weights):
+    def forward(self, x, topk_ids, topk_weights, chunk_counts=None):
         acc = torch.zeros((x.shape[0], self.experts.hidden_size), dtype=torch.float32, device=x.device)
         _sequential(x, topk_ids.cpu(), topk_weights, self.experts, acc)
         return acc.to(x.dtype)
 
 
-def _fused(x, topk_ids, topk_weights, experts, uniform: bool) -> torch.Tensor:
+def _fused(x, topk_ids, topk_weights, experts, uniform: bool, chunk_counts=None) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return fused_experts_op(x, topk_ids, topk_weights, experts, uniform=uniform)
-    return _fused_acc(x, topk_ids, topk_weights, experts, uniform=uniform).to(x.dtype)
+    return _fused_acc(x, topk_ids, topk_weights, experts, uniform=uniform, chunk_counts=chunk_counts).to(x.dtype)
 
 
 class FastUniform(MoEStrategy):
@@ -261,15 +242,15 @@ class FastUniform(MoEStrategy):
             raise ValueError(f"fast_uniform needs one format per projection across all experts; these experts "
                              f"have {fmts} (use fast_mixed, hybrid or max_bits_padded)")
 
-    def forward(self, x, topk_ids, topk_weights):
-        return _fused(x, topk_ids, topk_weights, self.experts, uniform=True)
+    def forward(self, x, topk_ids, topk_weights, chunk_counts=None):
+        return _fused(x, topk_ids, topk_weights, self.experts, uniform=True, chunk_counts=chunk_counts)
 
 
 class FastMixed(MoEStrategy):
     name = "fast_mixed"
 
-    def forward(self, x, topk_ids, topk_weights):
-        return _fused(x, topk_ids, topk_weights, self.experts, uniform=False)
+    def forward(self, x, topk_ids, topk_weights, chunk_counts=None):
+        return _fused(x, topk_ids, topk_weights, self.experts, uniform=False, chunk_counts=chunk_counts)
 
 
 class Hybrid(MoEStrategy):
@@ -284,7 +265,8 @@ class Hybrid(MoEStrategy):
         self.num_batched = sum(self.batched_mask)
         self._mask_dev = torch.tensor(self.batched_mask, dtype=torch.bool, device=experts.device)
 
-    def forward(self, x, topk_ids, topk_weights):
+    def forward(self, x, topk_ids, topk_weights, chunk_counts=None):
+        # the batched launch sees filtered ids: the router's counts do not describe them (the alignment counts)
         ids = topk_ids.to(torch.int64)
         in_range = (ids >= 0) & (ids < self.experts.num_total)
         batched = in_range & self._mask_dev[ids.clamp(0, self.experts.num_total - 1)]
@@ -310,8 +292,8 @@ class MaxBitsPadded(MoEStrategy):
     def extra_memory_bytes(self) -> int:
         return self.padded.nbytes - self.experts.nbytes if self.padded is not self.experts else 0
 
-    def forward(self, x, topk_ids, topk_weights):
-        return _fused(x, topk_ids, topk_weights, self.padded, uniform=True)
+    def forward(self, x, topk_ids, topk_weights, chunk_counts=None):
+        return _fused(x, topk_ids, topk_weights, self.padded, uniform=True, chunk_counts=chunk_counts)
 
 
 _CLASSES = {c.name: c for c in (SlowPath, FastUniform, FastMixed, Hybrid, MaxBitsPadded)}
