@@ -44,20 +44,51 @@ def loop_counts(sass: str) -> tuple[int, dict]:
     return len(body), dict(ops.most_common())
 
 
+def tc_counts(a, tg, triton, GPUTarget, ASTSource, get_sass) -> dict:
+    """The tensor-core GEMV's loop: instructions per weight (64 * tn weights per thread and K step), its
+    opcodes, and the layout checks its inline PTX relies on (every inline-asm operand one element per
+    thread; no shared-memory staging of operands in the loop)."""
+    tn = a.block_tn or tg.TC_DEFAULTS["tn"]
+    nw = a.num_warps or tg.TC_DEFAULTS["num_warps"]
+    sig = {"x_ptr": "*fp32", "qw_ptr": "*i32", "s_ptr": "*fp16", "out_ptr": "*fp32", "N": "i32", "K": "i32",
+           "stride_xm": "i32", "stride_om": "i32", "ITERS_PER_SPLIT": "i32", "M": "i32", "BITS": "constexpr",
+           "CODE": "constexpr", "TN": "constexpr", "NW": "constexpr", "ASM": "constexpr",
+           "USE_ATOMIC": "constexpr", "stride_os": "i32"}
+    const = {"BITS": a.bits, "CODE": tg.CODE_IDS[a.code], "TN": tn, "NW": nw, "ASM": bool(a.asm),
+             "USE_ATOMIC": False}
+    k = triton.compile(ASTSource(fn=tg._trellis_gemv_tc_kernel, signature=sig, constexprs=const),
+                       target=GPUTarget("cuda", a.arch, 32), options={"num_warps": nw})
+    sass = get_sass(k.asm["cubin"])
+    n, ops = loop_counts(sass)
+    total = sum(1 for line in sass.splitlines() if re.match(r"\S+\t", line))
+    defs = dict(re.findall(r"^(#\w+) = (.*)$", k.asm["ttgir"], re.M))
+    asm_layouts = sorted({defs.get(name, name) for name in
+                          re.findall(r"elementwise_inline_asm.*?: .*?-> .*?(#\w+)", k.asm["ttgir"])})
+    wpt = 64 * tn
+    return {"kernel": "tc", "bits": a.bits, "code": a.code, "asm": bool(a.asm), "arch": a.arch, "block_tn": tn,
+            "num_warps": nw, "loop_instructions": n, "kernel_instructions": total, "weights_per_thread": wpt,
+            "instr_per_weight": n / wpt, "opcodes": ops, "asm_layouts": asm_layouts,
+            "local_alloc": k.asm["ttgir"].count("local_alloc"), "triton": triton.__version__}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bits", type=int, default=3)
     p.add_argument("--code", default="3inst", choices=["3inst", "1mad", "hyb", "1mad2"])
     p.add_argument("--asm", type=int, default=1, help="1: inline-PTX decode (what CUDA runs), 0: portable")
-    p.add_argument("--block-tn", type=int, default=8)
+    p.add_argument("--block-tn", type=int, default=None, help="default 8 (static), TC_DEFAULTS (tc)")
     p.add_argument("--block-tk", type=int, default=None)
-    p.add_argument("--num-warps", type=int, default=4)
+    p.add_argument("--num-warps", type=int, default=None, help="default 4 (static), TC_DEFAULTS (tc)")
     p.add_argument("--prefetch", type=int, default=None, help="1/0: software prefetch of the next words "
                    "(default: the launcher's default)")
     p.add_argument("--rows", type=int, default=1, help="rows of x per program (M <= rows costs one decode)")
     p.add_argument("--rotate", type=int, default=0, help="1: the variant that applies the input Hadamard "
                    "transform itself (block 128)")
     p.add_argument("--arch", type=int, default=90, help="SM architecture (90 = Hopper)")
+    p.add_argument("--kernel", default="static", choices=["static", "tc"],
+                   help="static: the FMA GEMV (_trellis_gemv_static_kernel); tc: the tensor-core GEMV "
+                        "(_trellis_gemv_tc_kernel, 1mad/1mad2; --block-tn = its tiles per thread, default "
+                        "TC_DEFAULTS)")
     a = p.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("run without TRITON_INTERPRET=1: the kernel must be compiled, not interpreted")
@@ -69,6 +100,11 @@ def main():
 
     from triton_marlin.kernels import trellis_gemm as tg
 
+    if a.kernel == "tc":
+        print(json.dumps(tc_counts(a, tg, triton, GPUTarget, ASTSource, get_sass)))
+        return
+    a.block_tn = a.block_tn or 8
+    a.num_warps = a.num_warps or 4
     default_tk, default_prefetch = tg.GEMV_DEFAULTS["m1"][(a.code, a.bits)]
     tk = a.block_tk or default_tk
     prefetch = default_prefetch if a.prefetch is None else bool(a.prefetch)

@@ -30,7 +30,8 @@ def main(path: str) -> None:
         elif r["metric"] == "sweep_time":
             sweeps[key].append((r["value"], c["config"]))
     print(f"{'shape':16s} {'M':>3s} {'format':8s} {'code':5s} {'full':>7s} {'kernel':>7s} {'h_in':>6s} "
-          f"{'h_out':>6s} {'fp16':>7s} {'full x':>7s} {'kern x':>7s} {'fused_in':>8s}")
+          f"{'h_out':>6s} {'fp16':>7s} {'full x':>7s} {'kern x':>7s} {'fused_in':>8s} {'tc full':>7s} {'tc kern':>7s} "
+          f"{'tc k x':>7s}")
     for key in sorted(k for k in times if len(k) == 4):
         t = times[key]
         fp = times.get(key[:2], {}).get("fp16")
@@ -38,7 +39,8 @@ def main(path: str) -> None:
         f = lambda v, w=7: f"{v:{w}.1f}" if v is not None else " " * (w - 1) + "-"  # noqa: E731
         sx = lambda v: f"{fp / v:7.2f}" if fp and v else "      -"  # noqa: E731
         print(f"{key[0]:16s} {key[1]:3d} {key[2]:8s} {key[3]:5s} {f(full)} {f(kern)} {f(t.get('hadamard_in'), 6)} "
-              f"{f(t.get('hadamard_out'), 6)} {f(fp)} {sx(full)} {sx(kern)} {f(t.get('trellis_full_fused_in'), 8)}")
+              f"{f(t.get('hadamard_out'), 6)} {f(fp)} {sx(full)} {sx(kern)} {f(t.get('trellis_full_fused_in'), 8)} "
+              f"{f(t.get('trellis_full_tc'))} {f(t.get('trellis_kernel_tc'))} {sx(t.get('trellis_kernel_tc'))}")
     for key in sorted(sweeps):
         rows = sorted(sweeps[key])
         print(f"sweep {key[0]} M={key[1]} {key[2]} {key[3]}: best {rows[0][0]:.1f} us {rows[0][1]}; "

@@ -61,7 +61,20 @@ def sweep_configs(quick: bool, bits: int, code: str, M: int = 1):
     if code == "hyb":
         out += [{"gemv": "static", "block_tk": tk, "prefetch": True, "programs_per_sm": 8, "gather": False}
                 for tk in (1, 2)]
+    if code in ("1mad", "1mad2"):   # the tensor-core GEMV: tiles per thread x K-split target x warps
+        out += [{"gemv": "tc", "block_tn_tc": tn, "programs_per_sm": pps, "num_warps": 1}
+                for tn in (1, 2) for pps in (8, 16, 32)]
+        out += [{"gemv": "tc", "block_tn_tc": 2, "programs_per_sm": pps, "num_warps": 4} for pps in (2, 4)]
     return out
+
+
+def _full_tc(x, qt):
+    """qmatmul's whole path with the tensor-core GEMV (``trellis_gemm.TC_GEMV`` on for this call)."""
+    old, tg.TC_GEMV = tg.TC_GEMV, True
+    try:
+        return tg._trellis_qgemm_impl(x, qt, None)
+    finally:
+        tg.TC_GEMV = old
 
 
 def tiled_configs(M: int):
@@ -162,6 +175,29 @@ def main(argv=None):
                                 runner.record(fc, "time", fz_g.median_us, "us", stats=fz_g, timing="graph")
                             runner.record(fc, "time_launch", fz_l.median_us, "us", stats=fz_l, timing="launch")
                             runner.record(fc, "rel_err_vs_fp64", fz_err, "")
+                    if tg.tc_gemv_reason(M, qt) is None:
+                        # the tensor-core GEMV (off by default: first GPU run); a failure is reported
+                        try:
+                            tcf = torch.full((M, N), float("nan"), dtype=dtype, device=args.device)
+                            tcf.copy_(_full_tc(x, qt))
+                            tc_err = ((tcf.double() - ref).norm() / ref.norm()).item()
+                            tck = tg.trellis_matmul_rotated(xr, qt, parts=True, gemv="tc").sum(0).double()
+                            ref_r = xr.double() @ qt.fmt.rotated_weight(qt).double().t()
+                            tck_err = ((tck - ref_r).norm() / ref_r.norm()).item()
+                            tcf_g, tcf_l = G.time_both(lambda: _full_tc(x, qt), args, graph)
+                            tck_g, tck_l = G.time_both(
+                                lambda: tg.trellis_matmul_rotated(xr, qt, parts=True, gemv="tc"), args, graph)
+                        except Exception as exc:  # noqa: BLE001  (recorded below, never hidden)
+                            runner.note(f"{name} {fmt} {code} M={M}: tensor-core GEMV failed: "
+                                        f"{type(exc).__name__}: {str(exc)[:300]}")
+                        else:
+                            for impl, st_g, st_l, e in (("trellis_full_tc", tcf_g, tcf_l, tc_err),
+                                                        ("trellis_kernel_tc", tck_g, tck_l, tck_err)):
+                                tcase = dict(case, impl=impl)
+                                if st_g is not None:
+                                    runner.record(tcase, "time", st_g.median_us, "us", stats=st_g, timing="graph")
+                                runner.record(tcase, "time_launch", st_l.median_us, "us", stats=st_l, timing="launch")
+                                runner.record(tcase, "rel_err_vs_fp64", e, "")
                     # the decode kernel as qmatmul launches it (split-K partials, no zeroing)
                     kern_g, kern_l = G.time_both(lambda: tg.trellis_matmul_rotated(xr, qt, parts=True),
                                                  args, graph)

@@ -36,7 +36,8 @@ PIPES = {"int": ("IMAD", "IADD3", "LOP3", "SHF", "PRMT", "SGXT", "LEA", "VIADD",
          "fp32": ("FFMA", "FADD", "FMUL", "FSETP", "FSEL"),
          "fp16": ("HADD2", "HFMA2", "HMUL2"),
          "convert": ("I2FP", "F2FP", "I2F", "F2I", "MUFU"),
-         "memory": ("LDG", "LDS", "STS", "LDC", "BAR", "ATOM", "RED", "STG")}
+         "memory": ("LDG", "LDS", "STS", "LDC", "BAR", "ATOM", "RED", "STG"),
+         "tensor": ("HMMA",)}
 
 
 def add_args(p):
@@ -211,6 +212,21 @@ def sass(runner, args, bits_list, codes):
                 for pipe, names in PIPES.items():
                     n = sum(v for k, v in r["opcodes"].items() if k in names)
                     runner.record(case, f"{pipe}_per_weight", n / wpt, "instr")
+            if code in ("1mad", "1mad2"):    # the tensor-core GEMV (inline PTX only: mma.sync)
+                proc = subprocess.run([sys.executable, str(helper), "--bits", str(bits), "--code", code,
+                                       "--kernel", "tc"], env=env, capture_output=True, text=True, timeout=300)
+                if proc.returncode != 0:
+                    runner.note(f"sass: trellis{bits} {code} tc did not compile: {proc.stderr[-500:]}")
+                    continue
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                case = {"section": "sass", "format": f"trellis{bits}", "code": code, "asm": True, "kernel": "tc",
+                        "arch": f"sm_{r['arch']}", "block": f"tn{r['block_tn']}x{r['num_warps']}w"}
+                runner.record(case, "instr_per_weight", r["instr_per_weight"], "instr", opcodes=r["opcodes"],
+                              triton_compiler=r["triton"], kernel_instructions=r["kernel_instructions"],
+                              asm_layouts=r["asm_layouts"], local_alloc=r["local_alloc"])
+                for pipe, names in PIPES.items():
+                    n = sum(v for k, v in r["opcodes"].items() if k in names)
+                    runner.record(case, f"{pipe}_per_weight", n / r["weights_per_thread"], "instr")
 
 
 def main(argv=None):

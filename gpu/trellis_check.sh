@@ -11,7 +11,8 @@
 # Run from anywhere on the GPU machine: bash gpu/trellis_check.sh  (or `bash gpu/trellis_check.sh speed`:
 # M=1 timings with the per-launch breakdown, the static-GEMV sweep, M=2/4/16/128, kernel GPU tests;
 # ~4 min; `SWEEP=0 bash gpu/trellis_check.sh speed` skips the sweeps, ~2.5 min; BATCHED=0 skips M > 1;
-# CODES=1mad,1mad2 limits the M=1 timings and sweeps to those codes)
+# CODES=1mad,1mad2 limits the M=1 timings and sweeps to those codes; `bash gpu/trellis_check.sh tc`: the
+# tensor-core GEMV's GPU tests, timings and sweep, ~5 min)
 # Writes $OUT/trellis.log (all output, tables included), $OUT/trellis.jsonl (all records) and
 # $OUT/trellis_asm/ (PTX + op counts). Exits non-zero if any step failed. Expected device time ~6 min
 # (kernel compiles included; each step has a timeout, the worst case is ~12 min).
@@ -39,6 +40,22 @@ step() {  # step NAME TIMEOUT_S CMD...
 }
 
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv >> "$LOG" 2>&1
+if [ "${1:-all}" = "tc" ]; then
+  # the tensor-core GEMV (gemv="tc", 1mad/1mad2, off by default): GPU tests of its PTX first, then M=1
+  # timings on both shapes (trellis_kernel_tc / trellis_full_tc next to the FMA GEMV and fp16 cuBLAS of
+  # the same run), the sweep (tc configs + 1mad2's static ones), M=2/4; ~4-5 min
+  step pytest_gpu_tc 150 python -m pytest -q -m gpu tests/test_trellis_kernels.py -k "tc_gemv or asm_and_portable"
+  step gemm_tc 150 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
+    --m 1 --formats trellis2,trellis3,trellis4 --codes 1mad2 --no-int4 --repeats 30 -o "$OUT/gemm.jsonl"
+  step sweep_tc 200 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 --m 1 \
+    --formats trellis2,trellis3,trellis4 --codes 1mad2 --no-int4 --sweep --repeats 15 -o "$OUT/sweep.jsonl"
+  step gemm_tc_rows 60 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 \
+    --m 2,4 --formats trellis2,trellis4 --codes 1mad2 --no-int4 --repeats 20 -o "$OUT/gemm_rows.jsonl"
+  cat "$OUT"/gemm*.jsonl "$OUT"/sweep*.jsonl > "$WORK/all.jsonl" 2>/dev/null
+  python benchmarks/_trellis_summary.py "$WORK/all.jsonl" > "$OUT/summary.txt"
+  cat "$OUT/summary.txt"
+  exit $status
+fi
 if [ "${1:-all}" = "speed" ]; then
   # the kernel-speed subset (issue 5 follow-up), most important first: M=1 timings with the
   # per-launch breakdown, the static GEMV sweep on both shapes (one call per shape), M=2/4/16/128

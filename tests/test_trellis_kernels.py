@@ -275,3 +275,115 @@ def test_gpu_input_transform_inside_the_gemv(bits, code, M, gen):
         parts = tg.trellis_matmul_rotated(x, qt, parts=True, split_k=split, rotate_signs=qt.tensors["sv"])
         y = hadamard.unrotate(parts.double().sum(0).cpu(), qt.tensors["su"].cpu(), qt.meta["had_block_out"])
         assert rel_err(y, ref.cpu()) < 1e-5
+
+
+# --- tensor-core GEMV (mma.sync over hand-placed fragments; the interpreter runs its portable emulation) ---
+TC_CASES = [  # (N, K, bits, code, tn, num_warps)
+    (256, 64, 2, "1mad2", 2, 1),
+    (256, 48, 3, "1mad2", 2, 1),     # K: 3 tile rows (odd number of K steps)
+    (512, 32, 4, "1mad2", 2, 1),
+    (128, 64, 4, "1mad2", 1, 2),     # two warps: tile rows of a K step split over warps, summed at the end
+    (256, 64, 3, "1mad", 1, 1),
+    (256, 128, 2, "1mad", 2, 4),
+]
+
+
+@pytest.mark.parametrize("N,K,bits,code,tn,nw", TC_CASES)
+@pytest.mark.parametrize("M", [1, 2, 4])
+def test_tc_gemv_matches_decoded_weight(N, K, bits, code, tn, nw, M, gen):
+    qt = random_trellis(N, K, bits, code, -1, gen)
+    wt = qt.fmt.rotated_weight(qt).double()
+    xr = torch.randn(M, K, generator=gen)
+    ref = xr.double() @ wt.t()
+    kw = dict(gemv="tc", block_tn_tc=tn, num_warps=nw)
+    out = torch.full((M, N), float("nan"))
+    tg.trellis_matmul_rotated(xr, qt, split_k=1, out=out, **kw)        # poisoned: every element written
+    # B = fp16(x) + fp16 residue: x is represented to ~2^-22 relative, code values are exact, sums in
+    # fp32 (K <= 128 terms): ~1e-7 relative; 1e-6 leaves a 10x margin and fails on any wrong weight
+    assert rel_err(out, ref) < 1e-6
+    if K // (16 * nw) >= 2:
+        out2 = torch.full((M, N), float("nan"))
+        tg.trellis_matmul_rotated(xr, qt, split_k=2, out=out2, **kw)    # atomics into the zeroed out
+        assert rel_err(out2, ref) < 1e-6
+        parts = tg.trellis_matmul_rotated(xr, qt, split_k=2, parts=True, **kw)
+        assert parts.shape == (2, M, N)
+        assert rel_err(parts.sum(0), ref) < 1e-6
+
+
+def test_tc_gemv_fp16_activations_and_rows_past_m(gen):
+    # fp16 x' is read as fp32 (its residue is 0); M = 3 leaves D columns 6, 7 unused: never stored
+    qt = random_trellis(256, 64, 2, "1mad2", -1, gen)
+    xr = torch.randn(3, 64, generator=gen).half()
+    out = torch.full((3, 256), float("nan"))
+    tg.trellis_matmul_rotated(xr, qt, split_k=1, out=out, gemv="tc")
+    assert rel_err(out, xr.double() @ qt.fmt.rotated_weight(qt).double().t()) < 1e-6
+
+
+def test_tc_gemv_dispatch_and_refusals(gen, monkeypatch):
+    from triton_marlin import dispatch
+    qt = random_trellis(256, 64, 2, "1mad2", -1, gen)
+    xr = torch.randn(1, 64, generator=gen)
+    dispatch.reset()
+    tg.trellis_matmul_rotated(xr, qt, split_k=1)
+    assert dispatch.counts() == {("trellis_gemv", "static"): 1}         # off by default
+    monkeypatch.setattr(tg, "TC_GEMV", True)
+    dispatch.reset()
+    y = tg.trellis_matmul_rotated(xr, qt, split_k=1)
+    assert dispatch.counts() == {("trellis_gemv", "tc"): 1}
+    assert rel_err(y, xr.double() @ qt.fmt.rotated_weight(qt).double().t()) < 1e-6
+    for other in (random_trellis(256, 64, 2, "3inst", -1, gen), random_trellis(256, 64, 2, "1mad2", 32, gen),
+                  random_trellis(128, 64, 2, "1mad2", -1, gen)):          # code, grouped scales, N % 256
+        dispatch.reset()
+        tg.trellis_matmul_rotated(xr, other, split_k=1)
+        assert dispatch.counts() == {("trellis_gemv", "static"): 1}
+        with pytest.raises(ValueError, match="tensor-core GEMV cannot run"):
+            tg.trellis_matmul_rotated(xr, other, gemv="tc")
+    with pytest.raises(ValueError, match="M=5"):
+        tg.trellis_matmul_rotated(torch.randn(5, 64), qt, gemv="tc")
+
+
+def test_tc_gemv_compiles_for_sm90_in_registers():
+    # the inline PTX assumes one element of every [32 * warps] tensor per thread (element e = lane e % 32):
+    # the compiled kernel's inline-asm operands must have exactly that layout, nothing staged in shared
+    # memory, and the loop must hold the decode budget (no FFMA/FADD per weight; 3.6 SASS per weight
+    # with Triton 3.6 and 3.9 at 2 bits, against 5.8 for the FMA GEMV)
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root / "src"), env.get("PYTHONPATH")]))
+    for nw in (1, 4):
+        proc = subprocess.run([sys.executable, str(root / "benchmarks" / "_trellis_sass.py"), "--kernel", "tc",
+                               "--bits", "2", "--code", "1mad2", "--num-warps", str(nw)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr:
+            pytest.skip("this Triton has no bundled ptxas")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert r["num_warps"] == nw
+        assert r["asm_layouts"] == [f"#ttg.blocked<{{sizePerThread = [1], threadsPerWarp = [32], "
+                                    f"warpsPerCTA = [{nw}], order = [0]}}>"], r
+        assert r["local_alloc"] == 0, r
+        ops, wpt = r["opcodes"], r["weights_per_thread"]
+        assert ops.get("HMMA", 0) * 4 == wpt and ops.get("IDP", 0) == wpt, r     # 4 weights a thread per HMMA
+        assert ops.get("FFMA", 0) + ops.get("FADD", 0) < 0.1 * wpt, r
+        assert not any(k in ops for k in ("LDS", "STS", "BAR")), r
+        assert r["instr_per_weight"] < 4.0, r
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits,code", [(2, "1mad2"), (3, "1mad2"), (4, "1mad2"), (3, "1mad")])
+@pytest.mark.parametrize("M", [1, 4])
+def test_gpu_tc_gemv_kernel_matches(bits, code, M, gen):
+    # the PTX path (dp4a onto 0xE5FE6400, mma.sync fragments) against the fp64 product; the HMMA's fp32
+    # sums truncate: at most ~K/8 MMA steps x 2^-23 of the running sum, ~6e-5 fully biased at K = 4096
+    N, K = 2048, 4096
+    qt = random_trellis(N, K, bits, code, -1, gen, device="cuda")
+    xr = torch.randn(M, K, generator=gen).cuda()
+    ref = xr.double() @ qt.fmt.rotated_weight(qt).double().t()
+    for kw in ({}, {"block_tn_tc": 1}, {"num_warps": 4}, {"split_k": 1}):
+        out = tg.trellis_matmul_rotated(xr, qt, gemv="tc", parts=True, **kw).sum(0)
+        assert rel_err(out, ref) < 1e-4, kw

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import dispatch
 from ..formats import QuantizedTensor
 from ..formats import trellis as tf
 from . import hadamard as had
@@ -449,6 +450,221 @@ def _row_store(acc, scale, ptrs, ok, GROUPED: tl.constexpr, USE_ATOMIC: tl.const
         tl.store(ptrs, res, mask=mask)
 
 
+# ------------------------------------------------------------------------------------------------
+# Tensor-core GEMV for M <= 4 (codes 1mad, 1mad2): ``mma.sync.m16n8k16`` over values placed by hand.
+#
+# The stored layout is unchanged: in a tile's k-major order (step t = 16 k_local + n_local) the 64 steps
+# of 4 consecutive columns k_local = 4c .. 4c+3 are one contiguous run of 64*K stream bits (2K words),
+# so thread (g, c) of a warp (g = lane // 4, c = lane % 4) loads the 2K words of its run plus the word
+# before it, once per tile, and derives all 64 states with compile-time shifts. The warp's 8 threads of
+# one c hold 8 different tiles (tile g of the program's 8 along N), so MMA (j, q) (j = 0..7, q = 0, 1)
+# multiplies the weights of rows {tile g, n_local 2j (fragment row g) and 2j+1 (row g+8)} at k_local
+# 4c + 2q (fragment column 2c) and 4c + 2q + 1 (column 2c + 8) of every thread c.
+# A register = {1024 + byte sum, -1534} (one dp4a accumulating onto 0xE5FE6400: the low half is the exact
+# fp16 code value + 1534, the high half the fp16 -1534), B register = {x_k, x_k}: each k contributes
+# (v + 1534) x - 1534 x = v x exactly, the offset cancels inside the MMA (no correction, no FADD).
+# B column 2m is row m of x rounded to fp16, column 2m+1 its rounding residue (x - fp16(x), in fp16), so
+# D's columns 2m and 2m+1 add up to the product with fp32 activations (M <= 4 fills the 8 columns; rows
+# past M are never stored). Per two weights (one 1mad2 state): a window, 2 IMAD (the LCGs), 2 dp4a; one
+# HMMA per 4 weights of a thread. No FFMA, FADD, PRMT or conversion per weight. The 4 warps take the 4
+# tile rows of a K step; their accumulators are summed once at the end (one shared-memory reduction).
+# ------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tc_window(ws, E: tl.constexpr):
+    """16-bit state of the window ending at bit E of a thread's run (``ws`` = (word -1, word 0, ...))."""
+    HI: tl.constexpr = (E - 1) // 32
+    R: tl.constexpr = 32 * (HI + 1) - E
+    cur = ws[HI + 1]
+    if R <= 16:
+        st = (cur >> R) & 0xFFFF
+    else:
+        st = ((cur >> R) | (ws[HI] << (32 - R))) & 0xFFFF
+    return st
+
+
+@triton.jit
+def _tc_lcg_words(ws, J: tl.constexpr, BITS: tl.constexpr, CODE: tl.constexpr):
+    """The 8 LCG words of row pair J of a thread: (kk = 0..3 of n_local 2J, then kk = 0..3 of 2J+1); each
+    value is the byte sum of its word - 510. 1mad2: one state per kk (the pair's odd step), its two
+    LCGs; 1mad: one state per weight, the 1mad LCG."""
+    out0 = ()
+    out1 = ()
+    for kk in tl.static_range(4):
+        if CODE == 3:
+            s = _tc_window(ws, (16 * kk + 2 * J + 2) * BITS)
+            out0 = out0 + (s * 34038481 + 76625530,)
+            out1 = out1 + (s * tl.full(s.shape, 0x2E3A8F1D, tl.uint32) + tl.full(s.shape, 0x9E3779B9, tl.uint32),)
+        else:
+            s0 = _tc_window(ws, (16 * kk + 2 * J + 1) * BITS)
+            s1 = _tc_window(ws, (16 * kk + 2 * J + 2) * BITS)
+            out0 = out0 + (s0 * 34038481 + 76625530,)
+            out1 = out1 + (s1 * 34038481 + 76625530,)
+    return out0 + out1
+
+
+# $4..$11: LCG words (kk 0..3 of row g, kk 0..3 of row g+8); $12..$15: B registers of k_local 4c..4c+3;
+# $16..$19: accumulators. p_i = {0x6400 + byte sum, 0xE5FE}: a fragment register as it is.
+TC_MMA_ASM = tl.constexpr(
+    "{ .reg .b32 p<8>; .reg .f32 d<4>;\n"
+    + "".join(f"dp4a.u32.u32 p{i}, ${4 + i}, 0x01010101, 0xE5FE6400;\n" for i in range(8))
+    + "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {d0,d1,d2,d3}, {p0,p4,p1,p5}, {$12,$13}, "
+    "{$16,$17,$18,$19};\n"
+    "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0,$1,$2,$3}, {p2,p6,p3,p7}, {$14,$15}, "
+    "{d0,d1,d2,d3}; }")
+# B registers {t, t} from 4 fp32 activations x[4c .. 4c+3] of a thread's row; $8 = -part: t = fp16(x)
+# (part 0) or fp16(x - fp16(x)) (part 1)
+TC_B_ASM = tl.constexpr(
+    "{ .reg .b32 h01, h23; .reg .b16 q<4>; .reg .f32 f<4>;\n"
+    "cvt.rn.f16x2.f32 h01, $5, $4;\ncvt.rn.f16x2.f32 h23, $7, $6;\n"
+    "mov.b32 {q0, q1}, h01;\nmov.b32 {q2, q3}, h23;\n"
+    + "".join(f"cvt.f32.f16 f{i}, q{i};\nfma.rn.f32 f{i}, f{i}, $8, ${4 + i};\n"
+              f"cvt.rn.f16x2.f32 ${i}, f{i}, f{i};\n" for i in range(4))
+    + "}")
+
+
+@triton.jit
+def _tc_b_operand(x0, x1, x2, x3, negpart, ASM: tl.constexpr):
+    """The 4 B registers of a thread (ASM: f16x2 {t, t}, see TC_B_ASM) or, for the portable emulation,
+    the 4 values t as fp32: fp16(x) (negpart 0) or fp16(x - fp16(x)) (negpart -1)."""
+    if ASM:
+        b = tl.inline_asm_elementwise(TC_B_ASM, "=r,=r,=r,=r,f,f,f,f,f", [x0, x1, x2, x3, negpart],
+                                      dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+    else:
+        b = ()
+        for xv in tl.static_range(4):
+            v = (x0, x1, x2, x3)[xv]
+            hi = v.to(tl.float16).to(tl.float32)
+            b = b + ((v + negpart * hi).to(tl.float16).to(tl.float32),)
+    return b
+
+
+@triton.jit
+def _tc_stack4(a, b, c, d):
+    """[BLOCK] x 4 -> [BLOCK, 4] (column i = the i-th argument)."""
+    t = tl.permute(tl.join(tl.join(a, b), tl.join(c, d)), (0, 2, 1))
+    return tl.reshape(t, (a.shape[0], 4))
+
+
+@triton.jit
+def _tc_mma(u, b, c0, c1, c2, c3, ASM: tl.constexpr, NW: tl.constexpr):
+    """Two MMA steps of every warp (k_local 4c + {0, 1} and 4c + {2, 3}): c += A @ B, A = the 16 x 16
+    weights of the 8 LCG words ``u`` of each thread, B the activations (``b``). Returns the four fp32
+    accumulator registers. Portable branch (the interpreter): the same sums from the per-thread values of
+    the whole warp, in k order (A and B share the fragment's k permutation, so it does not change the
+    product; the +1534 / -1534 halves cancel exactly, so the values enter as they are)."""
+    if ASM:
+        d = tl.inline_asm_elementwise(
+            TC_MMA_ASM, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,r,r,r,r,f,f,f,f",
+            [u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], b[0], b[1], b[2], b[3], c0, c1, c2, c3],
+            dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+        r0, r1, r2, r3 = d[0], d[1], d[2], d[3]
+    else:
+        v = ()
+        for i in tl.static_range(8):      # byte sum - 510
+            w = u[i]
+            v = v + (((w & 255) + ((w >> 8) & 255) + ((w >> 16) & 255) + (w >> 24)).to(tl.float32) - 510.0,)
+        bm = tl.reshape(_tc_stack4(b[0], b[1], b[2], b[3]), (NW, 1, 8, 4, 4))      # [w, -, col g', c, kk]
+        a0 = tl.reshape(_tc_stack4(v[0], v[1], v[2], v[3]), (NW, 8, 1, 4, 4))     # [w, g, -, c, kk]
+        a1 = tl.reshape(_tc_stack4(v[4], v[5], v[6], v[7]), (NW, 8, 1, 4, 4))
+        e0 = tl.reshape(tl.sum(tl.sum(a0 * bm, axis=4), axis=3), (NW * 32, 2))      # [w, g, col 2c + p]
+        e1 = tl.reshape(tl.sum(tl.sum(a1 * bm, axis=4), axis=3), (NW * 32, 2))
+        d0, d1 = tl.split(e0)
+        d2, d3 = tl.split(e1)
+        r0, r1, r2, r3 = c0 + d0, c1 + d1, c2 + d2, c3 + d3
+    return r0, r1, r2, r3
+
+
+@triton.jit
+def _tc_stack16(t, OFF: tl.constexpr):
+    """16 [BLOCK] tensors t[OFF .. OFF+15] -> [BLOCK, 16] (column q = t[OFF + q])."""
+    p = ()
+    for k in tl.static_range(8):
+        p = p + (tl.join(t[OFF + 2 * k], t[OFF + 2 * k + 1]),)
+    r = ()
+    for k in tl.static_range(4):
+        r = r + (tl.join(p[2 * k], p[2 * k + 1]),)
+    s = (tl.join(r[0], r[1]), tl.join(r[2], r[3]))
+    z = tl.join(s[0], s[1])                     # [B, s0, s1, s2, s3] = t[OFF + s0 + 2 s1 + 4 s2 + 8 s3]
+    return tl.reshape(tl.permute(z, (0, 4, 3, 2, 1)), (z.shape[0], 16))
+
+
+@triton.jit
+def _trellis_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, out_ptr, N, K, stride_xm, stride_om, ITERS_PER_SPLIT, M,
+                            BITS: tl.constexpr, CODE: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr,
+                            ASM: tl.constexpr, USE_ATOMIC: tl.constexpr, stride_os=0):
+    """Tensor-core decode GEMV (M <= 4, codes 1mad/1mad2, per-channel scales; see the block comment above).
+
+    x: [M, K] rotated activations (fp32, or fp16/bf16 read as fp32); qw: int32 [K/16, 8*BITS, N/16];
+    s: [1, N]; out: [M, N] fp32 (USE_ATOMIC: split-K sums added into a zeroed out) or split k's partial
+    at out + k * stride_os. One element per thread in every [32*NW] tensor (element e = lane e % 32 of
+    warp e // 32; the inline PTX relies on it); warp w takes tile row w of each K step of 16*NW, thread
+    (g, c) tiles pid_n*8*TN + 8i + g (i < TN), 4 accumulators per row pair and tile, summed over the
+    warps at the end. Grid: (N / (128*TN), SPLIT_K). Needs 128*TN | N and 16*NW | K."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    BLOCK: tl.constexpr = 32 * NW
+    W: tl.constexpr = 8 * BITS
+    WT: tl.constexpr = 2 * BITS                # words of a thread's 64 steps
+    e = tl.arange(0, BLOCK)
+    lane = e % 32
+    warp = e // 32
+    g = lane // 4
+    c = lane % 4
+    n_tiles = N // 16
+    tk_words = W * n_tiles
+    woff = ()
+    for i in tl.static_range(TN):
+        tn = pid_n * (8 * TN) + i * 8 + g
+        for w in tl.static_range(WT + 1):
+            woff = woff + (warp * tk_words + ((WT * c + w - 1 + W) % W) * n_tiles + tn,)
+    row = tl.minimum(g // 2, M - 1)
+    negpart = -(g % 2).to(tl.float32)
+    x_thr = x_ptr + row * stride_xm + warp * 16 + c * 4
+    acc = ()
+    for a in tl.static_range(TN * 32):
+        acc = acc + (tl.zeros((BLOCK,), dtype=tl.float32),)
+    STEP: tl.constexpr = 16 * NW
+    k_start = pid_k * ITERS_PER_SPLIT * STEP
+    k_end = tl.minimum(k_start + ITERS_PER_SPLIT * STEP, K)
+    for k0 in range(k_start, k_end, STEP):
+        base = qw_ptr + (k0 // 16) * tk_words
+        x0 = tl.load(x_thr + k0).to(tl.float32)
+        x1 = tl.load(x_thr + k0 + 1).to(tl.float32)
+        x2 = tl.load(x_thr + k0 + 2).to(tl.float32)
+        x3 = tl.load(x_thr + k0 + 3).to(tl.float32)
+        b = _tc_b_operand(x0, x1, x2, x3, negpart, ASM)
+        new = ()
+        for i in tl.static_range(TN):
+            ws = ()
+            for w in tl.static_range(WT + 1):
+                ws = ws + (tl.load(base + woff[i * (WT + 1) + w]).to(tl.uint32, bitcast=True),)
+            for j in tl.static_range(8):
+                u = _tc_lcg_words(ws, j, BITS, CODE)
+                new = new + _tc_mma(u, b, acc[(i * 8 + j) * 4], acc[(i * 8 + j) * 4 + 1], acc[(i * 8 + j) * 4 + 2],
+                                    acc[(i * 8 + j) * 4 + 3], ASM, NW)
+        acc = new
+    # epilogue: lane l = (g, c) holds rows n = 16 * tile + 2j + h (h = 0: d0, d1; h = 1: d2, d3) of token
+    # m = c, the fp16 part in D column 2c and the residue in 2c + 1
+    ys = ()
+    for q in tl.static_range(TN * 16):
+        ys = ys + (acc[2 * q] + acc[2 * q + 1],)
+    ln = tl.arange(0, 32)
+    m_l = (ln % 4)[:, None]
+    ok = m_l < M
+    if not USE_ATOMIC:
+        out_ptr = out_ptr + pid_k * stride_os
+    for i in tl.static_range(TN):
+        y = tl.sum(tl.reshape(_tc_stack16(ys, i * 16), (NW, 32, 16)), axis=0)        # [lane, 2j + h]
+        n = (pid_n * (8 * TN) + i * 8 + ln // 4)[:, None] * 16 + tl.arange(0, 16)[None, :]
+        y = y * tl.load(s_ptr + n).to(tl.float32)
+        if USE_ATOMIC:
+            tl.atomic_add(out_ptr + m_l * stride_om + n, y, mask=ok)
+        else:
+            tl.store(out_ptr + m_l * stride_om + n, y, mask=ok)
+
+
 @triton.jit
 def _trellis_gemm_static_kernel(x_ptr, qw_ptr, s_ptr, lut_ptr, out_ptr, M, N, K, stride_xm, stride_om, group,
                                 BITS: tl.constexpr, CODE: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -613,7 +829,53 @@ def _output(out, M: int, N: int, device) -> torch.Tensor:
     return out
 
 
-GEMV_KERNELS = ("auto", "static", "generic", "mma")
+GEMV_KERNELS = ("auto", "static", "generic", "mma", "tc")
+
+# Tensor-core GEMV (_trellis_gemv_tc_kernel) launch defaults: tiles per thread along N (a program covers
+# 128 * tn columns), warps (each takes one tile row of a K step; more than one adds a shared-memory
+# reduction of the accumulators: ~630 SASS instructions outside the loop with 4 warps against ~350 with
+# one, Triton 3.6), programs per SM the K split aims for (tn 2 needs ~120-128 registers: 16 warps an SM).
+# Offline choice (docs/perf/trellis.md), not yet swept on a GPU.
+TC_DEFAULTS = {"tn": 2, "num_warps": 1, "programs_per_sm": 16}
+# auto picks the tensor-core GEMV for 1mad/1mad2 at M <= 4 when this is True. Off: it has been compiled
+# and counted offline (docs/perf/trellis.md) but not yet run on a GPU (the interpreter runs its portable
+# emulation of mma.sync, not the PTX).
+TC_GEMV = False
+
+
+def tc_gemv_reason(M: int, qt: QuantizedTensor, tn: int | None = None, num_warps: int | None = None) -> str | None:
+    """Why the tensor-core GEMV cannot run this call (None when it can)."""
+    N, K = qt.shape
+    tn = tn or TC_DEFAULTS["tn"]
+    nw = num_warps or TC_DEFAULTS["num_warps"]
+    if qt.meta["code"] not in ("1mad", "1mad2"):
+        return f"code {qt.meta['code']!r} (the tensor-core GEMV decodes 1mad and 1mad2)"
+    if M > GEMV_MAX_M:
+        return f"M={M} > {GEMV_MAX_M}"
+    if qt.group_size != -1 and qt.group_size != K:
+        return f"grouped scales (group_size={qt.group_size}); it applies per-channel scales in the epilogue"
+    if N % (128 * tn) or K % (16 * nw):
+        return f"N={N} must be a multiple of {128 * tn} and K={K} of {16 * nw}"
+    return None
+
+
+def _tc_gemv(xr, qt, out, parts: bool, split_k: int | None, tn: int | None, num_warps: int | None,
+             programs_per_sm: int | None) -> torch.Tensor:
+    """Launch _trellis_gemv_tc_kernel (checks done by the caller)."""
+    M, K = xr.shape
+    N = qt.shape[0]
+    tn = tn or TC_DEFAULTS["tn"]
+    nw = num_warps or TC_DEFAULTS["num_warps"]
+    n_blocks, k_iters = N // (128 * tn), K // (16 * nw)
+    split = split_k or _split_k(n_blocks, k_iters, xr.device, programs_per_sm or TC_DEFAULTS["programs_per_sm"])
+    iters = triton.cdiv(k_iters, split)
+    split = triton.cdiv(k_iters, iters)
+    buf, atomic = _split_output(out, parts, split, M, N, xr.device)
+    LAST_COMPILED["tc"] = _trellis_gemv_tc_kernel[(n_blocks, split)](
+        xr, qt.tensors["qweight"], qt.tensors["scales"], buf, N, K, xr.stride(0), buf.stride(-2), iters, M,
+        BITS=qt.bits, CODE=CODE_IDS[qt.meta["code"]], TN=tn, NW=nw, ASM=use_asm(xr.device),
+        USE_ATOMIC=atomic, stride_os=buf.stride(0) if parts else 0, num_warps=nw)
+    return buf
 
 
 def _split_output(out, parts: bool, split: int, M: int, N: int, device):
@@ -664,8 +926,8 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
                            block_tn: int = 8, block_tk: int | None = None, parts: bool = False,
                            prefetch: bool | None = None, num_warps: int | None = None,
                            gather: bool | None = None, programs_per_sm: int | None = None,
-                           block_m: int | None = None, rotate_signs: torch.Tensor | None = None
-                           ) -> torch.Tensor:
+                           block_m: int | None = None, rotate_signs: torch.Tensor | None = None,
+                           block_tn_tc: int | None = None) -> torch.Tensor:
     """``y' = x' @ Wt.T`` in fp32 for rotated activations ``x' [M, K]`` (the kernel alone).
 
     ``out``: optional fp32 ``[M, N]`` buffer (contiguous rows); split-K zeroes it first and adds with
@@ -680,7 +942,12 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     (target of the K split) the static GEMV, defaults in ``GEMV_DEFAULTS``; ``block_m`` (M > 4: rows
     per tiled program, each row block decodes the weight once) and ``num_warps`` the tiled GEMM.
     ``rotate_signs`` (static GEMV only): ``xr`` is the raw activation ``x`` and the kernel applies the
-    input transform (these signs, the weight's ``had_block_in``) itself, with no separate launch."""
+    input transform (these signs, the weight's ``had_block_in``) itself, with no separate launch.
+    ``gemv="tc"``: the tensor-core GEMV (codes 1mad/1mad2, M <= 4, per-channel scales, 128*tn | N,
+    16*num_warps | K; ``auto`` takes it when ``TC_GEMV`` is on); ``block_tn_tc`` (tn),
+    ``num_warps`` and ``programs_per_sm`` configure it (defaults ``TC_DEFAULTS``). Its B operand is x' as
+    fp16 plus its fp16 rounding residue, so |x'| must stay in fp16 range (< 65504).
+    The path taken (M <= 4) is recorded in :mod:`triton_marlin.dispatch` as op ``trellis_gemv``."""
     M, K = xr.shape
     N = qt.shape[0]
     bits = qt.bits
@@ -704,10 +971,20 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     if gemv == "static" and not static_ok:
         raise ValueError(f"the static GEMV needs N % {16 * block_tn} == 0 and K % {16 * block_tk} == 0, "
                          f"got N={N}, K={K}")
+    if gemv == "tc" or (gemv == "auto" and TC_GEMV and rotate_signs is None and num_warps is None
+                        and tc_gemv_reason(M, qt, block_tn_tc) is None):
+        reason = tc_gemv_reason(M, qt, block_tn_tc, num_warps)
+        if reason is not None:
+            raise ValueError(f"the tensor-core GEMV cannot run: {reason}")
+        if rotate_signs is not None:
+            raise ValueError("rotate_signs needs the static GEMV, not gemv='tc'")
+        dispatch.record("trellis_gemv", "tc")
+        return _tc_gemv(xr, qt, out, parts, split_k, block_tn_tc, num_warps, programs_per_sm)
     if gemv == "mma":
         if M > 16 or N % 128 or K % 32 or group % 32:
             raise ValueError(f"the tensor-core GEMV needs M <= 16, N % 128 == 0, K % 32 == 0 and a group "
                              f"multiple of 32; got M={M}, N={N}, K={K}, group={group}")
+        dispatch.record("trellis_gemv", "mma")
         return _static_gemm(xr, qt, out, 16, split_k, "mma", parts)
     fuse = rotate_signs is not None
     if fuse and not (M <= GEMV_MAX_M and gemv != "generic" and static_ok):
@@ -734,6 +1011,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
         buf, atomic = _split_output(out, parts, split, M, N, xr.device)
         pf = default_prefetch if prefetch is None else prefetch
         rows_per_program = 1 if M == 1 else triton.next_power_of_2(M)
+        dispatch.record("trellis_gemv", "static")
         LAST_COMPILED["gemv"] = _trellis_gemv_static_kernel[(n_blocks, split, triton.cdiv(M, rows_per_program))](
             xr, qw, s, lut, buf, N, K, xr.stride(0), buf.stride(-2), group, iters,
             BITS=bits, CODE=code, BLOCK_TN=block_tn, BLOCK_TK=block_tk, USE_ATOMIC=atomic,
@@ -752,6 +1030,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
         out = _output(out, M, N, xr.device)
         if split > 1:
             out.zero_()
+        dispatch.record("trellis_gemv", "generic")
         LAST_COMPILED["gemv"] = _trellis_gemv_kernel[(n_blocks, split, M)](
             xr, qw, s, lut, out, N, K, xr.stride(0), out.stride(0), group, iters,
             BITS=bits, CODE=code, BLOCK_N=BLOCK_N, BLOCK_K=block_k, USE_ATOMIC=split > 1,
