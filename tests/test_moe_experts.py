@@ -6,7 +6,7 @@ import torch
 import triton_marlin
 from triton_marlin.formats import FormatError
 from triton_marlin.moe.experts import (KIND_CODES, PART_ALIGN, PROJECTIONS, QuantizedExperts, T_CODE, T_GROUP, T_HI,
-                                       T_KIND, T_SCALE, T_ZERO, interleave_word_tiles, pad_to_max_bits,
+                                       T_KIND, T_SCALE, T_ZERO, interleave_k16, interleave_word_tiles, pad_to_max_bits,
                                        repack_lossless)
 
 H, I = 64, 96
@@ -72,7 +72,7 @@ def test_flat_tables_point_at_each_expert(gen):
             assert row[T_GROUP] == (qt.shape[1] if qt.group_size == -1 else qt.group_size)
             assert all(off % PART_ALIGN == 0 for off in (row[T_CODE], row[T_HI], row[T_SCALE]))
             if qt.format in ("int8", "fp8"):
-                codes, buf = qt.tensors["qweight"].reshape(-1), flat.codes8
+                codes, buf = interleave_k16(qt.tensors["qweight"]).reshape(-1), flat.codes8
             else:
                 codes, buf = interleave_word_tiles(qt.tensors["qweight"]).reshape(-1), flat.codes32
             assert torch.equal(buf[row[T_CODE]:row[T_CODE] + codes.numel()], codes)
@@ -97,6 +97,17 @@ def test_interleave_word_tiles_layout():
         assert out[r // 16, n, r % 16] == words[r, n]
     with pytest.raises(ValueError, match="multiple of 16 rows"):
         interleave_word_tiles(words[:40])
+
+
+def test_interleave_k16_layout():
+    """Code (k, n) of a [K, N] byte matrix lands at (k // 16, n, k % 16); a partial last slot is zero-padded."""
+    K, N = 40, 3
+    codes = torch.randint(0, 256, (K, N), dtype=torch.uint8)
+    out = interleave_k16(codes)
+    assert out.shape == (3, N, 16)
+    for k, n in ((0, 0), (15, 2), (16, 1), (39, 2)):
+        assert out[k // 16, n, k % 16] == codes[k, n]
+    assert (out[2, :, 8:] == 0).all()
 
 
 def test_asymmetric_kind_and_zeros(gen):

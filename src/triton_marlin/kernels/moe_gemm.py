@@ -74,7 +74,8 @@ def _codes_and_scales(words, hi, k0, sl, K, k_lim, N, codes8, scales16, scales8,
     i3 = sl[:, None, None]
     if BITS == 8:
         kidx = k0 + i3 * 16 + tl.arange(0, 16)[None, :, None]
-        q = tl.load(codes8 + code_off + kidx * N + offs_n[None, None, :],
+        # 8-bit codes interleaved by 16 k (see _swap_words): (k, n) at (k // 16) * 16 N + 16 n + k % 16
+        q = tl.load(codes8 + code_off + (kidx // 16) * (16 * N) + offs_n[None, None, :] * 16 + kidx % 16,
                     mask=(kidx < k_lim) & n_ok[None, None, :], other=0).to(tl.int32)
     else:
         q = (words[None, :, :] >> (i3 * LO_BITS)) & ((1 << LO_BITS) - 1)
@@ -196,7 +197,7 @@ def _swap_tile(acc_t, bs, words, hi, kt, k_lim, N, codes8, scales16, scales8, ze
             else:
                 if BITS == 8:
                     kk = ks + wc
-                    qp = code_off + kk[None, :] * N + nT
+                    qp = code_off + (ks // 16) * (16 * N) + nT * 16 + wc[None, :]  # interleaved: see _swap_words
                     if EVEN_K and EVEN_N:
                         q = tl.load(codes8 + qp).to(tl.int32)
                     else:
@@ -549,7 +550,7 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
                         w = raws[i]
                 else:
                     if BITS == 8:
-                        q = tl.load(codes8 + code_off + kk[:, None] * N + n2,
+                        q = tl.load(codes8 + code_off + (ks // 16) * (16 * N) + n2 * 16 + wr[:, None],
                                     mask=(kk < k_lim)[:, None] & n_ok[None, :], other=0).to(tl.int32)
                     elif BITS == 3:
                         q = ((words >> (i * 2)) & 3) | (((hi.to(tl.int32) >> i) & 1) << 2)

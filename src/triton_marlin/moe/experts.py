@@ -15,8 +15,8 @@ different widths; the kernel branches on the table, and a program only ever serv
 The flat buffers hold packed words tile-interleaved: a ``[rows, N]`` plane (16 word rows per K tile, see
 :mod:`triton_marlin.formats.packing`) is stored ``[rows / 16, N, 16]``, so the 16 words a kernel unpacks for
 one output column and K tile are 64 contiguous bytes (16-byte copies into the tensor-core tiles' shared
-memory, whose word tile is ``[BLOCK_N, 16]``, instead of 4-byte ones). Every part starts at a multiple of
-16 elements of its buffer, which the kernels rely on for those copies.
+memory, whose word tile is ``[BLOCK_N, 16]``, instead of 4-byte ones); 8-bit codes ``[K, N]`` likewise by 16
+k. Every part starts at a multiple of 16 elements of its buffer, which the kernels rely on for those copies.
 """
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ class FlatProjection:
     Buffers hold element offsets given by ``table`` (int32 ``[num_experts, T_FIELDS]``): kind, code offset,
     high-plane offset (int3), scale offset, zero-point offset (-1: symmetric), group size along K; every
     offset is a multiple of 16. Packed words (``codes32``, ``codes16``) are tile-interleaved
-    (:func:`interleave_word_tiles`); 8-bit codes, scales and zero points are ``[rows, N]`` row-major.
+    (:func:`interleave_word_tiles`), 8-bit codes by 16 k (:func:`interleave_k16`); scales and zero points are
+    ``[rows, N]`` row-major.
     """
 
     N: int
@@ -138,6 +139,17 @@ def interleave_word_tiles(words: torch.Tensor) -> torch.Tensor:
     return words.reshape(rows // 16, 16, N).transpose(1, 2).contiguous()
 
 
+def interleave_k16(codes: torch.Tensor) -> torch.Tensor:
+    """8-bit codes ``[K, N]`` -> ``[ceil(K / 16), N, 16]``: code ``(k, n)`` moves to ``(k // 16, n, k % 16)``, so
+    the 16 codes of one column and one 16-k slot are 16 contiguous bytes (as :func:`interleave_word_tiles` does
+    for packed words); a partial last slot is padded with code 0 (the kernels mask k >= K)."""
+    K, N = codes.shape
+    pad = -K % 16
+    if pad:
+        codes = torch.cat([codes, codes.new_zeros((pad, N))])
+    return codes.reshape(-1, 16, N).transpose(1, 2).contiguous()
+
+
 def flatten_projection(qts: Sequence[QuantizedTensor]) -> FlatProjection:
     """Concatenate one projection of every expert into a :class:`FlatProjection`."""
     N, K = qts[0].shape
@@ -168,7 +180,7 @@ def flatten_projection(qts: Sequence[QuantizedTensor]) -> FlatProjection:
         t = qt.tensors
         table[e, T_KIND] = kind
         if qt.format in ("int8", "fp8"):
-            table[e, T_CODE] = put("codes8", t["qweight"])
+            table[e, T_CODE] = put("codes8", interleave_k16(t["qweight"]))
         else:
             table[e, T_CODE] = put("codes32", interleave_word_tiles(t["qweight"]))
         table[e, T_HI] = put("codes16", interleave_word_tiles(t["qweight_hi"])) if "qweight_hi" in t else 0
