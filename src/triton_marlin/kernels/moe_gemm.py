@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .decode import (decode_scale, dequant, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp16, int_magic_fp32,
                      raw_factor, unpack_slots_fp16_asm)
@@ -736,6 +737,17 @@ def _proj_gate_up_fused(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, ggs
 
 
 @triton.jit
+def _pdl_sync():
+    """Programmatic dependent launch (sm_90): let the next kernel of the stream launch now (its programs become
+    resident and wait in their own ``_pdl_sync``), then wait until the previous kernel has finished and its
+    writes are visible. Nothing is read or written before the wait, so the kernels still run in stream order;
+    what overlaps is the launch of each kernel with the tail of the one before it (the decode path's kernels
+    are a few microseconds each, the launch gap a large share of that)."""
+    gdc_launch_dependents()
+    gdc_wait()
+
+
+@triton.jit
 def _block_rows(sorted_ptr, eids_ptr, npost_ptr, num_experts, BLOCK_M: tl.constexpr, DIRECT: tl.constexpr):
     """``(rows, slots, expert, live)`` of this program's block. Aligned: rows of the sorted slot list, the
     block's expert from the per-block list, live below the padded row count (the three loads are independent:
@@ -765,7 +777,7 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
                         ZERO_BLOCK: tl.constexpr, UNROLL: tl.constexpr, G_GK: tl.constexpr, U_GK: tl.constexpr,
                         ASM: tl.constexpr, DIRECT: tl.constexpr, SWAP: tl.constexpr = 0,
-                        FUSE_GU: tl.constexpr = 0):
+                        FUSE_GU: tl.constexpr = 0, PDL: tl.constexpr = False):
     """``SPLIT_K == 1``: ``inter [capacity, I]`` (x's dtype) gets ``silu(gate) * up`` of each row.
     ``SPLIT_K > 1``: the K range is split over programs; split ``p`` stores its fp32 partials of gate and up
     in ``inter [SPLIT_K, capacity, 2 I]`` (plain stores: no zero-fill, no atomics, a fixed summation order)
@@ -773,6 +785,8 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
+    if PDL:  # programmatic dependent launch: see _pdl_sync
+        _pdl_sync()
     if ZERO_BLOCK > 0:
         # zero the down kernel's fp32 accumulator: the programs of block row 0 (first K split) share it
         if pid_m == 0:
@@ -822,13 +836,16 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
                      SLOTS_PER_TOKEN: tl.constexpr, D_KINDS: tl.constexpr, D_UNIFORM: tl.constexpr,
                      IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
                      A_SWIGLU: tl.constexpr, UNROLL: tl.constexpr, D_GK: tl.constexpr, ASM: tl.constexpr,
-                     A_SPLITS: tl.constexpr, DIRECT: tl.constexpr, SWAP: tl.constexpr = 0):
+                     A_SPLITS: tl.constexpr, DIRECT: tl.constexpr, SWAP: tl.constexpr = 0,
+                     PDL: tl.constexpr = False):
     """``out[token] += w_slot * (h_row @ down_e.T)`` with fp32 atomics; ``A_SWIGLU``: ``inter`` holds the
     gate_up kernel's ``A_SPLITS`` split-K ``[gate | up]`` fp32 partial rows and ``h = silu(gate) * up`` is
     formed on load from their sums."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
+    if PDL:
+        _pdl_sync()
     offs_m, slot, e, live = _block_rows(sorted_ptr, eids_ptr, npost_ptr, num_experts, BLOCK_M, DIRECT)
     if not live:
         return
@@ -1001,6 +1018,20 @@ def use_asm(x: torch.Tensor) -> bool:
     return x.device.type == "cuda" and x.dtype == torch.float16 and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
+@functools.lru_cache(maxsize=None)
+def _pdl_capable(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def use_pdl(x: torch.Tensor, config: "MoEGemmConfig") -> bool:
+    """Programmatic dependent launch for the decode kernels (one slot per program: a single wave of short
+    programs, where the launch gap between gate_up and down is a large share of the time) on sm_90+ CUDA.
+    The tensor-core configurations run several waves: programs of the next kernel waiting resident would take
+    slots from the running one, so they launch as usual."""
+    return (config.block_m == 1 and x.device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+            and _pdl_capable(x.device.index if x.device.index is not None else torch.cuda.current_device()))
+
+
 def _kinds_mask(kinds) -> int:
     m = 0
     for k in kinds:
@@ -1026,8 +1057,8 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
 
     The alignment must have been made with ``config.block_m``. ``sorted_ids=None`` (``config.block_m == 1``
     only): no alignment, one program per slot in slot order; ``expert_ids`` is then the flat ``[T * k]``
-    int32 expert ids and ``npost`` is not read (one kernel fewer per forward, see :func:`direct_ids`). ``gate``/``up``/``down``:
-    :class:`~triton_marlin.moe.experts.FlatProjection`. ``uniform``: compile each projection for its single
+    int32 expert ids and ``npost`` is not read (one kernel fewer per forward, see :func:`direct_ids`).
+    ``gate``/``up``/``down``: :class:`~triton_marlin.moe.experts.FlatProjection`. ``uniform``: compile each projection for its single
     kind (every expert of a projection must share it) instead of reading the kind from the table.
     ``uniform_kinds``: the (gate, up, down) kinds to compile for when only the experts the slots reach
     share them (the hybrid strategy: the other experts' slots are -1).
@@ -1072,6 +1103,9 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
     unroll = 2 if config.block_m == 1 else 1  # the tensor-core loop is software-pipelined instead
     asm = use_asm(x)
     extra = {"num_stages": config.stages} if config.stages > 0 else {}
+    pdl = use_pdl(x, config)
+    if pdl:
+        extra["launch_pdl"] = True
     split_stride = capacity * 2 * I
     grid_up = (max_blocks, triton.cdiv(I, config.up_block_n), config.up_split_k)
     _moe_gate_up_kernel[grid_up](
@@ -1080,7 +1114,7 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
         SLOTS_PER_TOKEN=k_total, G_KINDS=gk, G_UNIFORM=gu, U_KINDS=uk, U_UNIFORM=uu, IS_BF16=is_bf16,
         BLOCK_M=config.block_m, BLOCK_N=config.up_block_n, SPLIT_K=config.up_split_k, ZERO_BLOCK=1024,
         UNROLL=unroll, G_GK=gate.group_k, U_GK=up.group_k, ASM=asm, DIRECT=direct,
-        SWAP=swap_mode(config, H, I, config.up_block_n), FUSE_GU=config.fuse_gu, num_warps=config.up_warps,
+        SWAP=swap_mode(config, H, I, config.up_block_n), FUSE_GU=config.fuse_gu, PDL=pdl, num_warps=config.up_warps,
         **extra)
     grid_down = (max_blocks, triton.cdiv(H, config.down_block_n), config.down_split_k)
     _moe_down_kernel[grid_down](
@@ -1089,7 +1123,7 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
         SLOTS_PER_TOKEN=k_total, D_KINDS=dk, D_UNIFORM=du, IS_BF16=is_bf16, BLOCK_M=config.block_m,
         BLOCK_N=config.down_block_n, SPLIT_K=config.down_split_k, A_SWIGLU=split_up, UNROLL=unroll,
         D_GK=down.group_k, ASM=asm, A_SPLITS=config.up_split_k, DIRECT=direct,
-        SWAP=swap_mode(config, I, H, config.down_block_n),
+        SWAP=swap_mode(config, I, H, config.down_block_n), PDL=pdl,
         num_warps=config.down_warps,
         **extra)
     return out
