@@ -45,10 +45,10 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .decode import (decode_scale, dequant, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp16, int_magic_fp32,
                      raw_factor, unpack_slots_fp16_asm)
+from .pdl import pdl_supported, pdl_sync
 
 # Kind codes: the format kinds of triton_marlin.moe.experts.KIND_CODES, asymmetric integers + 8; the table
 # columns are those of triton_marlin.moe.experts (T_KIND ... T_GROUP, 8 per expert).
@@ -737,17 +737,6 @@ def _proj_gate_up_fused(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, ggs
 
 
 @triton.jit
-def _pdl_sync():
-    """Programmatic dependent launch (sm_90): let the next kernel of the stream launch now (its programs become
-    resident and wait in their own ``_pdl_sync``), then wait until the previous kernel has finished and its
-    writes are visible. Nothing is read or written before the wait, so the kernels still run in stream order;
-    what overlaps is the launch of each kernel with the tail of the one before it (the decode path's kernels
-    are a few microseconds each, the launch gap a large share of that)."""
-    gdc_launch_dependents()
-    gdc_wait()
-
-
-@triton.jit
 def _block_rows(sorted_ptr, eids_ptr, npost_ptr, num_experts, BLOCK_M: tl.constexpr, DIRECT: tl.constexpr):
     """``(rows, slots, expert, live)`` of this program's block. Aligned: rows of the sorted slot list, the
     block's expert from the per-block list, live below the padded row count (the three loads are independent:
@@ -785,8 +774,8 @@ def _moe_gate_up_kernel(x_ptr, stride_x, sorted_ptr, eids_ptr, npost_ptr, inter_
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    if PDL:  # programmatic dependent launch: see _pdl_sync
-        _pdl_sync()
+    if PDL:  # programmatic dependent launch (kernels/pdl.py)
+        pdl_sync()
     if ZERO_BLOCK > 0:
         # zero the down kernel's fp32 accumulator: the programs of block row 0 (first K split) share it
         if pid_m == 0:
@@ -845,7 +834,7 @@ def _moe_down_kernel(inter_ptr, sorted_ptr, eids_ptr, npost_ptr, w_ptr, out_ptr,
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
     if PDL:
-        _pdl_sync()
+        pdl_sync()
     offs_m, slot, e, live = _block_rows(sorted_ptr, eids_ptr, npost_ptr, num_experts, BLOCK_M, DIRECT)
     if not live:
         return
@@ -1018,18 +1007,12 @@ def use_asm(x: torch.Tensor) -> bool:
     return x.device.type == "cuda" and x.dtype == torch.float16 and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
-@functools.lru_cache(maxsize=None)
-def _pdl_capable(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] >= 9
-
-
 def use_pdl(x: torch.Tensor, config: "MoEGemmConfig") -> bool:
     """Programmatic dependent launch for the decode kernels (one slot per program: a single wave of short
     programs, where the launch gap between gate_up and down is a large share of the time) on sm_90+ CUDA.
     The tensor-core configurations run several waves: programs of the next kernel waiting resident would take
     slots from the running one, so they launch as usual."""
-    return (config.block_m == 1 and x.device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
-            and _pdl_capable(x.device.index if x.device.index is not None else torch.cuda.current_device()))
+    return config.block_m == 1 and pdl_supported(x.device)
 
 
 def _kinds_mask(kinds) -> int:
