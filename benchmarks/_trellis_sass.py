@@ -48,14 +48,16 @@ def tc_counts(a, tg, triton, GPUTarget, ASTSource, get_sass) -> dict:
     """The tensor-core GEMV's loop: instructions per weight (64 * tn weights per thread and K step), its
     opcodes, and the layout checks its inline PTX relies on (every inline-asm operand one element per
     thread; no shared-memory staging of operands in the loop)."""
-    tn = a.block_tn or tg.TC_DEFAULTS["tn"]
-    nw = a.num_warps or tg.TC_DEFAULTS["num_warps"]
+    cfg = tg.TC_CONFIGS[(a.bits, bool(a.wide))]
+    tn = a.block_tn or cfg["tn"]
+    nw = a.num_warps or cfg["num_warps"]
     sig = {"x_ptr": "*fp32", "qw_ptr": "*i32", "s_ptr": "*fp16", "out_ptr": "*fp32", "N": "i32", "K": "i32",
            "stride_xm": "i32", "stride_om": "i32", "ITERS_PER_SPLIT": "i32", "M": "i32", "BITS": "constexpr",
            "CODE": "constexpr", "TN": "constexpr", "NW": "constexpr", "ASM": "constexpr",
-           "USE_ATOMIC": "constexpr", "stride_os": "i32"}
+           "USE_ATOMIC": "constexpr", "stride_os": "i32", "PREFETCH": "constexpr"}
+    prefetch = cfg.get("prefetch", False) if a.prefetch is None else bool(a.prefetch)
     const = {"BITS": a.bits, "CODE": tg.CODE_IDS[a.code], "TN": tn, "NW": nw, "ASM": bool(a.asm),
-             "USE_ATOMIC": False}
+             "USE_ATOMIC": False, "PREFETCH": prefetch}
     k = triton.compile(ASTSource(fn=tg._trellis_gemv_tc_kernel, signature=sig, constexprs=const),
                        target=GPUTarget("cuda", a.arch, 32), options={"num_warps": nw})
     sass = get_sass(k.asm["cubin"])
@@ -66,9 +68,33 @@ def tc_counts(a, tg, triton, GPUTarget, ASTSource, get_sass) -> dict:
                           re.findall(r"elementwise_inline_asm.*?: .*?-> .*?(#\w+)", k.asm["ttgir"])})
     wpt = 64 * tn
     return {"kernel": "tc", "bits": a.bits, "code": a.code, "asm": bool(a.asm), "arch": a.arch, "block_tn": tn,
-            "num_warps": nw, "loop_instructions": n, "kernel_instructions": total, "weights_per_thread": wpt,
+            "num_warps": nw, "prefetch": prefetch, "loop_instructions": n, "kernel_instructions": total, "weights_per_thread": wpt,
             "instr_per_weight": n / wpt, "opcodes": ops, "asm_layouts": asm_layouts,
-            "local_alloc": k.asm["ttgir"].count("local_alloc"), "triton": triton.__version__}
+            "local_alloc": k.asm["ttgir"].count("local_alloc"), **occupancy(k, nw, a.arch),
+            "triton": triton.__version__}
+
+
+def occupancy(k, num_warps: int, arch: int) -> dict:
+    """Registers and spills (``ptxas -v`` on the kernel's PTX, the ptxas Triton bundles) and the CTAs and
+    warps an SM can hold: 64K registers (allocated per warp in units of 256), at most 32 CTAs and 64
+    warps (sm_80/sm_90), shared memory as compiled (+1 KB reserved per CTA, 228 KB per SM on sm_90)."""
+    import subprocess
+    import tempfile
+    from triton.backends.nvidia.compiler import get_ptxas
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(k.asm["ptx"])
+    sm = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
+    proc = subprocess.run([get_ptxas(arch).path, "-v", f"-arch={sm}", f.name, "-o", os.devnull],
+                          capture_output=True, text=True)
+    os.unlink(f.name)
+    txt = proc.stdout + proc.stderr
+    regs = int(re.search(r"Used (\d+) registers", txt).group(1))
+    sp = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", txt)
+    per_warp = -(-regs * 32 // 256) * 256
+    smem = k.metadata.shared + 1024
+    ctas = min(32, 64 // num_warps, (65536 // per_warp) // num_warps, (228 * 1024) // smem)
+    return {"registers": regs, "spill_store_bytes": int(sp.group(1)), "spill_load_bytes": int(sp.group(2)),
+            "shared_bytes": k.metadata.shared, "ctas_per_sm": ctas, "warps_per_sm": ctas * num_warps}
 
 
 def main():
@@ -76,9 +102,10 @@ def main():
     p.add_argument("--bits", type=int, default=3)
     p.add_argument("--code", default="3inst", choices=["3inst", "1mad", "hyb", "1mad2"])
     p.add_argument("--asm", type=int, default=1, help="1: inline-PTX decode (what CUDA runs), 0: portable")
-    p.add_argument("--block-tn", type=int, default=None, help="default 8 (static), TC_DEFAULTS (tc)")
+    p.add_argument("--block-tn", type=int, default=None, help="default 8 (static), TC_CONFIGS (tc)")
+    p.add_argument("--wide", type=int, default=0, help="tc: 1 = the config of N >= TC_WIDE_N (TC_CONFIGS)")
     p.add_argument("--block-tk", type=int, default=None)
-    p.add_argument("--num-warps", type=int, default=None, help="default 4 (static), TC_DEFAULTS (tc)")
+    p.add_argument("--num-warps", type=int, default=None, help="default 4 (static), TC_CONFIGS (tc)")
     p.add_argument("--prefetch", type=int, default=None, help="1/0: software prefetch of the next words "
                    "(default: the launcher's default)")
     p.add_argument("--rows", type=int, default=1, help="rows of x per program (M <= rows costs one decode)")
@@ -88,7 +115,7 @@ def main():
     p.add_argument("--kernel", default="static", choices=["static", "tc"],
                    help="static: the FMA GEMV (_trellis_gemv_static_kernel); tc: the tensor-core GEMV "
                         "(_trellis_gemv_tc_kernel, 1mad/1mad2; --block-tn = its tiles per thread, default "
-                        "TC_DEFAULTS)")
+                        "TC_CONFIGS; registers, spills and CTAs per SM from ptxas -v)")
     a = p.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("run without TRITON_INTERPRET=1: the kernel must be compiled, not interpreted")

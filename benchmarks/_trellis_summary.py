@@ -1,4 +1,5 @@
-"""Short table of bench_gemm_trellis records (JSON lines): per case the full path, the decode kernel,
+"""Short table of bench_gemm_trellis records (JSON lines): per case the full path, the decode kernel
+(and the path the default dispatch took: static / tc / generic), the tensor-core and FMA GEMVs forced,
 each Hadamard launch and fp16 cuBLAS (graph-replay medians, us), the speedups, and per swept case
 the fastest static-GEMV configuration and the default's time. Used by gpu/trellis_check.sh.
 
@@ -27,11 +28,13 @@ def main(path: str) -> None:
             name = "fp16" if c["format"] == "fp16" else c["impl"]
             if r["metric"] == "time" or name not in slot:
                 slot[name] = r["value"]
+            if c.get("path") and c["impl"] == "trellis_kernel":
+                slot["path"] = c["path"]
         elif r["metric"] == "sweep_time":
             sweeps[key].append((r["value"], c["config"]))
     print(f"{'shape':16s} {'M':>3s} {'format':8s} {'code':5s} {'full':>7s} {'kernel':>7s} {'h_in':>6s} "
           f"{'h_out':>6s} {'fp16':>7s} {'full x':>7s} {'kern x':>7s} {'fused_in':>8s} {'tc full':>7s} {'tc kern':>7s} "
-          f"{'tc k x':>7s}")
+          f"{'tc k x':>7s} {'fma k':>7s} {'path':>6s}")
     for key in sorted(k for k in times if len(k) == 4):
         t = times[key]
         fp = times.get(key[:2], {}).get("fp16")
@@ -40,7 +43,8 @@ def main(path: str) -> None:
         sx = lambda v: f"{fp / v:7.2f}" if fp and v else "      -"  # noqa: E731
         print(f"{key[0]:16s} {key[1]:3d} {key[2]:8s} {key[3]:5s} {f(full)} {f(kern)} {f(t.get('hadamard_in'), 6)} "
               f"{f(t.get('hadamard_out'), 6)} {f(fp)} {sx(full)} {sx(kern)} {f(t.get('trellis_full_fused_in'), 8)} "
-              f"{f(t.get('trellis_full_tc'))} {f(t.get('trellis_kernel_tc'))} {sx(t.get('trellis_kernel_tc'))}")
+              f"{f(t.get('trellis_full_tc'))} {f(t.get('trellis_kernel_tc'))} {sx(t.get('trellis_kernel_tc'))} "
+              f"{f(t.get('trellis_kernel_fma'))} {t.get('path', '-'):>6s}")
     for key in sorted(sweeps):
         rows = sorted(sweeps[key])
         print(f"sweep {key[0]} M={key[1]} {key[2]} {key[3]}: best {rows[0][0]:.1f} us {rows[0][1]}; "

@@ -61,20 +61,24 @@ def sweep_configs(quick: bool, bits: int, code: str, M: int = 1):
     if code == "hyb":
         out += [{"gemv": "static", "block_tk": tk, "prefetch": True, "programs_per_sm": 8, "gather": False}
                 for tk in (1, 2)]
-    if code in ("1mad", "1mad2"):   # the tensor-core GEMV: tiles per thread x K-split target x warps
+    if code in ("1mad", "1mad2"):
+        # the tensor-core GEMV: tiles per thread x K-split target (one warp a program: 4 warps and 8
+        # programs per SM lost everywhere in the 2026-11-26 sweep), then at 32 programs per SM the K split
+        # counted in waves of resident programs and the prefetch of the next K step's words
         out += [{"gemv": "tc", "block_tn_tc": tn, "programs_per_sm": pps, "num_warps": 1}
-                for tn in (1, 2) for pps in (8, 16, 32)]
-        out += [{"gemv": "tc", "block_tn_tc": 2, "programs_per_sm": pps, "num_warps": 4} for pps in (2, 4)]
+                for tn in (1, 2) for pps in (16, 32)]
+        out += [{"gemv": "tc", "block_tn_tc": tn, "programs_per_sm": 32, "num_warps": 1, **extra}
+                for extra in ({"tc_resident_split": True}, {"prefetch": True},
+                              {"tc_resident_split": True, "prefetch": True}) for tn in (1, 2)]
     return out
 
 
 def _full_tc(x, qt):
-    """qmatmul's whole path with the tensor-core GEMV (``trellis_gemm.TC_GEMV`` on for this call)."""
-    old, tg.TC_GEMV = tg.TC_GEMV, True
-    try:
-        return tg._trellis_qgemm_impl(x, qt, None)
-    finally:
-        tg.TC_GEMV = old
+    """qmatmul's whole path with the tensor-core GEMV forced on for this call (``gemv="tc"``; the
+    module's own import: ``tg`` is local to ``main``, and a module-level reference to it was the
+    NameError of the first GPU run)."""
+    from triton_marlin.kernels import trellis_gemm as tg
+    return tg._trellis_qgemm_impl(x, qt, None, gemv="tc")
 
 
 def tiled_configs(M: int):
@@ -105,6 +109,7 @@ def main(argv=None):
     args = runner.args
     G.prepare(args.device)
     import triton_marlin as tm
+    from triton_marlin import dispatch
     from triton_marlin.formats import trellis as tf
     from triton_marlin.kernels import hadamard as kh
     from triton_marlin.kernels import trellis_gemm as tg
@@ -129,6 +134,7 @@ def main(argv=None):
         if f not in ("trellis2", "trellis3", "trellis4"):
             raise SystemExit(f"--formats: {f!r} is not trellis2, trellis3 or trellis4")
     asm_dir = Path(args.asm_dir) if args.asm_dir else None
+    failures = []
     if asm_dir:
         asm_dir.mkdir(parents=True, exist_ok=True)
 
@@ -176,8 +182,12 @@ def main(argv=None):
                             runner.record(fc, "time_launch", fz_l.median_us, "us", stats=fz_l, timing="launch")
                             runner.record(fc, "rel_err_vs_fp64", fz_err, "")
                     if tg.tc_gemv_reason(M, qt) is None:
-                        # the tensor-core GEMV (off by default: first GPU run); a failure is reported
+                        # both M <= 4 decode kernels forced, whichever the default is: the tensor-core GEMV
+                        # (its tc_config) and the FMA GEMV (its GEMV_DEFAULTS); a failure is reported and
+                        # makes the run exit non-zero
                         try:
+                            fma_g, fma_l = G.time_both(
+                                lambda: tg.trellis_matmul_rotated(xr, qt, parts=True, gemv="static"), args, graph)
                             tcf = torch.full((M, N), float("nan"), dtype=dtype, device=args.device)
                             tcf.copy_(_full_tc(x, qt))
                             tc_err = ((tcf.double() - ref).norm() / ref.norm()).item()
@@ -188,20 +198,28 @@ def main(argv=None):
                             tck_g, tck_l = G.time_both(
                                 lambda: tg.trellis_matmul_rotated(xr, qt, parts=True, gemv="tc"), args, graph)
                         except Exception as exc:  # noqa: BLE001  (recorded below, never hidden)
+                            failures.append(f"{name} {fmt} {code} M={M}")
                             runner.note(f"{name} {fmt} {code} M={M}: tensor-core GEMV failed: "
                                         f"{type(exc).__name__}: {str(exc)[:300]}")
                         else:
+                            cfg = tg.tc_config(qt)
+                            tc_cfg = f"tn={cfg['tn']},programs_per_sm={cfg['programs_per_sm']},num_warps={cfg['num_warps']}"
                             for impl, st_g, st_l, e in (("trellis_full_tc", tcf_g, tcf_l, tc_err),
-                                                        ("trellis_kernel_tc", tck_g, tck_l, tck_err)):
-                                tcase = dict(case, impl=impl)
+                                                        ("trellis_kernel_tc", tck_g, tck_l, tck_err),
+                                                        ("trellis_kernel_fma", fma_g, fma_l, None)):
+                                tcase = dict(case, impl=impl, config=tc_cfg if "tc" in impl else "GEMV_DEFAULTS")
                                 if st_g is not None:
                                     runner.record(tcase, "time", st_g.median_us, "us", stats=st_g, timing="graph")
                                 runner.record(tcase, "time_launch", st_l.median_us, "us", stats=st_l, timing="launch")
-                                runner.record(tcase, "rel_err_vs_fp64", e, "")
+                                if e is not None:
+                                    runner.record(tcase, "rel_err_vs_fp64", e, "")
                     # the decode kernel as qmatmul launches it (split-K partials, no zeroing)
                     kern_g, kern_l = G.time_both(lambda: tg.trellis_matmul_rotated(xr, qt, parts=True),
                                                  args, graph)
+                    dispatch.reset()
                     yparts = tg.trellis_matmul_rotated(xr, qt, parts=True)
+                    paths = sorted(p for (op, p) in dispatch.counts() if op == "trellis_gemv")
+                    path = ",".join(paths) if paths else "gemm"   # M > 4: the tiled GEMM (not recorded there)
                     for impl, fn in (("hadamard_in", lambda: kh.rotate(x, qt.tensors["sv"], qt.meta["had_block_in"],
                                                                       out_dtype=xr.dtype)),
                                      ("hadamard_out", lambda: kh.unrotate_parts(yparts, qt.tensors["su"],
@@ -220,7 +238,7 @@ def main(argv=None):
                     io = qt.nbytes + M * K * x.element_size() + M * N * x.element_size()
                     for impl, st_g, st_l, t in (("trellis_full", full_g, full_l, full_t),
                                                 ("trellis_kernel", kern_g, kern_l, kern_t)):
-                        c = dict(case, impl=impl)
+                        c = dict(case, impl=impl, path=path)    # the decode kernel the default dispatch ran
                         if st_g is not None:
                             runner.record(c, "time", st_g.median_us, "us", stats=st_g, timing="graph")
                         runner.record(c, "time_launch", st_l.median_us, "us", stats=st_l, timing="launch")
@@ -262,6 +280,9 @@ def main(argv=None):
                             if kw.get("gemv") == "static" and (N % (16 * kw.get("block_tn", 8))
                                                            or K % (16 * (kw.get("block_tk") or 2))):
                                 continue
+                            if kw.get("gemv") == "tc" and tg.tc_gemv_reason(M, qt, kw.get("block_tn_tc"),
+                                                                            kw.get("num_warps")) is not None:
+                                continue
                             st_g, st_l = G.time_both(lambda: tg.trellis_matmul_rotated(xr, qt, parts=True, **kw),
                                                      args, graph)
                             t = G.headline(st_g, st_l)
@@ -271,6 +292,8 @@ def main(argv=None):
                                 best = (t, kw)
                         runner.note(f"{name} {fmt} {code} M={M}: fastest decode GEMV {best[1]}: {best[0]:.1f} us")
     runner.finish()
+    if failures:
+        raise SystemExit(f"the tensor-core GEMV failed in {len(failures)} case(s): {'; '.join(failures)}")
 
 
 if __name__ == "__main__":

@@ -41,9 +41,10 @@ step() {  # step NAME TIMEOUT_S CMD...
 
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv >> "$LOG" 2>&1
 if [ "${1:-all}" = "tc" ]; then
-  # the tensor-core GEMV (gemv="tc", 1mad/1mad2, off by default): GPU tests of its PTX first, then M=1
-  # timings on both shapes (trellis_kernel_tc / trellis_full_tc next to the FMA GEMV and fp16 cuBLAS of
-  # the same run), the sweep (tc configs + 1mad2's static ones), M=2/4; ~4-5 min
+  # the tensor-core GEMV (gemv="tc", 1mad2; auto takes it at M=1 where TC_CONFIGS says so): GPU tests of
+  # its PTX first, then M=1 timings on both shapes (the default dispatch with its path, trellis_kernel_tc /
+  # trellis_full_tc / trellis_kernel_fma forced, fp16 cuBLAS of the same run), the sweep (tc configs incl.
+  # the resident-wave split and prefetch, 1mad2's static ones), M=2/4 with both kernels; ~3 min
   step pytest_gpu_tc 150 python -m pytest -q -m gpu tests/test_trellis_kernels.py -k "tc_gemv or asm_and_portable"
   step gemm_tc 150 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
     --m 1 --formats trellis2,trellis3,trellis4 --codes 1mad2 --no-int4 --repeats 30 -o "$OUT/gemm.jsonl"

@@ -324,22 +324,89 @@ def test_tc_gemv_dispatch_and_refusals(gen, monkeypatch):
     qt = random_trellis(256, 64, 2, "1mad2", -1, gen)
     xr = torch.randn(1, 64, generator=gen)
     dispatch.reset()
-    tg.trellis_matmul_rotated(xr, qt, split_k=1)
-    assert dispatch.counts() == {("trellis_gemv", "static"): 1}         # off by default
-    monkeypatch.setattr(tg, "TC_GEMV", True)
-    dispatch.reset()
     y = tg.trellis_matmul_rotated(xr, qt, split_k=1)
-    assert dispatch.counts() == {("trellis_gemv", "tc"): 1}
+    assert dispatch.counts() == {("trellis_gemv", "tc"): 1}            # on by default for 1mad2 at M=1
     assert rel_err(y, xr.double() @ qt.fmt.rotated_weight(qt).double().t()) < 1e-6
-    for other in (random_trellis(256, 64, 2, "3inst", -1, gen), random_trellis(256, 64, 2, "1mad2", 32, gen),
-                  random_trellis(128, 64, 2, "1mad2", -1, gen)):          # code, grouped scales, N % 256
+    for kw in ({"gemv": "static"}, {"prefetch": False}, {"block_tk": 2}):   # FMA GEMV asked for
         dispatch.reset()
-        tg.trellis_matmul_rotated(xr, other, split_k=1)
-        assert dispatch.counts() == {("trellis_gemv", "static"): 1}
+        tg.trellis_matmul_rotated(xr, qt, split_k=1, **kw)
+        assert dispatch.counts() == {("trellis_gemv", "static"): 1}, kw
+    monkeypatch.setattr(tg, "TC_GEMV", False)
+    dispatch.reset()
+    tg.trellis_matmul_rotated(xr, qt, split_k=1)
+    assert dispatch.counts() == {("trellis_gemv", "static"): 1}         # the switch turns it off
+    monkeypatch.setattr(tg, "TC_GEMV", True)
+    for other in (random_trellis(256, 64, 2, "3inst", -1, gen), random_trellis(256, 64, 2, "1mad2", 32, gen),
+                  random_trellis(128, 48, 2, "1mad2", -1, gen)):          # code, grouped scales, 1 tile a thread
+        dispatch.reset()
+        tg.trellis_matmul_rotated(xr[:, :other.shape[1]], other, split_k=1)
+        expect = "tc" if other.meta["code"] == "1mad2" and other.group_size == -1 else "static"
+        assert dispatch.counts() == {("trellis_gemv", expect): 1}
+    for other in (random_trellis(256, 64, 2, "3inst", -1, gen), random_trellis(256, 64, 2, "1mad2", 32, gen)):
         with pytest.raises(ValueError, match="tensor-core GEMV cannot run"):
             tg.trellis_matmul_rotated(xr, other, gemv="tc")
+    with pytest.raises(ValueError, match="tensor-core GEMV cannot run"):      # 2 tiles a thread: 256 | N
+        tg.trellis_matmul_rotated(xr, random_trellis(128, 64, 2, "1mad2", -1, gen), gemv="tc", block_tn_tc=2)
     with pytest.raises(ValueError, match="M=5"):
         tg.trellis_matmul_rotated(torch.randn(5, 64), qt, gemv="tc")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("N", [8192, 28672])
+@pytest.mark.parametrize("M", [1, 2, 4])
+def test_tc_gemv_auto_rule_follows_the_h200_sweep(bits, N, M):
+    # what gemv="auto" picks (no kernel runs): the tensor-core GEMV at M=1 for trellis2/4 on both measured
+    # shapes and for trellis3 at 8192x8192; the FMA GEMV for trellis3 at 28672x8192 (62.4 vs 66.3 us) and
+    # at M = 2..4 (not timed with tc); tiles per thread and K-split target as measured best
+    gen = torch.Generator().manual_seed(0)
+    qt = random_trellis(N, 64, bits, "1mad2", -1, gen)
+    wide = N >= tg.TC_WIDE_N
+    want_tc = M == 1 and not (bits == 3 and wide)
+    assert tg.tc_gemv_auto(M, qt) == want_tc
+    cfg = tg.tc_config(qt)
+    assert (cfg["tn"], cfg["programs_per_sm"], cfg["num_warps"]) == ((2 if wide and bits < 4 else 1), 32, 1)
+    assert not tg.tc_gemv_auto(M, random_trellis(N, 64, bits, "1mad", -1, gen))     # 1mad: not timed with tc
+    assert tg.GEMV_DEFAULTS["m1"][("1mad2", bits)] == (2, bits == 3)                  # FMA: prefetch at 3 bits
+
+
+def test_tc_gemv_prefetch_and_resident_split_match(gen, monkeypatch):
+    # the two untimed knobs compute the same product: prefetched words (K = 3 steps: the last step reloads
+    # a valid row) and the resident-wave split (its arithmetic on a simulated 132-SM grid)
+    qt = random_trellis(256, 48, 3, "1mad2", -1, gen)
+    xr = torch.randn(2, 48, generator=gen)
+    ref = xr.double() @ qt.fmt.rotated_weight(qt).double().t()
+    for split in (1, 2, 3):
+        out = tg.trellis_matmul_rotated(xr, qt, gemv="tc", prefetch=True, parts=True, split_k=split).sum(0)
+        assert rel_err(out, ref) < 1e-6, split
+    cuda = torch.device("cuda")
+    assert tg._split_k(224, 512, cuda, 32, resident=1, sms=132) == 20       # 4480 programs: 1.06 waves of 32
+    assert tg._split_k(224, 512, cuda, 32, resident=32, sms=132) == 37      # 8288: 1.96 waves of 32 a SM
+
+
+def test_bench_gemm_trellis_runs_the_tc_path_on_cpu(tmp_path):
+    # the benchmark's per-case tensor-core columns (trellis_full_tc / trellis_kernel_tc / trellis_kernel_fma)
+    # at a tiny size under the interpreter: the first GPU run lost them to a NameError in _full_tc, which
+    # the quick CI run (3inst only) never reached
+    import importlib.util
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_gemm_trellis", root / "benchmarks" / "bench_gemm_trellis.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.jsonl"
+    bench.main(["--device", "cpu", "--quick", "--shapes", "256x64", "--m", "1,2", "--formats", "trellis2",
+                "--codes", "1mad2", "--no-int4", "--no-graph", "--repeats", "2", "--warmup", "0", "-o", str(out)])
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    got = {(r["case"]["impl"], r["case"]["M"], r["metric"]) for r in recs}
+    for M in (1, 2):
+        for impl in ("trellis_full_tc", "trellis_kernel_tc", "trellis_kernel_fma"):
+            assert (impl, M, "time_launch") in got, (impl, M)
+        assert ("trellis_full_tc", M, "rel_err_vs_fp64") in got
+    errs = [r["value"] for r in recs if r["metric"] == "rel_err_vs_fp64" and "tc" in r["case"]["impl"]]
+    assert errs and max(errs) < 1e-3
+    paths = {r["case"]["M"]: r["case"]["path"] for r in recs if r["case"]["impl"] == "trellis_kernel"}
+    assert paths == {1: "tc", 2: "static"}
 
 
 def test_tc_gemv_compiles_for_sm90_in_registers():

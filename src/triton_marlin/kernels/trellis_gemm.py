@@ -591,9 +591,19 @@ def _tc_stack16(t, OFF: tl.constexpr):
 
 
 @triton.jit
+def _tc_load_words(base, woff, TN: tl.constexpr, WT: tl.constexpr):
+    """The (WT + 1) * TN words of a thread's runs in one K step (uint32, in ``woff`` order)."""
+    ws = ()
+    for q in tl.static_range(TN * (WT + 1)):
+        ws = ws + (tl.load(base + woff[q]).to(tl.uint32, bitcast=True),)
+    return ws
+
+
+@triton.jit
 def _trellis_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, out_ptr, N, K, stride_xm, stride_om, ITERS_PER_SPLIT, M,
                             BITS: tl.constexpr, CODE: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr,
-                            ASM: tl.constexpr, USE_ATOMIC: tl.constexpr, stride_os=0):
+                            ASM: tl.constexpr, USE_ATOMIC: tl.constexpr, stride_os=0,
+                            PREFETCH: tl.constexpr = False):
     """Tensor-core decode GEMV (M <= 4, codes 1mad/1mad2, per-channel scales; see the block comment above).
 
     x: [M, K] rotated activations (fp32, or fp16/bf16 read as fp32); qw: int32 [K/16, 8*BITS, N/16];
@@ -601,7 +611,9 @@ def _trellis_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, out_ptr, N, K, stride_xm, stri
     at out + k * stride_os. One element per thread in every [32*NW] tensor (element e = lane e % 32 of
     warp e // 32; the inline PTX relies on it); warp w takes tile row w of each K step of 16*NW, thread
     (g, c) tiles pid_n*8*TN + 8i + g (i < TN), 4 accumulators per row pair and tile, summed over the
-    warps at the end. Grid: (N / (128*TN), SPLIT_K). Needs 128*TN | N and 16*NW | K."""
+    warps at the end. PREFETCH: the next K step's words are loaded before the current ones are decoded
+    (twice the loads in flight, (2*BITS+1)*TN more registers). Grid: (N / (128*TN), SPLIT_K). Needs
+    128*TN | N and 16*NW | K."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     BLOCK: tl.constexpr = 32 * NW
@@ -628,8 +640,15 @@ def _trellis_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, out_ptr, N, K, stride_xm, stri
     STEP: tl.constexpr = 16 * NW
     k_start = pid_k * ITERS_PER_SPLIT * STEP
     k_end = tl.minimum(k_start + ITERS_PER_SPLIT * STEP, K)
+    if PREFETCH:
+        nxt = _tc_load_words(qw_ptr + (k_start // 16) * tk_words, woff, TN, WT)
     for k0 in range(k_start, k_end, STEP):
-        base = qw_ptr + (k0 // 16) * tk_words
+        if PREFETCH:
+            cur = nxt
+            # the next step's words (the last step again on the last one: a valid address, unused)
+            nxt = _tc_load_words(qw_ptr + (tl.minimum(k0 + STEP, k_end - STEP) // 16) * tk_words, woff, TN, WT)
+        else:
+            cur = _tc_load_words(qw_ptr + (k0 // 16) * tk_words, woff, TN, WT)
         x0 = tl.load(x_thr + k0).to(tl.float32)
         x1 = tl.load(x_thr + k0 + 1).to(tl.float32)
         x2 = tl.load(x_thr + k0 + 2).to(tl.float32)
@@ -639,7 +658,7 @@ def _trellis_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, out_ptr, N, K, stride_xm, stri
         for i in tl.static_range(TN):
             ws = ()
             for w in tl.static_range(WT + 1):
-                ws = ws + (tl.load(base + woff[i * (WT + 1) + w]).to(tl.uint32, bitcast=True),)
+                ws = ws + (cur[i * (WT + 1) + w],)
             for j in tl.static_range(8):
                 u = _tc_lcg_words(ws, j, BITS, CODE)
                 new = new + _tc_mma(u, b, acc[(i * 8 + j) * 4], acc[(i * 8 + j) * 4 + 1], acc[(i * 8 + j) * 4 + 2],
@@ -796,25 +815,30 @@ GEMV_DEFAULTS = {
     "m1": {("3inst", 2): (2, True), ("3inst", 3): (2, True), ("3inst", 4): (4, True),
            ("1mad", 2): (2, False), ("1mad", 3): (2, False), ("1mad", 4): (2, False),
            ("hyb", 2): (1, True), ("hyb", 3): (4, True), ("hyb", 4): (1, True),
-           # 1mad2: not swept on a GPU yet; 1mad's choice (its decode is the closest)
-           ("1mad2", 2): (2, False), ("1mad2", 3): (2, False), ("1mad2", 4): (2, False)},
+           # 1mad2 (H200 sweep 2026-11-26, docs/perf/trellis.md): 3 bits prefetches (20.2 / 62.4 us at
+           # 8192x8192 / 28672x8192 against 23.2 / 75.5 without); 2 and 4 bits do not (21.5 / 64.4 and
+           # 21.9 / 73.0 us without, 22.4 / 69.8 and 24.1 / 78.5 with)
+           ("1mad2", 2): (2, False), ("1mad2", 3): (2, True), ("1mad2", 4): (2, False)},
     "rows_block_tk": {2: 1, 3: 2, 4: 1}, "rows_prefetch": False,
     "programs_per_sm": 8, "num_warps": 4}
 
 
-def _split_k(n_blocks: int, k_iters: int, device: torch.device, programs_per_sm: int | None = None) -> int:
+def _split_k(n_blocks: int, k_iters: int, device: torch.device, programs_per_sm: int | None = None,
+             resident: int = 1, sms: int | None = None) -> int:
     """K splits for a grid of ``n_blocks`` output blocks: about ``programs_per_sm`` programs per SM
-    (M=1 on a tall-thin grid needs many to hide load latency), picked among nearby splits for the
-    smallest last-wave tail (programs / SMs close to a whole number)."""
-    if device.type != "cuda":
+    (M=1 on a tall-thin grid needs many to hide load latency), picked among splits up to twice that for
+    the smallest last-wave tail: programs / (SMs x ``resident``) close to a whole number, ``resident``
+    being the programs an SM holds at once (1: the model the launch defaults were swept with, which
+    counts a wave as one program per SM). ``sms``: the SM count (default: the device's)."""
+    if device.type != "cuda" and sms is None:
         return 1 if k_iters < 4 else 2
-    sms = _sm_count(device)
+    sms = sms or _sm_count(device)
     per_sm = programs_per_sm or GEMV_DEFAULTS["programs_per_sm"]
     want = max(1, min(k_iters, -(-per_sm * sms // max(1, n_blocks))))
     best, best_eff = 1, -1.0
     for split in range(want, min(k_iters, 2 * want) + 1):
         split = triton.cdiv(k_iters, triton.cdiv(k_iters, split))      # every split non-empty
-        waves = n_blocks * split / sms
+        waves = n_blocks * split / (sms * resident)
         eff = waves / -(-waves // 1)
         if eff > best_eff + 1e-9:
             best, best_eff = split, eff
@@ -831,50 +855,95 @@ def _output(out, M: int, N: int, device) -> torch.Tensor:
 
 GEMV_KERNELS = ("auto", "static", "generic", "mma", "tc")
 
-# Tensor-core GEMV (_trellis_gemv_tc_kernel) launch defaults: tiles per thread along N (a program covers
-# 128 * tn columns), warps (each takes one tile row of a K step; more than one adds a shared-memory
-# reduction of the accumulators: ~630 SASS instructions outside the loop with 4 warps against ~350 with
-# one, Triton 3.6), programs per SM the K split aims for (tn 2 needs ~120-128 registers: 16 warps an SM).
-# Offline choice (docs/perf/trellis.md), not yet swept on a GPU.
-TC_DEFAULTS = {"tn": 2, "num_warps": 1, "programs_per_sm": 16}
-# auto picks the tensor-core GEMV for 1mad/1mad2 at M <= 4 when this is True. Off: it has been compiled
-# and counted offline (docs/perf/trellis.md) but not yet run on a GPU (the interpreter runs its portable
-# emulation of mma.sync, not the PTX).
-TC_GEMV = False
+# Tensor-core GEMV (_trellis_gemv_tc_kernel) launch configs and where ``gemv="auto"`` takes it, from the
+# H200 sweep of 2026-11-26 (docs/perf/trellis.md; docs/perf/data/2026-11-26-h200-trellis-tc/sweep.jsonl),
+# code 1mad2, M=1, kernel times by CUDA-graph replay against the best FMA GEMV config of the same run:
+#   N <= 8192 (measured: 8192x8192):  2 bits tc 18.5 us (tn 1) vs FMA 21.5; 3 bits 19.4 (tn 1) vs 20.2;
+#                                     4 bits 19.8 (tn 1) vs 21.9                     -> tc at every width
+#   N > 8192 (measured: 28672x8192):  2 bits tc 60.6 (tn 2) vs FMA 64.4; 3 bits tc 66.3 (tn 2) vs FMA 62.4;
+#                                     4 bits 66.2 (tn 1) vs 72.5                     -> tc at 2 and 4 bits
+# Every best tc config had 32 programs per SM (the K-split target) and one warp a program; tn = tiles per
+# thread along N (a program covers 128 * tn columns). Rule: the FMA GEMV stays where it measured faster
+# (trellis3 on the wide shape: 6% ahead); at 8192x8192 trellis3's tc lead is 4% (0.8 us, 10x the std of
+# either time): taken. Shapes other than the two measured fall in the class of their N (``TC_WIDE_N``).
+# ``auto`` takes tc at M = 1 only (``TC_GEMV_MAX_M``): M = 2..4 have not been timed with it yet.
+TC_WIDE_N = 16384           # N >= this: the 28672x8192 row of the table
+TC_CONFIGS = {   # (bits, wide): launch config; "auto": whether gemv="auto" takes the tensor-core GEMV
+    (2, False): {"tn": 1, "programs_per_sm": 32, "num_warps": 1, "auto": True},
+    (3, False): {"tn": 1, "programs_per_sm": 32, "num_warps": 1, "auto": True},
+    (4, False): {"tn": 1, "programs_per_sm": 32, "num_warps": 1, "auto": True},
+    (2, True): {"tn": 2, "programs_per_sm": 32, "num_warps": 1, "auto": True},
+    (3, True): {"tn": 2, "programs_per_sm": 32, "num_warps": 1, "auto": False},
+    (4, True): {"tn": 1, "programs_per_sm": 32, "num_warps": 1, "auto": True},
+}
+# Programs (one warp each) an SM holds at once, from the registers ptxas gives the kernel (Triton 3.6,
+# sm_90; docs/perf/trellis.md): tn 1: 64 / 72 / 80 registers at 2 / 3 / 4 bits -> 32 (the 32-CTA cap) /
+# 28 / 25; tn 2: 123-128 registers -> 16. Used by the resident-wave K split (``tc_resident_split``).
+TC_RESIDENT = {(2, 1): 32, (3, 1): 28, (4, 1): 25, (2, 2): 16, (3, 2): 16, (4, 2): 16}
+# auto picks the tensor-core GEMV (code 1mad2, M <= TC_GEMV_MAX_M, where TC_CONFIGS says so) when True.
+TC_GEMV = True
+TC_GEMV_MAX_M = 1
+TC_AUTO_CODES = ("1mad2",)   # 1mad has a tc decode too, but was not timed with it
+
+
+def tc_config(qt: QuantizedTensor) -> dict:
+    """The tensor-core GEMV's launch config for this weight (``TC_CONFIGS`` by bits and N class); tn
+    falls back to 1 where ``128 * tn`` does not divide N."""
+    N = qt.shape[0]
+    cfg = dict(TC_CONFIGS[(qt.bits, N >= TC_WIDE_N)])
+    if N % (128 * cfg["tn"]):
+        cfg["tn"] = 1
+    return cfg
+
+
+def tc_gemv_auto(M: int, qt: QuantizedTensor) -> bool:
+    """Whether ``gemv="auto"`` takes the tensor-core GEMV for this call (see ``TC_CONFIGS``)."""
+    if not TC_GEMV or M > TC_GEMV_MAX_M or qt.meta.get("code") not in TC_AUTO_CODES:
+        return False
+    if qt.bits not in (2, 3, 4) or not tc_config(qt)["auto"]:
+        return False
+    return tc_gemv_reason(M, qt) is None
 
 
 def tc_gemv_reason(M: int, qt: QuantizedTensor, tn: int | None = None, num_warps: int | None = None) -> str | None:
-    """Why the tensor-core GEMV cannot run this call (None when it can)."""
+    """Why the tensor-core GEMV cannot run this call (None when it can); ``tn``/``num_warps`` default to
+    :func:`tc_config`."""
     N, K = qt.shape
-    tn = tn or TC_DEFAULTS["tn"]
-    nw = num_warps or TC_DEFAULTS["num_warps"]
     if qt.meta["code"] not in ("1mad", "1mad2"):
         return f"code {qt.meta['code']!r} (the tensor-core GEMV decodes 1mad and 1mad2)"
     if M > GEMV_MAX_M:
         return f"M={M} > {GEMV_MAX_M}"
     if qt.group_size != -1 and qt.group_size != K:
         return f"grouped scales (group_size={qt.group_size}); it applies per-channel scales in the epilogue"
+    cfg = tc_config(qt)
+    tn = tn or cfg["tn"]
+    nw = num_warps or cfg["num_warps"]
     if N % (128 * tn) or K % (16 * nw):
         return f"N={N} must be a multiple of {128 * tn} and K={K} of {16 * nw}"
     return None
 
 
 def _tc_gemv(xr, qt, out, parts: bool, split_k: int | None, tn: int | None, num_warps: int | None,
-             programs_per_sm: int | None) -> torch.Tensor:
-    """Launch _trellis_gemv_tc_kernel (checks done by the caller)."""
+             programs_per_sm: int | None, resident_split: bool = False, prefetch: bool | None = None
+             ) -> torch.Tensor:
+    """Launch _trellis_gemv_tc_kernel (checks done by the caller); unset knobs from :func:`tc_config`."""
     M, K = xr.shape
     N = qt.shape[0]
-    tn = tn or TC_DEFAULTS["tn"]
-    nw = num_warps or TC_DEFAULTS["num_warps"]
+    cfg = tc_config(qt)
+    tn = tn or cfg["tn"]
+    nw = num_warps or cfg["num_warps"]
     n_blocks, k_iters = N // (128 * tn), K // (16 * nw)
-    split = split_k or _split_k(n_blocks, k_iters, xr.device, programs_per_sm or TC_DEFAULTS["programs_per_sm"])
+    resident = TC_RESIDENT.get((qt.bits, tn), 1) if resident_split and nw == 1 else 1
+    split = split_k or _split_k(n_blocks, k_iters, xr.device, programs_per_sm or cfg["programs_per_sm"],
+                                resident=resident)
     iters = triton.cdiv(k_iters, split)
     split = triton.cdiv(k_iters, iters)
     buf, atomic = _split_output(out, parts, split, M, N, xr.device)
     LAST_COMPILED["tc"] = _trellis_gemv_tc_kernel[(n_blocks, split)](
         xr, qt.tensors["qweight"], qt.tensors["scales"], buf, N, K, xr.stride(0), buf.stride(-2), iters, M,
         BITS=qt.bits, CODE=CODE_IDS[qt.meta["code"]], TN=tn, NW=nw, ASM=use_asm(xr.device),
-        USE_ATOMIC=atomic, stride_os=buf.stride(0) if parts else 0, num_warps=nw)
+        USE_ATOMIC=atomic, stride_os=buf.stride(0) if parts else 0,
+        PREFETCH=cfg.get("prefetch", False) if prefetch is None else prefetch, num_warps=nw)
     return buf
 
 
@@ -927,7 +996,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
                            prefetch: bool | None = None, num_warps: int | None = None,
                            gather: bool | None = None, programs_per_sm: int | None = None,
                            block_m: int | None = None, rotate_signs: torch.Tensor | None = None,
-                           block_tn_tc: int | None = None) -> torch.Tensor:
+                           block_tn_tc: int | None = None, tc_resident_split: bool = False) -> torch.Tensor:
     """``y' = x' @ Wt.T`` in fp32 for rotated activations ``x' [M, K]`` (the kernel alone).
 
     ``out``: optional fp32 ``[M, N]`` buffer (contiguous rows); split-K zeroes it first and adds with
@@ -944,13 +1013,19 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     ``rotate_signs`` (static GEMV only): ``xr`` is the raw activation ``x`` and the kernel applies the
     input transform (these signs, the weight's ``had_block_in``) itself, with no separate launch.
     ``gemv="tc"``: the tensor-core GEMV (codes 1mad/1mad2, M <= 4, per-channel scales, 128*tn | N,
-    16*num_warps | K; ``auto`` takes it when ``TC_GEMV`` is on); ``block_tn_tc`` (tn),
-    ``num_warps`` and ``programs_per_sm`` configure it (defaults ``TC_DEFAULTS``). Its B operand is x' as
+    16*num_warps | K; ``auto`` takes it where :func:`tc_gemv_auto` says the H200 sweep measured it
+    faster); ``block_tn_tc`` (tn), ``num_warps`` and ``programs_per_sm`` configure it (defaults
+    :func:`tc_config`); ``tc_resident_split``: the K split counts waves of the programs an SM holds at
+    once (``TC_RESIDENT``) instead of one program per SM (not yet timed: off); ``prefetch`` with
+    ``gemv="tc"``: its next K step's words loaded ahead (not yet timed: off; with ``gemv="auto"`` the
+    prefetch knob asks for the FMA GEMV). Its B operand is x' as
     fp16 plus its fp16 rounding residue, so |x'| must stay in fp16 range (< 65504).
     The path taken (M <= 4) is recorded in :mod:`triton_marlin.dispatch` as op ``trellis_gemv``."""
     M, K = xr.shape
     N = qt.shape[0]
     bits = qt.bits
+    # knobs of the FMA GEMV only: asking for one keeps auto off the tensor-core GEMV
+    static_knobs = block_tk is not None or prefetch is not None or gather is not None or rotate_signs is not None
     group = K if qt.group_size == -1 else qt.group_size
     if group % block_k:
         block_k = 16 if group % 16 == 0 else block_k
@@ -971,15 +1046,15 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     if gemv == "static" and not static_ok:
         raise ValueError(f"the static GEMV needs N % {16 * block_tn} == 0 and K % {16 * block_tk} == 0, "
                          f"got N={N}, K={K}")
-    if gemv == "tc" or (gemv == "auto" and TC_GEMV and rotate_signs is None and num_warps is None
-                        and tc_gemv_reason(M, qt, block_tn_tc) is None):
+    if gemv == "tc" or (gemv == "auto" and not static_knobs and num_warps is None and tc_gemv_auto(M, qt)):
         reason = tc_gemv_reason(M, qt, block_tn_tc, num_warps)
         if reason is not None:
             raise ValueError(f"the tensor-core GEMV cannot run: {reason}")
         if rotate_signs is not None:
             raise ValueError("rotate_signs needs the static GEMV, not gemv='tc'")
         dispatch.record("trellis_gemv", "tc")
-        return _tc_gemv(xr, qt, out, parts, split_k, block_tn_tc, num_warps, programs_per_sm)
+        return _tc_gemv(xr, qt, out, parts, split_k, block_tn_tc, num_warps, programs_per_sm, tc_resident_split,
+                        prefetch)
     if gemv == "mma":
         if M > 16 or N % 128 or K % 32 or group % 32:
             raise ValueError(f"the tensor-core GEMV needs M <= 16, N % 128 == 0, K % 32 == 0 and a group "
@@ -1119,7 +1194,9 @@ def fused_input_ok(M: int, qt: QuantizedTensor) -> bool:
 
 
 def _trellis_qgemm_impl(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None,
-                        fuse_input: bool | None = None) -> torch.Tensor:
+                        fuse_input: bool | None = None, gemv: str = "auto") -> torch.Tensor:
+    """``gemv``: the decode kernel of M <= 4 (``trellis_matmul_rotated``'s argument; benchmarks force
+    ``"tc"`` or ``"static"`` with it)."""
     M = x2d.shape[0]
     if M == 0:
         return x2d.new_empty((0, qt.shape[0]))
@@ -1130,7 +1207,7 @@ def _trellis_qgemm_impl(x2d: torch.Tensor, qt: QuantizedTensor, bias: torch.Tens
         # GEMV accumulates in fp32, so keep x' in fp32; the tiled path feeds tensor cores in x's dtype
         xr_dtype = torch.float32 if M <= GEMV_MAX_M else x2d.dtype
         xr = had.rotate(x2d, qt.tensors["sv"], qt.meta["had_block_in"], out_dtype=xr_dtype)
-        yr_parts = trellis_matmul_rotated(xr, qt, parts=True)
+        yr_parts = trellis_matmul_rotated(xr, qt, parts=True, gemv=gemv if M <= GEMV_MAX_M else "auto")
     # one launch adds the split-K partials, transforms, adds the bias and writes x's dtype
     return had.unrotate_parts(yr_parts, qt.tensors["su"], qt.meta["had_block_out"], out_dtype=x2d.dtype,
                               bias=bias)
