@@ -102,5 +102,10 @@ def test_qmatmul_routes_trellis_weights_to_their_kernel(gen):
     x = torch.randn(2, 128, generator=gen)
     dispatch.reset()
     out = tm.qmatmul(x, qt)
-    assert dispatch.counts() == {("qmatmul", "triton"): 1}
+    counts = dispatch.counts()
+    assert counts.get(("qmatmul", "triton")) == 1
+    # the trellis product records which of its kernels ran, once
+    gemv = {path: n for (op, path), n in counts.items() if op == "trellis_gemv"}
+    assert sum(gemv.values()) == 1, counts
+    assert set(counts) - {("qmatmul", "triton")} == {("trellis_gemv", p) for p in gemv}, counts
     assert rel_err(out, x.double() @ qt.dequantize(torch.float64).t()) < 1e-5

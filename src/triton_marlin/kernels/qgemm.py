@@ -38,7 +38,6 @@ from ..formats.packing import code_tile_k
 from . import decode as D
 from .decode import (dequant, decode_scale, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp16, int_magic_fp32,
                      raw_factor, unpack_codes, unpack_slots_fp16_asm)
-from .pdl import pdl_supported, pdl_sync
 
 SUPPORTED_FORMATS = ("int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8")
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
@@ -236,8 +235,7 @@ def _qgemv_kernel(
         KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
         GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, HAS_BIAS: tl.constexpr,
         EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
-        PDL: tl.constexpr = False):
+        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr):
     """CUDA-core quantized GEMV for M <= 4 rows per program (BLOCK_M in 1, 2, 4).
 
     x ``[M, K]`` (strides ``stride_xm, stride_xk``); qw packed words ``[TILES*16, N]`` (int32) or bytes
@@ -253,8 +251,6 @@ def _qgemv_kernel(
     TILE_K: tl.constexpr = 16 * SLOTS
     NG: tl.constexpr = SLOTS // (GROUP_SLOTS + (GROUP_SLOTS == 0))  # scale groups per K tile
     LOAD_AHEAD: tl.constexpr = PREFETCH and GROUP_SLOTS != 0 and NG <= 2
-    if PDL:  # programmatic dependent launch (kernels/pdl.py)
-        pdl_sync()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -507,7 +503,7 @@ def _qgemv_oneshot_kernel(
         GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr, SLOTS: tl.constexpr, HAS_BIAS: tl.constexpr,
         EVEN_N: tl.constexpr, MASK_K: tl.constexpr, MASK_B: tl.constexpr, SPLIT: tl.constexpr,
         NA: tl.constexpr, NB: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr = False):
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The gemv family with the K loop gone (``oneshot=1``): a program's TILES_PER_PROGRAM K tiles (a compile-
     time constant, the whole K without split-K) are read as at most two power-of-two blocks of word rows
     (NA + NB tiles; NB may round the remainder up, masked) and every load of the program (words, scales,
@@ -517,8 +513,6 @@ def _qgemv_oneshot_kernel(
     MASK_K / MASK_B: some rows of the first / second block may lie past the program's tiles or past K (masked
     loads, x zero there)."""
     TILE_K: tl.constexpr = 16 * SLOTS
-    if PDL:
-        pdl_sync()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -895,7 +889,7 @@ def _qgemm_dot_kernel(
         IS_BF16: tl.constexpr, DOT_FP32: tl.constexpr, FOLD: tl.constexpr, WIDE: tl.constexpr,
         ASM: tl.constexpr,
         SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
-        PREFETCH: tl.constexpr, SWAP: tl.constexpr, DOT_SLOTS: tl.constexpr, PDL: tl.constexpr = False):
+        PREFETCH: tl.constexpr, SWAP: tl.constexpr, DOT_SLOTS: tl.constexpr):
     """Tensor-core quantized GEMM (BLOCK_M >= 16).
 
     Same operands as :func:`_qgemv_kernel`. Grid: (M blocks * N blocks, SPLIT_K); program ids are
@@ -922,8 +916,6 @@ def _qgemm_dot_kernel(
     """
     TILE_K: tl.constexpr = 16 * SLOTS
     NG: tl.constexpr = SLOTS // (GROUP_SLOTS + (GROUP_SLOTS == 0))  # scale groups per K tile
-    if PDL:
-        pdl_sync()
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -1267,11 +1259,6 @@ def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
     return buf
 
 
-# Up to this many rows the kernels launch with programmatic dependent launch (kernels/pdl.py): decode-sized
-# products are a few microseconds, of which the launch gap is a large share.
-PDL_MAX_M = 16
-
-
 def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None,
                  cfg: KernelConfig, out: torch.Tensor | None = None,
                  spec: FormatSpec | None = None) -> torch.Tensor:
@@ -1308,8 +1295,6 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
               x.stride(0), x.stride(1), out.stride(0))
     flags = dict(_meta(spec), HAS_BIAS=bias is not None, EVEN_K=even_k, EVEN_N=even_n, SPLIT=split > 1,
                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
-    if M <= PDL_MAX_M and pdl_supported(x.device):
-        flags.update(PDL=True, launch_pdl=True)
     if cfg.family == "gemv" and cfg.oneshot:
         na, nb = oneshot_blocks(per_split)
         rest = per_split - na
