@@ -355,16 +355,17 @@ def test_tc_gemv_dispatch_and_refusals(gen, monkeypatch):
 @pytest.mark.parametrize("N", [8192, 28672])
 @pytest.mark.parametrize("M", [1, 2, 4])
 def test_tc_gemv_auto_rule_follows_the_h200_sweep(bits, N, M):
-    # what gemv="auto" picks (no kernel runs): the tensor-core GEMV at M=1 for trellis2/4 on both measured
-    # shapes and for trellis3 at 8192x8192; the FMA GEMV for trellis3 at 28672x8192 (62.4 vs 66.3 us) and
-    # at M = 2..4 (not timed with tc); tiles per thread and K-split target as measured best
+    # what gemv="auto" picks (no kernel runs): the tensor-core GEMV up to M = 4 for every width on both measured
+    # shapes (second H200 sweep); tiles per thread, resident-wave split and prefetch as measured best
     gen = torch.Generator().manual_seed(0)
     qt = random_trellis(N, 64, bits, "1mad2", -1, gen)
     wide = N >= tg.TC_WIDE_N
-    want_tc = M == 1 and not (bits == 3 and wide)
-    assert tg.tc_gemv_auto(M, qt) == want_tc
+    assert tg.tc_gemv_auto(M, qt)
+    assert not tg.tc_gemv_auto(5, qt)
     cfg = tg.tc_config(qt)
-    assert (cfg["tn"], cfg["programs_per_sm"], cfg["num_warps"]) == ((2 if wide and bits < 4 else 1), 32, 1)
+    assert (cfg["tn"], cfg["programs_per_sm"], cfg["num_warps"]) == ((2 if wide and bits == 4 else 1), 32, 1)
+    assert cfg.get("resident_split", False) == (wide or bits == 2)
+    assert cfg.get("prefetch", False) == (wide or bits < 4)
     assert not tg.tc_gemv_auto(M, random_trellis(N, 64, bits, "1mad", -1, gen))     # 1mad: not timed with tc
     assert tg.GEMV_DEFAULTS["m1"][("1mad2", bits)] == (2, bits == 3)                  # FMA: prefetch at 3 bits
 
@@ -406,7 +407,7 @@ def test_bench_gemm_trellis_runs_the_tc_path_on_cpu(tmp_path):
     errs = [r["value"] for r in recs if r["metric"] == "rel_err_vs_fp64" and "tc" in r["case"]["impl"]]
     assert errs and max(errs) < 1e-3
     paths = {r["case"]["M"]: r["case"]["path"] for r in recs if r["case"]["impl"] == "trellis_kernel"}
-    assert paths == {1: "tc", 2: "static"}
+    assert paths == {1: "tc", 2: "tc"}  # the default path up to M = 4 (TC_GEMV_MAX_M)
 
 
 def test_tc_gemv_compiles_for_sm90_in_registers():

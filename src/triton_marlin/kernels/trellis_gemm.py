@@ -856,25 +856,30 @@ def _output(out, M: int, N: int, device) -> torch.Tensor:
 GEMV_KERNELS = ("auto", "static", "generic", "mma", "tc")
 
 # Tensor-core GEMV (_trellis_gemv_tc_kernel) launch configs and where ``gemv="auto"`` takes it, from the
-# H200 sweep of 2026-11-26 (docs/perf/trellis.md; docs/perf/data/2026-11-26-h200-trellis-tc/sweep.jsonl),
-# code 1mad2, M=1, kernel times by CUDA-graph replay against the best FMA GEMV config of the same run:
-#   N <= 8192 (measured: 8192x8192):  2 bits tc 18.5 us (tn 1) vs FMA 21.5; 3 bits 19.4 (tn 1) vs 20.2;
-#                                     4 bits 19.8 (tn 1) vs 21.9                     -> tc at every width
-#   N > 8192 (measured: 28672x8192):  2 bits tc 60.6 (tn 2) vs FMA 64.4; 3 bits tc 66.3 (tn 2) vs FMA 62.4;
-#                                     4 bits 66.2 (tn 1) vs 72.5                     -> tc at 2 and 4 bits
-# Every best tc config had 32 programs per SM (the K-split target) and one warp a program; tn = tiles per
-# thread along N (a program covers 128 * tn columns). Rule: the FMA GEMV stays where it measured faster
-# (trellis3 on the wide shape: 6% ahead); at 8192x8192 trellis3's tc lead is 4% (0.8 us, 10x the std of
-# either time): taken. Shapes other than the two measured fall in the class of their N (``TC_WIDE_N``).
-# ``auto`` takes tc at M = 1 only (``TC_GEMV_MAX_M``): M = 2..4 have not been timed with it yet.
+# H200 sweeps of 2026-11-26 (docs/perf/trellis.md): code 1mad2, kernel times by CUDA-graph replay against the
+# best FMA GEMV config of the same run. Second sweep (docs/perf/data/2026-11-26-h200-trellis-tc2/), M=1:
+#   8192x8192:   2 bits tc 17.7 us (tn 1, resident split, prefetch) vs FMA 21.5; 3 bits 18.5 (tn 1, prefetch)
+#                vs 20.2; 4 bits 20.1 (tn 1) vs 21.9
+#   28672x8192:  2 bits 55.4 (tn 1, resident split, prefetch) vs FMA 64.8; 3 bits 58.9 (tn 1, resident split,
+#                prefetch) vs 62.4; 4 bits 59.3 (tn 2, resident split, prefetch) vs 73.4
+# -> tc everywhere. Every best config had 32 programs per SM and one warp a program; tn = tiles per thread
+# along N (a program covers 128 * tn columns); "resident_split": the K split counts waves of the programs an SM
+# holds at once (``TC_RESIDENT``); "prefetch": the next K step's words load while this one decodes. Shapes
+# other than the two measured fall in the class of their N (``TC_WIDE_N``). M = 2 and 4 (8192x8192, forced tc,
+# first config): 18.4 / 18.7 us at 2 bits, 20.6 / 22.9 at 4, against 29.2 / 46.0 and 31.8 / 57.6 for the FMA
+# GEMV: ``auto`` takes tc up to M = 4 (``TC_GEMV_MAX_M``).
 TC_WIDE_N = 16384           # N >= this: the 28672x8192 row of the table
 TC_CONFIGS = {   # (bits, wide): launch config; "auto": whether gemv="auto" takes the tensor-core GEMV
-    (2, False): {"tn": 1, "programs_per_sm": 32, "num_warps": 1, "auto": True},
-    (3, False): {"tn": 1, "programs_per_sm": 32, "num_warps": 1, "auto": True},
+    (2, False): {"tn": 1, "programs_per_sm": 32, "num_warps": 1, "resident_split": True, "prefetch": True,
+                 "auto": True},
+    (3, False): {"tn": 1, "programs_per_sm": 32, "num_warps": 1, "prefetch": True, "auto": True},
     (4, False): {"tn": 1, "programs_per_sm": 32, "num_warps": 1, "auto": True},
-    (2, True): {"tn": 2, "programs_per_sm": 32, "num_warps": 1, "auto": True},
-    (3, True): {"tn": 2, "programs_per_sm": 32, "num_warps": 1, "auto": False},
-    (4, True): {"tn": 1, "programs_per_sm": 32, "num_warps": 1, "auto": True},
+    (2, True): {"tn": 1, "programs_per_sm": 32, "num_warps": 1, "resident_split": True, "prefetch": True,
+                "auto": True},
+    (3, True): {"tn": 1, "programs_per_sm": 32, "num_warps": 1, "resident_split": True, "prefetch": True,
+                "auto": True},
+    (4, True): {"tn": 2, "programs_per_sm": 32, "num_warps": 1, "resident_split": True, "prefetch": True,
+                "auto": True},
 }
 # Programs (one warp each) an SM holds at once, from the registers ptxas gives the kernel (Triton 3.6,
 # sm_90; docs/perf/trellis.md): tn 1: 64 / 72 / 80 registers at 2 / 3 / 4 bits -> 32 (the 32-CTA cap) /
@@ -882,7 +887,7 @@ TC_CONFIGS = {   # (bits, wide): launch config; "auto": whether gemv="auto" take
 TC_RESIDENT = {(2, 1): 32, (3, 1): 28, (4, 1): 25, (2, 2): 16, (3, 2): 16, (4, 2): 16}
 # auto picks the tensor-core GEMV (code 1mad2, M <= TC_GEMV_MAX_M, where TC_CONFIGS says so) when True.
 TC_GEMV = True
-TC_GEMV_MAX_M = 1
+TC_GEMV_MAX_M = 4
 TC_AUTO_CODES = ("1mad2",)   # 1mad has a tc decode too, but was not timed with it
 
 
@@ -933,6 +938,7 @@ def _tc_gemv(xr, qt, out, parts: bool, split_k: int | None, tn: int | None, num_
     tn = tn or cfg["tn"]
     nw = num_warps or cfg["num_warps"]
     n_blocks, k_iters = N // (128 * tn), K // (16 * nw)
+    resident_split = resident_split or cfg.get("resident_split", False)
     resident = TC_RESIDENT.get((qt.bits, tn), 1) if resident_split and nw == 1 else 1
     split = split_k or _split_k(n_blocks, k_iters, xr.device, programs_per_sm or cfg["programs_per_sm"],
                                 resident=resident)
