@@ -54,10 +54,11 @@ def tc_counts(a, tg, triton, GPUTarget, ASTSource, get_sass) -> dict:
     sig = {"x_ptr": "*fp32", "qw_ptr": "*i32", "s_ptr": "*fp16", "out_ptr": "*fp32", "N": "i32", "K": "i32",
            "stride_xm": "i32", "stride_om": "i32", "ITERS_PER_SPLIT": "i32", "M": "i32", "BITS": "constexpr",
            "CODE": "constexpr", "TN": "constexpr", "NW": "constexpr", "ASM": "constexpr",
-           "USE_ATOMIC": "constexpr", "stride_os": "i32", "PREFETCH": "constexpr"}
-    prefetch = cfg.get("prefetch", False) if a.prefetch is None else bool(a.prefetch)
+           "USE_ATOMIC": "constexpr", "stride_os": "i32", "PREFETCH": "constexpr", "PREFETCH_X": "constexpr"}
+    prefetch = int(cfg.get("prefetch", False) if a.prefetch is None else a.prefetch)
+    prefetch_x = bool(cfg.get("prefetch_x", False) if a.prefetch_x is None else a.prefetch_x) and prefetch >= 1
     const = {"BITS": a.bits, "CODE": tg.CODE_IDS[a.code], "TN": tn, "NW": nw, "ASM": bool(a.asm),
-             "USE_ATOMIC": False, "PREFETCH": prefetch}
+             "USE_ATOMIC": False, "PREFETCH": prefetch, "PREFETCH_X": prefetch_x}
     k = triton.compile(ASTSource(fn=tg._trellis_gemv_tc_kernel, signature=sig, constexprs=const),
                        target=GPUTarget("cuda", a.arch, 32), options={"num_warps": nw})
     sass = get_sass(k.asm["cubin"])
@@ -68,7 +69,7 @@ def tc_counts(a, tg, triton, GPUTarget, ASTSource, get_sass) -> dict:
                           re.findall(r"elementwise_inline_asm.*?: .*?-> .*?(#\w+)", k.asm["ttgir"])})
     wpt = 64 * tn
     return {"kernel": "tc", "bits": a.bits, "code": a.code, "asm": bool(a.asm), "arch": a.arch, "block_tn": tn,
-            "num_warps": nw, "prefetch": prefetch, "loop_instructions": n, "kernel_instructions": total, "weights_per_thread": wpt,
+            "num_warps": nw, "prefetch": prefetch, "prefetch_x": prefetch_x, "loop_instructions": n, "kernel_instructions": total, "weights_per_thread": wpt,
             "instr_per_weight": n / wpt, "opcodes": ops, "asm_layouts": asm_layouts,
             "local_alloc": k.asm["ttgir"].count("local_alloc"), **occupancy(k, nw, a.arch),
             "triton": triton.__version__}
@@ -107,7 +108,9 @@ def main():
     p.add_argument("--block-tk", type=int, default=None)
     p.add_argument("--num-warps", type=int, default=None, help="default 4 (static), TC_CONFIGS (tc)")
     p.add_argument("--prefetch", type=int, default=None, help="1/0: software prefetch of the next words "
-                   "(default: the launcher's default)")
+                   "(default: the launcher's default; tc: 2 = two K steps ahead)")
+    p.add_argument("--prefetch-x", type=int, default=None, help="tc: 1 = the next step's activations load with "
+                   "its words (needs --prefetch >= 1; default TC_CONFIGS)")
     p.add_argument("--rows", type=int, default=1, help="rows of x per program (M <= rows costs one decode)")
     p.add_argument("--rotate", type=int, default=0, help="1: the variant that applies the input Hadamard "
                    "transform itself (block 128)")

@@ -35,6 +35,11 @@ def add_args(p):
     p.add_argument("--sweep", action="store_true",
                    help="also time the static decode GEMV over K step x prefetch x K-split target x warps "
                         "(and hyb's table reads) configurations (M <= 4); tiled row blocks (M > 4)")
+    p.add_argument("--pipe-rates", action="store_true",
+                   help="CUDA only: time the decode's per-weight instructions alone (dp4a = IDP, mad.lo = IMAD, "
+                        "both, prmt, lop3) in independent chains at full occupancy; records cycles per warp "
+                        "instruction per SM sub-partition (clock from --clock-ghz) and the ratio to IMAD")
+    p.add_argument("--clock-ghz", type=float, default=1.98, help="SM clock for --pipe-rates (H200: 1.98)")
     p.add_argument("--asm-dir", default=None, metavar="DIR",
                    help="write the PTX of each compiled decode kernel into DIR with an op count of it")
 
@@ -70,6 +75,12 @@ def sweep_configs(quick: bool, bits: int, code: str, M: int = 1):
         out += [{"gemv": "tc", "block_tn_tc": tn, "programs_per_sm": 32, "num_warps": 1, **extra}
                 for extra in ({"tc_resident_split": True}, {"prefetch": True},
                               {"tc_resident_split": True, "prefetch": True}) for tn in (1, 2)]
+        # deeper loads in flight (2026-11-27, offline): the activations one step ahead with the words
+        # (tc_prefetch_x), the words two steps ahead (prefetch=2), both; with the resident-wave split
+        out += [{"gemv": "tc", "block_tn_tc": tn, "programs_per_sm": 32, "num_warps": 1, "tc_resident_split": True,
+                 **extra}
+                for extra in ({"prefetch": True, "tc_prefetch_x": True}, {"prefetch": 2},
+                              {"prefetch": 2, "tc_prefetch_x": True}) for tn in (1, 2)]
     return out
 
 
@@ -79,6 +90,64 @@ def _full_tc(x, qt):
     NameError of the first GPU run)."""
     from triton_marlin.kernels import trellis_gemm as tg
     return tg._trellis_qgemm_impl(x, qt, None, gemv="tc")
+
+
+PIPE_OPS = {   # one instruction of each of 8 independent chains; $0..$7 in/out, constants inline
+    "idp": "dp4a.u32.u32 {r}, {r}, 0x01010101, 0xE5FE6400;",
+    "imad": "mad.lo.u32 {r}, {r}, 34038481, 76625530;",
+    "prmt": "prmt.b32 {r}, {r}, 0x64646464, 0x7160;",
+    "lop3": "lop3.b32 {r}, {r}, 0x0000FFFF, 0x5A5A5A5A, 0x6A;",
+}
+
+
+def pipe_rates(runner, device, clock_ghz: float, repeats: int):
+    """Cycles per warp instruction per SM sub-partition of the tensor-core GEMV's per-weight opcodes (IDP,
+    IMAD), alone and mixed 1:1 as the decode issues them, and of two ALU opcodes: 8 independent chains per
+    thread, 16 warps x 8 programs per SM, 64 instructions per chain and loop trip. Which pipe binds the
+    decode (IMAD and IDP are 2 cycles each if both are half rate on one pipe) is what this measures."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _pipe_kernel(out_ptr, ITERS, ASM: tl.constexpr):
+        e = tl.arange(0, 512).to(tl.uint32)
+        r = (e, e + 1, e + 2, e + 3, e + 4, e + 5, e + 6, e + 7)
+        for _ in range(ITERS):
+            r = tl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,=r,=r,=r,=r,0,1,2,3,4,5,6,7", list(r),
+                                          dtype=(tl.uint32,) * 8, is_pure=True, pack=1)
+        t = r[0] ^ r[1] ^ r[2] ^ r[3] ^ r[4] ^ r[5] ^ r[6] ^ r[7]
+        tl.store(out_ptr + tl.program_id(0) * 512 + tl.arange(0, 512), t.to(tl.int32, bitcast=True))
+
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    programs, iters, unroll = sms * 8, 256, 8
+    out = torch.empty(programs * 512, dtype=torch.int32, device=device)
+    mixes = {"idp": ["idp"], "imad": ["imad"], "imad+idp": ["imad", "idp"], "prmt": ["prmt"], "lop3": ["lop3"]}
+    res = {}
+    for name, ops in mixes.items():
+        body = "".join(PIPE_OPS[ops[(u + i) % len(ops)]].format(r=f"${i}") for u in range(unroll) for i in range(8))
+        asm = "{ " + body + " }"
+        kern = lambda: _pipe_kernel[(programs,)](out, iters, ASM=asm, num_warps=16)   # noqa: E731
+        kern()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(max(3, repeats)):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            kern()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) * 1e3)
+        t_us = sorted(times)[len(times) // 2]
+        warp_instr = programs * 16 * iters * unroll * 8
+        cyc = t_us * 1e-6 * clock_ghz * 1e9 * sms * 4 / warp_instr
+        res[name] = cyc
+        runner.record({"shape": "pipe", "impl": f"pipe_{name}", "ops": "+".join(ops)}, "cycles_per_warp_instr",
+                      cyc, "cycles", timing="events")
+        runner.note(f"pipe {name}: {cyc:.2f} cycles per warp instruction per SM sub-partition "
+                    f"({t_us:.1f} us, clock {clock_ghz} GHz)")
+    for name in ("idp", "imad+idp", "prmt", "lop3"):
+        runner.record({"shape": "pipe", "impl": f"pipe_{name}"}, "ratio_to_imad", res[name] / res["imad"], "x",
+                      timing="events")
 
 
 def tiled_configs(M: int):
@@ -135,6 +204,11 @@ def main(argv=None):
             raise SystemExit(f"--formats: {f!r} is not trellis2, trellis3 or trellis4")
     asm_dir = Path(args.asm_dir) if args.asm_dir else None
     failures = []
+    if args.pipe_rates:
+        if args.device.type == "cuda":
+            pipe_rates(runner, args.device, args.clock_ghz, args.repeats)
+        else:
+            runner.note("--pipe-rates: CUDA only, skipped")
     if asm_dir:
         asm_dir.mkdir(parents=True, exist_ok=True)
 

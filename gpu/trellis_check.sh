@@ -44,11 +44,15 @@ if [ "${1:-all}" = "tc" ]; then
   # the tensor-core GEMV (gemv="tc", 1mad2; auto takes it at M=1 where TC_CONFIGS says so): GPU tests of
   # its PTX first, then M=1 timings on both shapes (the default dispatch with its path, trellis_kernel_tc /
   # trellis_full_tc / trellis_kernel_fma forced, fp16 cuBLAS of the same run), the sweep (tc configs incl.
-  # the resident-wave split and prefetch, 1mad2's static ones), M=2/4 with both kernels; ~3 min
+  # the resident-wave split and prefetch, prefetch 2 and tc_prefetch_x, 1mad2's static ones), M=2/4 with both
+  # kernels; ~4 min
   step pytest_gpu_tc 150 python -m pytest -q -m gpu tests/test_trellis_kernels.py -k "tc_gemv or asm_and_portable"
+  # which pipe binds the decode: cycles per warp instruction of IDP, IMAD, both 1:1, PRMT, LOP3 (~10 s)
+  step pipe_rates 60 python benchmarks/bench_gemm_trellis.py --device cuda --pipe-rates --shapes 256x256 --m 1 \
+    --formats trellis2 --codes 1mad2 --no-int4 --repeats 10 -o "$OUT/pipe.jsonl"
   step gemm_tc 150 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
     --m 1 --formats trellis2,trellis3,trellis4 --codes 1mad2 --no-int4 --repeats 30 -o "$OUT/gemm.jsonl"
-  step sweep_tc 200 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 --m 1 \
+  step sweep_tc 260 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 --m 1 \
     --formats trellis2,trellis3,trellis4 --codes 1mad2 --no-int4 --sweep --repeats 15 -o "$OUT/sweep.jsonl"
   step gemm_tc_rows 60 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192 \
     --m 2,4 --formats trellis2,trellis4 --codes 1mad2 --no-int4 --repeats 20 -o "$OUT/gemm_rows.jsonl"

@@ -384,6 +384,23 @@ def test_tc_gemv_prefetch_and_resident_split_match(gen, monkeypatch):
     assert tg._split_k(224, 512, cuda, 32, resident=32, sms=132) == 37      # 8288: 1.96 waves of 32 a SM
 
 
+@pytest.mark.parametrize("prefetch,prefetch_x", [(0, False), (1, True), (2, False), (2, True)])
+def test_tc_gemv_deeper_prefetch_matches(gen, prefetch, prefetch_x):
+    # words two K steps ahead and/or the activations one step ahead (the sweep's new knobs): same product at
+    # 1..4 steps a program (the clamped reloads near the end read a valid row, unused) and M = 1 / 3
+    qt = random_trellis(256, 64, 2, "1mad2", -1, gen)
+    ref_w = qt.fmt.rotated_weight(qt).double().t()
+    for M in (1, 3):
+        xr = torch.randn(M, 64, generator=gen)
+        ref = xr.double() @ ref_w
+        for split in (1, 2, 4):
+            out = tg.trellis_matmul_rotated(xr, qt, gemv="tc", prefetch=prefetch, tc_prefetch_x=prefetch_x,
+                                            parts=True, split_k=split).sum(0)
+            assert rel_err(out, ref) < 1e-6, (M, split)
+    with pytest.raises(ValueError, match="prefetch"):
+        tg.trellis_matmul_rotated(torch.randn(1, 64, generator=gen), qt, gemv="tc", prefetch=3)
+
+
 def test_bench_gemm_trellis_runs_the_tc_path_on_cpu(tmp_path):
     # the benchmark's per-case tensor-core columns (trellis_full_tc / trellis_kernel_tc / trellis_kernel_fma)
     # at a tiny size under the interpreter: the first GPU run lost them to a NameError in _full_tc, which

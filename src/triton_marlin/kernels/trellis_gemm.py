@@ -600,10 +600,18 @@ def _tc_load_words(base, woff, TN: tl.constexpr, WT: tl.constexpr):
 
 
 @triton.jit
+def _tc_load_x(x_thr, k0):
+    """The 4 activations x[k0 + 4c .. k0 + 4c + 3] of a thread's row (fp32; ``x_thr`` holds the row, warp and
+    c offsets)."""
+    return (tl.load(x_thr + k0).to(tl.float32), tl.load(x_thr + k0 + 1).to(tl.float32),
+            tl.load(x_thr + k0 + 2).to(tl.float32), tl.load(x_thr + k0 + 3).to(tl.float32))
+
+
+@triton.jit
 def _trellis_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, out_ptr, N, K, stride_xm, stride_om, ITERS_PER_SPLIT, M,
                             BITS: tl.constexpr, CODE: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr,
                             ASM: tl.constexpr, USE_ATOMIC: tl.constexpr, stride_os=0,
-                            PREFETCH: tl.constexpr = False):
+                            PREFETCH: tl.constexpr = False, PREFETCH_X: tl.constexpr = False):
     """Tensor-core decode GEMV (M <= 4, codes 1mad/1mad2, per-channel scales; see the block comment above).
 
     x: [M, K] rotated activations (fp32, or fp16/bf16 read as fp32); qw: int32 [K/16, 8*BITS, N/16];
@@ -611,9 +619,11 @@ def _trellis_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, out_ptr, N, K, stride_xm, stri
     at out + k * stride_os. One element per thread in every [32*NW] tensor (element e = lane e % 32 of
     warp e // 32; the inline PTX relies on it); warp w takes tile row w of each K step of 16*NW, thread
     (g, c) tiles pid_n*8*TN + 8i + g (i < TN), 4 accumulators per row pair and tile, summed over the
-    warps at the end. PREFETCH: the next K step's words are loaded before the current ones are decoded
-    (twice the loads in flight, (2*BITS+1)*TN more registers). Grid: (N / (128*TN), SPLIT_K). Needs
-    128*TN | N and 16*NW | K."""
+    warps at the end. PREFETCH (0, 1 = True, 2): the words of the next PREFETCH K steps are loaded before
+    the current ones are decoded (PREFETCH + 1 steps of loads in flight, (2*BITS+1)*TN more registers a
+    step). PREFETCH_X (with PREFETCH >= 1): the next step's 4 activations load with its words (else they
+    load at the top of their own step, and its first B operand waits for them). Grid: (N / (128*TN),
+    SPLIT_K). Needs 128*TN | N and 16*NW | K."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     BLOCK: tl.constexpr = 32 * NW
@@ -640,20 +650,31 @@ def _trellis_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, out_ptr, N, K, stride_xm, stri
     STEP: tl.constexpr = 16 * NW
     k_start = pid_k * ITERS_PER_SPLIT * STEP
     k_end = tl.minimum(k_start + ITERS_PER_SPLIT * STEP, K)
-    if PREFETCH:
+    if PREFETCH >= 1:
         nxt = _tc_load_words(qw_ptr + (k_start // 16) * tk_words, woff, TN, WT)
+        if PREFETCH_X:
+            xn = _tc_load_x(x_thr, k_start)
+    if PREFETCH >= 2:
+        nxt2 = _tc_load_words(qw_ptr + (tl.minimum(k_start + STEP, k_end - STEP) // 16) * tk_words, woff, TN, WT)
     for k0 in range(k_start, k_end, STEP):
-        if PREFETCH:
+        if PREFETCH >= 2:
+            cur = nxt
+            nxt = nxt2
+            # the words two steps ahead (clamped to the last step near the end: a valid address, unused)
+            nxt2 = _tc_load_words(qw_ptr + (tl.minimum(k0 + 2 * STEP, k_end - STEP) // 16) * tk_words, woff, TN,
+                                  WT)
+        elif PREFETCH >= 1:
             cur = nxt
             # the next step's words (the last step again on the last one: a valid address, unused)
             nxt = _tc_load_words(qw_ptr + (tl.minimum(k0 + STEP, k_end - STEP) // 16) * tk_words, woff, TN, WT)
         else:
             cur = _tc_load_words(qw_ptr + (k0 // 16) * tk_words, woff, TN, WT)
-        x0 = tl.load(x_thr + k0).to(tl.float32)
-        x1 = tl.load(x_thr + k0 + 1).to(tl.float32)
-        x2 = tl.load(x_thr + k0 + 2).to(tl.float32)
-        x3 = tl.load(x_thr + k0 + 3).to(tl.float32)
-        b = _tc_b_operand(x0, x1, x2, x3, negpart, ASM)
+        if PREFETCH >= 1 and PREFETCH_X:
+            xs = xn
+            xn = _tc_load_x(x_thr, tl.minimum(k0 + STEP, k_end - STEP))
+        else:
+            xs = _tc_load_x(x_thr, k0)
+        b = _tc_b_operand(xs[0], xs[1], xs[2], xs[3], negpart, ASM)
         new = ()
         for i in tl.static_range(TN):
             ws = ()
@@ -929,9 +950,11 @@ def tc_gemv_reason(M: int, qt: QuantizedTensor, tn: int | None = None, num_warps
 
 
 def _tc_gemv(xr, qt, out, parts: bool, split_k: int | None, tn: int | None, num_warps: int | None,
-             programs_per_sm: int | None, resident_split: bool = False, prefetch: bool | None = None
-             ) -> torch.Tensor:
-    """Launch _trellis_gemv_tc_kernel (checks done by the caller); unset knobs from :func:`tc_config`."""
+             programs_per_sm: int | None, resident_split: bool = False, prefetch: bool | int | None = None,
+             prefetch_x: bool | None = None) -> torch.Tensor:
+    """Launch _trellis_gemv_tc_kernel (checks done by the caller); unset knobs from :func:`tc_config`.
+    ``prefetch``: K steps of words loaded ahead (False/0, True/1, 2); ``prefetch_x``: the activations too
+    (one step ahead, only with ``prefetch`` >= 1)."""
     M, K = xr.shape
     N = qt.shape[0]
     cfg = tc_config(qt)
@@ -945,11 +968,15 @@ def _tc_gemv(xr, qt, out, parts: bool, split_k: int | None, tn: int | None, num_
     iters = triton.cdiv(k_iters, split)
     split = triton.cdiv(k_iters, iters)
     buf, atomic = _split_output(out, parts, split, M, N, xr.device)
+    pf = int(cfg.get("prefetch", False) if prefetch is None else prefetch)
+    if pf not in (0, 1, 2):
+        raise ValueError(f"prefetch for the tensor-core GEMV must be False/0, True/1 or 2, got {prefetch!r}")
     LAST_COMPILED["tc"] = _trellis_gemv_tc_kernel[(n_blocks, split)](
         xr, qt.tensors["qweight"], qt.tensors["scales"], buf, N, K, xr.stride(0), buf.stride(-2), iters, M,
         BITS=qt.bits, CODE=CODE_IDS[qt.meta["code"]], TN=tn, NW=nw, ASM=use_asm(xr.device),
         USE_ATOMIC=atomic, stride_os=buf.stride(0) if parts else 0,
-        PREFETCH=cfg.get("prefetch", False) if prefetch is None else prefetch, num_warps=nw)
+        PREFETCH=pf, PREFETCH_X=pf >= 1 and bool(cfg.get("prefetch_x", False) if prefetch_x is None else prefetch_x),
+        num_warps=nw)
     return buf
 
 
@@ -1002,7 +1029,8 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
                            prefetch: bool | None = None, num_warps: int | None = None,
                            gather: bool | None = None, programs_per_sm: int | None = None,
                            block_m: int | None = None, rotate_signs: torch.Tensor | None = None,
-                           block_tn_tc: int | None = None, tc_resident_split: bool = False) -> torch.Tensor:
+                           block_tn_tc: int | None = None, tc_resident_split: bool = False,
+                           tc_prefetch_x: bool | None = None) -> torch.Tensor:
     """``y' = x' @ Wt.T`` in fp32 for rotated activations ``x' [M, K]`` (the kernel alone).
 
     ``out``: optional fp32 ``[M, N]`` buffer (contiguous rows); split-K zeroes it first and adds with
@@ -1024,7 +1052,8 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     :func:`tc_config`); ``tc_resident_split``: the K split counts waves of the programs an SM holds at
     once (``TC_RESIDENT``) instead of one program per SM (not yet timed: off); ``prefetch`` with
     ``gemv="tc"``: its next K step's words loaded ahead (not yet timed: off; with ``gemv="auto"`` the
-    prefetch knob asks for the FMA GEMV). Its B operand is x' as
+    prefetch knob asks for the FMA GEMV; ``prefetch=2``: two K steps ahead); ``tc_prefetch_x``: the next
+    step's activations load with its words (default ``TC_CONFIGS``' ``prefetch_x``). Its B operand is x' as
     fp16 plus its fp16 rounding residue, so |x'| must stay in fp16 range (< 65504).
     The path taken (M <= 4) is recorded in :mod:`triton_marlin.dispatch` as op ``trellis_gemv``."""
     M, K = xr.shape
@@ -1060,7 +1089,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
             raise ValueError("rotate_signs needs the static GEMV, not gemv='tc'")
         dispatch.record("trellis_gemv", "tc")
         return _tc_gemv(xr, qt, out, parts, split_k, block_tn_tc, num_warps, programs_per_sm, tc_resident_split,
-                        prefetch)
+                        prefetch, tc_prefetch_x)
     if gemv == "mma":
         if M > 16 or N % 128 or K % 32 or group % 32:
             raise ValueError(f"the tensor-core GEMV needs M <= 16, N % 128 == 0, K % 32 == 0 and a group "
