@@ -10,7 +10,9 @@ Two kernels, one launch each per MoE forward:
   (fp32 atomics, so the k experts of a token add up in any order).
 
 Weights come flattened per projection (:class:`triton_marlin.moe.experts.FlatProjection`): every expert's
-codes in one buffer per word type, with a table of (kind, offsets, group size) per expert. A program reads
+codes in one buffer per word type, with a table of (kind, offsets, group size) per expert. Packed words and
+8-bit codes are interleaved by K tile (each column's 16 word rows, or 16 bytes of k, contiguous: 16-byte
+loads and copies), and every offset is a multiple of 16 (``_known16`` lets the compiler see it). A program reads
 its expert's kind from the table and branches to a K loop specialized for that kind; only the kinds present
 (``KINDS`` bit mask, compile time) are compiled in. With ``UNIFORM >= 0`` the kind is a compile-time
 constant and the table's kind column is not read (the uniform-width strategy).
@@ -29,7 +31,8 @@ multiples of 16). Two paths:
 - ``BLOCK_M == 1`` (decode: about one slot per active expert): CUDA cores, exact fp32 decode, the gate_up
   K range split over programs (``SPLIT_K``), each storing its fp32 ``[gate | up]`` partials in its own plane
   (no zero-fill, no atomics); the down kernel sums the planes and forms ``silu(gate) * up`` as it loads them
-  (``A_SWIGLU``) and splits its own K range too.
+  (``A_SWIGLU``) and splits its own K range too. On sm_90 the two launch with programmatic dependent launch
+  (``PDL``, :mod:`triton_marlin.kernels.pdl`).
 
 Operands: ``x [T, H]`` (fp16/bf16, row stride ``stride_x``), gate/up ``[I, H]``, down ``[H, I]`` per expert,
 intermediate ``h [capacity, I]`` in x's dtype (row = sorted position; ``[capacity, 2 I]`` fp32 with split-K
