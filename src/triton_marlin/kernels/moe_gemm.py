@@ -52,6 +52,7 @@ import triton.language as tl
 from .decode import (decode_scale, dequant, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp16, int_magic_fp32,
                      raw_factor, unpack_slots_fp16_asm)
 from .pdl import pdl_supported, pdl_sync
+from .qgemm import join_k
 
 # Kind codes: the format kinds of triton_marlin.moe.experts.KIND_CODES, asymmetric integers + 8; the table
 # columns are those of triton_marlin.moe.experts (T_KIND ... T_GROUP, 8 per expert).
@@ -161,7 +162,7 @@ def _swap_tile(acc_t, bs, words, hi, kt, k_lim, N, codes8, scales16, scales8, ze
                EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, PRE: tl.constexpr):
     """One K tile (``SLOTS`` code slots of 16 k) of one projection, swapped: ``acc_t [BN, BM] += W.T @ A.T``.
     ``bs``: the tile's activation blocks, one ``[16 * DS, BM]`` per ``tl.dot`` (``DS`` slots joined along K in
-    registers, :func:`_cat_k`), loaded by the caller (the fused gate+up loop shares them); ``words``/``hi``: the
+    registers, :func:`.qgemm.join_k`), loaded by the caller (the fused gate+up loop shares them); ``words``/``hi``: the
     tile's packed word rows (:func:`_swap_words`, loaded by the caller too, so it picks the order of the two
     loads). ``PRE``: the tile is one scale group whose scales ``s_pre``/``z_pre`` the caller loaded a tile ahead."""
     TILE: tl.constexpr = SLOTS * 16
@@ -215,29 +216,16 @@ def _swap_tile(acc_t, bs, words, hi, kt, k_lim, N, codes8, scales16, scales8, ze
                 else:
                     w = dequant(q, s[:, None], z[:, None], DKIND, BITS, False, IS_BF16)
             ws = ws + (w,)
-        for lvl in tl.static_range(4):
-            if len(ws) > 1:
-                halves = ()
-                for p in tl.static_range(len(ws) // 2):
-                    halves = halves + (_cat_k(ws[2 * p], ws[2 * p + 1], BLOCK_N, 16 << lvl),)
-                ws = halves
+        w_k = join_k(ws, BLOCK_N)
         if FOLD:
             if (j * DS) % GS == 0:
                 part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-            part = tl.dot(ws[0], bs[j], part)
+            part = tl.dot(w_k, bs[j], part)
             if ((j + 1) * DS) % GS == 0:
                 acc_t += part * (s * raw_factor(DKIND))[:, None]
         else:
-            acc_t = tl.dot(ws[0], bs[j], acc_t)
+            acc_t = tl.dot(w_k, bs[j], acc_t)
     return acc_t
-
-
-@triton.jit
-def _cat_k(a, b, ROWS: tl.constexpr, W: tl.constexpr):
-    """``[ROWS, W]`` and ``[ROWS, W]`` -> ``[ROWS, 2W]`` (``a`` the first W columns); on sm_90 in the wgmma
-    register-operand layout a register renaming (as :func:`triton_marlin.kernels.qgemm._cat_k`)."""
-    return tl.reshape(tl.permute(tl.join(a, b), (0, 2, 1)), (ROWS, 2 * W))
-
 
 
 @triton.jit

@@ -750,6 +750,19 @@ def _cat_k(a, b, ROWS: tl.constexpr, W: tl.constexpr):
 
 
 @triton.jit
+def join_k(ws, ROWS: tl.constexpr):
+    """The slot operands ``ws`` (a tuple of 1, 2, 4, 8 or 16 ``[ROWS, 16]`` tensors of consecutive k) as one
+    ``[ROWS, 16 * len(ws)]`` operand, joined pairwise with :func:`_cat_k`."""
+    for lvl in tl.static_range(4):
+        if len(ws) > 1:
+            halves = ()
+            for p in tl.static_range(len(ws) // 2):
+                halves = halves + (_cat_k(ws[2 * p], ws[2 * p + 1], ROWS, 16 << lvl),)
+            ws = halves
+    return ws[0]
+
+
+@triton.jit
 def _swap_slot_operand(raw, words, words_hi, slot: tl.constexpr, t, qw_ptr, offs_n, mask_n, N, K, s, z,
                        KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, TILE_K: tl.constexpr,
                        EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, IS_BF16: tl.constexpr, FOLD: tl.constexpr,
@@ -830,13 +843,7 @@ def _dot_tile_swap_k(acc_t, words, words_hi, t, x_col, stride_xk, mask_m, offs_n
             ws = ws + (_swap_slot_operand(raw, words, words_hi, j * DOT_SLOTS + u, t, qw_ptr, offs_n, mask_n, N, K,
                                           s, z, KIND, BITS, SYMMETRIC, TILE_K, EVEN_K, EVEN_N, IS_BF16, FOLD, ASM,
                                           GROUP_SLOTS != 0),)
-        for lvl in tl.static_range(4):
-            if len(ws) > 1:
-                halves = ()
-                for p in tl.static_range(len(ws) // 2):
-                    halves = halves + (_cat_k(ws[2 * p], ws[2 * p + 1], BLOCK_N, 16 << lvl),)
-                ws = halves
-        w = ws[0]
+        w = join_k(ws, BLOCK_N)
         k = t * TILE_K + j * DOT_K + tl.arange(0, DOT_K)
         if EVEN_K:
             b = tl.load(x_col + k[:, None] * stride_xk, mask=mask_m[None, :], other=0.0)
