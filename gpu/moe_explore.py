@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+from _kernel_times import cuda_kernel_times  # noqa: E402
 from _moe_common import active_bytes, glm_layer  # noqa: E402
 from triton_marlin.bench import load_baseline, time_fn  # noqa: E402
 from triton_marlin.kernels.moe_gemm import (MoEGemmConfig as C, candidate_configs, default_config,  # noqa: E402
@@ -70,19 +71,6 @@ def short(cfg: C) -> str:
     return f"{cfg.block_m}x{cfg.up_block_n} " + " ".join(extra)
 
 
-def kernel_times(fn) -> dict:
-    """Average GPU time per call of each kernel ``fn`` launches (torch profiler, 5 calls)."""
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            fn()
-        torch.cuda.synchronize()
-    return {ev.key: (ev.count, getattr(ev, "device_time", 0.0)) for ev in prof.key_averages()
-            if getattr(ev, "device_time", 0.0)}
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 256])
@@ -127,8 +115,9 @@ def main():
                 print(f"{r[0]:5s} T={r[1]:4d} err={r[3]:.2e} {r[4]:9.1f} us {r[5]:7.0f} GB/s  {r[2]}", flush=True)
                 if a.candidates in ("tune", "library") and not a.smoke and r[4] == r[4]:
                     try:  # gate_up and down apart, every configuration
-                        kt = kernel_times(lambda: _fused_acc(x, ids, w, ex, uniform=False, config=cfg))
-                        split = {n: t for n, (c, t) in kt.items() if n in ("_moe_gate_up_kernel", "_moe_down_kernel")}
+                        kt = cuda_kernel_times(lambda: _fused_acc(x, ids, w, ex, uniform=False, config=cfg), 5,
+                                               warmup=1)
+                        split = {n: t for n, (t, _) in kt.items() if n in ("_moe_gate_up_kernel", "_moe_down_kernel")}
                         kernels[(recipe, T, cfg)] = split
                         print(f"  T={T} kernels gate_up {split.get('_moe_gate_up_kernel', float('nan')):8.2f} us "
                               f"down {split.get('_moe_down_kernel', float('nan')):8.2f} us  {short(cfg)}", flush=True)

@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +56,7 @@ def measure(a) -> list[dict]:
     import triton_marlin
     if not Path(triton_marlin.__file__).resolve().is_relative_to(Path(a.src).resolve()):
         raise RuntimeError(f"imported {triton_marlin.__file__}, not the tree under {a.src}")
+    from _kernel_times import cuda_kernel_times
     from _moe_common import glm_layer
     from triton_marlin.bench import time_fn
     from triton_marlin.kernels import moe_align as MA
@@ -110,21 +110,9 @@ def measure(a) -> list[dict]:
         for name, fn in (("route", route), ("front", front), ("layer", lambda: layer.forward_static(x, nv))):
             st = time_fn(fn, device=dev, warmup=5, repeats=a.repeats, cuda_graph=True, graph_calls=a.graph_calls)
             rec(T, f"graph_{name}", st.median_us, p10=st.p10_us, p90=st.p90_us)
-        for _ in range(3):
-            layer.forward_static(x, nv)
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(a.iters):
-                layer.forward_static(x, nv)
-            torch.cuda.synchronize()
-        per, count = defaultdict(float), defaultdict(int)
-        for ev in prof.events():
-            if ev.device_type == torch.autograd.DeviceType.CUDA:
-                per[ev.name] += getattr(ev, "device_time", None) or ev.cuda_time
-                count[ev.name] += 1
-        for name, us in per.items():
-            rec(T, "kernel", us / a.iters, kernel=name[:100], per_forward=count[name] / a.iters,
-                front=any(m in name for m in FRONT_MARKS))
+        times = cuda_kernel_times(lambda: layer.forward_static(x, nv), a.iters)
+        for name, (us, n) in times.items():
+            rec(T, "kernel", us, kernel=name[:100], per_forward=n, front=any(m in name for m in FRONT_MARKS))
     return recs
 
 

@@ -6,11 +6,10 @@ Usage (repository root, GPU machine): python gpu/moe_layer_profile.py [--tokens 
 import argparse
 import os
 import sys
-from collections import defaultdict
-
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+from _kernel_times import cuda_kernel_times  # noqa: E402
 from _moe_common import glm_layer  # noqa: E402
 
 
@@ -27,23 +26,11 @@ def main(argv=None):
     for T in a.tokens:
         x = torch.randn(T, layer.hidden_size, device=dev, dtype=torch.float16)
         nv = torch.tensor([T], dtype=torch.int32, device=dev)
-        for _ in range(3):
-            layer.forward_static(x, nv)
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(a.iters):
-                layer.forward_static(x, nv)
-            torch.cuda.synchronize()
-        per = defaultdict(float)
-        count = defaultdict(int)
-        for ev in prof.events():
-            if ev.device_type == torch.autograd.DeviceType.CUDA:
-                per[ev.name] += getattr(ev, "device_time", None) or ev.cuda_time
-                count[ev.name] += 1
-        total = sum(per.values()) / a.iters
+        times = cuda_kernel_times(lambda: layer.forward_static(x, nv), a.iters)
+        total = sum(us for us, _ in times.values())
         print(f"T={T}: {total:.1f} us of kernel time per forward")
-        for name, us in sorted(per.items(), key=lambda kv: -kv[1]):
-            print(f"  {us / a.iters:8.2f} us  x{count[name] / a.iters:.0f}  {name[:110]}")
+        for name, (us, n) in sorted(times.items(), key=lambda kv: -kv[1][0]):
+            print(f"  {us:8.2f} us  x{n:.0f}  {name[:110]}")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ graph-replayed time of the capturable forward and the expert kernels' GPU time f
 Usage (repository root, GPU machine): python gpu/moe_mixed_kinds.py [--tokens 1 16] [--recipes int4 int8 glm4 ...]
 """
 import argparse
-from collections import defaultdict
 
 import torch
 
+from _kernel_times import cuda_kernel_times
 from triton_marlin.bench.timing import time_fn
 from triton_marlin.models.glm4_moe_lite import build_glm4_moe_lite_layer
 
@@ -17,18 +17,6 @@ RECIPES = {  # name: (routed recipe, shared recipe)
     "int2": ("int2", None), "int3": ("int3", None), "int4": ("int4", None), "int8": ("int8", None),
     "glm4": ("glm4", None), "glm4-int4-shared": ("glm4", "int4"),
 }
-
-
-def kernel_times(fn, iters=10):
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    per = defaultdict(float)
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            per[ev.name] += (getattr(ev, "device_time", None) or ev.cuda_time) / iters
-    return per
 
 
 def main(argv=None):
@@ -52,9 +40,9 @@ def main(argv=None):
             for strat in strategies:
                 fn = lambda: layer.forward_static(x, nv, strat)  # noqa: E731
                 st = time_fn(fn, device=dev, warmup=3, repeats=30, cuda_graph=True)
-                per = kernel_times(fn)
-                gu = sum(v for k, v in per.items() if "gate_up" in k)
-                dn = sum(v for k, v in per.items() if "down" in k)
+                per = cuda_kernel_times(fn, 10, warmup=0)
+                gu = sum(us for k, (us, _) in per.items() if "gate_up" in k)
+                dn = sum(us for k, (us, _) in per.items() if "down" in k)
                 print(f"{name:18} {T:>4} {strat:13} {st.median_us:9.1f} {gu:10.1f} {dn:8.1f}  {mb:.1f} (all experts)",
                       flush=True)
 
