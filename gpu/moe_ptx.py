@@ -18,9 +18,7 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)
@@ -28,11 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import triton  # noqa: E402
-import triton.backends.nvidia  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from qgemm_ptx import counts, loop_body, ttgir_facts  # noqa: E402
+from qgemm_ptx import counts, cuobjdump, loop_body, ttgir_facts  # noqa: E402
 from triton_marlin.kernels import moe_gemm as MG  # noqa: E402
 
 
@@ -85,22 +82,13 @@ def down(bm, bn, warps, kind=2, asm=True, swap=0, stages=0, dt="fp16", dot_k=16,
     return _build(MG._moe_down_kernel, types, consts, warps, stages)
 
 
-def _cuobjdump(cubin: bytes, flag: str) -> str:
-    tool = Path(triton.backends.nvidia.__file__).parent / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        return subprocess.run([str(tool) if tool.exists() else "cuobjdump", flag, f.name], capture_output=True,
-                              text=True, check=True).stdout
-
-
 def sass_of(cubin: bytes) -> str:
-    return _cuobjdump(cubin, "-sass")
+    return cuobjdump(cubin, "-sass")
 
 
 def regs_of(cubin: bytes) -> tuple[int, int]:
     """(registers per thread, stack bytes) from ``cuobjdump -res-usage``."""
-    txt = _cuobjdump(cubin, "-res-usage")
+    txt = cuobjdump(cubin, "-res-usage")
     m = re.search(r"REG:(\d+)\s+STACK:(\d+)", txt)
     return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
 

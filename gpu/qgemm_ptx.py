@@ -147,17 +147,23 @@ def variants():
     return out
 
 
-def sass_facts(kernel, consts, num_warps) -> dict:
-    """Registers and spills of the cubin Triton built, and the K loop's SASS per weight."""
+def cuobjdump(cubin: bytes, flag: str, check: bool = True) -> str:
+    """``cuobjdump FLAG`` on a cubin (Triton's bundled tool, else the one on PATH)."""
     import subprocess
     import tempfile
 
-    cuobjdump = str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
+        f.write(cubin)
         f.flush()
-        res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
+        return subprocess.run([str(tool) if tool.exists() else "cuobjdump", flag, f.name], capture_output=True,
+                              text=True, check=check).stdout
+
+
+def sass_facts(kernel, consts, num_warps) -> dict:
+    """Registers and spills of the cubin Triton built, and the K loop's SASS per weight."""
+    res = cuobjdump(kernel.asm["cubin"], "-res-usage", check=False)
+    sass = cuobjdump(kernel.asm["cubin"], "-sass", check=False)
     regs = re.search(r"REG:(\d+)", res)
     local = re.search(r"STACK:(\d+)", res)  # spilled registers live on the stack
     lines = [ln for ln in sass.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/", ln)]
@@ -206,15 +212,8 @@ def oneshot_variants():
 def oneshot_facts(kernel, consts, num_warps, K) -> dict:
     """Whole-kernel SASS of a gemv variant: registers, spills, instruction count, global loads, and where the
     last global load sits against the first FFMA (all loads issued before the first use: last_ldg < first_ffma)."""
-    import subprocess
-    import tempfile
-
-    cuobjdump = str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
+    res = cuobjdump(kernel.asm["cubin"], "-res-usage", check=False)
+    sass = cuobjdump(kernel.asm["cubin"], "-sass", check=False)
     regs = re.search(r"REG:(\d+)", res)
     local = re.search(r"STACK:(\d+)", res)
     ops = []
