@@ -42,6 +42,17 @@ def run_fused(x, ids, w, ex, config, uniform=False):
                            ex.flat("up"), ex.flat("down"), config=config, uniform=uniform, out=out)
 
 
+def mixed_case(recipe, gen):
+    """Four experts of ``recipe`` with H = 256 (gate_up: K a multiple of every tile, N of the blocks: the EVEN
+    paths) and I = 96 (down: a partial tile), 5 tokens routed to 2 of them, token 0 to none; returns
+    ``(x, ids, weights, experts, float64 reference)``."""
+    E, H, I, T, k = 4, 256, 96, 5, 2
+    ex = make_experts(recipe, E, H, I, gen)
+    x = torch.randn(T, H, generator=gen).half()
+    ids, w = routing(T, E, k, gen, drop=True)
+    return x, ids, w, ex, fused_moe_reference(x, ids, w, ex)
+
+
 def routing(T, E, k, gen, drop=False):
     ids = torch.stack([torch.randperm(E, generator=gen)[:k] for _ in range(T)]).int()
     if drop:
@@ -139,19 +150,15 @@ def test_fused_gate_up_same_and_different_kinds(gen):
     int3/int3, fp8/fp8), the two loops where they differ (int2/int4), in one mixed launch; and the uniform
     compile. K = 256 and N a multiple of the block (no masks: EVEN_K / EVEN_N) for gate_up, a partial tile for
     down (K = 96)."""
-    recipe = [(("int4", 32), ("int4", 32), ("int2", 32)), (("int2", 32), ("int4", 32), ("int4", 32)),
-              ("fp8", "fp8", ("int4", 32)), (("int4", 32), ("int4", 32), ("int8", 32))]
-    E, H, I, T, k = 4, 256, 96, 5, 2
-    ex = make_experts(recipe, E, H, I, gen)
-    x = torch.randn(T, H, generator=gen).half()
-    ids, w = routing(T, E, k, gen, drop=True)
-    ref = fused_moe_reference(x, ids, w, ex)
+    x, ids, w, ex, ref = mixed_case([(("int4", 32), ("int4", 32), ("int2", 32)),
+                                     (("int2", 32), ("int4", 32), ("int4", 32)),
+                                     ("fp8", "fp8", ("int4", 32)), (("int4", 32), ("int4", 32), ("int8", 32))], gen)
     for cfg in (SWAP_FUSED, SWAP_FUSED_PRE, MoEGemmConfig(16, 32, 4, 32, 1, 4, swap_ab=1, fuse_gu=1)):
         out = run_fused(x, ids, w, ex, cfg)
         assert rel_err(out, ref) < TOL[torch.float16], cfg
         assert (out[0] == 0).all()
-    asym = make_experts(("int3", 32), 2, H, I, gen, symmetric=False)
-    ids2, w2 = routing(T, 2, 1, gen)
+    asym = make_experts(("int3", 32), 2, ex.hidden_size, ex.intermediate_size, gen, symmetric=False)
+    ids2, w2 = routing(x.shape[0], 2, 1, gen)
     ref2 = fused_moe_reference(x, ids2, w2, asym)
     for uniform in (False, True):
         assert rel_err(run_fused(x, ids2, w2, asym, SWAP_FUSED, uniform=uniform), ref2) < TOL[torch.float16]
@@ -162,13 +169,9 @@ def test_swapped_tiles_even_paths(cfg, gen):
     """Swapped tiles give the reference: mixed kinds (fused and separate gate/up loops, int8 codes loaded per
     slot), K = 256 with N a multiple of the block (the EVEN paths: no k or column masks) and a partial down tile
     (K = 96); blocks of 16 and 32 rows with 1-3 slots per expert, so most rows are padding (masked)."""
-    recipe = [(("int4", 32), ("int4", 32), ("int2", 32)), (("int2", 32), ("int4", 32), ("int4", 32)),
-              ("fp8", "fp8", ("int4", 32)), (("int4", 32), ("int8", 32), ("int3", 32))]
-    E, H, I, T, k = 4, 256, 96, 5, 2
-    ex = make_experts(recipe, E, H, I, gen)
-    x = torch.randn(T, H, generator=gen).half()
-    ids, w = routing(T, E, k, gen, drop=True)
-    ref = fused_moe_reference(x, ids, w, ex)
+    x, ids, w, ex, ref = mixed_case([(("int4", 32), ("int4", 32), ("int2", 32)),
+                                     (("int2", 32), ("int4", 32), ("int4", 32)),
+                                     ("fp8", "fp8", ("int4", 32)), (("int4", 32), ("int8", 32), ("int3", 32))], gen)
     out = run_fused(x, ids, w, ex, cfg)
     assert rel_err(out, ref) < TOL[torch.float16], cfg
     assert (out[0] == 0).all()
@@ -176,7 +179,7 @@ def test_swapped_tiles_even_paths(cfg, gen):
         return
     # int4 group 128 (GLM's format: one scale group per tile, the fold path), uniform compile
     ex2 = make_experts(("int4", 128), 3, 256, 128, gen)
-    ids2, w2 = routing(T, 3, 2, gen)
+    ids2, w2 = routing(x.shape[0], 3, 2, gen)
     ref2 = fused_moe_reference(x, ids2, w2, ex2)
     assert rel_err(run_fused(x, ids2, w2, ex2, cfg, uniform=True), ref2) < TOL[torch.float16], cfg
 
