@@ -70,6 +70,15 @@ def _known16(off):
 
 
 @triton.jit
+def _table_row(table, e):
+    """``(code_off, hi_off, scale_off, zero_off, group)`` of expert ``e`` (table columns 1-5), the offsets through
+    :func:`_known16` (a symmetric expert's zero-point offset, -1, comes out as -16 and is never read)."""
+    row = table + e * 8
+    return (_known16(tl.load(row + 1)), _known16(tl.load(row + 2)), _known16(tl.load(row + 3)),
+            _known16(tl.load(row + 4)), tl.load(row + 5))
+
+
+@triton.jit
 def _codes_and_scales(words, hi, k0, sl, K, k_lim, N, codes8, scales16, scales8, zeros8, gscale, code_off,
                       scale_off, zero_off, group, offs_n, n_ok,
                       BITS: tl.constexpr, LO_BITS: tl.constexpr, SCALE_KIND: tl.constexpr, SYM: tl.constexpr):
@@ -310,11 +319,6 @@ def _dot_loop_swap(acc, a_rows, a_ok, N, codes32, codes16, codes8, scales16, sca
     EVEN_K: tl.constexpr = (SWAP // 4) % 2 == 1
     EVEN_N: tl.constexpr = (SWAP // 8) % 2 == 1
     PRE: tl.constexpr = FOLD and GS == SLOTS and (SWAP // 16) % 2 == 1
-    code_off = _known16(code_off)
-    hi_off = _known16(hi_off)
-    scale_off = _known16(scale_off)
-    if not SYM:
-        zero_off = _known16(zero_off)
     s_n, z_n = _swap_prefetch(scales16, scales8, zeros8, gscale, scale_off, zero_off, kt_begin, N, offs_n, n_ok,
                               kt_end, BITS, SLOTS, SCALE_KIND, SYM, GK, PRE, True, BLOCK_N)
     acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -357,15 +361,6 @@ def _dot_loop_swap2(a_rows, a_ok, N, gc32, gc16, gc8, gs16, gs8, gz8, g_gscale, 
     EVEN_N: tl.constexpr = (SWAP // 8) % 2 == 1
     G_PRE: tl.constexpr = G_FOLD and G_GS == SLOTS and (SWAP // 16) % 2 == 1
     U_PRE: tl.constexpr = U_FOLD and U_GS == SLOTS and (SWAP // 16) % 2 == 1
-    g_code_off = _known16(g_code_off)
-    g_hi_off = _known16(g_hi_off)
-    g_scale_off = _known16(g_scale_off)
-    u_code_off = _known16(u_code_off)
-    u_hi_off = _known16(u_hi_off)
-    u_scale_off = _known16(u_scale_off)
-    if not SYM:
-        g_zero_off = _known16(g_zero_off)
-        u_zero_off = _known16(u_zero_off)
     gs_n, gz_n = _swap_prefetch(gs16, gs8, gz8, g_gscale, g_scale_off, g_zero_off, kt_begin, N, offs_n, n_ok,
                                 kt_end, BITS, SLOTS, SCALE_KIND, SYM, G_GK, G_PRE, True, BLOCK_N)
     us_n, uz_n = _swap_prefetch(us16, us8, uz8, u_gscale, u_scale_off, u_zero_off, kt_begin, N, offs_n, n_ok,
@@ -425,11 +420,6 @@ def _tile_loop(acc, a_rows, a_ok, K, N, codes32, codes16, codes8, scales16, scal
     row_lim = kt_end * 16                          # word rows likewise
     wr = tl.arange(0, 16)
     n2 = offs_n[None, :]
-    code_off = _known16(code_off)
-    hi_off = _known16(hi_off)
-    scale_off = _known16(scale_off)
-    if not SYM:
-        zero_off = _known16(zero_off)
     if BLOCK_M == 1:
         acc2 = tl.zeros([16, BLOCK_N], dtype=tl.float32)  # per-row partial sums
         for kt0 in range(kt_begin, kt_end, UNROLL):
@@ -626,12 +616,7 @@ def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_
     over the kinds compiled in, or take the compile-time ``UNIFORM`` kind. Returns ``[BLOCK_M, BLOCK_N]``, or
     its transpose ``[BLOCK_N, BLOCK_M]`` with ``SWAP`` (tensor-core blocks): the epilogues work in that
     layout, no transpose of the accumulators."""
-    row = table + e * 8
-    code_off = tl.load(row + 1)
-    hi_off = tl.load(row + 2)
-    scale_off = tl.load(row + 3)
-    zero_off = tl.load(row + 4)
-    group = tl.load(row + 5)
+    code_off, hi_off, scale_off, zero_off, group = _table_row(table, e)
     gscale = tl.load(gs_ptr + e)
     if SWAP and BLOCK_M > 1:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # transposed: see _dot_loop_swap
@@ -642,7 +627,7 @@ def _proj(a_rows, a_ok, K, N, c32, c16, c8, s16, s8, z8, gs_ptr, table, e, offs_
                          scale_off, zero_off, group, offs_n, n_ok, pid_k, UNIFORM, IS_BF16, BLOCK_M, BLOCK_N,
                          SPLIT_K, A_SWIGLU, UNROLL, GK, ASM, A_SPLITS, SWAP, a_split_stride)
     else:
-        kind = tl.load(row)
+        kind = tl.load(table + e * 8)
         for kc in tl.static_range(12):
             if (KINDS >> kc) & 1:
                 if kind == kc:
@@ -684,41 +669,38 @@ def _proj_gate_up_fused(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, ggs
     and up share a kind (compile-time in uniform launches; in mixed launches a branch per kind present in
     both projections), else the two loops of :func:`_proj`. Returns ``(gate_t, up_t)``, ``[BN, BM]`` each."""
     if G_UNIFORM >= 0 and G_UNIFORM == U_UNIFORM:
-        grow = gtab + e * 8
-        urow = utab + e * 8
-        g, u = _kind_loop2(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, tl.load(ggs + e), tl.load(grow + 1),
-                           tl.load(grow + 2), tl.load(grow + 3), tl.load(grow + 4), tl.load(grow + 5),
-                           uc32, uc16, uc8, us16, us8, uz8, tl.load(ugs + e), tl.load(urow + 1), tl.load(urow + 2),
-                           tl.load(urow + 3), tl.load(urow + 4), tl.load(urow + 5), offs_n, n_ok, G_UNIFORM,
-                           IS_BF16, BLOCK_M, BLOCK_N, G_GK, U_GK, ASM, SWAP)
+        g_code, g_hi, g_scale, g_zero, g_group = _table_row(gtab, e)
+        u_code, u_hi, u_scale, u_zero, u_group = _table_row(utab, e)
+        g, u = _kind_loop2(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, tl.load(ggs + e), g_code, g_hi,
+                           g_scale, g_zero, g_group, uc32, uc16, uc8, us16, us8, uz8, tl.load(ugs + e), u_code, u_hi,
+                           u_scale, u_zero, u_group, offs_n, n_ok, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, G_GK, U_GK,
+                           ASM, SWAP)
     elif G_UNIFORM >= 0 and U_UNIFORM >= 0:  # two different compile-time kinds: nothing to share
         g = _proj(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok, 0,
                   G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, 1, False, 1, G_GK, ASM, 1, SWAP, 0)
         u = _proj(a_rows, a_ok, K, N, uc32, uc16, uc8, us16, us8, uz8, ugs, utab, e, offs_n, n_ok, 0,
                   U_KINDS, U_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, 1, False, 1, U_GK, ASM, 1, SWAP, 0)
     else:
-        grow = gtab + e * 8
-        urow = utab + e * 8
         if G_UNIFORM >= 0:
             gkind = G_UNIFORM
         else:
-            gkind = tl.load(grow)
+            gkind = tl.load(gtab + e * 8)
         if U_UNIFORM >= 0:
             ukind = U_UNIFORM
         else:
-            ukind = tl.load(urow)
+            ukind = tl.load(utab + e * 8)
         g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         if gkind == ukind:
             for kc in tl.static_range(12):
                 if ((G_KINDS >> kc) & 1) and ((U_KINDS >> kc) & 1):
                     if gkind == kc:
+                        g_code, g_hi, g_scale, g_zero, g_group = _table_row(gtab, e)
+                        u_code, u_hi, u_scale, u_zero, u_group = _table_row(utab, e)
                         g, u = _kind_loop2(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, tl.load(ggs + e),
-                                           tl.load(grow + 1), tl.load(grow + 2), tl.load(grow + 3), tl.load(grow + 4),
-                                           tl.load(grow + 5), uc32, uc16, uc8, us16, us8, uz8, tl.load(ugs + e),
-                                           tl.load(urow + 1), tl.load(urow + 2), tl.load(urow + 3), tl.load(urow + 4),
-                                           tl.load(urow + 5), offs_n, n_ok, kc, IS_BF16, BLOCK_M, BLOCK_N, G_GK, U_GK,
-                                           ASM, SWAP)
+                                           g_code, g_hi, g_scale, g_zero, g_group, uc32, uc16, uc8, us16, us8, uz8,
+                                           tl.load(ugs + e), u_code, u_hi, u_scale, u_zero, u_group, offs_n, n_ok, kc,
+                                           IS_BF16, BLOCK_M, BLOCK_N, G_GK, U_GK, ASM, SWAP)
         else:
             g = _proj(a_rows, a_ok, K, N, gc32, gc16, gc8, gs16, gs8, gz8, ggs, gtab, e, offs_n, n_ok, 0,
                       G_KINDS, G_UNIFORM, IS_BF16, BLOCK_M, BLOCK_N, 1, False, 1, G_GK, ASM, 1, SWAP, 0)
