@@ -1014,8 +1014,9 @@ def moe_gemm_launch(x: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: tor
     The alignment must have been made with ``config.block_m``. ``sorted_ids=None`` (``config.block_m == 1``
     only): no alignment, one program per slot in slot order; ``expert_ids`` is then the flat ``[T * k]``
     int32 expert ids and ``npost`` is not read (one kernel fewer per forward, see :func:`direct_ids`).
-    ``gate``/``up``/``down``: :class:`~triton_marlin.moe.experts.FlatProjection`. ``uniform``: compile each projection for its single
-    kind (every expert of a projection must share it) instead of reading the kind from the table.
+    ``gate``/``up``/``down``: :class:`~triton_marlin.moe.experts.FlatProjection`. ``uniform``: compile each
+    projection for its single kind (every expert of a projection must share it) instead of reading the kind from
+    the table.
     ``uniform_kinds``: the (gate, up, down) kinds to compile for when only the experts the slots reach
     share them (the hybrid strategy: the other experts' slots are -1).
     """
