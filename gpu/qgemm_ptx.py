@@ -256,6 +256,60 @@ def main_oneshot(args):
     print(json.dumps(res))
 
 
+def mma_variants():
+    """The register-fragment GEMV (``KernelConfig(family="mma")``): int4 fp16, group 128 / per-channel, TN
+    16-column tiles per warp, NW warps, with and without the next tile's words loaded ahead."""
+    out = {}
+    for tn in (1, 2, 4):
+        for nw in (1, 2, 4):
+            for pf in (0, 1):
+                for gs, name in ((8, "g128"), (0, "pc")):
+                    consts = dict(BITS=4, SYMMETRIC=True, GROUP=128 if gs else 1, GROUP_SLOTS=gs, HAS_BIAS=False,
+                                  SPLIT=True, IS_BF16=False, ASM=True, EVEN_K=True, TN=tn, NW=nw, PREFETCH=bool(pf))
+                    out[f"mma_{name}_tn{tn}_w{nw}_pf{pf}"] = (consts, nw, 1)
+    return out
+
+
+def mma_facts(kernel, consts, num_warps) -> dict:
+    """Registers, spills, the K loop's SASS per weight (one K tile of 128 x 16 TN columns a warp) and whether
+    shared memory or barriers appear in the loop."""
+    facts = sass_facts(kernel, dict(consts, SLOTS=8, BLOCK_N=16 * consts["TN"] * num_warps), num_warps)
+    sass = cuobjdump(kernel.asm["cubin"], "-sass", check=False)
+    facts["kernel_sass"] = sum(1 for ln in sass.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/", ln))
+    facts["smem_or_bar_in_loop"] = {op: n for op, n in facts["top_ops"].items() if op in ("LDS", "STS", "BAR")}
+    return facts
+
+
+def main_mma(args):
+    print(f"triton {triton.__version__}, target sm_90 (mma GEMV)")
+    res = {}
+    for name, (consts, warps, stages) in mma_variants().items():
+        if args.only and name not in args.only.split(","):
+            continue
+        fn = Q._qgemv_mma_kernel
+        names = fn.arg_names
+        ptrs = {"xw_ptr": "*i32", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "bias_ptr": "*fp16",
+                "out_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
+        sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in names}
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+                 if n not in consts and (n in ptrs or n in ("N", "K", "stride_xw", "stride_om"))}
+        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()},
+                        attrs=attrs)
+        try:
+            k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+        except Exception as e:  # report, keep going
+            print(f"{name}: compile failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            continue
+        if args.dump:
+            d = Path(args.dump)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{name}.ptx").write_text(k.asm["ptx"])
+            (d / f"{name}.ttgir").write_text(k.asm["ttgir"])
+        res[name] = mma_facts(k, consts, warps)
+        print(name, json.dumps(res[name]))
+    print(json.dumps(res))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dump", default=None, help="write each variant's TTGIR and PTX to this folder")
@@ -263,9 +317,13 @@ def main():
     p.add_argument("--sass", action="store_true", help="registers, spills and the K loop's SASS (cuobjdump)")
     p.add_argument("--oneshot", action="store_true",
                    help="the gemv-oneshot kernel instead: registers, SASS, global loads vs the first FFMA")
+    p.add_argument("--mma", action="store_true",
+                   help="the register-fragment GEMV (family mma) instead: registers, SASS per weight, smem in loop")
     args = p.parse_args()
     if args.oneshot:
         return main_oneshot(args)
+    if args.mma:
+        return main_mma(args)
     todo = variants()
     if args.only:
         todo = {k: v for k, v in todo.items() if k in args.only.split(",")}

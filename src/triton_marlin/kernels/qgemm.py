@@ -33,15 +33,17 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from .. import dispatch
+from ..device import triton_interpret
 from ..formats import QuantizedTensor
 from ..formats.packing import code_tile_k
 from . import decode as D
+from .qgemv_mma import MMA_FORMATS, MMA_MAX_M, _qgemv_mma_kernel, mma_tiles
 from .decode import (dequant, decode_scale, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp16, int_magic_fp32,
                      raw_factor, unpack_codes, unpack_slots_fp16_asm)
 
 SUPPORTED_FORMATS = ("int2", "int3", "int4", "int8", "fp4", "mxfp4", "nvfp4", "fp8")
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
-FAMILIES = ("gemv", "dot", "dequant")
+FAMILIES = ("gemv", "dot", "dequant", "mma")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1148,6 +1150,12 @@ class KernelConfig:
             raise ValueError(f"the gemv family takes block_m in (1, 2, 4), got {self.block_m}")
         if self.family == "dot" and self.block_m < 16:
             raise ValueError(f"the dot family needs block_m >= 16, got {self.block_m}")
+        if self.family == "mma":
+            if self.block_m > MMA_MAX_M:
+                raise ValueError(f"the mma family takes at most {MMA_MAX_M} rows (block_m), got {self.block_m}")
+            mma_tiles(self.block_n, self.num_warps)
+            if self.fold or self.wide or self.swap_ab or self.oneshot:
+                raise ValueError("the mma family has no fold/wide/swap_ab/oneshot modes (it always folds)")
         if not isinstance(self.split_k, int) or self.split_k < 1:
             raise ValueError(f"split_k must be a positive int, got {self.split_k!r}")
         if self.fold and self.wide:
@@ -1289,10 +1297,12 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
     bias_arg = bias if bias is not None else s
     if cfg.family == "gemv":
         grid = (_cdiv(N, cfg.block_n), split, _cdiv(M, cfg.block_m))
+    elif cfg.family == "mma":
+        grid = (_cdiv(N, cfg.block_n), split)
     elif cfg.family == "dot":
         grid = (_cdiv(M, cfg.block_m) * _cdiv(N, cfg.block_n), split)
     else:
-        raise ValueError(f"launch_fused runs the gemv or dot family, got {cfg.family!r}")
+        raise ValueError(f"launch_fused runs the gemv, mma or dot family, got {cfg.family!r}")
     if split > 1:
         ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device)
         cnt = _tile_counters(x.device, grid[0] * (grid[2] if len(grid) == 3 else 1))
@@ -1302,7 +1312,16 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
               x.stride(0), x.stride(1), out.stride(0))
     flags = dict(_meta(spec), HAS_BIAS=bias is not None, EVEN_K=even_k, EVEN_N=even_n, SPLIT=split > 1,
                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
-    if cfg.family == "gemv" and cfg.oneshot:
+    if cfg.family == "mma":
+        xw = _int32_pairs(x)
+        _qgemv_mma_kernel[grid](xw, qw, s, z, bias_arg, out, ws, cnt, M, N, K, G, tiles, per_split, split,
+                                xw.stride(0), out.stride(0), BITS=spec.bits, SYMMETRIC=spec.symmetric,
+                                GROUP=max(spec.group, 1), GROUP_SLOTS=spec.group_slots, HAS_BIAS=bias is not None,
+                                SPLIT=split > 1, IS_BF16=x.dtype == torch.bfloat16,
+                                ASM=x.device.type == "cuda", EVEN_K=even_k, TN=mma_tiles(cfg.block_n, cfg.num_warps),
+                                NW=cfg.num_warps, PREFETCH=bool(cfg.prefetch), num_warps=cfg.num_warps,
+                                num_stages=1)
+    elif cfg.family == "gemv" and cfg.oneshot:
         na, nb = oneshot_blocks(per_split)
         rest = per_split - na
         flags.pop("EVEN_K")
@@ -1327,6 +1346,28 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 GROUP_M=cfg.group_m, PREFETCH=bool(cfg.prefetch), SWAP=bool(cfg.swap_ab),
                                 DOT_SLOTS=dot_slots, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
+
+
+def _int32_pairs(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 ``x [M, K]`` as int32 pairs ``[M, ceil(K/2)]`` (a view when the rows are 4-byte aligned and
+    contiguous along K; else a copy, zero-padded to even K)."""
+    M, K = x.shape
+    if x.stride(1) == 1 and K % 2 == 0 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0:
+        return x.view(torch.int32)
+    xp = x.new_zeros((M, K + K % 2))
+    xp[:, :K] = x
+    return xp.view(torch.int32)
+
+
+def mma_unsupported_reason(x: torch.Tensor, qt: QuantizedTensor) -> str | None:
+    """Why the mma family cannot run ``x @ qt``, or None."""
+    if qt.format not in MMA_FORMATS:
+        return f"format {qt.format!r} (the mma family reads {MMA_FORMATS})"
+    if x.shape[0] > MMA_MAX_M:
+        return f"{x.shape[0]} rows (at most {MMA_MAX_M})"
+    if x.device.type != "cuda" and not triton_interpret():
+        return f"device {x.device.type!r} (CUDA, or the CPU interpreter)"
+    return None
 
 
 def dequantize_kn(qt: QuantizedTensor, dtype: torch.dtype, block_n: int = 128,
@@ -1374,6 +1415,9 @@ def launch(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None, cfg:
            ) -> torch.Tensor:
     """Run configuration ``cfg`` (any family) on ``x [M, K]``.
 
+    The mma family runs int4 with up to MMA_MAX_M rows on CUDA or the interpreter; another call given
+    an mma configuration warns and takes the default rule's configuration (path ``qgemm/mma-unsupported``).
+
     A configuration chosen for one format can need more shared memory for another (int2/int3 tiles
     hold 16 code slots, int4's 8): such a launch steps down (:func:`_smaller`), warns once and
     records the path ``qgemm/smaller-config`` in :mod:`triton_marlin.dispatch`.
@@ -1385,6 +1429,14 @@ def launch(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None, cfg:
             return torch.addmm(bias.to(x.dtype), x, w)
         return torch.matmul(x, w)
     spec = format_spec(qt)
+    if cfg.family == "mma" and (reason := mma_unsupported_reason(x, qt)) is not None:
+        from .qgemm_config import default_config  # noqa: PLC0415
+
+        fallback = default_config(x.shape[0], qt.shape[0], qt.shape[1], qt, x.device)
+        dispatch.warn_fallback("qgemm", f"the mma family cannot run this call ({reason}); running "
+                                        f"{_config_key(fallback)}")
+        dispatch.record("qgemm", "mma-unsupported")
+        return launch(x, qt, bias, fallback)
     key = (cfg, spec.slots, x.dtype)
     while key in _too_big:
         cfg = _smaller(cfg)

@@ -1,0 +1,149 @@
+"""GPU check of the register-fragment GEMV (``KernelConfig(family="mma")``): correctness of its PTX path, then a
+sweep of its configurations at small M beside what the packaged selection table runs, fp16 cuBLAS and torch's
+int4 kernel, all timed by CUDA-graph replay in one process.
+
+    python gpu/qgemv_mma_check.py [--shapes 8192x8192,...] [--m 1,4,8] [--out DIR] [--quick]
+
+Writes ``mma_sweep.jsonl`` (one line per timed case) and prints a summary table: per shape and M the best
+mma configuration, the table's configuration, cuBLAS and torch int4, speedups from the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import triton_marlin as tm  # noqa: E402
+from triton_marlin.bench import time_fn  # noqa: E402
+from triton_marlin.kernels import qgemm as Q  # noqa: E402
+from triton_marlin.kernels import qgemm_config as C  # noqa: E402
+
+
+def check(dev) -> int:
+    """The PTX path against an fp64 product on the dequantized weight (tolerance: fp16 output rounding plus
+    fp32 accumulation, 2e-3 relative Frobenius; bf16 output 8e-3)."""
+    failures = 0
+    gen = torch.Generator().manual_seed(1)
+    cases = [(128, 256, 1, 128, True, torch.float16, 16, 1, 1, 0), (333, 96, 8, 32, True, torch.float16, 32, 1, 1, 0),
+             (256, 1024, 3, 128, False, torch.float16, 64, 2, 4, 1), (512, 512, 5, -1, True, torch.float16, 128, 4, 2, 1),
+             (384, 640, 2, 64, False, torch.bfloat16, 128, 2, 3, 1), (1024, 2048, 8, 128, True, torch.float16, 64, 1, 8, 1),
+             (96, 4096, 1, 256, True, torch.bfloat16, 32, 1, 16, 0)]
+    for N, K, M, group, sym, dtype, bn, nw, split, pf in cases:
+        w = torch.randn(N, K, generator=gen)
+        qt = tm.quantize(w, "int4", group_size=group, symmetric=sym).to(dev)
+        x = torch.randn(M, K, generator=gen).to(dev, dtype)
+        bias = torch.randn(N, generator=gen).to(dev, dtype)
+        cfg = Q.KernelConfig("mma", block_m=8, block_n=bn, num_warps=nw, split_k=split, prefetch=pf)
+        out = Q.launch(x, qt, bias, cfg)
+        out2 = Q.launch(x, qt, bias, cfg)      # the split-K tickets reset themselves
+        ref = x.double() @ qt.dequantize(torch.float64).T + bias.double()
+        err = ((out.double() - ref).norm() / ref.norm()).item()
+        err2 = ((out2.double() - ref).norm() / ref.norm()).item()
+        tol = 8e-3 if dtype == torch.bfloat16 else 2e-3
+        ok = err < tol and err2 < tol and torch.isfinite(out).all().item()
+        failures += not ok
+        print(f"check N={N} K={K} M={M} g={group} sym={sym} {dtype} bn={bn} w={nw} split={split} pf={pf}: "
+              f"err {err:.2e} / {err2:.2e} {'ok' if ok else 'FAIL'}", flush=True)
+    return failures
+
+
+def mma_configs(N: int, K: int, quick: bool) -> list:
+    tiles = -(-K // 128)
+    out = []
+    for tn in (1, 2, 4):
+        for nw in ((1, 2) if quick else (1, 2, 4)):
+            for pf in (0, 1):
+                for split in (1, 2, 4, 8, 16, 32):
+                    if split > tiles or (quick and split not in (4, 8)):
+                        continue
+                    out.append(Q.KernelConfig("mma", block_m=8, block_n=16 * tn * nw, num_warps=nw, split_k=split,
+                                              prefetch=pf))
+    return out
+
+
+def timed(fn, dev, repeats=30):
+    return time_fn(fn, device=dev, warmup=5, repeats=repeats, cuda_graph=True).median_us
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="8192x8192,28672x8192,3072x2048,2048x1536,4096x4096")
+    p.add_argument("--m", default="1,4,8", help="activation rows to time")
+    p.add_argument("--out", default=".", help="folder for mma_sweep.jsonl")
+    p.add_argument("--quick", action="store_true", help="fewer configurations")
+    p.add_argument("--no-check", action="store_true", help="skip the correctness check")
+    args = p.parse_args()
+    dev = torch.device("cuda")
+    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    failures = 0 if args.no_check else check(dev)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rec = open(out / "mma_sweep.jsonl", "w")
+    gen = torch.Generator().manual_seed(0)
+    summary = []
+    for shape in args.shapes.split(","):
+        N, K = (int(v) for v in shape.split("x"))
+        w = torch.randn(N, K, generator=gen) * 0.02
+        qt = tm.quantize(w, "int4", group_size=128).to(dev)
+        w16 = qt.dequantize(torch.float16)
+        for M in (int(v) for v in args.m.split(",")):
+            x = torch.randn(M, K, generator=gen).to(dev, torch.float16)
+            ref = x.double() @ w16.double().T
+            t0 = time.time()
+            cublas = timed(lambda: torch.nn.functional.linear(x, w16), dev)
+            table_cfg = C.select_config(x, qt)
+            table_us = timed(lambda: Q.launch(x, qt, None, table_cfg), dev)
+            try:
+                from _gemm_common import TorchInt4, WeightCase
+                ti = TorchInt4(WeightCase(shape, "int4", N, K, qt, w16))
+                xb = x.to(torch.bfloat16)
+                tint4 = timed(lambda: ti(xb), dev)
+            except Exception as e:  # noqa: BLE001
+                print(f"torch int4 unavailable: {e}")
+                tint4 = None
+            best = None
+            for cfg in mma_configs(N, K, args.quick):
+                try:
+                    y = Q.launch(x, qt, None, cfg)
+                    err = ((y.double() - ref).norm() / ref.norm()).item()
+                    us = timed(lambda: Q.launch(x, qt, None, cfg), dev, repeats=15)
+                except Exception as e:  # noqa: BLE001
+                    print(f"{shape} M={M} {Q._config_key(cfg)}: {type(e).__name__}: {str(e)[:200]}")
+                    continue
+                row = {"shape": shape, "M": M, "config": cfg.as_dict(), "us": us, "err": err}
+                rec.write(json.dumps(row) + "\n")
+                if err > 2e-3:
+                    failures += 1
+                    print(f"{shape} M={M} {Q._config_key(cfg)}: error {err:.2e} FAIL")
+                if best is None or us < best[0]:
+                    best = (us, cfg)
+            line = {"shape": shape, "M": M, "cublas_us": cublas, "table_us": table_us, "table_cfg": table_cfg.as_dict(),
+                    "torch_int4_us": tint4, "mma_best_us": best[0] if best else None,
+                    "mma_best_cfg": best[1].as_dict() if best else None, "sweep_s": round(time.time() - t0, 1)}
+            rec.write(json.dumps(line) + "\n")
+            rec.flush()
+            summary.append(line)
+            print(json.dumps(line), flush=True)
+    print("\nshape        M  cuBLAS  table   mma-best  torch-int4  mma x cuBLAS  mma x table  mma x tint4  best cfg")
+    for s in summary:
+        b = s["mma_best_us"]
+        ti = s["torch_int4_us"]
+        cfg = s["mma_best_cfg"] or {}
+        print(f"{s['shape']:<12} {s['M']:>2} {s['cublas_us']:7.2f} {s['table_us']:7.2f} {b or float('nan'):8.2f} "
+              f"{ti or float('nan'):10.2f} {s['cublas_us'] / b if b else 0:12.2f} {s['table_us'] / b if b else 0:11.2f} "
+              f"{(ti / b) if (b and ti) else 0:11.2f}  bn{cfg.get('block_n')} w{cfg.get('num_warps')} "
+              f"sk{cfg.get('split_k')} pf{cfg.get('prefetch')}")
+    rec.close()
+    print(f"failures: {failures}")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

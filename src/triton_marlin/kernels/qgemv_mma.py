@@ -1,0 +1,369 @@
+"""Register-fragment GEMV for small M (``KernelConfig(family="mma")``, up to 8 activation rows).
+
+Each thread loads its words straight into registers and builds the tensor-core operand in place: no
+shared memory, no ``cp.async``, no ``ldmatrix``, no barrier in the K loop. It reads the packed layout as
+stored (``k16_interleaved``, docs/formats.md): word row ``w`` of K tile ``t`` holds, in code slot ``i``, the
+code of ``k = 128 t + 16 i + w`` for one output column.
+
+One ``mma.sync.m16n8k16`` multiplies a 16 x 16 block of weights (16 output columns x the 16 k of one code
+slot) by the activations of up to 8 rows (the MMA's N). Thread ``(g, c)`` of a warp (``g = lane / 4``,
+``c = lane % 4``) owns word rows ``4c .. 4c + 3`` of two output columns per 16-column tile; the fragment's
+k order is permuted so that those four word rows are exactly its A elements (columns ``2c, 2c+1, 2c+8,
+2c+9``), and B (the activations) takes the same permutation: B's elements of thread ``(g, c)`` are
+``x[g, 16 i + 4c .. 4c + 3]``, one 8-byte load. A's rows are output columns: row ``g`` the thread's column
+``2j`` of n-tile ``j``, row ``g + 8`` column ``2j + 1``, so a thread's columns of all its n-tiles are
+contiguous and its word loads are 8-, 16- or 32-byte vectors.
+
+The A registers come from the PTX pair unpack of :mod:`.decode` (one ``prmt`` gathers the half-words of two
+word rows, then per slot one shift and one ``lop3`` give ``{1024 + q, 1024 + q'}`` in fp16, or ``128 + q``
+in bf16) and one packed subtract of ``1024 + z``: the operand is the exact integer ``q - z``. The group scale
+multiplies each scale group's fp32 partial product (fold); per-channel scales multiply once at the end.
+
+Under the CPU interpreter the same kernel runs a portable emulation of the unpack and of the warp's MMA
+(the per-thread values gathered across the warp with reshapes): same operands, same sums in fp32.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+MMA_MAX_M = 8          # activation rows one launch multiplies (the MMA's N)
+MMA_FORMATS = ("int4",)
+
+
+def _slot_asm(shift: int, bf16: bool) -> str:
+    """PTX of one code slot of one n-tile: A = unpacked codes minus ``1024 + z`` (``128 + z`` in bf16), one
+    m16n8k16 MMA. $0..$3 = D; $4..$7 = the gathered half-word pairs (rows 01 col A, rows 01 col B, rows 23
+    col A, rows 23 col B); $8, $9 = B; $10, $11 = zero offsets of col A / col B (f16x2 or bf16x2); $12..$15 = C."""
+    magic = "0x43004300" if bf16 else "0x64006400"
+    sub = "sub.rn.bf16x2" if bf16 else "sub.f16x2"
+    ty = "bf16" if bf16 else "f16"
+    lines = ["{", ".reg .b32 t, a0, a1, a2, a3;"]
+    # a0: row g (col A) k 2c..2c+1; a1: row g+8 (col B); a2: row g, k 2c+8..; a3: row g+8, k 2c+8..
+    for a, src, z in (("a0", "$4", "$10"), ("a1", "$5", "$11"), ("a2", "$6", "$10"), ("a3", "$7", "$11")):
+        if shift:
+            lines.append(f"shr.u32 t, {src}, {shift};")
+            src = "t"
+        lines.append(f"lop3.b32 {a}, {src}, 0x000f000f, {magic}, 0xea;")
+        lines.append(f"{sub} {a}, {a}, {z};")
+    lines.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{$0,$1,$2,$3}}, {{a0,a1,a2,a3}}, "
+                 "{$8,$9}, {$12,$13,$14,$15};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+# PTX: 8 words (rows 4c..4c+3 of col A, then of col B) -> 8 gathered half-word pairs:
+# (rows 01 col A lo, hi), (rows 01 col B lo, hi), (rows 23 col A lo, hi), (rows 23 col B lo, hi)
+PAIRS_ASM = tl.constexpr("\n".join(
+    ["{"]
+    + [f"prmt.b32 ${2 * p}, ${8 + a}, ${8 + b}, 0x5410;\nprmt.b32 ${2 * p + 1}, ${8 + a}, ${8 + b}, 0x7632;"
+       for p, (a, b) in enumerate(((0, 1), (4, 5), (2, 3), (6, 7)))]
+    + ["}"]))
+SLOT_ASM_F16 = tl.constexpr(tuple(_slot_asm(4 * (i % 4), False) for i in range(8)))
+SLOT_ASM_BF16 = tl.constexpr(tuple(_slot_asm(4 * (i % 4), True) for i in range(8)))
+
+
+@triton.jit
+def _stack4(a, b, c, d):
+    """[B] x 4 -> [B, 4] (column i = the i-th argument)."""
+    t = tl.permute(tl.join(tl.join(a, b), tl.join(c, d)), (0, 2, 1))
+    return tl.reshape(t, (a.shape[0], 4))
+
+
+@triton.jit
+def _columns(v, NC: tl.constexpr):
+    """A per-thread ``[B, NC]`` vector (NC in 1, 2, 4, 8) -> tuple of NC ``[B]`` tensors, in column order."""
+    if NC == 1:
+        return (tl.reshape(v, (v.shape[0],)),)
+    elif NC == 2:
+        a, b = tl.split(v)
+        return (a, b)
+    elif NC == 4:
+        a, b = tl.split(tl.reshape(v, (v.shape[0], 2, 2)))   # a = cols 0, 2; b = cols 1, 3
+        a0, a1 = tl.split(a)
+        b0, b1 = tl.split(b)
+        return (a0, b0, a1, b1)
+    else:
+        a, b = tl.split(tl.reshape(v, (v.shape[0], 4, 2)))   # a = cols 0, 2, 4, 6; b = 1, 3, 5, 7
+        a0, a1 = tl.split(tl.reshape(a, (v.shape[0], 2, 2)))   # a0 = 0, 4; a1 = 2, 6
+        b0, b1 = tl.split(tl.reshape(b, (v.shape[0], 2, 2)))
+        c0, c4 = tl.split(a0)
+        c2, c6 = tl.split(a1)
+        c1, c5 = tl.split(b0)
+        c3, c7 = tl.split(b1)
+        return (c0, c1, c2, c3, c4, c5, c6, c7)
+
+
+@triton.jit
+def _pairs(w, ASM: tl.constexpr):
+    """8 words of an n-tile (rows 4c..4c+3 of col A, then col B) -> the 8 half-word pairs of PAIRS_ASM."""
+    if ASM:
+        return tl.inline_asm_elementwise(PAIRS_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r",
+                                         [w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]],
+                                         dtype=(tl.int32,) * 8, is_pure=True, pack=1)
+    else:
+        out = ()
+        for q in tl.static_range(4):
+            lo_w = w[(0, 4, 2, 6)[q]]
+            hi_w = w[(1, 5, 3, 7)[q]]
+            out = out + ((lo_w & 0xFFFF) | (hi_w << 16), ((lo_w >> 16) & 0xFFFF) | (hi_w & -65536))
+        return out
+
+
+@triton.jit
+def _half_fp32(v, HI: tl.constexpr):
+    """fp16 half ``HI`` of an int32 register pair -> fp32 (portable emulation of the B operand)."""
+    if HI:
+        h = (v >> 16) & 0xFFFF
+    else:
+        h = v & 0xFFFF
+    return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _bf16_half_fp32(v, HI: tl.constexpr):
+    if HI:
+        h = (v >> 16) & 0xFFFF
+    else:
+        h = v & 0xFFFF
+    return h.to(tl.int16).to(tl.bfloat16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _warp_mma(av, bv, NW: tl.constexpr):
+    """Portable emulation of one m16n8k16 MMA per warp from per-thread values: ``av`` = (A[g][2c],
+    A[g][2c+1], A[g][2c+8], A[g][2c+9]) of one A row set, ``bv`` = (B[2c][g], B[2c+1][g], B[2c+8][g],
+    B[2c+9][g]); returns thread (g, c)'s (D[g][2c], D[g][2c+1])."""
+    a = tl.reshape(_stack4(av[0], av[1], av[2], av[3]), (NW, 8, 1, 4, 4))     # [w, g, -, c', j]
+    b = tl.reshape(_stack4(bv[0], bv[1], bv[2], bv[3]), (NW, 1, 8, 4, 4))     # [w, -, m, c', j]
+    d = tl.sum(tl.sum(a * b, axis=4), axis=3)                                  # [w, g, m]
+    d0, d1 = tl.split(tl.reshape(d, (NW, 8, 4, 2)))                            # m = 2c, 2c + 1
+    return tl.reshape(d0, (NW * 32,)), tl.reshape(d1, (NW * 32,))
+
+
+@triton.jit
+def _slot_mma(p, b0, b1, zA, zB, c0, c1, c2, c3, SLOT: tl.constexpr, IS_BF16: tl.constexpr,
+              ASM: tl.constexpr, NW: tl.constexpr):
+    """One code slot of one n-tile: D = (codes of slot SLOT - z) @ x-slot + C. ``p`` = the 8 pairs of
+    :func:`_pairs`; ``b0``/``b1`` the B registers; ``zA``/``zB`` the zero offsets (packed halves)."""
+    HI: tl.constexpr = SLOT >= 4
+    SH: tl.constexpr = 4 * (SLOT % 4)
+    src = (p[0 + HI], p[2 + HI], p[4 + HI], p[6 + HI])     # rows 01 col A, rows 01 col B, rows 23 A, rows 23 B
+    if ASM:
+        if IS_BF16:
+            d = tl.inline_asm_elementwise(SLOT_ASM_BF16[SLOT], "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
+                                          [src[0], src[1], src[2], src[3], b0, b1, zA, zB, c0, c1, c2, c3],
+                                          dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+        else:
+            d = tl.inline_asm_elementwise(SLOT_ASM_F16[SLOT], "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
+                                          [src[0], src[1], src[2], src[3], b0, b1, zA, zB, c0, c1, c2, c3],
+                                          dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+        return d[0], d[1], d[2], d[3]
+    else:
+        # codes q of both halves, minus the zero point (the low 4 bits of the zero offset)
+        qa = ()
+        for r in tl.static_range(4):
+            v = src[r] >> SH
+            z = (zA, zB, zA, zB)[r] & 15
+            qa = qa + (((v & 15) - z).to(tl.float32), (((v >> 16) & 15) - z).to(tl.float32))
+        if IS_BF16:
+            bv = (_bf16_half_fp32(b0, False), _bf16_half_fp32(b0, True), _bf16_half_fp32(b1, False),
+                  _bf16_half_fp32(b1, True))
+        else:
+            bv = (_half_fp32(b0, False), _half_fp32(b0, True), _half_fp32(b1, False), _half_fp32(b1, True))
+        dA0, dA1 = _warp_mma((qa[0], qa[1], qa[4], qa[5]), bv, NW)      # row g: col A
+        dB0, dB1 = _warp_mma((qa[2], qa[3], qa[6], qa[7]), bv, NW)      # row g + 8: col B
+        return c0 + dA0, c1 + dA1, c2 + dB0, c3 + dB1
+
+
+@triton.jit
+def _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC: tl.constexpr):
+    """Words of K tile ``t``: rows 4c..4c+3 (``wrow`` = 4c) x the thread's NC contiguous columns ->
+    tuple indexed [col * 4 + row] (int32)."""
+    out = ()
+    per_row = ()
+    for r in tl.static_range(4):
+        offs = (t * 16 + wrow + r)[:, None] * N + cols
+        per_row = per_row + (_columns(tl.load(qw_ptr + offs, mask=col_ok, other=0), NC),)
+    for j in tl.static_range(NC):
+        for r in tl.static_range(4):
+            out = out + (per_row[r][j],)
+    return out
+
+
+@triton.jit
+def _zero_offset(z, SYMMETRIC: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr):
+    """Packed halves ``{M + z, M + z}`` (M = 1024 in fp16, 128 in bf16) from zero-point codes z (int32)."""
+    if SYMMETRIC:
+        zz = tl.full(z.shape, 1 << (BITS - 1), tl.int32)
+    else:
+        zz = z
+    if IS_BF16:
+        h = zz | 0x4300
+    else:
+        h = zz | 0x6400
+    return h | (h << 16)
+
+
+@triton.jit(do_not_specialize=["M", "G", "TILES", "TILES_PER_SPLIT", "SPLIT_K"])
+def _qgemv_mma_kernel(
+        xw_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
+        M, N, K, G, TILES, TILES_PER_SPLIT, SPLIT_K, stride_xw, stride_om,
+        BITS: tl.constexpr, SYMMETRIC: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, IS_BF16: tl.constexpr, ASM: tl.constexpr,
+        EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, PREFETCH: tl.constexpr):
+    """``out [M, N] = x [M, K] @ W.T (+ bias)`` for M <= 8 (see the module docstring).
+
+    xw: the activations as int32 pairs ``[M, K/2]`` (row stride ``stride_xw`` pairs; zero-padded to even K);
+    qw: int32 ``[Kp/8, N]``; s: ``[G, N]`` scales; z: uint8 ``[G, N]`` zero points (asymmetric); ws/cnt: the
+    split-K workspace ``[SPLIT_K, M, N]`` fp32 and tickets (see qgemm._splitk_reduce). Grid:
+    (cdiv(N, 16 * TN * NW), SPLIT_K). Warp w of program pid_n owns columns ``16 TN (NW pid_n + w) + [0,
+    16 TN)``; thread (g, c) the 2 TN of them from ``2 TN g``. GROUP_SLOTS: slots per scale group in a tile
+    (0: per-channel scales, applied once at the end). PREFETCH: the next tile's words load before this
+    tile's math. EVEN_K: K is a whole number of 128-row tiles (no activation mask along K)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    BLOCK: tl.constexpr = 32 * NW
+    NC: tl.constexpr = 2 * TN
+    e = tl.arange(0, BLOCK)
+    lane = e % 32
+    g = lane // 4
+    c = lane % 4
+    col0 = (pid_n * NW + e // 32) * (16 * TN) + g * NC
+    cols = col0[:, None] + tl.arange(0, NC)[None, :]
+    col_ok = cols < N
+    wrow = 4 * c
+    # B: x[g, 16 i + 4c .. +3] = pairs 8 i + 2c, 2c + 1 of row g (rows >= M read as zero)
+    x_ok = (g < M)[:, None]
+    x_row = xw_ptr + g[:, None] * stride_xw + 2 * c[:, None] + tl.arange(0, 2)[None, :]
+    KW = (K + 1) // 2
+    acc = ()
+    for a in tl.static_range(4 * TN):
+        acc = acc + (tl.zeros((BLOCK,), dtype=tl.float32),)
+    t_begin = pid_k * TILES_PER_SPLIT
+    t_end = tl.minimum(t_begin + TILES_PER_SPLIT, TILES)
+    if PREFETCH:
+        nxt = _load_words(qw_ptr, t_begin, wrow, cols, col_ok, N, NC)
+    FOLD_SLOTS: tl.constexpr = GROUP_SLOTS if GROUP_SLOTS != 0 else 8
+    if GROUP_SLOTS == 0:
+        if SYMMETRIC:
+            zc = cols * 0
+        else:
+            zc = tl.load(z_ptr + cols, mask=col_ok, other=0).to(tl.int32)
+        z_pc = _columns(_zero_offset(zc, SYMMETRIC, BITS, IS_BF16), NC)
+    for t in range(t_begin, t_end):
+        if PREFETCH:
+            w = nxt
+            nxt = _load_words(qw_ptr, tl.minimum(t + 1, t_end - 1), wrow, cols, col_ok, N, NC)
+        else:
+            w = _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC)
+        p = ()
+        for j in tl.static_range(TN):
+            p = p + (_pairs((w[8 * j], w[8 * j + 1], w[8 * j + 2], w[8 * j + 3],
+                             w[8 * j + 4], w[8 * j + 5], w[8 * j + 6], w[8 * j + 7]), ASM),)
+        for gi in tl.static_range(8 // FOLD_SLOTS):
+            if GROUP_SLOTS != 0:
+                grp = (t * 128 + gi * 16 * GROUP_SLOTS) // GROUP
+                g_ok = col_ok & ((cols * 0 + grp) < G)        # K padding past the last group: scale 0
+                sc = _columns(tl.load(s_ptr + grp * N + cols, mask=g_ok, other=0).to(tl.float32), NC)
+                if SYMMETRIC:
+                    zo = _columns(_zero_offset(cols * 0, SYMMETRIC, BITS, IS_BF16), NC)
+                else:
+                    zc = tl.load(z_ptr + grp * N + cols, mask=g_ok, other=0).to(tl.int32)
+                    zo = _columns(_zero_offset(zc, SYMMETRIC, BITS, IS_BF16), NC)
+            else:
+                zo = z_pc
+            part = ()
+            for a in tl.static_range(4 * TN):
+                part = part + (tl.zeros((BLOCK,), dtype=tl.float32),)
+            for si in tl.static_range(FOLD_SLOTS):
+                kw = t * 64 + (gi * FOLD_SLOTS + si) * 8
+                if EVEN_K:
+                    xv = tl.load(x_row + kw, mask=x_ok, other=0)
+                else:
+                    xv = tl.load(x_row + kw, mask=x_ok & ((kw + 2 * c[:, None] + tl.arange(0, 2)[None, :]) < KW),
+                                 other=0)
+                b0, b1 = tl.split(xv)
+                new = ()
+                for j in tl.static_range(TN):
+                    if GROUP_SLOTS != 0:
+                        cc = part
+                    else:
+                        cc = acc
+                    d = _slot_mma(p[j], b0, b1, zo[2 * j], zo[2 * j + 1], cc[4 * j], cc[4 * j + 1], cc[4 * j + 2],
+                                  cc[4 * j + 3], gi * FOLD_SLOTS + si, IS_BF16, ASM, NW)
+                    new = new + d
+                if GROUP_SLOTS != 0:
+                    part = new
+                else:
+                    acc = new
+            if GROUP_SLOTS != 0:
+                folded = ()
+                for j in tl.static_range(TN):
+                    folded = folded + (acc[4 * j] + part[4 * j] * sc[2 * j], acc[4 * j + 1] + part[4 * j + 1] * sc[2 * j],
+                                       acc[4 * j + 2] + part[4 * j + 2] * sc[2 * j + 1],
+                                       acc[4 * j + 3] + part[4 * j + 3] * sc[2 * j + 1])
+                acc = folded
+    if GROUP_SLOTS == 0:
+        sc = _columns(tl.load(s_ptr + cols, mask=col_ok, other=0).to(tl.float32), NC)
+        scaled = ()
+        for j in tl.static_range(TN):
+            scaled = scaled + (acc[4 * j] * sc[2 * j], acc[4 * j + 1] * sc[2 * j], acc[4 * j + 2] * sc[2 * j + 1],
+                               acc[4 * j + 3] * sc[2 * j + 1])
+        acc = scaled
+    # thread (g, c) holds, for n-tile j: (col 2j, row 2c), (col 2j, row 2c+1), (col 2j+1, row 2c), (col 2j+1, 2c+1)
+    res = _stack_acc(acc, TN)                                     # [BLOCK, NC, 2]: [thread, column, row 2c + h]
+    colv = cols[:, :, None]
+    rowv = (2 * c)[:, None, None] + tl.arange(0, 2)[None, None, :]
+    ok = (colv < N) & (rowv < M)
+    out_ptrs = out_ptr + rowv * stride_om + colv
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + colv, mask=colv < N, other=0.0).to(tl.float32)
+    if SPLIT:
+        wofs = rowv * N + colv
+        tl.store(ws_ptr + pid_k * M * N + wofs, res, mask=ok)
+        tl.debug_barrier()
+        ticket = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
+        if ticket == SPLIT_K - 1:
+            total = tl.load(ws_ptr + wofs, mask=ok, other=0.0, cache_modifier=".cg")
+            for sk in range(1, SPLIT_K):
+                total += tl.load(ws_ptr + sk * M * N + wofs, mask=ok, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += bias
+            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=ok)
+            tl.atomic_xchg(cnt_ptr + pid_n, 0)
+    else:
+        if HAS_BIAS:
+            res += bias
+        tl.store(out_ptrs, res.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _stack_acc(acc, TN: tl.constexpr):
+    """The 4 TN accumulators -> ``[B, 2 TN, 2]`` (column 2j + a, row 2c + h) = acc[4j + 2a + h]."""
+    cols = ()
+    for q in tl.static_range(2 * TN):
+        cols = cols + (tl.join(acc[2 * q], acc[2 * q + 1]),)              # [B, 2]
+    if TN == 1:
+        return tl.permute(tl.join(cols[0], cols[1]), (0, 2, 1))
+    elif TN == 2:
+        lo = tl.permute(tl.join(cols[0], cols[2]), (0, 2, 1))             # [B, 2(col 0, 2), 2]
+        hi = tl.permute(tl.join(cols[1], cols[3]), (0, 2, 1))
+        return tl.reshape(tl.permute(tl.join(lo, hi), (0, 1, 3, 2)), (lo.shape[0], 4, 2))
+    else:
+        a = tl.permute(tl.join(cols[0], cols[4]), (0, 2, 1))              # cols 0, 4
+        b = tl.permute(tl.join(cols[2], cols[6]), (0, 2, 1))              # 2, 6
+        cc = tl.permute(tl.join(cols[1], cols[5]), (0, 2, 1))             # 1, 5
+        d = tl.permute(tl.join(cols[3], cols[7]), (0, 2, 1))              # 3, 7
+        even = tl.reshape(tl.permute(tl.join(a, b), (0, 1, 3, 2)), (a.shape[0], 4, 2))    # 0, 2, 4, 6
+        odd = tl.reshape(tl.permute(tl.join(cc, d), (0, 1, 3, 2)), (a.shape[0], 4, 2))    # 1, 3, 5, 7
+        return tl.reshape(tl.permute(tl.join(even, odd), (0, 1, 3, 2)), (a.shape[0], 8, 2))
+
+
+def mma_tiles(block_n: int, num_warps: int) -> int:
+    """16-column tiles per warp (TN) of a ``family="mma"`` config; ValueError unless 1, 2 or 4."""
+    tn = block_n // (16 * num_warps)
+    if tn not in (1, 2, 4) or tn * 16 * num_warps != block_n:
+        raise ValueError(f"the mma family needs block_n = 16 * num_warps * TN with TN in (1, 2, 4), got "
+                         f"block_n={block_n}, num_warps={num_warps}")
+    return tn
