@@ -262,11 +262,13 @@ def mma_variants():
     out = {}
     for tn in (1, 2, 4):
         for nw in (1, 2, 4):
-            for pf in (0, 1):
-                for gs, name in ((8, "g128"), (0, "pc")):
-                    consts = dict(BITS=4, SYMMETRIC=True, GROUP=128 if gs else 1, GROUP_SLOTS=gs, HAS_BIAS=False,
-                                  SPLIT=True, IS_BF16=False, ASM=True, EVEN_K=True, TN=tn, NW=nw, PREFETCH=bool(pf))
-                    out[f"mma_{name}_tn{tn}_w{nw}_pf{pf}"] = (consts, nw, 1)
+            for pf in (0, 1, 2):
+                for mt in (1, 2):
+                    for gs, name in ((8, "g128"), (0, "pc")):
+                        consts = dict(BITS=4, SYMMETRIC=True, GROUP=128 if gs else 1, GROUP_SLOTS=gs, HAS_BIAS=False,
+                                      SPLIT=True, IS_BF16=False, ASM=True, EVEN_K=True, TN=tn, NW=nw, MT=mt,
+                                      PREFETCH=pf)
+                        out[f"mma_{name}_tn{tn}_w{nw}_pf{pf}_mt{mt}"] = (consts, nw, 1)
     return out
 
 

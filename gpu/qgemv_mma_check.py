@@ -34,13 +34,14 @@ def check(dev) -> int:
     cases = [(128, 256, 1, 128, True, torch.float16, 16, 1, 1, 0), (333, 96, 8, 32, True, torch.float16, 32, 1, 1, 0),
              (256, 1024, 3, 128, False, torch.float16, 64, 2, 4, 1), (512, 512, 5, -1, True, torch.float16, 128, 4, 2, 1),
              (384, 640, 2, 64, False, torch.bfloat16, 128, 2, 3, 1), (1024, 2048, 8, 128, True, torch.float16, 64, 1, 8, 1),
-             (96, 4096, 1, 256, True, torch.bfloat16, 32, 1, 16, 0)]
+             (96, 4096, 1, 256, True, torch.bfloat16, 32, 1, 16, 0), (256, 1024, 16, 128, True, torch.float16, 32, 1, 4, 2),
+             (200, 768, 11, 64, False, torch.bfloat16, 64, 2, 2, 2), (128, 512, 13, -1, True, torch.float16, 16, 1, 2, 1)]
     for N, K, M, group, sym, dtype, bn, nw, split, pf in cases:
         w = torch.randn(N, K, generator=gen)
         qt = tm.quantize(w, "int4", group_size=group, symmetric=sym).to(dev)
         x = torch.randn(M, K, generator=gen).to(dev, dtype)
         bias = torch.randn(N, generator=gen).to(dev, dtype)
-        cfg = Q.KernelConfig("mma", block_m=8, block_n=bn, num_warps=nw, split_k=split, prefetch=pf)
+        cfg = Q.KernelConfig("mma", block_m=16, block_n=bn, num_warps=nw, split_k=split, prefetch=pf)
         out = Q.launch(x, qt, bias, cfg)
         out2 = Q.launch(x, qt, bias, cfg)      # the split-K tickets reset themselves
         ref = x.double() @ qt.dequantize(torch.float64).T + bias.double()
@@ -54,17 +55,17 @@ def check(dev) -> int:
     return failures
 
 
-def mma_configs(N: int, K: int, quick: bool) -> list:
+def mma_configs(N: int, K: int, M: int, quick: bool) -> list:
     tiles = -(-K // 128)
     out = []
     for tn in (1, 2, 4):
         for nw in ((1, 2) if quick else (1, 2, 4)):
-            for pf in (0, 1):
-                for split in (1, 2, 4, 8, 16, 32):
-                    if split > tiles or (quick and split not in (4, 8)):
+            for pf in (0, 1, 2):
+                for split in (2, 4, 8, 16, 32):
+                    if split > tiles or (quick and split not in (4, 8)) or (tn == 4 and pf == 2):
                         continue
-                    out.append(Q.KernelConfig("mma", block_m=8, block_n=16 * tn * nw, num_warps=nw, split_k=split,
-                                              prefetch=pf))
+                    out.append(Q.KernelConfig("mma", block_m=8 if M <= 8 else 16, block_n=16 * tn * nw, num_warps=nw,
+                                              split_k=split, prefetch=pf))
     return out
 
 
@@ -109,7 +110,7 @@ def main():
                 print(f"torch int4 unavailable: {e}")
                 tint4 = None
             best = None
-            for cfg in mma_configs(N, K, args.quick):
+            for cfg in mma_configs(N, K, M, args.quick):
                 try:
                     y = Q.launch(x, qt, None, cfg)
                     err = ((y.double() - ref).norm() / ref.norm()).item()

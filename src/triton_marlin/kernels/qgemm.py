@@ -1160,8 +1160,8 @@ class KernelConfig:
             raise ValueError(f"split_k must be a positive int, got {self.split_k!r}")
         if self.fold and self.wide:
             raise ValueError("fold and wide are exclusive operand modes")
-        if self.prefetch not in (0, 1):
-            raise ValueError(f"prefetch must be 0 or 1, got {self.prefetch!r}")
+        if self.prefetch not in (0, 1) and not (self.family == "mma" and self.prefetch == 2):
+            raise ValueError(f"prefetch must be 0 or 1 (mma family: up to 2 tiles ahead), got {self.prefetch!r}")
         if self.swap_ab not in (0, 1):
             raise ValueError(f"swap_ab must be 0 or 1, got {self.swap_ab!r}")
         if self.swap_ab and self.family != "dot":
@@ -1319,7 +1319,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 GROUP=max(spec.group, 1), GROUP_SLOTS=spec.group_slots, HAS_BIAS=bias is not None,
                                 SPLIT=split > 1, IS_BF16=x.dtype == torch.bfloat16,
                                 ASM=x.device.type == "cuda", EVEN_K=even_k, TN=mma_tiles(cfg.block_n, cfg.num_warps),
-                                NW=cfg.num_warps, PREFETCH=bool(cfg.prefetch), num_warps=cfg.num_warps,
+                                NW=cfg.num_warps, MT=1 if M <= 8 else 2, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps,
                                 num_stages=1)
     elif cfg.family == "gemv" and cfg.oneshot:
         na, nb = oneshot_blocks(per_split)

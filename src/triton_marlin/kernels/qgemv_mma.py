@@ -27,27 +27,36 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MMA_MAX_M = 8          # activation rows one launch multiplies (the MMA's N)
+MMA_MAX_M = 16         # activation rows one launch multiplies (two blocks of the MMA's N = 8)
 MMA_FORMATS = ("int4",)
 
 
-def _slot_asm(shift: int, bf16: bool) -> str:
-    """PTX of one code slot of one n-tile: A = unpacked codes minus ``1024 + z`` (``128 + z`` in bf16), one
-    m16n8k16 MMA. $0..$3 = D; $4..$7 = the gathered half-word pairs (rows 01 col A, rows 01 col B, rows 23
-    col A, rows 23 col B); $8, $9 = B; $10, $11 = zero offsets of col A / col B (f16x2 or bf16x2); $12..$15 = C."""
+def _slot_asm(shift: int, bf16: bool, mt: int) -> str:
+    """PTX of one code slot of one n-tile: A = unpacked codes minus ``1024 + z`` (``128 + z`` in bf16), then one
+    m16n8k16 MMA per block of 8 activation rows (``mt`` of them, sharing A). $0 .. $(4 mt - 1) = D; then the
+    gathered half-word pairs (rows 01 col A, rows 01 col B, rows 23 col A, rows 23 col B); B (two registers per
+    row block); the zero offsets of col A / col B (f16x2 or bf16x2); C (4 per row block)."""
     magic = "0x43004300" if bf16 else "0x64006400"
     sub = "sub.rn.bf16x2" if bf16 else "sub.f16x2"
     ty = "bf16" if bf16 else "f16"
+    src0 = 4 * mt
+    b0 = src0 + 4
+    z0 = b0 + 2 * mt
+    c0 = z0 + 2
     lines = ["{", ".reg .b32 t, a0, a1, a2, a3;"]
     # a0: row g (col A) k 2c..2c+1; a1: row g+8 (col B); a2: row g, k 2c+8..; a3: row g+8, k 2c+8..
-    for a, src, z in (("a0", "$4", "$10"), ("a1", "$5", "$11"), ("a2", "$6", "$10"), ("a3", "$7", "$11")):
+    for a, src, z in (("a0", src0, z0), ("a1", src0 + 1, z0 + 1), ("a2", src0 + 2, z0), ("a3", src0 + 3, z0 + 1)):
+        reg = f"${src}"
         if shift:
-            lines.append(f"shr.u32 t, {src}, {shift};")
-            src = "t"
-        lines.append(f"lop3.b32 {a}, {src}, 0x000f000f, {magic}, 0xea;")
-        lines.append(f"{sub} {a}, {a}, {z};")
-    lines.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{$0,$1,$2,$3}}, {{a0,a1,a2,a3}}, "
-                 "{$8,$9}, {$12,$13,$14,$15};")
+            lines.append(f"shr.u32 t, {reg}, {shift};")
+            reg = "t"
+        lines.append(f"lop3.b32 {a}, {reg}, 0x000f000f, {magic}, 0xea;")
+        lines.append(f"{sub} {a}, {a}, ${z};")
+    for m in range(mt):
+        d = ",".join(f"${4 * m + r}" for r in range(4))
+        cc = ",".join(f"${c0 + 4 * m + r}" for r in range(4))
+        lines.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{{d}}}, {{a0,a1,a2,a3}}, "
+                     f"{{${b0 + 2 * m},${b0 + 2 * m + 1}}}, {{{cc}}};")
     lines.append("}")
     return "\n".join(lines)
 
@@ -59,8 +68,13 @@ PAIRS_ASM = tl.constexpr("\n".join(
     + [f"prmt.b32 ${2 * p}, ${8 + a}, ${8 + b}, 0x5410;\nprmt.b32 ${2 * p + 1}, ${8 + a}, ${8 + b}, 0x7632;"
        for p, (a, b) in enumerate(((0, 1), (4, 5), (2, 3), (6, 7)))]
     + ["}"]))
-SLOT_ASM_F16 = tl.constexpr(tuple(_slot_asm(4 * (i % 4), False) for i in range(8)))
-SLOT_ASM_BF16 = tl.constexpr(tuple(_slot_asm(4 * (i % 4), True) for i in range(8)))
+SLOT_ASM = {(shift, bf16, mt): _slot_asm(shift, bf16, mt) for shift in (0, 4, 8, 12) for bf16 in (False, True)
+            for mt in (1, 2)}
+
+
+@triton.constexpr_function
+def _slot_code(slot, bf16, mt):
+    return SLOT_ASM[(4 * (slot % 4), bool(bf16), int(mt))]
 
 
 @triton.jit
@@ -142,23 +156,28 @@ def _warp_mma(av, bv, NW: tl.constexpr):
 
 
 @triton.jit
-def _slot_mma(p, b0, b1, zA, zB, c0, c1, c2, c3, SLOT: tl.constexpr, IS_BF16: tl.constexpr,
-              ASM: tl.constexpr, NW: tl.constexpr):
-    """One code slot of one n-tile: D = (codes of slot SLOT - z) @ x-slot + C. ``p`` = the 8 pairs of
-    :func:`_pairs`; ``b0``/``b1`` the B registers; ``zA``/``zB`` the zero offsets (packed halves)."""
+def _slot_mma(p, b, zA, zB, cc, SLOT: tl.constexpr, IS_BF16: tl.constexpr, ASM: tl.constexpr, NW: tl.constexpr,
+              MT: tl.constexpr):
+    """One code slot of one n-tile: D = (codes of slot SLOT - z) @ x-slot + C for MT blocks of 8 activation rows.
+    ``p`` = the 8 pairs of :func:`_pairs`; ``b`` the B registers (2 per row block); ``zA``/``zB`` the zero
+    offsets (packed halves); ``cc`` the 4 MT accumulators. Returns the new 4 MT accumulators."""
     HI: tl.constexpr = SLOT >= 4
     SH: tl.constexpr = 4 * (SLOT % 4)
     src = (p[0 + HI], p[2 + HI], p[4 + HI], p[6 + HI])     # rows 01 col A, rows 01 col B, rows 23 A, rows 23 B
     if ASM:
-        if IS_BF16:
-            d = tl.inline_asm_elementwise(SLOT_ASM_BF16[SLOT], "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
-                                          [src[0], src[1], src[2], src[3], b0, b1, zA, zB, c0, c1, c2, c3],
+        if MT == 1:
+            d = tl.inline_asm_elementwise(_slot_code(SLOT, IS_BF16, 1), "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
+                                          [src[0], src[1], src[2], src[3], b[0], b[1], zA, zB,
+                                           cc[0], cc[1], cc[2], cc[3]],
                                           dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+            return d[0], d[1], d[2], d[3]
         else:
-            d = tl.inline_asm_elementwise(SLOT_ASM_F16[SLOT], "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
-                                          [src[0], src[1], src[2], src[3], b0, b1, zA, zB, c0, c1, c2, c3],
-                                          dtype=(tl.float32,) * 4, is_pure=True, pack=1)
-        return d[0], d[1], d[2], d[3]
+            d = tl.inline_asm_elementwise(_slot_code(SLOT, IS_BF16, 2),
+                                          "=f,=f,=f,=f,=f,=f,=f,=f,r,r,r,r,r,r,r,r,r,r,f,f,f,f,f,f,f,f",
+                                          [src[0], src[1], src[2], src[3], b[0], b[1], b[2], b[3], zA, zB,
+                                           cc[0], cc[1], cc[2], cc[3], cc[4], cc[5], cc[6], cc[7]],
+                                          dtype=(tl.float32,) * 8, is_pure=True, pack=1)
+            return d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]
     else:
         # codes q of both halves, minus the zero point (the low 4 bits of the zero offset)
         qa = ()
@@ -166,14 +185,18 @@ def _slot_mma(p, b0, b1, zA, zB, c0, c1, c2, c3, SLOT: tl.constexpr, IS_BF16: tl
             v = src[r] >> SH
             z = (zA, zB, zA, zB)[r] & 15
             qa = qa + (((v & 15) - z).to(tl.float32), (((v >> 16) & 15) - z).to(tl.float32))
-        if IS_BF16:
-            bv = (_bf16_half_fp32(b0, False), _bf16_half_fp32(b0, True), _bf16_half_fp32(b1, False),
-                  _bf16_half_fp32(b1, True))
-        else:
-            bv = (_half_fp32(b0, False), _half_fp32(b0, True), _half_fp32(b1, False), _half_fp32(b1, True))
-        dA0, dA1 = _warp_mma((qa[0], qa[1], qa[4], qa[5]), bv, NW)      # row g: col A
-        dB0, dB1 = _warp_mma((qa[2], qa[3], qa[6], qa[7]), bv, NW)      # row g + 8: col B
-        return c0 + dA0, c1 + dA1, c2 + dB0, c3 + dB1
+        out = ()
+        for m in tl.static_range(MT):
+            if IS_BF16:
+                bv = (_bf16_half_fp32(b[2 * m], False), _bf16_half_fp32(b[2 * m], True),
+                      _bf16_half_fp32(b[2 * m + 1], False), _bf16_half_fp32(b[2 * m + 1], True))
+            else:
+                bv = (_half_fp32(b[2 * m], False), _half_fp32(b[2 * m], True), _half_fp32(b[2 * m + 1], False),
+                      _half_fp32(b[2 * m + 1], True))
+            dA0, dA1 = _warp_mma((qa[0], qa[1], qa[4], qa[5]), bv, NW)      # row g: col A
+            dB0, dB1 = _warp_mma((qa[2], qa[3], qa[6], qa[7]), bv, NW)      # row g + 8: col B
+            out = out + (cc[4 * m] + dA0, cc[4 * m + 1] + dA1, cc[4 * m + 2] + dB0, cc[4 * m + 3] + dB1)
+        return out
 
 
 @triton.jit
@@ -205,26 +228,67 @@ def _zero_offset(z, SYMMETRIC: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.con
     return h | (h << 16)
 
 
+@triton.jit
+def _fold4(acc, part, sA, sB, Q: tl.constexpr):
+    """One n-tile's 4 accumulators from Q: acc + part * scale (columns A, A, B, B)."""
+    return (acc[Q] + part[Q] * sA, acc[Q + 1] + part[Q + 1] * sA, acc[Q + 2] + part[Q + 2] * sB,
+            acc[Q + 3] + part[Q + 3] * sB)
+
+
+@triton.jit
+def _scale4(acc, sA, sB, Q: tl.constexpr):
+    return acc[Q] * sA, acc[Q + 1] * sA, acc[Q + 2] * sB, acc[Q + 3] * sB
+
+
+@triton.jit
+def _tile_scales(s_ptr, z_ptr, grp, cols, col_ok, N, G, NC: tl.constexpr, SYMMETRIC: tl.constexpr,
+                 BITS: tl.constexpr, IS_BF16: tl.constexpr):
+    """fp32 scales and zero offsets (:func:`_zero_offset`) of scale row ``grp`` for the thread's NC columns
+    (rows past G, the K padding, read as scale 0)."""
+    g_ok = col_ok & ((cols * 0 + grp) < G)
+    sc = _columns(tl.load(s_ptr + grp * N + cols, mask=g_ok, other=0).to(tl.float32), NC)
+    if SYMMETRIC:
+        zc = cols * 0
+    else:
+        zc = tl.load(z_ptr + grp * N + cols, mask=g_ok, other=0).to(tl.int32)
+    return sc, _columns(_zero_offset(zc, SYMMETRIC, BITS, IS_BF16), NC)
+
+
+@triton.jit
+def _load_tile(qw_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, N, G, GROUP: tl.constexpr, NC: tl.constexpr,
+               SYMMETRIC: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr, TILE_SCALES: tl.constexpr):
+    """The 4 NC words of K tile ``t`` and, with TILE_SCALES (one scale group per tile), its NC scales and NC zero
+    offsets, in one flat tuple (a loop-carried value)."""
+    w = _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC)
+    if TILE_SCALES:
+        sc, zo = _tile_scales(s_ptr, z_ptr, (t * 128) // GROUP, cols, col_ok, N, G, NC, SYMMETRIC, BITS, IS_BF16)
+        w = w + sc + zo
+    return w
+
+
 @triton.jit(do_not_specialize=["M", "G", "TILES", "TILES_PER_SPLIT", "SPLIT_K"])
 def _qgemv_mma_kernel(
         xw_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
         M, N, K, G, TILES, TILES_PER_SPLIT, SPLIT_K, stride_xw, stride_om,
         BITS: tl.constexpr, SYMMETRIC: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr,
         HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, IS_BF16: tl.constexpr, ASM: tl.constexpr,
-        EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, PREFETCH: tl.constexpr):
-    """``out [M, N] = x [M, K] @ W.T (+ bias)`` for M <= 8 (see the module docstring).
+        EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr, PREFETCH: tl.constexpr):
+    """``out [M, N] = x [M, K] @ W.T (+ bias)`` for M <= 8 MT (see the module docstring).
 
     xw: the activations as int32 pairs ``[M, K/2]`` (row stride ``stride_xw`` pairs; zero-padded to even K);
     qw: int32 ``[Kp/8, N]``; s: ``[G, N]`` scales; z: uint8 ``[G, N]`` zero points (asymmetric); ws/cnt: the
     split-K workspace ``[SPLIT_K, M, N]`` fp32 and tickets (see qgemm._splitk_reduce). Grid:
     (cdiv(N, 16 * TN * NW), SPLIT_K). Warp w of program pid_n owns columns ``16 TN (NW pid_n + w) + [0,
-    16 TN)``; thread (g, c) the 2 TN of them from ``2 TN g``. GROUP_SLOTS: slots per scale group in a tile
-    (0: per-channel scales, applied once at the end). PREFETCH: the next tile's words load before this
-    tile's math. EVEN_K: K is a whole number of 128-row tiles (no activation mask along K)."""
+    16 TN)``; thread (g, c) the 2 TN of them from ``2 TN g``. MT: blocks of 8 activation rows (1 or 2; each
+    slot's A feeds one MMA per block). GROUP_SLOTS: slots per scale group in a tile (0: per-channel scales,
+    applied once at the end). PREFETCH (0, 1, 2): the words of the next PREFETCH tiles (and their scales,
+    when a tile is one scale group) load before this tile's math. EVEN_K: K is a whole number of 128-row
+    tiles (no activation mask along K)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     BLOCK: tl.constexpr = 32 * NW
     NC: tl.constexpr = 2 * TN
+    NA: tl.constexpr = 4 * TN               # accumulators per row block
     e = tl.arange(0, BLOCK)
     lane = e % 32
     g = lane // 4
@@ -233,17 +297,21 @@ def _qgemv_mma_kernel(
     cols = col0[:, None] + tl.arange(0, NC)[None, :]
     col_ok = cols < N
     wrow = 4 * c
-    # B: x[g, 16 i + 4c .. +3] = pairs 8 i + 2c, 2c + 1 of row g (rows >= M read as zero)
-    x_ok = (g < M)[:, None]
-    x_row = xw_ptr + g[:, None] * stride_xw + 2 * c[:, None] + tl.arange(0, 2)[None, :]
+    # B of row block m: x[g + 8m, 16 i + 4c .. +3] = pairs 8 i + 2c, 2c + 1 (rows >= M read as zero)
+    pair = 2 * c[:, None] + tl.arange(0, 2)[None, :]
     KW = (K + 1) // 2
     acc = ()
-    for a in tl.static_range(4 * TN):
+    for a in tl.static_range(NA * MT):
         acc = acc + (tl.zeros((BLOCK,), dtype=tl.float32),)
     t_begin = pid_k * TILES_PER_SPLIT
     t_end = tl.minimum(t_begin + TILES_PER_SPLIT, TILES)
-    if PREFETCH:
-        nxt = _load_words(qw_ptr, t_begin, wrow, cols, col_ok, N, NC)
+    TILE_SCALES: tl.constexpr = GROUP_SLOTS == 8
+    if PREFETCH >= 1:
+        nxt = _load_tile(qw_ptr, s_ptr, z_ptr, t_begin, wrow, cols, col_ok, N, G, GROUP, NC, SYMMETRIC, BITS,
+                         IS_BF16, TILE_SCALES)
+    if PREFETCH >= 2:
+        nxt2 = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t_begin + 1, t_end - 1), wrow, cols, col_ok, N, G, GROUP,
+                          NC, SYMMETRIC, BITS, IS_BF16, TILE_SCALES)
     FOLD_SLOTS: tl.constexpr = GROUP_SLOTS if GROUP_SLOTS != 0 else 8
     if GROUP_SLOTS == 0:
         if SYMMETRIC:
@@ -252,90 +320,116 @@ def _qgemv_mma_kernel(
             zc = tl.load(z_ptr + cols, mask=col_ok, other=0).to(tl.int32)
         z_pc = _columns(_zero_offset(zc, SYMMETRIC, BITS, IS_BF16), NC)
     for t in range(t_begin, t_end):
-        if PREFETCH:
-            w = nxt
-            nxt = _load_words(qw_ptr, tl.minimum(t + 1, t_end - 1), wrow, cols, col_ok, N, NC)
+        # the tiles ahead are clamped to the last one near the end: valid addresses, unused
+        if PREFETCH >= 2:
+            cur = nxt
+            nxt = nxt2
+            nxt2 = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t + 2, t_end - 1), wrow, cols, col_ok, N, G, GROUP,
+                              NC, SYMMETRIC, BITS, IS_BF16, TILE_SCALES)
+        elif PREFETCH >= 1:
+            cur = nxt
+            nxt = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t + 1, t_end - 1), wrow, cols, col_ok, N, G, GROUP,
+                             NC, SYMMETRIC, BITS, IS_BF16, TILE_SCALES)
         else:
-            w = _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC)
+            cur = _load_tile(qw_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, N, G, GROUP, NC, SYMMETRIC, BITS, IS_BF16,
+                             TILE_SCALES)
+        w = cur
         p = ()
         for j in tl.static_range(TN):
             p = p + (_pairs((w[8 * j], w[8 * j + 1], w[8 * j + 2], w[8 * j + 3],
                              w[8 * j + 4], w[8 * j + 5], w[8 * j + 6], w[8 * j + 7]), ASM),)
         for gi in tl.static_range(8 // FOLD_SLOTS):
-            if GROUP_SLOTS != 0:
-                grp = (t * 128 + gi * 16 * GROUP_SLOTS) // GROUP
-                g_ok = col_ok & ((cols * 0 + grp) < G)        # K padding past the last group: scale 0
-                sc = _columns(tl.load(s_ptr + grp * N + cols, mask=g_ok, other=0).to(tl.float32), NC)
-                if SYMMETRIC:
-                    zo = _columns(_zero_offset(cols * 0, SYMMETRIC, BITS, IS_BF16), NC)
-                else:
-                    zc = tl.load(z_ptr + grp * N + cols, mask=g_ok, other=0).to(tl.int32)
-                    zo = _columns(_zero_offset(zc, SYMMETRIC, BITS, IS_BF16), NC)
+            if TILE_SCALES:
+                sc = ()
+                zo = ()
+                for q in tl.static_range(NC):
+                    sc = sc + (cur[4 * NC + q],)
+                    zo = zo + (cur[5 * NC + q],)
+            elif GROUP_SLOTS != 0:
+                sc, zo = _tile_scales(s_ptr, z_ptr, (t * 128 + gi * 16 * GROUP_SLOTS) // GROUP, cols, col_ok, N, G,
+                                      NC, SYMMETRIC, BITS, IS_BF16)
             else:
                 zo = z_pc
             part = ()
-            for a in tl.static_range(4 * TN):
+            for a in tl.static_range(NA * MT):
                 part = part + (tl.zeros((BLOCK,), dtype=tl.float32),)
             for si in tl.static_range(FOLD_SLOTS):
                 kw = t * 64 + (gi * FOLD_SLOTS + si) * 8
-                if EVEN_K:
-                    xv = tl.load(x_row + kw, mask=x_ok, other=0)
+                b = ()
+                for m in tl.static_range(MT):
+                    x_ok = ((g + 8 * m) < M)[:, None]
+                    if not EVEN_K:
+                        x_ok = x_ok & ((kw + pair) < KW)
+                    xv = tl.load(xw_ptr + (g + 8 * m)[:, None] * stride_xw + kw + pair, mask=x_ok, other=0)
+                    b = b + tl.split(xv)
+                if GROUP_SLOTS != 0:
+                    cc = part
                 else:
-                    xv = tl.load(x_row + kw, mask=x_ok & ((kw + 2 * c[:, None] + tl.arange(0, 2)[None, :]) < KW),
-                                 other=0)
-                b0, b1 = tl.split(xv)
+                    cc = acc
                 new = ()
                 for j in tl.static_range(TN):
-                    if GROUP_SLOTS != 0:
-                        cc = part
-                    else:
-                        cc = acc
-                    d = _slot_mma(p[j], b0, b1, zo[2 * j], zo[2 * j + 1], cc[4 * j], cc[4 * j + 1], cc[4 * j + 2],
-                                  cc[4 * j + 3], gi * FOLD_SLOTS + si, IS_BF16, ASM, NW)
-                    new = new + d
+                    ccj = ()
+                    for m in tl.static_range(MT):
+                        ccj = ccj + (cc[m * NA + 4 * j], cc[m * NA + 4 * j + 1], cc[m * NA + 4 * j + 2],
+                                     cc[m * NA + 4 * j + 3])
+                    new = new + (_slot_mma(p[j], b, zo[2 * j], zo[2 * j + 1], ccj, gi * FOLD_SLOTS + si, IS_BF16, ASM,
+                                           NW, MT),)
+                # new[j][4 m + r] -> accumulator m * NA + 4 j + r
+                flat = ()
+                for m in tl.static_range(MT):
+                    for j in tl.static_range(TN):
+                        flat = flat + (new[j][4 * m], new[j][4 * m + 1], new[j][4 * m + 2], new[j][4 * m + 3])
                 if GROUP_SLOTS != 0:
-                    part = new
+                    part = flat
                 else:
-                    acc = new
+                    acc = flat
             if GROUP_SLOTS != 0:
                 folded = ()
-                for j in tl.static_range(TN):
-                    folded = folded + (acc[4 * j] + part[4 * j] * sc[2 * j], acc[4 * j + 1] + part[4 * j + 1] * sc[2 * j],
-                                       acc[4 * j + 2] + part[4 * j + 2] * sc[2 * j + 1],
-                                       acc[4 * j + 3] + part[4 * j + 3] * sc[2 * j + 1])
+                for m in tl.static_range(MT):
+                    for j in tl.static_range(TN):
+                        folded = folded + _fold4(acc, part, sc[2 * j], sc[2 * j + 1], m * NA + 4 * j)
                 acc = folded
     if GROUP_SLOTS == 0:
         sc = _columns(tl.load(s_ptr + cols, mask=col_ok, other=0).to(tl.float32), NC)
         scaled = ()
-        for j in tl.static_range(TN):
-            scaled = scaled + (acc[4 * j] * sc[2 * j], acc[4 * j + 1] * sc[2 * j], acc[4 * j + 2] * sc[2 * j + 1],
-                               acc[4 * j + 3] * sc[2 * j + 1])
+        for m in tl.static_range(MT):
+            for j in tl.static_range(TN):
+                scaled = scaled + _scale4(acc, sc[2 * j], sc[2 * j + 1], m * NA + 4 * j)
         acc = scaled
-    # thread (g, c) holds, for n-tile j: (col 2j, row 2c), (col 2j, row 2c+1), (col 2j+1, row 2c), (col 2j+1, 2c+1)
-    res = _stack_acc(acc, TN)                                     # [BLOCK, NC, 2]: [thread, column, row 2c + h]
+    # thread (g, c) holds, for row block m and n-tile j: (col 2j, row 2c), (col 2j, row 2c+1), (col 2j+1, row 2c),
+    # (col 2j+1, row 2c+1), rows offset by 8m
     colv = cols[:, :, None]
-    rowv = (2 * c)[:, None, None] + tl.arange(0, 2)[None, None, :]
-    ok = (colv < N) & (rowv < M)
-    out_ptrs = out_ptr + rowv * stride_om + colv
     if HAS_BIAS:
         bias = tl.load(bias_ptr + colv, mask=colv < N, other=0.0).to(tl.float32)
+    for m in tl.static_range(MT):
+        blk = ()
+        for a in tl.static_range(NA):
+            blk = blk + (acc[m * NA + a],)
+        res = _stack_acc(blk, TN)                                 # [BLOCK, NC, 2]: [thread, column, row 2c + h]
+        rowv = (2 * c + 8 * m)[:, None, None] + tl.arange(0, 2)[None, None, :]
+        ok = (colv < N) & (rowv < M)
+        out_ptrs = out_ptr + rowv * stride_om + colv
+        if SPLIT:
+            tl.store(ws_ptr + pid_k * M * N + rowv * N + colv, res, mask=ok)
+        else:
+            if HAS_BIAS:
+                res += bias
+            tl.store(out_ptrs, res.to(out_ptr.dtype.element_ty), mask=ok)
     if SPLIT:
-        wofs = rowv * N + colv
-        tl.store(ws_ptr + pid_k * M * N + wofs, res, mask=ok)
         tl.debug_barrier()
         ticket = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
         if ticket == SPLIT_K - 1:
-            total = tl.load(ws_ptr + wofs, mask=ok, other=0.0, cache_modifier=".cg")
-            for sk in range(1, SPLIT_K):
-                total += tl.load(ws_ptr + sk * M * N + wofs, mask=ok, other=0.0, cache_modifier=".cg")
-            if HAS_BIAS:
-                total += bias
-            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=ok)
+            for m in tl.static_range(MT):
+                rowv = (2 * c + 8 * m)[:, None, None] + tl.arange(0, 2)[None, None, :]
+                ok = (colv < N) & (rowv < M)
+                wofs = rowv * N + colv
+                total = tl.load(ws_ptr + wofs, mask=ok, other=0.0, cache_modifier=".cg")
+                for sk in range(1, SPLIT_K):
+                    total += tl.load(ws_ptr + sk * M * N + wofs, mask=ok, other=0.0, cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += bias
+                tl.store(out_ptr + rowv * stride_om + colv, total.to(out_ptr.dtype.element_ty), mask=ok)
             tl.atomic_xchg(cnt_ptr + pid_n, 0)
-    else:
-        if HAS_BIAS:
-            res += bias
-        tl.store(out_ptrs, res.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
