@@ -68,9 +68,12 @@ def tc_counts(a, tg, triton, GPUTarget, ASTSource, get_sass) -> dict:
     asm_layouts = sorted({defs.get(name, name) for name in
                           re.findall(r"elementwise_inline_asm.*?: .*?-> .*?(#\w+)", k.asm["ttgir"])})
     wpt = 64 * tn
+    # the decode's mix per weight: IMAD and IDP (dp4a) share the FMA-heavy pipe, SHF (funnel shifts:
+    # windows, 1mad2r's rotation) and LOP3 run on the ALU pipe
+    mix = {op: ops.get(op, 0) / wpt for op in ("IMAD", "IDP", "SHF", "LOP3", "HMMA")}
     return {"kernel": "tc", "bits": a.bits, "code": a.code, "asm": bool(a.asm), "arch": a.arch, "block_tn": tn,
             "num_warps": nw, "prefetch": prefetch, "prefetch_x": prefetch_x, "loop_instructions": n, "kernel_instructions": total, "weights_per_thread": wpt,
-            "instr_per_weight": n / wpt, "opcodes": ops, "asm_layouts": asm_layouts,
+            "instr_per_weight": n / wpt, "per_weight": mix, "opcodes": ops, "asm_layouts": asm_layouts,
             "local_alloc": k.asm["ttgir"].count("local_alloc"), **occupancy(k, nw, a.arch),
             "triton": triton.__version__}
 
@@ -101,7 +104,7 @@ def occupancy(k, num_warps: int, arch: int) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bits", type=int, default=3)
-    p.add_argument("--code", default="3inst", choices=["3inst", "1mad", "hyb", "1mad2"])
+    p.add_argument("--code", default="3inst", choices=["3inst", "1mad", "hyb", "1mad2", "1mad2r"])
     p.add_argument("--asm", type=int, default=1, help="1: inline-PTX decode (what CUDA runs), 0: portable")
     p.add_argument("--block-tn", type=int, default=None, help="default 8 (static), TC_CONFIGS (tc)")
     p.add_argument("--wide", type=int, default=0, help="tc: 1 = the config of N >= TC_WIDE_N (TC_CONFIGS)")
@@ -117,7 +120,7 @@ def main():
     p.add_argument("--arch", type=int, default=90, help="SM architecture (90 = Hopper)")
     p.add_argument("--kernel", default="static", choices=["static", "tc"],
                    help="static: the FMA GEMV (_trellis_gemv_static_kernel); tc: the tensor-core GEMV "
-                        "(_trellis_gemv_tc_kernel, 1mad/1mad2; --block-tn = its tiles per thread, default "
+                        "(_trellis_gemv_tc_kernel, 1mad/1mad2/1mad2r; --block-tn = its tiles per thread, default "
                         "TC_CONFIGS; registers, spills and CTAs per SM from ptxas -v)")
     a = p.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":

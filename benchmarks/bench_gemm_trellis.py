@@ -28,13 +28,17 @@ from triton_marlin.bench import BenchRunner, load_baseline  # noqa: E402
 
 def add_args(p):
     G.add_case_args(p, default_formats="trellis2,trellis3,trellis4")
-    p.add_argument("--codes", default="3inst,1mad,hyb,1mad2", help="comma-separated trellis codes: 3inst,1mad,hyb,1mad2")
+    p.add_argument("--codes", default="3inst,1mad,hyb,1mad2",
+                   help="comma-separated trellis codes, some of 3inst,1mad,hyb,1mad2,1mad2r (formats.trellis.CODES)")
     p.add_argument("--encode", action="store_true",
                    help="encode a Gaussian weight with Viterbi instead of random streams (slow on big shapes)")
     p.add_argument("--no-int4", action="store_true", help="skip the int4 qmatmul comparison")
     p.add_argument("--sweep", action="store_true",
                    help="also time the static decode GEMV over K step x prefetch x K-split target x warps "
                         "(and hyb's table reads) configurations (M <= 4); tiled row blocks (M > 4)")
+    p.add_argument("--sweep-gemv", default="all", choices=["all", "static", "tc"],
+                   help="with --sweep at M <= 4: time only the configs of this decode kernel (tc: the tensor-core "
+                        "GEMV's, for the codes it decodes)")
     p.add_argument("--pipe-rates", action="store_true",
                    help="CUDA only: time the decode's per-weight instructions alone (dp4a = IDP, mad.lo = IMAD, "
                         "both, prmt, lop3) in independent chains at full occupancy; records cycles per warp "
@@ -55,7 +59,7 @@ def sweep_configs(quick: bool, bits: int, code: str, M: int = 1):
     if code != "3inst":      # the code changes the decode, not the blocking: a shorter list
         out = [{"gemv": "static", "block_tk": tk, "prefetch": True, "programs_per_sm": 8} for tk in (1, 2, 4)]
         out.append({"gemv": "static", "block_tk": 2, "prefetch": False, "programs_per_sm": 8})
-        if code == "1mad2":  # fewest instructions per weight at 4 tiles a step (5.5-5.6 vs 5.8-5.9 in the SASS)
+        if code in ("1mad2", "1mad2r"):  # fewest instructions per weight at 4 tiles a step (5.5-5.6 vs 5.8-5.9)
             out.append({"gemv": "static", "block_tk": 4, "prefetch": False, "programs_per_sm": 8})
     else:
         out = [{"gemv": "static", "block_tk": tk, "prefetch": True, "programs_per_sm": pps}
@@ -66,7 +70,7 @@ def sweep_configs(quick: bool, bits: int, code: str, M: int = 1):
     if code == "hyb":
         out += [{"gemv": "static", "block_tk": tk, "prefetch": True, "programs_per_sm": 8, "gather": False}
                 for tk in (1, 2)]
-    if code in ("1mad", "1mad2"):
+    if code in ("1mad", "1mad2", "1mad2r"):
         # the tensor-core GEMV: tiles per thread x K-split target (one warp a program: 4 warps and 8
         # programs per SM lost everywhere in the 2026-11-26 sweep), then at 32 programs per SM the K split
         # counted in waves of resident programs and the prefetch of the next K step's words
@@ -197,6 +201,9 @@ def main(argv=None):
     if args.quick and args.formats == "trellis2,trellis3,trellis4":
         formats = ["trellis3"]
     codes = G.parse_list(args.codes)
+    for c in codes:
+        if c not in tf.CODES:
+            raise SystemExit(f"--codes: unknown trellis code {c!r}; expected some of {tf.CODES}")
     if args.quick and args.codes == "3inst,1mad,hyb,1mad2":
         codes = ["3inst"]
     for f in formats:
@@ -351,6 +358,8 @@ def main(argv=None):
                         best = None
                         for kw in (sweep_configs(args.quick, bits, code, M) if M <= tg.GEMV_MAX_M
                                    else tiled_configs(M)):
+                            if M <= tg.GEMV_MAX_M and args.sweep_gemv not in ("all", kw.get("gemv")):
+                                continue
                             if kw.get("gemv") == "static" and (N % (16 * kw.get("block_tn", 8))
                                                            or K % (16 * (kw.get("block_tk") or 2))):
                                 continue
@@ -364,7 +373,10 @@ def main(argv=None):
                             runner.record(c, "sweep_time", t, "us", stats=st_g or st_l, timing=timing)
                             if best is None or t < best[0]:
                                 best = (t, kw)
-                        runner.note(f"{name} {fmt} {code} M={M}: fastest decode GEMV {best[1]}: {best[0]:.1f} us")
+                        if best is None:
+                            runner.note(f"{name} {fmt} {code} M={M}: no {args.sweep_gemv} config applies")
+                        else:
+                            runner.note(f"{name} {fmt} {code} M={M}: fastest decode GEMV {best[1]}: {best[0]:.1f} us")
     runner.finish()
     if failures:
         raise SystemExit(f"the tensor-core GEMV failed in {len(failures)} case(s): {'; '.join(failures)}")

@@ -43,7 +43,8 @@ PIPES = {"int": ("IMAD", "IADD3", "LOP3", "SHF", "PRMT", "SGXT", "LEA", "VIADD",
 def add_args(p):
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     p.add_argument("--bits", default="2,3,4", help="bits per weight to measure (trellis2/3/4)")
-    p.add_argument("--codes", default="3inst,1mad,hyb,1mad2", help="trellis codes to measure")
+    p.add_argument("--codes", default="3inst,1mad,hyb,1mad2",
+                   help="trellis codes to measure, some of 3inst,1mad,hyb,1mad2,1mad2r (formats.trellis.CODES)")
     p.add_argument("--distortion-shape", default=None,
                    help="NxK of the Gaussian matrix for distortion (default 256x256 on GPU, 64x64 on CPU; "
                         "--quick 16x32)")
@@ -212,7 +213,7 @@ def sass(runner, args, bits_list, codes):
                 for pipe, names in PIPES.items():
                     n = sum(v for k, v in r["opcodes"].items() if k in names)
                     runner.record(case, f"{pipe}_per_weight", n / wpt, "instr")
-            if code in ("1mad", "1mad2"):    # the tensor-core GEMV (inline PTX only: mma.sync)
+            if code in ("1mad", "1mad2", "1mad2r"):    # the tensor-core GEMV (inline PTX only: mma.sync)
                 proc = subprocess.run([sys.executable, str(helper), "--bits", str(bits), "--code", code,
                                        "--kernel", "tc"], env=env, capture_output=True, text=True, timeout=300)
                 if proc.returncode != 0:
@@ -242,6 +243,10 @@ def main(argv=None):
     if args.quick and args.bits == "2,3,4":
         bits_list = [3]
     codes = G.parse_list(args.codes)
+    from triton_marlin.formats.trellis import CODES
+    for c in codes:
+        if c not in CODES:
+            raise SystemExit(f"--codes: unknown trellis code {c!r}; expected some of {CODES}")
     if args.quick and args.codes == "3inst,1mad,hyb,1mad2":
         codes = ["3inst"]
     if args.device.type == "cpu" and not args.quick:

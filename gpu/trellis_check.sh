@@ -12,7 +12,8 @@
 # M=1 timings with the per-launch breakdown, the static-GEMV sweep, M=2/4/16/128, kernel GPU tests;
 # ~4 min; `SWEEP=0 bash gpu/trellis_check.sh speed` skips the sweeps, ~2.5 min; BATCHED=0 skips M > 1;
 # CODES=1mad,1mad2 limits the M=1 timings and sweeps to those codes; `bash gpu/trellis_check.sh tc`: the
-# tensor-core GEMV's GPU tests, timings and sweep, ~5 min)
+# tensor-core GEMV's GPU tests, timings and sweep, ~5 min; `bash gpu/trellis_check.sh rot`: code 1mad2r (one LCG
+# per pair) against 1mad2 in the same process, ~3 min)
 # Writes $OUT/trellis.log (all output, tables included), $OUT/trellis.jsonl (all records) and
 # $OUT/trellis_asm/ (PTX + op counts). Exits non-zero if any step failed. Expected device time ~6 min
 # (kernel compiles included; each step has a timeout, the worst case is ~12 min).
@@ -58,6 +59,25 @@ if [ "${1:-all}" = "tc" ]; then
     --m 2,4 --formats trellis2,trellis4 --codes 1mad2 --no-int4 --repeats 20 -o "$OUT/gemm_rows.jsonl"
   cat "$OUT"/gemm*.jsonl "$OUT"/sweep*.jsonl > "$WORK/all.jsonl" 2>/dev/null
   python benchmarks/_trellis_summary.py "$WORK/all.jsonl" > "$OUT/summary.txt"
+  cat "$OUT/summary.txt"
+  exit $status
+fi
+if [ "${1:-all}" = "rot" ]; then
+  # code 1mad2r (component 1 from the same LCG word rotated right by 6) against 1mad2: (a) the GPU tests of the
+  # PTX decodes (tc GEMV, static GEMV with and without inline PTX) for both pair codes; (b) M=1 on both shapes,
+  # trellis2/3/4, both codes in one process (kernel as dispatched, tc and FMA GEMV forced, the default full
+  # path, fp16 cuBLAS of the same run); (c) the tc configs around TC_CONFIGS for 1mad2r (tn 1/2, 16/32
+  # programs per SM, resident split, prefetch). Writes trellis.log, gemm.jsonl, sweep.jsonl, trellis.jsonl
+  # and summary.txt under $OUT; ~3 min
+  step pytest_gpu_rot 120 python -m pytest -q -m gpu tests/test_trellis_kernels.py \
+    -k "(gpu_tc_gemv or asm_and_portable) and 1mad2"
+  step gemm_rot 150 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
+    --m 1 --formats trellis2,trellis3,trellis4 --codes 1mad2,1mad2r --no-int4 --repeats 30 -o "$OUT/gemm.jsonl"
+  step sweep_rot 150 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 --m 1 \
+    --formats trellis2,trellis3,trellis4 --codes 1mad2r --no-int4 --sweep --sweep-gemv tc --repeats 15 \
+    -o "$OUT/sweep.jsonl"
+  cat "$OUT"/gemm.jsonl "$OUT"/sweep.jsonl > "$JSONL" 2>/dev/null
+  python benchmarks/_trellis_summary.py "$JSONL" > "$OUT/summary.txt"
   cat "$OUT/summary.txt"
   exit $status
 fi

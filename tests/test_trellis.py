@@ -31,6 +31,12 @@ def _code_value_numpy(state: int, code: str, lut=None) -> float:
             x = int(np.uint32(state) * np.uint32(34038481) + np.uint32(76625530))
             y = int(np.uint32(state) * np.uint32(0x2E3A8F1D) + np.uint32(0x9E3779B9))
             return [float(sum((z >> (8 * i)) & 255 for i in range(4)) - 510) for z in (x, y)]
+        if code == "1mad2r":         # a 2-D value: 1mad, and the signed byte sum of its word rotated right by 6
+            x = np.uint32(state) * np.uint32(34038481) + np.uint32(76625530)
+            y = (x >> np.uint32(6)) | (x << np.uint32(26))
+            b = np.array([y], dtype=np.uint32).view(np.uint8).astype(np.int64)        # little-endian bytes
+            return [float(sum((int(x) >> (8 * i)) & 255 for i in range(4)) - 510),
+                    float(b[0] - b[1] + b[2] - b[3])]
         x = int(np.uint32(state) * np.uint32(0xCBAC1FED))
         return float(lut[x >> 24])
 
@@ -61,6 +67,42 @@ def test_code_tables_are_gaussian_like(code):
         assert table[:, 0].std().item() == pytest.approx(table[:, 1].std().item(), rel=0.02)
 
 
+def _mad2r_direct(s: int) -> tuple[int, int]:
+    """1mad2r by its definition in plain Python integers (docs/formats-trellis.md)."""
+    x = (s * 34038481 + 76625530) % 2 ** 32
+    y = ((x >> 6) | (x << 26)) % 2 ** 32
+    c0 = sum((x >> (8 * i)) & 255 for i in range(4)) - 510
+    c1 = (y & 255) - ((y >> 8) & 255) + ((y >> 16) & 255) - (y >> 24)
+    return c0, c1
+
+
+def test_1mad2r_definition_is_pinned():
+    # the stored artifacts depend on these exact values: a change of constant, rotation or sign order fails
+    states = [0, 1, 2, 0x1234, 0x8000, 0xFFFF]
+    got = tf.decode_states(torch.tensor(states), "1mad2r")
+    assert got.dtype == torch.float32 and got.shape == (len(states), 2)
+    assert [tuple(int(v) for v in row) for row in got.tolist()] == [_mad2r_direct(s) for s in states]
+    assert got.tolist() == [[-185.0, -65.0], [-124.0, -15.0], [-63.0, 35.0], [224.0, 237.0], [224.0, -32.0],
+                            [61.0, -45.0]]
+    # component 0 is 1mad's value; component 1 is a signed sum in [-510, 510] (what the kernels bias by 510)
+    table = tf.code_table("1mad2r")
+    assert torch.equal(table[:, 0], tf.code_table("1mad"))
+    assert table[:, 1].min().item() >= -510 and table[:, 1].max().item() <= 510
+
+
+@pytest.mark.parametrize("code", tf.PAIR_CODES)
+def test_pair_code_components_are_uncorrelated_with_byte_sum_variance(code):
+    # over all 2^16 states: corr(c0, c1) ~ 0, and each component has the variance of a sum of 4 independent
+    # uniform bytes, 4 (256^2 - 1) / 12 (signs do not change it); 2^16 i.i.d. samples would miss it by ~0.5%
+    # rms, so 0.5% fails on a code whose bytes are not spread evenly
+    table = tf.code_table(code).double()
+    c = torch.corrcoef(table.t())
+    assert abs(c[0, 1].item()) < 0.01
+    var = table.var(dim=0, unbiased=False)
+    for v in var.tolist():
+        assert v == pytest.approx(4 * (256 ** 2 - 1) / 12, rel=5e-3)
+
+
 # -- bitstreams and tail-biting ----------------------------------------------------------------
 def _states_step_by_step(codes: list[int], K: int, L: int = 16) -> list[int]:
     """Direct shift register: start from the stream's last L-K bits, shift in K bits per step."""
@@ -84,12 +126,13 @@ def test_decoder_matches_step_by_step_trellis(K, gen):
     assert torch.equal(tf.states_to_codes(states, K), codes)
 
 
+@pytest.mark.parametrize("code", tf.PAIR_CODES)
 @pytest.mark.parametrize("K", BITS)
-def test_pair_code_reads_the_state_of_each_odd_step(K, gen):
-    # 1mad2: steps 2u and 2u+1 are the two components of the step-by-step state of step 2u+1
+def test_pair_code_reads_the_state_of_each_odd_step(K, code, gen):
+    # pair codes: steps 2u and 2u+1 are the two components of the step-by-step state of step 2u+1
     codes = torch.randint(0, 1 << K, (2, 256), generator=gen)
     words = tf.pack_stream(codes, K)
-    table = tf.code_table("1mad2")
+    table = tf.code_table(code)
     for b in range(2):
         st = _states_step_by_step(codes[b].tolist(), K)
         want = [table[st[t | 1], t & 1].item() for t in range(256)]
@@ -268,7 +311,8 @@ def test_dequantize_is_inverse_rotations_of_decoded_tiles(gen):
 LLOYD_MAX = {2: 0.1175, 3: 0.03454, 4: 0.009497}
 
 
-@pytest.mark.parametrize("bits,code", [(2, "3inst"), (3, "1mad"), (4, "hyb"), (2, "1mad2"), (4, "1mad2")])
+@pytest.mark.parametrize("bits,code", [(2, "3inst"), (3, "1mad"), (4, "hyb"), (2, "1mad2"), (4, "1mad2"),
+                                       (2, "1mad2r"), (4, "1mad2r")])
 def test_quantize_beats_best_scalar_quantizer(bits, code, gen):
     w = torch.randn(32, 32, generator=gen) * 0.02
     qt = tm.quantize(w, f"trellis{bits}", method="viterbi", code=code, seed=int(torch.randint(0, 99, (1,), generator=gen)))
@@ -303,6 +347,20 @@ def test_group_scales_and_artifact_round_trip(tmp_path, gen):
     tensors = {k: v for k, v in qt.tensors.items() if k != "lut"}
     with pytest.raises(FormatError, match="lut"):
         QuantizedTensor.from_state(qt.header(), tensors)
+
+
+def test_pair_code_artifact_round_trip_and_unknown_code(tmp_path, gen):
+    # the code travels in the metadata; a loader that meets a code it does not decode says which it knows
+    w = torch.randn(16, 32, generator=gen)
+    qt = tm.quantize(w, "trellis2", method="viterbi", code="1mad2r")
+    qt.save(tmp_path / "r.safetensors")
+    back = QuantizedTensor.load(tmp_path / "r.safetensors")
+    assert back.meta["code"] == "1mad2r" and back.meta == qt.meta
+    assert torch.equal(back.dequantize(torch.float32), qt.dequantize(torch.float32))
+    header = dict(qt.header())
+    header["meta"] = header["meta"].replace('"1mad2r"', '"1mad3"')
+    with pytest.raises(FormatError, match=r"unknown trellis code '1mad3'.*1mad2r"):
+        QuantizedTensor.from_state(header, dict(qt.tensors))
 
 
 def test_default_is_per_channel_and_bits_per_weight():

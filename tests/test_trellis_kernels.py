@@ -42,6 +42,8 @@ CASES = [  # (N, K, bits, code, group_size)
     (128, 96, 3, "1mad2", 32),       # pair code (two weights per state): static GEMV, grouped
     (48, 64, 4, "1mad2", -1),        # pair code, generic kernels
     (256, 32, 2, "1mad2", -1),       # pair code, static GEMV
+    (128, 96, 3, "1mad2r", 32),      # pair code with one LCG (rotated word): static GEMV, grouped
+    (48, 64, 4, "1mad2r", -1),       # 1mad2r, generic kernels
 ]
 
 
@@ -60,7 +62,8 @@ def test_rotated_kernel_matches_decoded_weight(N, K, bits, code, group, M, gen):
         assert rel_err(out2, xr.double() @ wt.t()) < 1e-5
 
 
-@pytest.mark.parametrize("bits,code,group", [(2, "1mad", -1), (3, "3inst", 32), (4, "hyb", -1), (3, "1mad2", -1)])
+@pytest.mark.parametrize("bits,code,group", [(2, "1mad", -1), (3, "3inst", 32), (4, "hyb", -1), (3, "1mad2", -1),
+                                             (2, "1mad2r", -1)])
 @pytest.mark.parametrize("M", [1, 2, 3, 4])
 def test_static_gemv_split_parts_and_rows(bits, code, group, M, gen):
     # what qmatmul runs: one partial result per K split ([S, M, N], nothing zeroed), up to 4 rows of x
@@ -160,7 +163,7 @@ def test_gpu_trellis_qgemm_under_torch_compile(gen):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits,code", [(2, "1mad"), (3, "3inst"), (4, "3inst"), (3, "1mad"), (2, "1mad2"),
-                                       (3, "1mad2"), (4, "1mad2")])
+                                       (3, "1mad2"), (4, "1mad2"), (2, "1mad2r"), (3, "1mad2r"), (4, "1mad2r")])
 @pytest.mark.parametrize("no_asm", ["0", "1"])
 def test_gpu_static_gemv_asm_and_portable_agree(bits, code, no_asm, gen, monkeypatch):
     # the inline-PTX decode and the portable decode must both equal the reference exactly (fp32 FMA)
@@ -174,7 +177,8 @@ def test_gpu_static_gemv_asm_and_portable_agree(bits, code, no_asm, gen, monkeyp
 
 
 @pytest.mark.parametrize("M,dtype", [(1, torch.float16), (3, torch.float32), (16, torch.float16)])
-@pytest.mark.parametrize("bits,code,group", [(2, "3inst", -1), (3, "hyb", 32), (4, "1mad", -1), (2, "1mad2", 32)])
+@pytest.mark.parametrize("bits,code,group", [(2, "3inst", -1), (3, "hyb", 32), (4, "1mad", -1), (2, "1mad2", 32),
+                                             (4, "1mad2r", -1)])
 def test_tensor_core_gemv(M, dtype, bits, code, group, gen):
     qt = random_trellis(128, 64, bits, code, group, gen)
     wt = qt.fmt.rotated_weight(qt).double()
@@ -219,6 +223,16 @@ def test_static_gemv_compiles_for_sm90_with_few_instructions_per_weight():
     wpt = r["weights_per_thread"]
     assert r["opcodes"].get("IDP", 0) == wpt and r["opcodes"].get("FFMA", 0) == wpt, r
     assert r["instr_per_weight"] < 6.5, r          # 5.8 with Triton 3.6 and 3.9 (1mad: 6.8)
+    # 1mad2r: one LCG multiply per state (half an IMAD per weight) and its rotation as one funnel shift
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "_trellis_sass.py"), "--bits", "2",
+                           "--code", "1mad2r", "--asm", "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r2 = json.loads(proc.stdout.strip().splitlines()[-1])
+    ops2, wpt = r2["opcodes"], r2["weights_per_thread"]
+    assert ops2.get("IDP", 0) == wpt and ops2.get("FFMA", 0) == wpt, r2
+    assert ops2.get("IMAD", 0) <= r["opcodes"]["IMAD"] - wpt // 2 + wpt // 8, r2   # + moves on IMAD
+    assert ops2.get("SHF", 0) >= r["opcodes"].get("SHF", 0) + wpt // 2, r2
+    assert r2["instr_per_weight"] < 6.5, r2        # 5.8 with Triton 3.6
 
 
 def test_split_k_fills_whole_waves(monkeypatch):
@@ -285,6 +299,8 @@ TC_CASES = [  # (N, K, bits, code, tn, num_warps)
     (128, 64, 4, "1mad2", 1, 2),     # two warps: tile rows of a K step split over warps, summed at the end
     (256, 64, 3, "1mad", 1, 1),
     (256, 128, 2, "1mad", 2, 4),
+    (128, 48, 3, "1mad2r", 1, 1),    # one LCG and its rotated word; 3 tile rows
+    (256, 64, 4, "1mad2r", 2, 2),
 ]
 
 
@@ -337,10 +353,11 @@ def test_tc_gemv_dispatch_and_refusals(gen, monkeypatch):
     assert dispatch.counts() == {("trellis_gemv", "static"): 1}         # the switch turns it off
     monkeypatch.setattr(tg, "TC_GEMV", True)
     for other in (random_trellis(256, 64, 2, "3inst", -1, gen), random_trellis(256, 64, 2, "1mad2", 32, gen),
-                  random_trellis(128, 48, 2, "1mad2", -1, gen)):          # code, grouped scales, 1 tile a thread
+                  random_trellis(128, 48, 2, "1mad2", -1, gen),           # code, grouped scales, 1 tile a thread
+                  random_trellis(256, 64, 2, "1mad2r", -1, gen)):
         dispatch.reset()
         tg.trellis_matmul_rotated(xr[:, :other.shape[1]], other, split_k=1)
-        expect = "tc" if other.meta["code"] == "1mad2" and other.group_size == -1 else "static"
+        expect = "tc" if other.meta["code"] in ("1mad2", "1mad2r") and other.group_size == -1 else "static"
         assert dispatch.counts() == {("trellis_gemv", expect): 1}
     for other in (random_trellis(256, 64, 2, "3inst", -1, gen), random_trellis(256, 64, 2, "1mad2", 32, gen)):
         with pytest.raises(ValueError, match="tensor-core GEMV cannot run"):
@@ -367,6 +384,9 @@ def test_tc_gemv_auto_rule_follows_the_h200_sweep(bits, N, M):
     assert cfg.get("resident_split", False) == (wide or bits == 2)
     assert cfg.get("prefetch", False) == (wide or bits < 4)
     assert not tg.tc_gemv_auto(M, random_trellis(N, 64, bits, "1mad", -1, gen))     # 1mad: not timed with tc
+    rot = random_trellis(N, 64, bits, "1mad2r", -1, gen)                             # 1mad2r: 1mad2's configs
+    assert tg.tc_gemv_auto(M, rot) and tg.tc_config(rot) == cfg
+    assert tg.GEMV_DEFAULTS["m1"][("1mad2r", bits)] == tg.GEMV_DEFAULTS["m1"][("1mad2", bits)]
     assert tg.GEMV_DEFAULTS["m1"][("1mad2", bits)] == (2, bits == 3)                  # FMA: prefetch at 3 bits
 
 
@@ -457,10 +477,25 @@ def test_tc_gemv_compiles_for_sm90_in_registers():
         assert ops.get("FFMA", 0) + ops.get("FADD", 0) < 0.1 * wpt, r
         assert not any(k in ops for k in ("LDS", "STS", "BAR")), r
         assert r["instr_per_weight"] < 4.0, r
+        if nw == 1:
+            a = r
+    # 1mad2r (one warp, against 1mad2's a): half the LCG multiplies (32 of 64 a thread and K step), the other
+    # word a funnel shift; both dp4a kinds (the odd row's signed); 255 SASS in the loop vs 254 with Triton 3.6
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "_trellis_sass.py"), "--kernel", "tc",
+                           "--bits", "2", "--code", "1mad2r", "--num-warps", "1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    b = json.loads(proc.stdout.strip().splitlines()[-1])
+    wpt = b["weights_per_thread"]
+    assert b["opcodes"].get("IDP", 0) == wpt and b["opcodes"].get("HMMA", 0) * 4 == wpt, b
+    assert b["opcodes"].get("IMAD", 0) <= a["opcodes"]["IMAD"] - wpt // 2 + wpt // 8, (a, b)   # + moves on IMAD
+    assert b["opcodes"].get("SHF", 0) >= a["opcodes"].get("SHF", 0) + wpt // 2, (a, b)
+    assert b["local_alloc"] == 0 and b["instr_per_weight"] < 4.0 and b["spill_store_bytes"] == 0, b
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("bits,code", [(2, "1mad2"), (3, "1mad2"), (4, "1mad2"), (3, "1mad")])
+@pytest.mark.parametrize("bits,code", [(2, "1mad2"), (3, "1mad2"), (4, "1mad2"), (3, "1mad"), (2, "1mad2r"),
+                                       (3, "1mad2r"), (4, "1mad2r")])
 @pytest.mark.parametrize("M", [1, 4])
 def test_gpu_tc_gemv_kernel_matches(bits, code, M, gen):
     # the PTX path (dp4a onto 0xE5FE6400, mma.sync fragments) against the fp64 product; the HMMA's fp32

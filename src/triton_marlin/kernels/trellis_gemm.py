@@ -38,7 +38,7 @@ from . import hadamard as had
 from .hadamard import _block_fwht
 
 GEMV_MAX_M = 4
-CODE_IDS = {"3inst": 0, "1mad": 1, "hyb": 2, "1mad2": 3}
+CODE_IDS = {"3inst": 0, "1mad": 1, "hyb": 2, "1mad2": 3, "1mad2r": 4}
 PAIR = 3         # codes from this id on decode two weights (n_local even, odd) per state
 HAS_GATHER = hasattr(tl, "gather")   # register/shared-memory table reads (Triton >= 3.2)
 LAST_COMPILED: dict = {}   # path -> the compiled kernel of the latest launch (benchmarks read its asm)
@@ -74,8 +74,8 @@ def _decode(base_ptr, off_hi, off_prev, rshift, lshift, mask, lut_ptr, CODE: tl.
     elif CODE == 2:  # hyb: a 256-entry fp16 table (512 bytes, stays in L1)
         x = state * tl.full(state.shape, 0xCBAC1FED, tl.uint32)
         val = tl.load(lut_ptr + (x >> 24).to(tl.int32)).to(tl.float32)
-    else:            # 1mad2: component 1 for odd n
-        v0, v1 = _pair_values(state, False, tl.float32)
+    else:            # pair codes (1mad2, 1mad2r): component 1 for odd n
+        v0, v1 = _pair_values(state, CODE, False, tl.float32)
         val = tl.where(odd, v1, v0)
     return val
 
@@ -200,25 +200,46 @@ def _code_value(state, lut_ptr, lut, CODE: tl.constexpr, ASM: tl.constexpr = Fal
 
 
 @triton.jit
-def _byte_sum_value(x, ASM: tl.constexpr, OUT: tl.constexpr):
-    """Sum of the 4 bytes of uint32 ``x`` minus 510, in ``OUT`` (1mad's value of its LCG word): the
-    byte sum lands in the mantissa of 2^23 (one ``dp4a`` with ASM), one subtraction removes 2^23 + 510."""
+def _byte_sum_value(x, ASM: tl.constexpr, OUT: tl.constexpr, SIGNED: tl.constexpr = False):
+    """Sum of the 4 bytes of uint32 ``x`` minus 510 (1mad's value of its LCG word), or with ``SIGNED`` the
+    alternating sum byte0 - byte1 + byte2 - byte3 (1mad2r's second component), in ``OUT``: the sum + 510
+    (0 .. 1020 either way) lands in the mantissa of 2^23 (one ``dp4a`` with ASM: unsigned bytes of x times
+    the +1 / -1 bytes of 0xFF01FF01, accumulated onto 0x4B0001FE = the bits of 2^23 + 510), one subtraction
+    removes 2^23 + 510."""
     if ASM:
-        biased = tl.inline_asm_elementwise("dp4a.u32.u32 $0, $1, 0x01010101, 0x4B000000;", "=r,r", [x],
-                                           dtype=tl.int32, is_pure=True, pack=1)
+        if SIGNED:
+            biased = tl.inline_asm_elementwise("dp4a.u32.s32 $0, $1, 0xFF01FF01, 0x4B0001FE;", "=r,r", [x],
+                                               dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            biased = tl.inline_asm_elementwise("dp4a.u32.u32 $0, $1, 0x01010101, 0x4B000000;", "=r,r", [x],
+                                               dtype=tl.int32, is_pure=True, pack=1)
     else:
-        total = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)
+        if SIGNED:    # + 510 first: every intermediate stays a non-negative uint32
+            total = (x & 255) + ((x >> 16) & 255) + 510 - ((x >> 8) & 255) - (x >> 24)
+        else:
+            total = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)
         biased = (total + 0x4B000000).to(tl.int32, bitcast=True)
     return (biased.to(tl.float32, bitcast=True) - 8389118.0).to(OUT)
 
 
 @triton.jit
-def _pair_values(state, ASM: tl.constexpr, OUT: tl.constexpr):
-    """The two components of code 1mad2 for 16-bit states (formats/trellis.py: decode_states): the
-    1mad value of ``state * 34038481 + 76625530`` and of ``state * 0x2E3A8F1D + 0x9E3779B9``."""
+def _rotr6(x):
+    """uint32 ``x`` rotated right by 6 bits (1mad2r's second word): a funnel shift (one SHF on sm_90)."""
+    return (x >> 6) | (x << 26)
+
+
+@triton.jit
+def _pair_values(state, CODE: tl.constexpr, ASM: tl.constexpr, OUT: tl.constexpr):
+    """The two components of a pair code for 16-bit states (formats/trellis.py: decode_states). Both start
+    from the 1mad word ``x = state * 34038481 + 76625530`` (component 0: its byte sum - 510). Component 1:
+    1mad2 (CODE 3): the byte sum - 510 of a second LCG word ``state * 0x2E3A8F1D + 0x9E3779B9``; 1mad2r
+    (CODE 4): the alternating byte sum of ``rotr32(x, 6)`` (no second multiply)."""
     x = state * 34038481 + 76625530
-    y = state * tl.full(state.shape, 0x2E3A8F1D, tl.uint32) + tl.full(state.shape, 0x9E3779B9, tl.uint32)
-    return _byte_sum_value(x, ASM, OUT), _byte_sum_value(y, ASM, OUT)
+    if CODE == 4:
+        return _byte_sum_value(x, ASM, OUT), _byte_sum_value(_rotr6(x), ASM, OUT, True)
+    else:
+        y = state * tl.full(state.shape, 0x2E3A8F1D, tl.uint32) + tl.full(state.shape, 0x9E3779B9, tl.uint32)
+        return _byte_sum_value(x, ASM, OUT), _byte_sum_value(y, ASM, OUT)
 
 
 @triton.jit
@@ -241,7 +262,7 @@ def _column_values(wm1, w0, w1, w2, P0: tl.constexpr, BITS: tl.constexpr, lut_pt
     """Code values of the 16 steps of column P0 of a group, [G, TN, 16] (n_local last): one state per
     step, or for pair codes one state per two steps (n_local 2j and 2j+1 from pair j)."""
     if CODE >= 3:
-        v0, v1 = _pair_values(_pair_states(wm1, w0, w1, w2, P0, BITS), ASM, OUT)
+        v0, v1 = _pair_values(_pair_states(wm1, w0, w1, w2, P0, BITS), CODE, ASM, OUT)
         v = tl.join(v0, v1)        # [G, TN, 8, 2]: n_local = 2j + component
         val = tl.reshape(v, (v.shape[0], v.shape[1], 16))
     else:
@@ -451,7 +472,7 @@ def _row_store(acc, scale, ptrs, ok, GROUPED: tl.constexpr, USE_ATOMIC: tl.const
 
 
 # ------------------------------------------------------------------------------------------------
-# Tensor-core GEMV for M <= 4 (codes 1mad, 1mad2): ``mma.sync.m16n8k16`` over values placed by hand.
+# Tensor-core GEMV for M <= 4 (codes 1mad, 1mad2, 1mad2r): ``mma.sync.m16n8k16`` over values placed by hand.
 #
 # The stored layout is unchanged: in a tile's k-major order (step t = 16 k_local + n_local) the 64 steps
 # of 4 consecutive columns k_local = 4c .. 4c+3 are one contiguous run of 64*K stream bits (2K words),
@@ -466,8 +487,11 @@ def _row_store(acc, scale, ptrs, ok, GROUPED: tl.constexpr, USE_ATOMIC: tl.const
 # B column 2m is row m of x rounded to fp16, column 2m+1 its rounding residue (x - fp16(x), in fp16), so
 # D's columns 2m and 2m+1 add up to the product with fp32 activations (M <= 4 fills the 8 columns; rows
 # past M are never stored). Per two weights (one 1mad2 state): a window, 2 IMAD (the LCGs), 2 dp4a; one
-# HMMA per 4 weights of a thread. No FFMA, FADD, PRMT or conversion per weight. The 4 warps take the 4
-# tile rows of a K step; their accumulators are summed once at the end (one shared-memory reduction).
+# HMMA per 4 weights of a thread. 1mad2r: 1 IMAD, 1 funnel shift (rotr 6, the ALU pipe) and 2 dp4a, the odd
+# row's dp4a signed (bytes x {+1, -1, +1, -1}, onto 0xE5FE6400 + 510: the low half is again the fp16 of
+# 1534 + the value, the value being in [-510, 510]). No FFMA, FADD, PRMT or conversion per weight. The 4
+# warps take the 4 tile rows of a K step; their accumulators are summed once at the end (one shared-memory
+# reduction).
 # ------------------------------------------------------------------------------------------------
 
 
@@ -487,12 +511,18 @@ def _tc_window(ws, E: tl.constexpr):
 @triton.jit
 def _tc_lcg_words(ws, J: tl.constexpr, BITS: tl.constexpr, CODE: tl.constexpr):
     """The 8 LCG words of row pair J of a thread: (kk = 0..3 of n_local 2J, then kk = 0..3 of 2J+1); each
-    value is the byte sum of its word - 510. 1mad2: one state per kk (the pair's odd step), its two
-    LCGs; 1mad: one state per weight, the 1mad LCG."""
+    value is the byte sum of its word - 510 (1mad2r's odd row: the alternating byte sum). 1mad2: one state
+    per kk (the pair's odd step), its two LCGs; 1mad2r: the same state's 1mad word and that word rotated
+    right by 6; 1mad: one state per weight, the 1mad LCG."""
     out0 = ()
     out1 = ()
     for kk in tl.static_range(4):
-        if CODE == 3:
+        if CODE == 4:
+            s = _tc_window(ws, (16 * kk + 2 * J + 2) * BITS)
+            x = s * 34038481 + 76625530
+            out0 = out0 + (x,)
+            out1 = out1 + (_rotr6(x),)
+        elif CODE == 3:
             s = _tc_window(ws, (16 * kk + 2 * J + 2) * BITS)
             out0 = out0 + (s * 34038481 + 76625530,)
             out1 = out1 + (s * tl.full(s.shape, 0x2E3A8F1D, tl.uint32) + tl.full(s.shape, 0x9E3779B9, tl.uint32),)
@@ -504,15 +534,24 @@ def _tc_lcg_words(ws, J: tl.constexpr, BITS: tl.constexpr, CODE: tl.constexpr):
     return out0 + out1
 
 
-# $4..$11: LCG words (kk 0..3 of row g, kk 0..3 of row g+8); $12..$15: B registers of k_local 4c..4c+3;
-# $16..$19: accumulators. p_i = {0x6400 + byte sum, 0xE5FE}: a fragment register as it is.
-TC_MMA_ASM = tl.constexpr(
-    "{ .reg .b32 p<8>; .reg .f32 d<4>;\n"
-    + "".join(f"dp4a.u32.u32 p{i}, ${4 + i}, 0x01010101, 0xE5FE6400;\n" for i in range(8))
-    + "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {d0,d1,d2,d3}, {p0,p4,p1,p5}, {$12,$13}, "
-    "{$16,$17,$18,$19};\n"
-    "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0,$1,$2,$3}, {p2,p6,p3,p7}, {$14,$15}, "
-    "{d0,d1,d2,d3}; }")
+def _tc_mma_asm(signed_odd: bool) -> str:
+    """Inline PTX of two MMA steps. $4..$11: LCG words (kk 0..3 of row g, kk 0..3 of row g+8); $12..$15: B
+    registers of k_local 4c..4c+3; $16..$19: accumulators. p_i = {0x6400 + byte sum, 0xE5FE}: a fragment
+    register as it is. ``signed_odd`` (1mad2r): row g+8's words summed with the signs +1, -1, +1, -1 onto
+    0xE5FE6400 + 510 (an s32 sum in [0xE5FE6400, 0xE5FE67FC]: never a carry into the high half, far from the
+    s32 limits), i.e. p_i = {0x6400 + 510 + c1, 0xE5FE}."""
+    dp4a = [f"dp4a.u32.u32 p{i}, ${4 + i}, 0x01010101, 0xE5FE6400;\n" for i in range(8)]
+    if signed_odd:
+        dp4a[4:] = [f"dp4a.u32.s32 p{i}, ${4 + i}, 0xFF01FF01, 0xE5FE65FE;\n" for i in range(4, 8)]
+    return ("{ .reg .b32 p<8>; .reg .f32 d<4>;\n" + "".join(dp4a)
+            + "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {d0,d1,d2,d3}, {p0,p4,p1,p5}, {$12,$13}, "
+            "{$16,$17,$18,$19};\n"
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0,$1,$2,$3}, {p2,p6,p3,p7}, {$14,$15}, "
+            "{d0,d1,d2,d3}; }")
+
+
+TC_MMA_ASM = tl.constexpr(_tc_mma_asm(False))        # 1mad, 1mad2
+TC_MMA_ASM_ROT = tl.constexpr(_tc_mma_asm(True))     # 1mad2r
 # B registers {t, t} from 4 fp32 activations x[4c .. 4c+3] of a thread's row; $8 = -part: t = fp16(x)
 # (part 0) or fp16(x - fp16(x)) (part 1)
 TC_B_ASM = tl.constexpr(
@@ -548,23 +587,28 @@ def _tc_stack4(a, b, c, d):
 
 
 @triton.jit
-def _tc_mma(u, b, c0, c1, c2, c3, ASM: tl.constexpr, NW: tl.constexpr):
+def _tc_mma(u, b, c0, c1, c2, c3, ASM: tl.constexpr, NW: tl.constexpr, CODE: tl.constexpr = 3):
     """Two MMA steps of every warp (k_local 4c + {0, 1} and 4c + {2, 3}): c += A @ B, A = the 16 x 16
     weights of the 8 LCG words ``u`` of each thread, B the activations (``b``). Returns the four fp32
-    accumulator registers. Portable branch (the interpreter): the same sums from the per-thread values of
-    the whole warp, in k order (A and B share the fragment's k permutation, so it does not change the
-    product; the +1534 / -1534 halves cancel exactly, so the values enter as they are)."""
+    accumulator registers. CODE 4 (1mad2r): the odd row's words (u[4..7]) are summed with alternating
+    signs. Portable branch (the interpreter): the same sums from the per-thread values of the whole warp,
+    in k order (A and B share the fragment's k permutation, so it does not change the product; the +1534 /
+    -1534 halves cancel exactly, so the values enter as they are)."""
     if ASM:
         d = tl.inline_asm_elementwise(
-            TC_MMA_ASM, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,r,r,r,r,f,f,f,f",
+            TC_MMA_ASM_ROT if CODE == 4 else TC_MMA_ASM, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,r,r,r,r,f,f,f,f",
             [u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], b[0], b[1], b[2], b[3], c0, c1, c2, c3],
             dtype=(tl.float32,) * 4, is_pure=True, pack=1)
         r0, r1, r2, r3 = d[0], d[1], d[2], d[3]
     else:
         v = ()
-        for i in tl.static_range(8):      # byte sum - 510
+        for i in tl.static_range(8):      # byte sum - 510, or (1mad2r, odd row) the alternating byte sum
             w = u[i]
-            v = v + (((w & 255) + ((w >> 8) & 255) + ((w >> 16) & 255) + (w >> 24)).to(tl.float32) - 510.0,)
+            if CODE == 4 and i >= 4:
+                v = v + (((w & 255) + ((w >> 16) & 255)).to(tl.float32)
+                         - (((w >> 8) & 255) + (w >> 24)).to(tl.float32),)
+            else:
+                v = v + (((w & 255) + ((w >> 8) & 255) + ((w >> 16) & 255) + (w >> 24)).to(tl.float32) - 510.0,)
         bm = tl.reshape(_tc_stack4(b[0], b[1], b[2], b[3]), (NW, 1, 8, 4, 4))      # [w, -, col g', c, kk]
         a0 = tl.reshape(_tc_stack4(v[0], v[1], v[2], v[3]), (NW, 8, 1, 4, 4))     # [w, g, -, c, kk]
         a1 = tl.reshape(_tc_stack4(v[4], v[5], v[6], v[7]), (NW, 8, 1, 4, 4))
@@ -612,7 +656,7 @@ def _trellis_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, out_ptr, N, K, stride_xm, stri
                             BITS: tl.constexpr, CODE: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr,
                             ASM: tl.constexpr, USE_ATOMIC: tl.constexpr, stride_os=0,
                             PREFETCH: tl.constexpr = False, PREFETCH_X: tl.constexpr = False):
-    """Tensor-core decode GEMV (M <= 4, codes 1mad/1mad2, per-channel scales; see the block comment above).
+    """Tensor-core decode GEMV (M <= 4, codes 1mad/1mad2/1mad2r, per-channel scales; see the block comment above).
 
     x: [M, K] rotated activations (fp32, or fp16/bf16 read as fp32); qw: int32 [K/16, 8*BITS, N/16];
     s: [1, N]; out: [M, N] fp32 (USE_ATOMIC: split-K sums added into a zeroed out) or split k's partial
@@ -683,7 +727,7 @@ def _trellis_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, out_ptr, N, K, stride_xm, stri
             for j in tl.static_range(8):
                 u = _tc_lcg_words(ws, j, BITS, CODE)
                 new = new + _tc_mma(u, b, acc[(i * 8 + j) * 4], acc[(i * 8 + j) * 4 + 1], acc[(i * 8 + j) * 4 + 2],
-                                    acc[(i * 8 + j) * 4 + 3], ASM, NW)
+                                    acc[(i * 8 + j) * 4 + 3], ASM, NW, CODE)
         acc = new
     # epilogue: lane l = (g, c) holds rows n = 16 * tile + 2j + h (h = 0: d0, d1; h = 1: d2, d3) of token
     # m = c, the fp16 part in D column 2c and the residue in 2c + 1
@@ -839,7 +883,9 @@ GEMV_DEFAULTS = {
            # 1mad2 (H200 sweep 2026-11-26, docs/perf/trellis.md): 3 bits prefetches (20.2 / 62.4 us at
            # 8192x8192 / 28672x8192 against 23.2 / 75.5 without); 2 and 4 bits do not (21.5 / 64.4 and
            # 21.9 / 73.0 us without, 22.4 / 69.8 and 24.1 / 78.5 with)
-           ("1mad2", 2): (2, False), ("1mad2", 3): (2, True), ("1mad2", 4): (2, False)},
+           ("1mad2", 2): (2, False), ("1mad2", 3): (2, True), ("1mad2", 4): (2, False),
+           # 1mad2r: 1mad2's until timed (same blocking, one multiply less per state)
+           ("1mad2r", 2): (2, False), ("1mad2r", 3): (2, True), ("1mad2r", 4): (2, False)},
     "rows_block_tk": {2: 1, 3: 2, 4: 1}, "rows_prefetch": False,
     "programs_per_sm": 8, "num_warps": 4}
 
@@ -906,10 +952,12 @@ TC_CONFIGS = {   # (bits, wide): launch config; "auto": whether gemv="auto" take
 # sm_90; docs/perf/trellis.md): tn 1: 64 / 72 / 80 registers at 2 / 3 / 4 bits -> 32 (the 32-CTA cap) /
 # 28 / 25; tn 2: 123-128 registers -> 16. Used by the resident-wave K split (``tc_resident_split``).
 TC_RESIDENT = {(2, 1): 32, (3, 1): 28, (4, 1): 25, (2, 2): 16, (3, 2): 16, (4, 2): 16}
-# auto picks the tensor-core GEMV (code 1mad2, M <= TC_GEMV_MAX_M, where TC_CONFIGS says so) when True.
+# auto picks the tensor-core GEMV (codes TC_AUTO_CODES, M <= TC_GEMV_MAX_M, where TC_CONFIGS says so) when True.
 TC_GEMV = True
 TC_GEMV_MAX_M = 4
-TC_AUTO_CODES = ("1mad2",)   # 1mad has a tc decode too, but was not timed with it
+TC_CODES = ("1mad", "1mad2", "1mad2r")   # the codes the tensor-core GEMV decodes
+# 1mad has a tc decode too, but was not timed with it; 1mad2r runs 1mad2's TC_CONFIGS until its own sweep
+TC_AUTO_CODES = ("1mad2", "1mad2r")
 
 
 def tc_config(qt: QuantizedTensor) -> dict:
@@ -935,8 +983,8 @@ def tc_gemv_reason(M: int, qt: QuantizedTensor, tn: int | None = None, num_warps
     """Why the tensor-core GEMV cannot run this call (None when it can); ``tn``/``num_warps`` default to
     :func:`tc_config`."""
     N, K = qt.shape
-    if qt.meta["code"] not in ("1mad", "1mad2"):
-        return f"code {qt.meta['code']!r} (the tensor-core GEMV decodes 1mad and 1mad2)"
+    if qt.meta["code"] not in TC_CODES:
+        return f"code {qt.meta['code']!r} (the tensor-core GEMV decodes {', '.join(TC_CODES)})"
     if M > GEMV_MAX_M:
         return f"M={M} > {GEMV_MAX_M}"
     if qt.group_size != -1 and qt.group_size != K:
@@ -1046,7 +1094,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     per tiled program, each row block decodes the weight once) and ``num_warps`` the tiled GEMM.
     ``rotate_signs`` (static GEMV only): ``xr`` is the raw activation ``x`` and the kernel applies the
     input transform (these signs, the weight's ``had_block_in``) itself, with no separate launch.
-    ``gemv="tc"``: the tensor-core GEMV (codes 1mad/1mad2, M <= 4, per-channel scales, 128*tn | N,
+    ``gemv="tc"``: the tensor-core GEMV (codes 1mad/1mad2/1mad2r, M <= 4, per-channel scales, 128*tn | N,
     16*num_warps | K; ``auto`` takes it where :func:`tc_gemv_auto` says the H200 sweep measured it
     faster); ``block_tn_tc`` (tn), ``num_warps`` and ``programs_per_sm`` configure it (defaults
     :func:`tc_config`); ``tc_resident_split``: the K split counts waves of the programs an SM holds at

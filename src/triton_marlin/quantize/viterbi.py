@@ -264,8 +264,8 @@ def quantize_viterbi(weight: torch.Tensor, format: str, group_size: int, *, code
                      chunk_tiles: int | None = None, lut_iters: int = 0, hessian=None) -> QuantizedTensor:
     """Trellis-quantize ``weight [N, K]`` tile by tile with tail-biting Viterbi (no Hessian).
 
-    Options: ``code`` (3inst | 1mad | hyb | 1mad2), ``scale_dtype``, ``seed`` (Hadamard signs), ``lut`` (hyb
-    table, fp16 [256]), ``scale_factor`` (override the tuned default), ``refit`` (least-squares
+    Options: ``code`` (3inst | 1mad | hyb | 1mad2 | 1mad2r: ``formats.trellis.CODES``), ``scale_dtype``,
+    ``seed`` (Hadamard signs), ``lut`` (hyb table, fp16 [256]), ``scale_factor`` (override the tuned default), ``refit`` (least-squares
     rescale of each row after the search), ``progress`` (tqdm bar; default on above 4096 tiles),
     ``device`` (where to encode; default the weight's), ``chunk_tiles``, ``lut_iters`` (code hyb:
     rounds of table training, each a Lloyd update of the 256 entries from the current paths followed
