@@ -68,12 +68,12 @@ if [ "${1:-all}" = "rot" ]; then
   # trellis2/3/4, both codes in one process (kernel as dispatched, tc and FMA GEMV forced, the default full
   # path, fp16 cuBLAS of the same run); (c) the tc configs around TC_CONFIGS for 1mad2r (tn 1/2, 16/32
   # programs per SM, resident split, prefetch). Writes trellis.log, gemm.jsonl, sweep.jsonl, trellis.jsonl
-  # and summary.txt under $OUT; ~3 min
-  step pytest_gpu_rot 120 python -m pytest -q -m gpu tests/test_trellis_kernels.py \
+  # and summary.txt under $OUT; ~2.5-3 min expected, 5 min at most (the step timeouts: 80 + 120 + 100 s)
+  step pytest_gpu_rot 80 python -m pytest -q -m gpu tests/test_trellis_kernels.py \
     -k "(gpu_tc_gemv or asm_and_portable) and 1mad2"
-  step gemm_rot 150 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
+  step gemm_rot 120 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 \
     --m 1 --formats trellis2,trellis3,trellis4 --codes 1mad2,1mad2r --no-int4 --repeats 30 -o "$OUT/gemm.jsonl"
-  step sweep_rot 150 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 --m 1 \
+  step sweep_rot 100 python benchmarks/bench_gemm_trellis.py --device cuda --shapes 8192x8192,28672x8192 --m 1 \
     --formats trellis2,trellis3,trellis4 --codes 1mad2r --no-int4 --sweep --sweep-gemv tc --repeats 15 \
     -o "$OUT/sweep.jsonl"
   cat "$OUT"/gemm.jsonl "$OUT"/sweep.jsonl > "$JSONL" 2>/dev/null
