@@ -258,7 +258,7 @@ def main_oneshot(args):
 
 def mma_variants():
     """The register-fragment GEMV (``KernelConfig(family="mma")``): int4 fp16, group 128 / per-channel, TN
-    16-column tiles per warp, NW warps, with and without the next tile's words loaded ahead."""
+    16-column tiles a thread, NW warps splitting a program's K tiles, words 0-2 tiles ahead, 1-2 row blocks."""
     out = {}
     for tn in (1, 2, 4):
         for nw in (1, 2, 4):
@@ -266,7 +266,8 @@ def mma_variants():
                 for mt in (1, 2):
                     for gs, name in ((8, "g128"), (0, "pc")):
                         consts = dict(BITS=4, SYMMETRIC=True, GROUP=128 if gs else 1, GROUP_SLOTS=gs, HAS_BIAS=False,
-                                      SPLIT=True, IS_BF16=False, ASM=True, EVEN_K=True, TN=tn, NW=nw, MT=mt,
+                                      SPLIT=True, SPLIT_P2=8, IS_BF16=False, ASM=True, EVEN_K=True, TN=tn, NW=nw,
+                                      MT=mt,
                                       PREFETCH=pf)
                         out[f"mma_{name}_tn{tn}_w{nw}_pf{pf}_mt{mt}"] = (consts, nw, 1)
     return out
@@ -275,7 +276,7 @@ def mma_variants():
 def mma_facts(kernel, consts, num_warps) -> dict:
     """Registers, spills, the K loop's SASS per weight (one K tile of 128 x 16 TN columns a warp) and whether
     shared memory or barriers appear in the loop."""
-    facts = sass_facts(kernel, dict(consts, SLOTS=8, BLOCK_N=16 * consts["TN"] * num_warps), num_warps)
+    facts = sass_facts(kernel, dict(consts, SLOTS=8, BLOCK_N=16 * consts["TN"] * num_warps), num_warps)  # per warp-tile
     sass = cuobjdump(kernel.asm["cubin"], "-sass", check=False)
     facts["kernel_sass"] = sum(1 for ln in sass.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/", ln))
     facts["smem_or_bar_in_loop"] = {op: n for op, n in facts["top_ops"].items() if op in ("LDS", "STS", "BAR")}

@@ -31,9 +31,10 @@ def check(dev) -> int:
     fp32 accumulation, 2e-3 relative Frobenius; bf16 output 8e-3)."""
     failures = 0
     gen = torch.Generator().manual_seed(1)
-    cases = [(128, 256, 1, 128, True, torch.float16, 16, 1, 1, 0), (333, 96, 8, 32, True, torch.float16, 32, 1, 1, 0),
-             (256, 1024, 3, 128, False, torch.float16, 64, 2, 4, 1), (512, 512, 5, -1, True, torch.float16, 128, 4, 2, 1),
-             (384, 640, 2, 64, False, torch.bfloat16, 128, 2, 3, 1), (1024, 2048, 8, 128, True, torch.float16, 64, 1, 8, 1),
+    cases = [(128, 256, 1, 128, True, torch.float16, 16, 1, 1, 0), (333, 96, 8, 32, True, torch.float16, 32, 2, 1, 0),
+             (256, 1024, 3, 128, False, torch.float16, 64, 2, 4, 1), (512, 512, 5, -1, True, torch.float16, 32, 4, 2, 1),
+             (384, 640, 2, 64, False, torch.bfloat16, 64, 2, 3, 1), (1024, 2048, 8, 128, True, torch.float16, 64, 8, 2, 1),
+             (300, 1408, 1, 128, True, torch.float16, 32, 4, 3, 2),
              (96, 4096, 1, 256, True, torch.bfloat16, 32, 1, 16, 0), (256, 1024, 16, 128, True, torch.float16, 32, 1, 4, 2),
              (200, 768, 11, 64, False, torch.bfloat16, 64, 2, 2, 2), (128, 512, 13, -1, True, torch.float16, 16, 1, 2, 1)]
     for N, K, M, group, sym, dtype, bn, nw, split, pf in cases:
@@ -56,15 +57,20 @@ def check(dev) -> int:
 
 
 def mma_configs(N: int, K: int, M: int, quick: bool) -> list:
+    """TN 16-column tiles a thread (block_n 16 TN) x NW warps splitting a program's K tiles x tiles ahead x
+    split-K, kept where the grid holds 1000-8000 warps (the range where the first sweeps found the best)."""
     tiles = -(-K // 128)
     out = []
     for tn in (1, 2, 4):
-        for nw in ((1, 2) if quick else (1, 2, 4)):
+        for nw in (1, 2, 4, 8):
             for pf in (0, 1, 2):
-                for split in (2, 4, 8, 16, 32):
-                    if split > tiles or (quick and split not in (4, 8)) or (tn == 4 and pf == 2):
+                for split in (1, 2, 4, 8, 16):
+                    warps = -(-N // (16 * tn)) * split * nw
+                    if split * nw > tiles or not 1000 <= warps <= 8000 or (pf == 2 and tn == 4):
                         continue
-                    out.append(Q.KernelConfig("mma", block_m=8 if M <= 8 else 16, block_n=16 * tn * nw, num_warps=nw,
+                    if quick and (split not in (4, 8) or pf == 2):
+                        continue
+                    out.append(Q.KernelConfig("mma", block_m=8 if M <= 8 else 16, block_n=16 * tn, num_warps=nw,
                                               split_k=split, prefetch=pf))
     return out
 
@@ -140,7 +146,7 @@ def main():
         print(f"{s['shape']:<12} {s['M']:>2} {s['cublas_us']:7.2f} {s['table_us']:7.2f} {b or float('nan'):8.2f} "
               f"{ti or float('nan'):10.2f} {s['cublas_us'] / b if b else 0:12.2f} {s['table_us'] / b if b else 0:11.2f} "
               f"{(ti / b) if (b and ti) else 0:11.2f}  bn{cfg.get('block_n')} w{cfg.get('num_warps')} "
-              f"sk{cfg.get('split_k')} pf{cfg.get('prefetch')}")
+              f"sk{cfg.get('split_k')} pf{cfg.get('prefetch')}")  # w = warps splitting K in a program
     rec.close()
     print(f"failures: {failures}")
     sys.exit(1 if failures else 0)

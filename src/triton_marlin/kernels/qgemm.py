@@ -1153,7 +1153,7 @@ class KernelConfig:
         if self.family == "mma":
             if self.block_m > MMA_MAX_M:
                 raise ValueError(f"the mma family takes at most {MMA_MAX_M} rows (block_m), got {self.block_m}")
-            mma_tiles(self.block_n, self.num_warps)
+            mma_tiles(self.block_n)
             if self.fold or self.wide or self.swap_ab or self.oneshot:
                 raise ValueError("the mma family has no fold/wide/swap_ab/oneshot modes (it always folds)")
         if not isinstance(self.split_k, int) or self.split_k < 1:
@@ -1317,8 +1317,9 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
         _qgemv_mma_kernel[grid](xw, qw, s, z, bias_arg, out, ws, cnt, M, N, K, G, tiles, per_split, split,
                                 xw.stride(0), out.stride(0), BITS=spec.bits, SYMMETRIC=spec.symmetric,
                                 GROUP=max(spec.group, 1), GROUP_SLOTS=spec.group_slots, HAS_BIAS=bias is not None,
-                                SPLIT=split > 1, IS_BF16=x.dtype == torch.bfloat16,
-                                ASM=x.device.type == "cuda", EVEN_K=even_k, TN=mma_tiles(cfg.block_n, cfg.num_warps),
+                                SPLIT=split > 1, SPLIT_P2=1 << (split - 1).bit_length(),
+                                IS_BF16=x.dtype == torch.bfloat16, ASM=x.device.type == "cuda", EVEN_K=even_k,
+                                TN=mma_tiles(cfg.block_n),
                                 NW=cfg.num_warps, MT=1 if M <= 8 else 2, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps,
                                 num_stages=1)
     elif cfg.family == "gemv" and cfg.oneshot:

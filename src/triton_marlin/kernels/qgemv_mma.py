@@ -243,9 +243,10 @@ def _scale4(acc, sA, sB, Q: tl.constexpr):
 @triton.jit
 def _tile_scales(s_ptr, z_ptr, grp, cols, col_ok, N, G, NC: tl.constexpr, SYMMETRIC: tl.constexpr,
                  BITS: tl.constexpr, IS_BF16: tl.constexpr):
-    """fp32 scales and zero offsets (:func:`_zero_offset`) of scale row ``grp`` for the thread's NC columns
-    (rows past G, the K padding, read as scale 0)."""
-    g_ok = col_ok & ((cols * 0 + grp) < G)
+    """fp32 scales and zero offsets (:func:`_zero_offset`) of scale rows ``grp`` (one per thread) for the thread's
+    NC columns (rows past G, the K padding, read as scale 0)."""
+    grp = grp[:, None]
+    g_ok = col_ok & (grp < G)
     sc = _columns(tl.load(s_ptr + grp * N + cols, mask=g_ok, other=0).to(tl.float32), NC)
     if SYMMETRIC:
         zc = cols * 0
@@ -271,30 +272,32 @@ def _qgemv_mma_kernel(
         xw_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
         M, N, K, G, TILES, TILES_PER_SPLIT, SPLIT_K, stride_xw, stride_om,
         BITS: tl.constexpr, SYMMETRIC: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr,
-        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, IS_BF16: tl.constexpr, ASM: tl.constexpr,
-        EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr, PREFETCH: tl.constexpr):
+        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, IS_BF16: tl.constexpr,
+        ASM: tl.constexpr, EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr,
+        PREFETCH: tl.constexpr):
     """``out [M, N] = x [M, K] @ W.T (+ bias)`` for M <= 8 MT (see the module docstring).
 
     xw: the activations as int32 pairs ``[M, K/2]`` (row stride ``stride_xw`` pairs; zero-padded to even K);
     qw: int32 ``[Kp/8, N]``; s: ``[G, N]`` scales; z: uint8 ``[G, N]`` zero points (asymmetric); ws/cnt: the
-    split-K workspace ``[SPLIT_K, M, N]`` fp32 and tickets (see qgemm._splitk_reduce). Grid:
-    (cdiv(N, 16 * TN * NW), SPLIT_K). Warp w of program pid_n owns columns ``16 TN (NW pid_n + w) + [0,
-    16 TN)``; thread (g, c) the 2 TN of them from ``2 TN g``. MT: blocks of 8 activation rows (1 or 2; each
-    slot's A feeds one MMA per block). GROUP_SLOTS: slots per scale group in a tile (0: per-channel scales,
-    applied once at the end). PREFETCH (0, 1, 2): the words of the next PREFETCH tiles (and their scales,
-    when a tile is one scale group) load before this tile's math. EVEN_K: K is a whole number of 128-row
-    tiles (no activation mask along K)."""
+    split-K workspace ``[SPLIT_K, M, N]`` fp32 and tickets (see qgemm._splitk_reduce; SPLIT_P2 = SPLIT_K rounded
+    up to a power of two: the last split loads every partial at once). Grid: (cdiv(N, 16 TN), SPLIT_K).
+    Program pid_n owns columns ``16 TN pid_n + [0, 16 TN)``, thread (g, c) the 2 TN of them from ``2 TN g``;
+    its NW warps split the program's K tiles (warp w takes tiles w, w + NW, ...) and their sums are added in
+    the CTA at the end. MT: blocks of 8 activation rows (1 or 2; each slot's A feeds one MMA per block).
+    GROUP_SLOTS: slots per scale group in a tile (0: per-channel scales, applied once at the end). PREFETCH
+    (0, 1, 2): the words of a warp's next PREFETCH tiles (and their scales, when a tile is one scale group) load
+    before this tile's math. EVEN_K: K is a whole number of 128-row tiles (no activation mask along K)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     BLOCK: tl.constexpr = 32 * NW
     NC: tl.constexpr = 2 * TN
     NA: tl.constexpr = 4 * TN               # accumulators per row block
     e = tl.arange(0, BLOCK)
+    warp = e // 32
     lane = e % 32
     g = lane // 4
     c = lane % 4
-    col0 = (pid_n * NW + e // 32) * (16 * TN) + g * NC
-    cols = col0[:, None] + tl.arange(0, NC)[None, :]
+    cols = (pid_n * (16 * TN) + g * NC)[:, None] + tl.arange(0, NC)[None, :]
     col_ok = cols < N
     wrow = 4 * c
     # B of row block m: x[g + 8m, 16 i + 4c .. +3] = pairs 8 i + 2c, 2c + 1 (rows >= M read as zero)
@@ -305,12 +308,16 @@ def _qgemv_mma_kernel(
         acc = acc + (tl.zeros((BLOCK,), dtype=tl.float32),)
     t_begin = pid_k * TILES_PER_SPLIT
     t_end = tl.minimum(t_begin + TILES_PER_SPLIT, TILES)
+    t_last = t_end - 1
     TILE_SCALES: tl.constexpr = GROUP_SLOTS == 8
+    # a warp's tiles past t_end (the program's tile count need not divide by NW) load the last tile again and
+    # multiply it by zero activations
+    t_warp = t_begin + warp
     if PREFETCH >= 1:
-        nxt = _load_tile(qw_ptr, s_ptr, z_ptr, t_begin, wrow, cols, col_ok, N, G, GROUP, NC, SYMMETRIC, BITS,
-                         IS_BF16, TILE_SCALES)
+        nxt = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t_warp, t_last), wrow, cols, col_ok, N, G, GROUP, NC,
+                         SYMMETRIC, BITS, IS_BF16, TILE_SCALES)
     if PREFETCH >= 2:
-        nxt2 = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t_begin + 1, t_end - 1), wrow, cols, col_ok, N, G, GROUP,
+        nxt2 = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t_warp + NW, t_last), wrow, cols, col_ok, N, G, GROUP,
                           NC, SYMMETRIC, BITS, IS_BF16, TILE_SCALES)
     FOLD_SLOTS: tl.constexpr = GROUP_SLOTS if GROUP_SLOTS != 0 else 8
     if GROUP_SLOTS == 0:
@@ -319,19 +326,21 @@ def _qgemv_mma_kernel(
         else:
             zc = tl.load(z_ptr + cols, mask=col_ok, other=0).to(tl.int32)
         z_pc = _columns(_zero_offset(zc, SYMMETRIC, BITS, IS_BF16), NC)
-    for t in range(t_begin, t_end):
-        # the tiles ahead are clamped to the last one near the end: valid addresses, unused
+    for t0 in range(t_begin, t_end, NW):
+        t = t0 + warp
+        live = (t < t_end)[:, None]
+        tc = tl.minimum(t, t_last)
         if PREFETCH >= 2:
             cur = nxt
             nxt = nxt2
-            nxt2 = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t + 2, t_end - 1), wrow, cols, col_ok, N, G, GROUP,
+            nxt2 = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t + 2 * NW, t_last), wrow, cols, col_ok, N, G, GROUP,
                               NC, SYMMETRIC, BITS, IS_BF16, TILE_SCALES)
         elif PREFETCH >= 1:
             cur = nxt
-            nxt = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t + 1, t_end - 1), wrow, cols, col_ok, N, G, GROUP,
+            nxt = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t + NW, t_last), wrow, cols, col_ok, N, G, GROUP,
                              NC, SYMMETRIC, BITS, IS_BF16, TILE_SCALES)
         else:
-            cur = _load_tile(qw_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, N, G, GROUP, NC, SYMMETRIC, BITS, IS_BF16,
+            cur = _load_tile(qw_ptr, s_ptr, z_ptr, tc, wrow, cols, col_ok, N, G, GROUP, NC, SYMMETRIC, BITS, IS_BF16,
                              TILE_SCALES)
         w = cur
         p = ()
@@ -346,7 +355,7 @@ def _qgemv_mma_kernel(
                     sc = sc + (cur[4 * NC + q],)
                     zo = zo + (cur[5 * NC + q],)
             elif GROUP_SLOTS != 0:
-                sc, zo = _tile_scales(s_ptr, z_ptr, (t * 128 + gi * 16 * GROUP_SLOTS) // GROUP, cols, col_ok, N, G,
+                sc, zo = _tile_scales(s_ptr, z_ptr, (tc * 128 + gi * 16 * GROUP_SLOTS) // GROUP, cols, col_ok, N, G,
                                       NC, SYMMETRIC, BITS, IS_BF16)
             else:
                 zo = z_pc
@@ -354,10 +363,10 @@ def _qgemv_mma_kernel(
             for a in tl.static_range(NA * MT):
                 part = part + (tl.zeros((BLOCK,), dtype=tl.float32),)
             for si in tl.static_range(FOLD_SLOTS):
-                kw = t * 64 + (gi * FOLD_SLOTS + si) * 8
+                kw = (tc * 64 + (gi * FOLD_SLOTS + si) * 8)[:, None]
                 b = ()
                 for m in tl.static_range(MT):
-                    x_ok = ((g + 8 * m) < M)[:, None]
+                    x_ok = ((g + 8 * m) < M)[:, None] & live
                     if not EVEN_K:
                         x_ok = x_ok & ((kw + pair) < KW)
                     xv = tl.load(xw_ptr + (g + 8 * m)[:, None] * stride_xw + kw + pair, mask=x_ok, other=0)
@@ -389,43 +398,57 @@ def _qgemv_mma_kernel(
                     for j in tl.static_range(TN):
                         folded = folded + _fold4(acc, part, sc[2 * j], sc[2 * j + 1], m * NA + 4 * j)
                 acc = folded
+    # the NW warps' sums -> one warp's worth ([32] per accumulator: lane (g, c) of the program)
+    if NW > 1:
+        red = ()
+        for a in tl.static_range(NA * MT):
+            red = red + (tl.sum(tl.reshape(acc[a], (NW, 32)), axis=0),)
+        acc = red
+    ln = tl.arange(0, 32)
+    g32 = ln // 4
+    c32 = ln % 4
+    cols32 = (pid_n * (16 * TN) + g32 * NC)[:, None] + tl.arange(0, NC)[None, :]
     if GROUP_SLOTS == 0:
-        sc = _columns(tl.load(s_ptr + cols, mask=col_ok, other=0).to(tl.float32), NC)
+        sc = _columns(tl.load(s_ptr + cols32, mask=cols32 < N, other=0).to(tl.float32), NC)
         scaled = ()
         for m in tl.static_range(MT):
             for j in tl.static_range(TN):
                 scaled = scaled + _scale4(acc, sc[2 * j], sc[2 * j + 1], m * NA + 4 * j)
         acc = scaled
-    # thread (g, c) holds, for row block m and n-tile j: (col 2j, row 2c), (col 2j, row 2c+1), (col 2j+1, row 2c),
+    # lane (g, c) holds, for row block m and n-tile j: (col 2j, row 2c), (col 2j, row 2c+1), (col 2j+1, row 2c),
     # (col 2j+1, row 2c+1), rows offset by 8m
-    colv = cols[:, :, None]
+    colv = cols32[:, :, None]
     if HAS_BIAS:
         bias = tl.load(bias_ptr + colv, mask=colv < N, other=0.0).to(tl.float32)
     for m in tl.static_range(MT):
         blk = ()
         for a in tl.static_range(NA):
             blk = blk + (acc[m * NA + a],)
-        res = _stack_acc(blk, TN)                                 # [BLOCK, NC, 2]: [thread, column, row 2c + h]
-        rowv = (2 * c + 8 * m)[:, None, None] + tl.arange(0, 2)[None, None, :]
+        res = _stack_acc(blk, TN)                                 # [32, NC, 2]: [lane, column, row 2c + h]
+        rowv = (2 * c32 + 8 * m)[:, None, None] + tl.arange(0, 2)[None, None, :]
         ok = (colv < N) & (rowv < M)
-        out_ptrs = out_ptr + rowv * stride_om + colv
         if SPLIT:
             tl.store(ws_ptr + pid_k * M * N + rowv * N + colv, res, mask=ok)
         else:
             if HAS_BIAS:
                 res += bias
-            tl.store(out_ptrs, res.to(out_ptr.dtype.element_ty), mask=ok)
+            tl.store(out_ptr + rowv * stride_om + colv, res.to(out_ptr.dtype.element_ty), mask=ok)
     if SPLIT:
         tl.debug_barrier()
         ticket = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
         if ticket == SPLIT_K - 1:
+            KB: tl.constexpr = SPLIT_P2 if SPLIT_P2 < 4 else 4
+            ks = tl.arange(0, KB)[:, None, None, None]
             for m in tl.static_range(MT):
-                rowv = (2 * c + 8 * m)[:, None, None] + tl.arange(0, 2)[None, None, :]
+                rowv = (2 * c32 + 8 * m)[:, None, None] + tl.arange(0, 2)[None, None, :]
                 ok = (colv < N) & (rowv < M)
-                wofs = rowv * N + colv
-                total = tl.load(ws_ptr + wofs, mask=ok, other=0.0, cache_modifier=".cg")
-                for sk in range(1, SPLIT_K):
-                    total += tl.load(ws_ptr + sk * M * N + wofs, mask=ok, other=0.0, cache_modifier=".cg")
+                # the partials KB splits at a time in one load each (independent, in flight together), summed in
+                # a fixed order
+                total = tl.zeros((32, NC, 2), dtype=tl.float32)
+                for k0 in tl.static_range(0, SPLIT_P2, KB):
+                    parts = tl.load(ws_ptr + (k0 + ks) * M * N + (rowv * N + colv)[None],
+                                    mask=((k0 + ks) < SPLIT_K) & ok[None], other=0.0, cache_modifier=".cg")
+                    total += tl.sum(parts, axis=0)
                 if HAS_BIAS:
                     total += bias
                 tl.store(out_ptr + rowv * stride_om + colv, total.to(out_ptr.dtype.element_ty), mask=ok)
@@ -454,10 +477,8 @@ def _stack_acc(acc, TN: tl.constexpr):
         return tl.reshape(tl.permute(tl.join(even, odd), (0, 1, 3, 2)), (a.shape[0], 8, 2))
 
 
-def mma_tiles(block_n: int, num_warps: int) -> int:
-    """16-column tiles per warp (TN) of a ``family="mma"`` config; ValueError unless 1, 2 or 4."""
-    tn = block_n // (16 * num_warps)
-    if tn not in (1, 2, 4) or tn * 16 * num_warps != block_n:
-        raise ValueError(f"the mma family needs block_n = 16 * num_warps * TN with TN in (1, 2, 4), got "
-                         f"block_n={block_n}, num_warps={num_warps}")
-    return tn
+def mma_tiles(block_n: int) -> int:
+    """16-column tiles (TN) of a ``family="mma"`` program; ValueError unless block_n is 16, 32 or 64."""
+    if block_n not in (16, 32, 64):
+        raise ValueError(f"the mma family takes block_n in (16, 32, 64) (16-column tiles a thread), got {block_n}")
+    return block_n // 16
