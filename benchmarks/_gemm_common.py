@@ -79,10 +79,10 @@ def add_case_args(p, default_formats="int4"):
                         "swap-AB tensor-core candidates plus what the packaged tables select now) or swapab2 "
                         "(only the swap-AB tiles with one tl.dot per K tile, plus the tables' choice) or small "
                         "(the one-shot gemv for small weights, the measured small-weight bests and the tables' "
-                        "choice)")
+                        "choice) or mma (the register-fragment GEMV up to 16 rows, plus the tables' choice)")
 
 
-CANDIDATE_SETS = ("all", "swapab", "swapab2", "small")
+CANDIDATE_SETS = ("all", "swapab", "swapab2", "small", "mma")
 _candidate_set = "all"  # set by --candidates when a benchmark parses its arguments
 
 
@@ -277,6 +277,28 @@ def oneshot_configs(M: int) -> list:
     return [KC("gemv", block_m=bm, block_n=bn, num_warps=w, split_k=sk, oneshot=1) for bn, w, sk in shapes]
 
 
+def mma_configs(M: int) -> list:
+    """The register-fragment GEMV (``family="mma"``, up to 16 rows): 16-column tiles a thread (block_n 16 TN) x
+    warps splitting a program's K tiles x tiles loaded ahead x split-K, around what won the first H200 sweeps
+    (docs/perf/gemm.md: one program per 32 columns with 4-8 K warps and no split on the large shapes, 16 columns
+    and 8 warps on the GLM expert shapes)."""
+    from triton_marlin.kernels.qgemm import KernelConfig as KC
+    from triton_marlin.kernels.qgemv_mma import MMA_MAX_M
+
+    if M > MMA_MAX_M:
+        return []
+    bm = 8 if M <= 8 else 16
+    out = []
+    for bn in (16, 32, 64):
+        for warps in (4, 8, 16):
+            for prefetch in (0, 1):
+                for split in (1, 2, 4):
+                    out.append(KC("mma", block_m=bm, block_n=bn, num_warps=warps, split_k=split, prefetch=prefetch))
+        for split in (4, 8):
+            out.append(KC("mma", block_m=bm, block_n=bn, num_warps=1, split_k=split, prefetch=1))
+    return out
+
+
 def small_configs(M: int) -> list:
     """``--candidates small``: the one-shot gemv (M <= 4), the configurations that won the GLM expert shapes in
     the 2026-11-26 H200 sweep (gemv bn32/64 split 4, 16x128 fold tiles split 4/8 with the scales ahead) and
@@ -337,7 +359,8 @@ def candidate_configs(M: int, quick: bool = False, which: str | None = None) -> 
         if M <= 4:
             out = [KC("gemv", block_m=1 if M == 1 else 4, block_n=64),
                    KC("dot", block_m=16, block_n=64, fold=1, split_k=2, prefetch=1),
-                   KC("gemv", block_m=1 if M == 1 else 4, block_n=16, num_warps=2, oneshot=1)]
+                   KC("gemv", block_m=1 if M == 1 else 4, block_n=16, num_warps=2, oneshot=1),
+                   KC("mma", block_m=8, block_n=32, num_warps=2, split_k=1, prefetch=1)]
         else:
             out = [KC("dot", block_m=16, block_n=64, fold=1), KC("dot", block_m=16, block_n=64, wide=1),
                    KC("dequant"), KC("dot", block_m=16, block_n=64, fold=1, prefetch=1, swap_ab=1),
@@ -346,9 +369,17 @@ def candidate_configs(M: int, quick: bool = False, which: str | None = None) -> 
             return [c for c in out if c.dot_k != 16 or c.family == "dequant"]
         if which == "small":
             return [c for c in out if c.oneshot or c.family == "dequant"] or out[:1]
+        if which == "mma":
+            return [c for c in out if c.family == "mma"] or out[:1]
         return out if which == "all" else [c for c in out if c.swap_ab or c.family == "dequant"]
     if which == "small":
         return small_configs(M)
+    if which == "mma":
+        out = mma_configs(M)
+        for cfg in table_configs(M):
+            if cfg not in out:
+                out.append(cfg)
+        return out
     if which in ("swapab", "swapab2"):
         out = swapab_configs(M) if which == "swapab" else swapab_k_configs(M)
         for cfg in table_configs(M):
@@ -404,4 +435,5 @@ def candidate_configs(M: int, quick: bool = False, which: str | None = None) -> 
     if M >= 64:
         out.append(KC("dequant"))
     out.extend(swapab_configs(M))
+    out.extend(mma_configs(M))
     return out

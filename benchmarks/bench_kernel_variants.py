@@ -27,7 +27,7 @@ TOL = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -6}
 
 def add_args(p):
     G.add_case_args(p)
-    p.add_argument("--families", default="gemv,dot,dequant", help="kernel families to include")
+    p.add_argument("--families", default="gemv,dot,dequant,mma", help="kernel families to include")
 
 
 def sweep(runner, args, on_case=None):
@@ -55,6 +55,8 @@ def sweep(runner, args, on_case=None):
             for cfg in G.candidate_configs(M, quick=args.quick):
                 if cfg.family not in families:
                     continue
+                if cfg.family == "mma" and Q.mma_unsupported_reason(x, wc.qt) is not None:
+                    continue  # would run another kernel under this label
                 label = Q._config_key(cfg)
                 case = dict(case0, variant=label, family=cfg.family)
                 try:

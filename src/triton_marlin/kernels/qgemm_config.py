@@ -28,6 +28,7 @@ import torch
 
 from ..formats import QuantizedTensor
 from .qgemm import KernelConfig, format_spec
+from .qgemv_mma import MMA_FORMATS
 
 TUNED_DIR = Path(__file__).with_name("tuned")
 MAX_M_BUCKET = 1024
@@ -156,8 +157,24 @@ def _split_long(programs: int, tiles: int, sms: int, tiles_per_split: int = 16) 
     return split
 
 
+def mma_default(N: int, tiles: int, sms: int) -> KernelConfig:
+    """Register-fragment GEMV without a measured entry: 32 columns a program (16 when that leaves fewer programs
+    than SMs) whose 8 warps split K, 4 warps when 8 would not all be resident at once (32 warps an SM), the
+    next tile's words loaded ahead; split K only when the grid has fewer warps than 8 an SM (H200 sweeps, int4
+    M = 1 and 8: 8192x8192 best with 32 columns x 8 warps, 28672x8192 with 32 x 4, the GLM expert shapes with
+    16 x 8, none of them split)."""
+    bn = 32 if -(-N // 32) >= sms else 16
+    programs = -(-N // bn)
+    warps = 8 if programs * 8 <= 32 * sms else 4
+    split = 1
+    while programs * warps * split < 8 * sms and split * warps * 2 <= tiles:
+        split *= 2
+    return KernelConfig("mma", block_m=8, block_n=bn, num_warps=warps, split_k=split, prefetch=1)
+
+
 def default_config(M: int, N: int, K: int, qt: QuantizedTensor, device: torch.device) -> KernelConfig:
     """The rule used where no measured entry exists, shaped by the H200 sweeps (docs/perf/gemm.md):
+    up to 8 rows of a format the register-fragment GEMV reads: that GEMV (:func:`mma_default`); other
     M <= 16: 16x128 tensor-core tiles with fold operands, scales loaded a tile ahead, about 16 K tiles
     per split (best at M = 1 and 16 on both large shapes); M <= 64: 32-row fold tiles (best at M = 64);
     larger M: dequantize + cuBLAS (fastest measured at M = 256, every shape; the fused tiles reached
@@ -165,6 +182,8 @@ def default_config(M: int, N: int, K: int, qt: QuantizedTensor, device: torch.de
     spec = format_spec(qt)
     tiles = -(-K // spec.tile_k)
     sms = sm_count(device)
+    if M <= 8 and qt.format in MMA_FORMATS:
+        return mma_default(N, tiles, sms)
     if M <= 16:
         programs = -(-N // 128)
         return KernelConfig("dot", block_m=16, block_n=128, fold=1, num_warps=4, num_stages=3, prefetch=1,
