@@ -1,0 +1,187 @@
+"""The register-fragment GEMV (``KernelConfig(family="mma")``, kernels/qgemv_mma.py) against an fp64 product on the
+dequantized weights.
+
+Without a GPU the kernel runs its portable emulation under TRITON_INTERPRET=1 (the same operands and fp32 sums
+as the PTX path); the ``gpu`` test runs the PTX path, inside a CUDA graph too.
+
+Tolerance, from the arithmetic: the A operand is exact (``q - z`` for integers, the raw minifloat value for E2M1),
+B is the activations as given, every product is exact in fp32 and the sums are fp32; the scale multiplies an fp32
+partial sum; the output is rounded once to the activation dtype. So the relative Frobenius error is the output
+rounding plus fp32 summation: fp16 rounds to nearest (<= 2**-11 ~ 4.9e-4 per element), bf16 to nearest on the GPU
+(2**-8) and by truncation under the interpreter (< 2**-7 ~ 7.8e-3).
+"""
+import pytest
+import torch
+
+import triton_marlin as tm
+from triton_marlin import dispatch
+from triton_marlin.kernels import qgemm as Q
+from triton_marlin.kernels.qgemv_mma import MMA_FORMATS
+
+from conftest import rel_err
+
+TOL = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+F16, BF16 = torch.float16, torch.bfloat16
+gpu = pytest.mark.gpu
+
+
+def _run(fmt, opts, dtype, M, K, N, bn, nw, split, pf, bias, gen, device="cpu"):
+    """Quantize a fresh random weight, run the mma family into NaN-poisoned output memory, return (out, ref)."""
+    w = torch.randn(N, K, generator=gen)
+    qt = tm.quantize(w, fmt, **opts).to(device)
+    x = torch.randn(M, K, generator=gen).to(device, dtype)
+    b = torch.randn(N, generator=gen).to(device, dtype) if bias else None
+    cfg = Q.KernelConfig("mma", block_m=16, block_n=bn, num_warps=nw, split_k=split, prefetch=pf)
+    cfg.validate()
+    assert Q.mma_unsupported_reason(x, qt) is None
+    out = torch.full((M, N), float("nan"), dtype=dtype, device=device)
+    Q.launch_fused(x, qt, b, cfg, out=out)
+    ref = x.double() @ qt.dequantize(torch.float64).T
+    if b is not None:
+        ref = ref + b.double()
+    return out, ref, (x, qt, b, cfg)
+
+
+# (format, quantize options, dtype, M, K, N, block_n, num_warps, split_k, prefetch, bias): every group size (one
+# scale group per slot pair, per tile and across tiles, per-channel), zero points, both dtypes, every M block
+# shape (1, 3, 8: one row block; 11, 16: two), odd K (96: a partial tile, 97: x padded to even K), odd N, every
+# block_n, warps splitting K (more warps than tiles too), split-K and the prefetch depths.
+INT4 = [
+    ("int4", dict(group_size=32), F16, 1, 96, 333, 64, 1, 1, 0, False),
+    ("int4", dict(group_size=32, symmetric=False), BF16, 3, 96, 7, 16, 2, 1, 1, True),
+    ("int4", dict(group_size=64), F16, 8, 256, 40, 32, 1, 2, 2, False),
+    ("int4", dict(group_size=64, symmetric=False), F16, 11, 256, 1, 16, 4, 1, 1, True),
+    ("int4", dict(group_size=128), F16, 16, 512, 48, 16, 2, 2, 1, True),
+    ("int4", dict(group_size=128, symmetric=False), BF16, 1, 384, 33, 32, 8, 1, 2, False),
+    ("int4", dict(group_size=256), BF16, 11, 512, 16, 16, 1, 3, 0, False),
+    ("int4", dict(group_size=256, symmetric=False), F16, 3, 768, 24, 16, 2, 3, 2, True),
+    ("int4", dict(group_size=-1), F16, 8, 97, 7, 16, 1, 1, 1, True),
+    ("int4", dict(group_size=-1, symmetric=False), BF16, 16, 300, 20, 32, 2, 2, 0, False),
+    ("int4", dict(group_size=-1), BF16, 1, 97, 1, 64, 4, 1, 2, True),
+]
+CASES = INT4
+
+
+def _id(case):
+    fmt, opts, dtype, M, K, N, bn, nw, split, pf, bias = case
+    g = opts.get("group_size")
+    sym = "a" if opts.get("symmetric", True) is False else "s"
+    return (f"{fmt}-g{g}{sym}-{'bf16' if dtype == BF16 else 'fp16'}-M{M}-K{K}-N{N}-bn{bn}-w{nw}-sk{split}-pf{pf}"
+            f"{'-bias' if bias else ''}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_matches_fp64(case, gen):
+    out, ref, _ = _run(*case, gen)
+    assert not torch.isnan(out).any(), "an output element was not written"
+    err = rel_err(out, ref)
+    assert err < TOL[case[2]], f"relative error {err:.3e}"
+
+
+def test_every_listed_format_has_a_case():
+    assert set(MMA_FORMATS) == {c[0] for c in CASES}
+
+
+def test_split_k_tickets_reset_between_calls(gen):
+    out, ref, (x, qt, b, cfg) = _run("int4", dict(group_size=32), F16, 3, 480, 40, 16, 1, 3, 1, True, gen)
+    # the same launch again: each program's ticket must be back at zero, or no split would write the output
+    again = torch.full_like(out, float("nan"))
+    Q.launch_fused(x, qt, b, cfg, out=again)
+    assert not torch.isnan(again).any()
+    assert torch.equal(again, out)
+    assert rel_err(out, ref) < TOL[F16]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(block_m=32), "at most 16 rows"),
+    (dict(block_n=8), "block_n in"),
+    (dict(block_n=128), "block_n in"),
+    (dict(fold=1), "no fold/wide/swap_ab/oneshot"),
+    (dict(wide=1), "no fold/wide/swap_ab/oneshot"),
+    (dict(swap_ab=1), "no fold/wide/swap_ab/oneshot"),
+    (dict(oneshot=1), "no fold/wide/swap_ab/oneshot"),
+    (dict(prefetch=3), "prefetch must be"),
+])
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Q.KernelConfig.from_dict(dict(family="mma", **kwargs))
+
+
+def test_config_accepts_its_modes():
+    for bm in (1, 8, 16):
+        for bn in (16, 32, 64):
+            Q.KernelConfig.from_dict(dict(family="mma", block_m=bm, block_n=bn, prefetch=2, split_k=3, num_warps=8))
+
+
+def _warns_and_records(x, qt):
+    """An mma configuration the call cannot take: a warning naming why, the path ``qgemm/mma-unsupported``, and
+    the default configuration's (correct) result."""
+    dispatch.reset()
+    dispatch._warned.clear()  # the warning is once per reason and process
+    cfg = Q.KernelConfig("mma", block_m=16, block_n=16)
+    with pytest.warns(RuntimeWarning, match="mma family cannot run"):
+        out = Q.launch(x, qt, None, cfg)
+    assert dispatch.counts().get(("qgemm", "mma-unsupported")) == 1
+    ref = x.double() @ qt.dequantize(torch.float64).T
+    assert rel_err(out, ref) < TOL[x.dtype]
+
+
+@pytest.mark.parametrize("fmt", sorted({"int2", "int3", "int8", "fp8", "fp4", "mxfp4", "nvfp4"} - set(MMA_FORMATS)))
+def test_unsupported_format_warns_and_records(fmt, gen):
+    qt = tm.quantize(torch.randn(24, 64, generator=gen), fmt, group_size=-1 if fmt == "fp8" else
+                     16 if fmt == "nvfp4" else 32)
+    assert fmt in Q.mma_unsupported_reason(torch.zeros(1, 64, dtype=F16), qt)
+    _warns_and_records(torch.randn(2, 64, generator=gen).half(), qt)
+
+
+def test_too_many_rows_warns_and_records(gen):
+    qt = tm.quantize(torch.randn(24, 64, generator=gen), "int4", group_size=32)
+    x = torch.randn(17, 64, generator=gen).half()
+    assert "17 rows" in Q.mma_unsupported_reason(x, qt)
+    _warns_and_records(x, qt)
+
+
+# The PTX path on the GPU: a few cases per format at larger shapes, then a CUDA-graph capture and replay.
+GPU_CASES = [
+    (dict(group_size=128), F16, 1, 4096, 1000, 64, 4, 4, 1),
+    (dict(group_size=128, symmetric=False), BF16, 8, 2048, 512, 32, 2, 2, 2),
+    (dict(group_size=-1), F16, 16, 1536, 333, 16, 1, 3, 1),
+    (dict(group_size=32), F16, 11, 1024, 64, 32, 8, 1, 0),
+]
+
+
+@gpu
+@pytest.mark.parametrize("fmt", MMA_FORMATS)
+def test_gpu_ptx_path_and_cuda_graph(fmt, gen):
+    dev = torch.device("cuda")
+    for opts, dtype, M, K, N, bn, nw, split, pf in GPU_CASES:
+        if fmt in ("mxfp4", "nvfp4"):
+            opts = dict(group_size=32 if fmt == "mxfp4" else 16)
+        elif not fmt.startswith("int"):
+            opts = {k: v for k, v in opts.items() if k != "symmetric"}
+        if Q.mma_unsupported_reason(torch.zeros(1, K, dtype=dtype, device=dev), tm.quantize(
+                torch.randn(16, K, generator=gen), fmt, **opts).to(dev)) is not None:
+            continue
+        out, ref, _ = _run(fmt, opts, dtype, M, K, N, bn, nw, split, pf, True, gen, device=dev)
+        assert rel_err(out, ref) < TOL[dtype], (fmt, opts, dtype, M, K, N)
+    # capture: the launch (split-K with tickets) replays against new activations
+    opts = dict(group_size=16 if fmt == "nvfp4" else 32 if fmt == "mxfp4" else 128)
+    qt = tm.quantize(torch.randn(2048, 4096, generator=gen), fmt, **opts).to(dev)
+    cfg = Q.KernelConfig("mma", block_m=8, block_n=32, num_warps=2, split_k=4, prefetch=1)
+    x = torch.randn(4, 4096, generator=gen).half().to(dev)
+    out = torch.empty(4, 2048, dtype=F16, device=dev)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        Q.launch_fused(x, qt, None, cfg, out=out)  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        Q.launch_fused(x, qt, None, cfg, out=out)
+    w = qt.dequantize(torch.float64)
+    for _ in range(3):
+        x.copy_(torch.randn(4, 4096, generator=gen).half())
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(out, x.double() @ w.T) < TOL[F16]
