@@ -373,7 +373,8 @@ def test_tc_gemv_dispatch_and_refusals(gen, monkeypatch):
 @pytest.mark.parametrize("M", [1, 2, 4])
 def test_tc_gemv_auto_rule_follows_the_h200_sweep(bits, N, M):
     # what gemv="auto" picks (no kernel runs): the tensor-core GEMV up to M = 4 for every width on both measured
-    # shapes (second H200 sweep); tiles per thread, resident-wave split and prefetch as measured best
+    # shapes (second H200 sweep); tiles per thread, resident-wave split and prefetch as measured best; 1mad2r
+    # its own configs at 2 and 4 bits (its sweep, docs/perf/data/2026-11-26-h200-trellis-rot/), 1mad2's at 3
     gen = torch.Generator().manual_seed(0)
     qt = random_trellis(N, 64, bits, "1mad2", -1, gen)
     wide = N >= tg.TC_WIDE_N
@@ -384,10 +385,34 @@ def test_tc_gemv_auto_rule_follows_the_h200_sweep(bits, N, M):
     assert cfg.get("resident_split", False) == (wide or bits == 2)
     assert cfg.get("prefetch", False) == (wide or bits < 4)
     assert not tg.tc_gemv_auto(M, random_trellis(N, 64, bits, "1mad", -1, gen))     # 1mad: not timed with tc
-    rot = random_trellis(N, 64, bits, "1mad2r", -1, gen)                             # 1mad2r: 1mad2's configs
-    assert tg.tc_gemv_auto(M, rot) and tg.tc_config(rot) == cfg
+    rot = random_trellis(N, 64, bits, "1mad2r", -1, gen)
+    assert tg.tc_gemv_auto(M, rot)
+    rcfg = tg.tc_config(rot)
+    if bits == 3:
+        assert rcfg == cfg                                                           # 1mad2's config
+    else:   # (tn, programs per SM, resident split, prefetch, activations prefetched), one warp a program
+        expect = {(2, False): (2, 16, True, True, False), (4, False): (1, 16, False, False, False),
+                  (2, True): (2, 32, True, True, True), (4, True): (2, 32, True, True, True)}[(bits, wide)]
+        assert (rcfg["tn"], rcfg["programs_per_sm"], rcfg.get("resident_split", False),
+                bool(rcfg.get("prefetch", False)), rcfg.get("prefetch_x", False)) == expect
+        assert rcfg["num_warps"] == 1 and rcfg["auto"]
     assert tg.GEMV_DEFAULTS["m1"][("1mad2r", bits)] == tg.GEMV_DEFAULTS["m1"][("1mad2", bits)]
     assert tg.GEMV_DEFAULTS["m1"][("1mad2", bits)] == (2, bits == 3)                  # FMA: prefetch at 3 bits
+
+
+@pytest.mark.parametrize("bits,wide", [(2, False), (4, False), (2, True), (4, True)])
+def test_tc_gemv_auto_1mad2r_configs_compute_the_product(gen, monkeypatch, bits, wide):
+    # gemv="auto" with each of 1mad2r's own TC_CODE_CONFIGS (the wide class by a lowered TC_WIDE_N): tensor-core
+    # GEMV, the config's knobs as launched (tn 2, resident split, words and activations prefetched), right product
+    from triton_marlin import dispatch
+    monkeypatch.setattr(tg, "TC_WIDE_N", 256 if wide else tg.TC_WIDE_N)
+    qt = random_trellis(256, 64, bits, "1mad2r", -1, gen)
+    assert tg.tc_config(qt) == tg.TC_CODE_CONFIGS["1mad2r"][(bits, wide)]
+    xr = torch.randn(1, 64, generator=gen)
+    dispatch.reset()
+    y = tg.trellis_matmul_rotated(xr, qt, parts=True).sum(0)
+    assert dispatch.counts() == {("trellis_gemv", "tc"): 1}
+    assert rel_err(y, xr.double() @ qt.fmt.rotated_weight(qt).double().t()) < 1e-6
 
 
 def test_tc_gemv_prefetch_and_resident_split_match(gen, monkeypatch):

@@ -948,6 +948,26 @@ TC_CONFIGS = {   # (bits, wide): launch config; "auto": whether gemv="auto" take
     (4, True): {"tn": 2, "programs_per_sm": 32, "num_warps": 1, "resident_split": True, "prefetch": True,
                 "auto": True},
 }
+# Per-code overrides of TC_CONFIGS (same keys and fields; a code or key absent here takes TC_CONFIGS). 1mad2r,
+# from its own H200 sweep of 2026-11-26 (docs/perf/data/2026-11-26-h200-trellis-rot/, M=1, graph replay; a
+# knob a sweep config leaves unset takes 1mad2's TC_CONFIGS value, so these are the configs as launched), where
+# its best beat 1mad2's config by more than 3% and more than 3x the larger std of the two timings:
+#   8192x8192:   2 bits 16.24 us (tn 2, 16 programs per SM, resident split, prefetch) vs 17.08; 4 bits 19.05
+#                (tn 1, 16 per SM) vs 19.97
+#   28672x8192:  2 bits 50.12 (tn 2, resident split, prefetch, activations prefetched) vs 53.36; 4 bits 56.01
+#                (1mad2's tn 2 config plus prefetch_x) vs 60.37
+# 3 bits: best within 0.7% (8192) / 1.4% (28672) of 1mad2's config, kept.
+TC_CODE_CONFIGS = {
+    "1mad2r": {
+        (2, False): {"tn": 2, "programs_per_sm": 16, "num_warps": 1, "resident_split": True, "prefetch": True,
+                     "auto": True},
+        (4, False): {"tn": 1, "programs_per_sm": 16, "num_warps": 1, "auto": True},
+        (2, True): {"tn": 2, "programs_per_sm": 32, "num_warps": 1, "resident_split": True, "prefetch": True,
+                    "prefetch_x": True, "auto": True},
+        (4, True): {"tn": 2, "programs_per_sm": 32, "num_warps": 1, "resident_split": True, "prefetch": True,
+                    "prefetch_x": True, "auto": True},
+    },
+}
 # Programs (one warp each) an SM holds at once, from the registers ptxas gives the kernel (Triton 3.6,
 # sm_90; docs/perf/trellis.md): tn 1: 64 / 72 / 80 registers at 2 / 3 / 4 bits -> 32 (the 32-CTA cap) /
 # 28 / 25; tn 2: 123-128 registers -> 16. Used by the resident-wave K split (``tc_resident_split``).
@@ -956,15 +976,16 @@ TC_RESIDENT = {(2, 1): 32, (3, 1): 28, (4, 1): 25, (2, 2): 16, (3, 2): 16, (4, 2
 TC_GEMV = True
 TC_GEMV_MAX_M = 4
 TC_CODES = ("1mad", "1mad2", "1mad2r")   # the codes the tensor-core GEMV decodes
-# 1mad has a tc decode too, but was not timed with it; 1mad2r runs 1mad2's TC_CONFIGS until its own sweep
+# 1mad has a tc decode too, but was not timed with it; 1mad2r takes TC_CODE_CONFIGS where they differ
 TC_AUTO_CODES = ("1mad2", "1mad2r")
 
 
 def tc_config(qt: QuantizedTensor) -> dict:
-    """The tensor-core GEMV's launch config for this weight (``TC_CONFIGS`` by bits and N class); tn
-    falls back to 1 where ``128 * tn`` does not divide N."""
+    """The tensor-core GEMV's launch config for this weight (``TC_CONFIGS`` by bits and N class, or the
+    code's entry in ``TC_CODE_CONFIGS``); tn falls back to 1 where ``128 * tn`` does not divide N."""
     N = qt.shape[0]
-    cfg = dict(TC_CONFIGS[(qt.bits, N >= TC_WIDE_N)])
+    key = (qt.bits, N >= TC_WIDE_N)
+    cfg = dict(TC_CODE_CONFIGS.get(qt.meta.get("code"), {}).get(key) or TC_CONFIGS[key])
     if N % (128 * cfg["tn"]):
         cfg["tn"] = 1
     return cfg
@@ -1098,10 +1119,11 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     16*num_warps | K; ``auto`` takes it where :func:`tc_gemv_auto` says the H200 sweep measured it
     faster); ``block_tn_tc`` (tn), ``num_warps`` and ``programs_per_sm`` configure it (defaults
     :func:`tc_config`); ``tc_resident_split``: the K split counts waves of the programs an SM holds at
-    once (``TC_RESIDENT``) instead of one program per SM (not yet timed: off); ``prefetch`` with
-    ``gemv="tc"``: its next K step's words loaded ahead (not yet timed: off; with ``gemv="auto"`` the
-    prefetch knob asks for the FMA GEMV; ``prefetch=2``: two K steps ahead); ``tc_prefetch_x``: the next
-    step's activations load with its words (default ``TC_CONFIGS``' ``prefetch_x``). Its B operand is x' as
+    once (``TC_RESIDENT``) instead of one program per SM (True turns it on; False keeps
+    :func:`tc_config`'s); ``prefetch`` with ``gemv="tc"``: its next K step's words loaded ahead (default
+    :func:`tc_config`'s; with ``gemv="auto"`` the prefetch knob asks for the FMA GEMV; ``prefetch=2``: two
+    K steps ahead); ``tc_prefetch_x``: the next step's activations load with its words (default
+    :func:`tc_config`'s ``prefetch_x``). Its B operand is x' as
     fp16 plus its fp16 rounding residue, so |x'| must stay in fp16 range (< 65504).
     The path taken (M <= 4) is recorded in :mod:`triton_marlin.dispatch` as op ``trellis_gemv``."""
     M, K = xr.shape
