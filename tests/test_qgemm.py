@@ -417,8 +417,17 @@ def test_default_config_is_sane():
     qt = tm.quantize(torch.randn(64, 256), "int4")
     dev = torch.device("cpu")
     small = C.default_config(1, 64, 256, qt, dev)
-    assert small.family == "dot" and small.fold and small.block_m == 16
+    assert small.family == "mma" and small.block_m == 8 and small.prefetch == 1      # int4 up to 8 rows
+    mid = C.default_config(12, 64, 256, qt, dev)
+    assert mid.family == "dot" and mid.fold and mid.block_m == 16
     assert C.default_config(40, 64, 256, qt, dev).block_m == 32
+    # the mma rule: 32 columns a program when that still gives one per SM, 8 K warps while all fit, no split
+    # unless the grid is small (SMs = 132)
+    big = C.mma_default(8192, 64, 132)
+    assert (big.block_n, big.num_warps, big.split_k) == (32, 8, 1)
+    wide = C.mma_default(28672, 64, 132)
+    assert (wide.block_n, wide.num_warps, wide.split_k) == (32, 4, 1)
+    assert C.mma_default(2048, 12, 132).block_n == 16
     assert C.default_config(1024, 64, 256, qt, dev).family == "dequant"
     assert C.m_bucket(1) == 1 and C.m_bucket(3) == 4 and C.m_bucket(5000) == C.MAX_M_BUCKET
 
