@@ -256,27 +256,45 @@ def main_oneshot(args):
     print(json.dumps(res))
 
 
+# the formats of the register-fragment GEMV: (KIND, BITS, SCALE_KIND, scale pointer type, group, SLOTS)
+MMA_FORMAT_CONSTS = {"int4": (0, 4, 0, "*fp16", 128, 8), "fp4": (1, 4, 0, "*fp16", 128, 8),
+                     "mxfp4": (1, 4, 1, "*u8", 32, 8), "nvfp4": (1, 4, 2, "*u8", 16, 8),
+                     "int2": (0, 2, 0, "*fp16", 128, 16), "int3": (0, 3, 0, "*fp16", 128, 16)}
+
+
 def mma_variants():
-    """The register-fragment GEMV (``KernelConfig(family="mma")``): int4 fp16, group 128 / per-channel, TN
-    16-column tiles a thread, NW warps splitting a program's K tiles, words 0-2 tiles ahead, 1-2 row blocks."""
+    """The register-fragment GEMV (``KernelConfig(family="mma")``), fp16: int4 at group 128 and per-channel with TN
+    16-column tiles a thread, NW warps splitting a program's K tiles, words 0-2 tiles ahead, 1-2 row blocks; the
+    other formats (fp4 g128, mxfp4 g32, nvfp4 g16, int2 g128, int3 g128) at TN 1-2, 4 warps, one tile ahead."""
     out = {}
+
+    def consts(fmt, gs_per_channel, tn, nw, pf, mt, bf16=False):
+        kind, bits, scale_kind, _, group, slots = MMA_FORMAT_CONSTS[fmt]
+        gs = 0 if gs_per_channel else min(group // 16, slots)
+        return dict(KIND=kind, BITS=bits, SYMMETRIC=True, SCALE_KIND=scale_kind, SLOTS=slots,
+                    GROUP=group if gs else 1, GROUP_SLOTS=gs, HAS_BIAS=False, SPLIT=True, SPLIT_P2=8, IS_BF16=bf16,
+                    ASM=True, EVEN_K=True, TN=tn, NW=nw, MT=mt, PREFETCH=pf)
     for tn in (1, 2, 4):
         for nw in (1, 2, 4):
             for pf in (0, 1, 2):
                 for mt in (1, 2):
-                    for gs, name in ((8, "g128"), (0, "pc")):
-                        consts = dict(BITS=4, SYMMETRIC=True, GROUP=128 if gs else 1, GROUP_SLOTS=gs, HAS_BIAS=False,
-                                      SPLIT=True, SPLIT_P2=8, IS_BF16=False, ASM=True, EVEN_K=True, TN=tn, NW=nw,
-                                      MT=mt,
-                                      PREFETCH=pf)
-                        out[f"mma_{name}_tn{tn}_w{nw}_pf{pf}_mt{mt}"] = (consts, nw, 1)
+                    for pc, name in ((False, "g128"), (True, "pc")):
+                        out[f"mma_int4_{name}_tn{tn}_w{nw}_pf{pf}_mt{mt}"] = (consts("int4", pc, tn, nw, pf, mt), nw, 1)
+    for fmt, (_, _, _, _, group, _) in MMA_FORMAT_CONSTS.items():
+        if fmt == "int4":
+            continue
+        for tn in (1, 2):
+            for mt in (1, 2):
+                out[f"mma_{fmt}_g{group}_tn{tn}_w4_pf1_mt{mt}"] = (consts(fmt, False, tn, 4, 1, mt), 4, 1)
+        # bf16 activations (E2M1: the raw fp16 pairs converted to bf16x2)
+        out[f"mma_{fmt}_g{group}_tn2_w4_pf1_mt1_bf16"] = (consts(fmt, False, 2, 4, 1, 1, bf16=True), 4, 1)
     return out
 
 
 def mma_facts(kernel, consts, num_warps) -> dict:
     """Registers, spills, the K loop's SASS per weight (one K tile of 128 x 16 TN columns a warp) and whether
     shared memory or barriers appear in the loop."""
-    facts = sass_facts(kernel, dict(consts, SLOTS=8, BLOCK_N=16 * consts["TN"] * num_warps), num_warps)  # per warp-tile
+    facts = sass_facts(kernel, dict(consts, BLOCK_N=16 * consts["TN"] * num_warps), num_warps)  # per warp-tile
     sass = cuobjdump(kernel.asm["cubin"], "-sass", check=False)
     facts["kernel_sass"] = sum(1 for ln in sass.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/", ln))
     facts["smem_or_bar_in_loop"] = {op: n for op, n in facts["top_ops"].items() if op in ("LDS", "STS", "BAR")}
@@ -289,10 +307,15 @@ def main_mma(args):
     for name, (consts, warps, stages) in mma_variants().items():
         if args.only and name not in args.only.split(","):
             continue
+        if args.formats and name.split("_")[1] not in args.formats.split(","):
+            continue
         fn = Q._qgemv_mma_kernel
         names = fn.arg_names
-        ptrs = {"xw_ptr": "*i32", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "bias_ptr": "*fp16",
-                "out_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
+        ptrs = {"xw_ptr": "*i32", "qw_ptr": "*i32", "qh_ptr": "*i16", "s_ptr": MMA_FORMAT_CONSTS[name.split("_")[1]][3],
+                "z_ptr": "*u8", "gs_ptr": "*fp32", "bias_ptr": "*fp16", "out_ptr": "*fp16", "ws_ptr": "*fp32",
+                "cnt_ptr": "*i32"}
+        if consts["IS_BF16"]:
+            ptrs.update(bias_ptr="*bf16", out_ptr="*bf16")
         sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in names}
         attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
                  if n not in consts and (n in ptrs or n in ("N", "K", "stride_xw", "stride_om"))}
@@ -320,6 +343,7 @@ def main():
     p.add_argument("--sass", action="store_true", help="registers, spills and the K loop's SASS (cuobjdump)")
     p.add_argument("--oneshot", action="store_true",
                    help="the gemv-oneshot kernel instead: registers, SASS, global loads vs the first FFMA")
+    p.add_argument("--formats", default=None, help="with --mma: comma-separated formats (default: every one)")
     p.add_argument("--mma", action="store_true",
                    help="the register-fragment GEMV (family mma) instead: registers, SASS per weight, smem in loop")
     args = p.parse_args()

@@ -59,7 +59,34 @@ INT4 = [
     ("int4", dict(group_size=-1, symmetric=False), BF16, 16, 300, 20, 32, 2, 2, 0, False),
     ("int4", dict(group_size=-1), BF16, 1, 97, 1, 64, 4, 1, 2, True),
 ]
-CASES = INT4
+# E2M1: fp4 with fp16 and bf16 scales at every group size, mxfp4 (group 32, E8M0 scales), nvfp4 (group 16, E4M3
+# scales times the global scale): the raw code value meets a scale times 2**14
+E2M1 = [
+    ("fp4", dict(group_size=32), F16, 3, 96, 40, 16, 2, 1, 1, True),
+    ("fp4", dict(group_size=64, scale_dtype=BF16), BF16, 11, 256, 7, 32, 1, 2, 0, False),
+    ("fp4", dict(group_size=128), F16, 1, 384, 333, 64, 2, 1, 2, False),
+    ("fp4", dict(group_size=256), BF16, 16, 512, 24, 16, 4, 3, 1, True),
+    ("fp4", dict(group_size=-1, scale_dtype=BF16), F16, 8, 97, 1, 16, 1, 1, 1, False),
+    ("mxfp4", dict(group_size=32), F16, 1, 256, 33, 32, 2, 2, 1, False),
+    ("mxfp4", dict(group_size=32), BF16, 11, 160, 16, 16, 1, 1, 2, True),
+    ("nvfp4", dict(group_size=16), F16, 8, 256, 40, 16, 4, 1, 1, True),
+    ("nvfp4", dict(group_size=16), BF16, 3, 96, 7, 64, 1, 2, 0, False),
+]
+# 2- and 3-bit codes: 256-row tiles of 16 slots, so groups below 256 fold several times a tile and K = 96/97/300
+# are partial tiles
+LOW_BITS = [
+    ("int2", dict(group_size=32), F16, 3, 96, 40, 16, 2, 1, 1, True),
+    ("int2", dict(group_size=64, symmetric=False), BF16, 11, 256, 7, 32, 1, 2, 2, False),
+    ("int2", dict(group_size=128, symmetric=False), F16, 16, 512, 24, 16, 2, 2, 1, False),
+    ("int2", dict(group_size=256), BF16, 1, 768, 33, 64, 1, 3, 2, True),
+    ("int2", dict(group_size=-1), F16, 8, 97, 1, 16, 4, 1, 0, False),
+    ("int3", dict(group_size=32, symmetric=False), F16, 1, 96, 333, 64, 1, 1, 1, False),
+    ("int3", dict(group_size=64), BF16, 8, 256, 40, 16, 2, 1, 2, True),
+    ("int3", dict(group_size=128), F16, 11, 512, 16, 16, 2, 2, 1, True),
+    ("int3", dict(group_size=256, symmetric=False), F16, 3, 512, 7, 32, 1, 1, 0, False),
+    ("int3", dict(group_size=-1, symmetric=False), BF16, 16, 300, 9, 16, 4, 3, 1, False),
+]
+CASES = INT4 + E2M1 + LOW_BITS
 
 
 def _id(case):
@@ -159,9 +186,6 @@ def test_gpu_ptx_path_and_cuda_graph(fmt, gen):
             opts = dict(group_size=32 if fmt == "mxfp4" else 16)
         elif not fmt.startswith("int"):
             opts = {k: v for k, v in opts.items() if k != "symmetric"}
-        if Q.mma_unsupported_reason(torch.zeros(1, K, dtype=dtype, device=dev), tm.quantize(
-                torch.randn(16, K, generator=gen), fmt, **opts).to(dev)) is not None:
-            continue
         out, ref, _ = _run(fmt, opts, dtype, M, K, N, bn, nw, split, pf, True, gen, device=dev)
         assert rel_err(out, ref) < TOL[dtype], (fmt, opts, dtype, M, K, N)
     # capture: the launch (split-K with tickets) replays against new activations

@@ -1314,8 +1314,9 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
     if cfg.family == "mma":
         xw = _int32_pairs(x)
-        _qgemv_mma_kernel[grid](xw, qw, s, z, bias_arg, out, ws, cnt, M, N, K, G, tiles, per_split, split,
-                                xw.stride(0), out.stride(0), BITS=spec.bits, SYMMETRIC=spec.symmetric,
+        _qgemv_mma_kernel[grid](xw, qw, qh, s, z, gs, bias_arg, out, ws, cnt, M, N, K, G, tiles, per_split, split,
+                                xw.stride(0), out.stride(0), KIND=spec.kind, BITS=spec.bits,
+                                SYMMETRIC=spec.symmetric, SCALE_KIND=spec.scale_kind, SLOTS=spec.slots,
                                 GROUP=max(spec.group, 1), GROUP_SLOTS=spec.group_slots, HAS_BIAS=bias is not None,
                                 SPLIT=split > 1, SPLIT_P2=1 << (split - 1).bit_length(),
                                 IS_BF16=x.dtype == torch.bfloat16, ASM=x.device.type == "cuda", EVEN_K=even_k,

@@ -1,9 +1,13 @@
-"""Register-fragment GEMV for small M (``KernelConfig(family="mma")``, up to 8 activation rows).
+"""Register-fragment GEMV for small M (``KernelConfig(family="mma")``, up to 16 activation rows).
+
+Formats: the 4-bit plane (``int4``; E2M1 ``fp4``, ``mxfp4``, ``nvfp4``), the 2-bit plane (``int2``) and the 2-bit
+plus 1-bit planes (``int3``), with fp16 or bf16 activations.
 
 Each thread loads its words straight into registers and builds the tensor-core operand in place: no
 shared memory, no ``cp.async``, no ``ldmatrix``, no barrier in the K loop. It reads the packed layout as
 stored (``k16_interleaved``, docs/formats.md): word row ``w`` of K tile ``t`` holds, in code slot ``i``, the
-code of ``k = 128 t + 16 i + w`` for one output column.
+code of ``k = T t + 16 i + w`` for one output column (tile ``T`` = 128 rows of 8 slots for 4-bit codes, 256 rows
+of 16 slots for 2- and 3-bit codes).
 
 One ``mma.sync.m16n8k16`` multiplies a 16 x 16 block of weights (16 output columns x the 16 k of one code
 slot) by the activations of up to 8 rows (the MMA's N). Thread ``(g, c)`` of a warp (``g = lane / 4``,
@@ -14,10 +18,16 @@ k order is permuted so that those four word rows are exactly its A elements (col
 ``2j`` of n-tile ``j``, row ``g + 8`` column ``2j + 1``, so a thread's columns of all its n-tiles are
 contiguous and its word loads are 8-, 16- or 32-byte vectors.
 
-The A registers come from the PTX pair unpack of :mod:`.decode` (one ``prmt`` gathers the half-words of two
-word rows, then per slot one shift and one ``lop3`` give ``{1024 + q, 1024 + q'}`` in fp16, or ``128 + q``
-in bf16) and one packed subtract of ``1024 + z``: the operand is the exact integer ``q - z``. The group scale
-multiplies each scale group's fp32 partial product (fold); per-channel scales multiply once at the end.
+The A registers come from a PTX pair unpack (as in :mod:`.decode`): one ``prmt`` gathers the half-words of two
+word rows, then per slot
+- integers: one shift and one ``lop3`` give ``{1024 + q, 1024 + q'}`` in fp16 (``128 + q`` in bf16), one packed
+  subtract of ``1024 + z`` the exact integer ``q - z``; a 3-bit code's high bit comes from the 1-bit plane's pair
+  (one more shift and ``lop3``);
+- E2M1: two shifts, an ``and`` and a ``lop3`` put the magnitude bits under the fp16 exponent and the sign at bit
+  15: the exact ``e2m1(q) * 2**-14`` (for bf16 activations converted to bf16x2 through fp32, exactly).
+The group scale (decoded: fp16/bf16, E8M0, or E4M3's raw fp16 value) multiplies each scale group's fp32 partial
+product (fold); per-channel scales multiply once at the end, as do the constant factors (2**14 for E2M1, 2**8
+times the global scale for E4M3 scales).
 
 Under the CPU interpreter the same kernel runs a portable emulation of the unpack and of the warp's MMA
 (the per-thread values gathered across the warp with reshapes): same operands, same sums in fp32.
@@ -27,30 +37,70 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .decode import e4m3_raw_fp16, e8m0_to_fp32, raw_factor
+
 MMA_MAX_M = 16         # activation rows one launch multiplies (two blocks of the MMA's N = 8)
-MMA_FORMATS = ("int4",)
+MMA_FORMATS = ("int4", "fp4", "mxfp4", "nvfp4", "int2", "int3")
 
 
-def _slot_asm(shift: int, bf16: bool, mt: int) -> str:
-    """PTX of one code slot of one n-tile: A = unpacked codes minus ``1024 + z`` (``128 + z`` in bf16), then one
-    m16n8k16 MMA per block of 8 activation rows (``mt`` of them, sharing A). $0 .. $(4 mt - 1) = D; then the
-    gathered half-word pairs (rows 01 col A, rows 01 col B, rows 23 col A, rows 23 col B); B (two registers per
-    row block); the zero offsets of col A / col B (f16x2 or bf16x2); C (4 per row block)."""
+def _slot_asm(kind: int, bits: int, slot: int, bf16: bool, mt: int) -> str:
+    """PTX of one code slot of one n-tile: the A operand from the gathered half-word pairs, then one m16n8k16 MMA
+    per block of 8 activation rows (``mt`` of them, sharing A).
+
+    A: integers ``(M + q) - (M + z)`` (M = 1024 in fp16, 128 in bf16) = the exact ``q - z``; 3-bit codes take
+    their high bit from the 1-bit plane's pairs; E2M1 (kind 1) the raw value ``e2m1(q) * 2**-14`` (magnitude bits
+    under the fp16 exponent, sign to bit 15; code 1 is the fp16 subnormal 2**-15), no zero point; for bf16
+    activations those fp16 pairs convert to bf16x2 through fp32 (three conversions, exact: every raw value is a
+    normal bf16).
+    Operands: $0 .. $(4 mt - 1) = D; then the 4 gathered pairs (rows 01 col A, rows 01 col B, rows 23 col A,
+    rows 23 col B); for 3-bit codes the 4 high-bit pairs in the same order; B (two registers per row block);
+    the zero offsets of col A / col B (f16x2 or bf16x2); C (4 per row block)."""
     magic = "0x43004300" if bf16 else "0x64006400"
     sub = "sub.rn.bf16x2" if bf16 else "sub.f16x2"
     ty = "bf16" if bf16 else "f16"
+    plane = 2 if bits == 3 else bits
+    per_half = 16 // plane
+    shift = plane * (slot % per_half)
     src0 = 4 * mt
-    b0 = src0 + 4
+    hi0 = src0 + 4
+    b0 = hi0 + (4 if bits == 3 else 0)
     z0 = b0 + 2 * mt
     c0 = z0 + 2
-    lines = ["{", ".reg .b32 t, a0, a1, a2, a3;"]
+    lines = ["{", ".reg .b32 t, h, a0, a1, a2, a3;"]
+    if kind == 1 and bf16:
+        lines.append(".reg .b16 l16, u16;\n.reg .f32 lf, uf;")
     # a0: row g (col A) k 2c..2c+1; a1: row g+8 (col B); a2: row g, k 2c+8..; a3: row g+8, k 2c+8..
-    for a, src, z in (("a0", src0, z0), ("a1", src0 + 1, z0 + 1), ("a2", src0 + 2, z0), ("a3", src0 + 3, z0 + 1)):
-        reg = f"${src}"
+    for r, (a, z) in enumerate((("a0", z0), ("a1", z0 + 1), ("a2", z0), ("a3", z0 + 1))):
+        reg = f"${src0 + r}"
+        if kind == 1:
+            # magnitude bits [shift, shift + 3) -> [9, 12), sign bit shift + 3 -> 15, in both halves
+            up = 9 - shift
+            lines.append(f"shl.b32 t, {reg}, {up};" if up >= 0 else f"shr.u32 t, {reg}, {-up};")
+            if shift != 12:
+                lines.append(f"shl.b32 h, {reg}, {12 - shift};")
+                lines.append("and.b32 h, h, 0x80008000;")
+            else:
+                lines.append(f"and.b32 h, {reg}, 0x80008000;")
+            lines.append(f"lop3.b32 {a}, t, 0x0e000e00, h, 0xea;")
+            if bf16:
+                # the same raw values (normal in bf16): through fp32, both conversions exact
+                lines.append(f"mov.b32 {{l16, u16}}, {a};\ncvt.f32.f16 lf, l16;\ncvt.f32.f16 uf, u16;\n"
+                             f"cvt.rn.bf16x2.f32 {a}, uf, lf;")
+            continue
         if shift:
             lines.append(f"shr.u32 t, {reg}, {shift};")
             reg = "t"
-        lines.append(f"lop3.b32 {a}, {reg}, 0x000f000f, {magic}, 0xea;")
+        if bits == 3:
+            # the high bit (bit ``slot`` of each half of the 1-bit plane's pair) -> bit 2, with the magic
+            hreg = f"${hi0 + r}"
+            if slot != 2:
+                lines.append(f"shl.b32 h, {hreg}, {2 - slot};" if slot < 2 else f"shr.u32 h, {hreg}, {slot - 2};")
+                hreg = "h"
+            lines.append(f"lop3.b32 h, {hreg}, 0x00040004, {magic}, 0xea;")
+            lines.append(f"lop3.b32 {a}, {reg}, 0x00030003, h, 0xea;")
+        else:
+            mask = (1 << bits) - 1
+            lines.append(f"lop3.b32 {a}, {reg}, {mask | mask << 16:#010x}, {magic}, 0xea;")
         lines.append(f"{sub} {a}, {a}, ${z};")
     for m in range(mt):
         d = ",".join(f"${4 * m + r}" for r in range(4))
@@ -68,13 +118,20 @@ PAIRS_ASM = tl.constexpr("\n".join(
     + [f"prmt.b32 ${2 * p}, ${8 + a}, ${8 + b}, 0x5410;\nprmt.b32 ${2 * p + 1}, ${8 + a}, ${8 + b}, 0x7632;"
        for p, (a, b) in enumerate(((0, 1), (4, 5), (2, 3), (6, 7)))]
     + ["}"]))
-SLOT_ASM = {(shift, bf16, mt): _slot_asm(shift, bf16, mt) for shift in (0, 4, 8, 12) for bf16 in (False, True)
-            for mt in (1, 2)}
+# the 1-bit plane (int3): 8 int16 words, same order -> 4 pairs (rows 01 col A, rows 01 col B, rows 23 A, rows 23 B)
+HI_PAIRS_ASM = tl.constexpr("\n".join(
+    ["{"] + [f"prmt.b32 ${p}, ${4 + a}, ${4 + b}, 0x5410;" for p, (a, b) in enumerate(((0, 1), (4, 5), (2, 3), (6, 7)))]
+    + ["}"]))
+
+
+SLOT_ASM = {(kind, bits, slot, bf16, mt): _slot_asm(kind, bits, slot, bf16, mt)
+            for kind, bits in ((0, 4), (1, 4), (0, 2), (0, 3)) for slot in range(32 // (2 if bits == 3 else bits))
+            for bf16 in (False, True) for mt in (1, 2)}
 
 
 @triton.constexpr_function
-def _slot_code(slot, bf16, mt):
-    return SLOT_ASM[(4 * (slot % 4), bool(bf16), int(mt))]
+def _slot_code(kind, bits, slot, bf16, mt):
+    return SLOT_ASM[(int(kind), int(bits), int(slot), bool(bf16), int(mt))]
 
 
 @triton.jit
@@ -155,36 +212,78 @@ def _warp_mma(av, bv, NW: tl.constexpr):
     return tl.reshape(d0, (NW * 32,)), tl.reshape(d1, (NW * 32,))
 
 
+@triton.constexpr_function
+def _constraints(bits, mt):
+    """Constraints of :func:`_slot_asm`'s operands: 4 mt fp32 outputs; the 4 pairs (+ 4 high-bit pairs for 3-bit
+    codes), 2 mt B registers and 2 zero offsets; 4 mt fp32 accumulators."""
+    n_r = 4 + (4 if int(bits) == 3 else 0) + 2 * int(mt) + 2
+    return ",".join(["=f"] * (4 * int(mt)) + ["r"] * n_r + ["f"] * (4 * int(mt)))
+
+
 @triton.jit
-def _slot_mma(p, b, zA, zB, cc, SLOT: tl.constexpr, IS_BF16: tl.constexpr, ASM: tl.constexpr, NW: tl.constexpr,
-              MT: tl.constexpr):
-    """One code slot of one n-tile: D = (codes of slot SLOT - z) @ x-slot + C for MT blocks of 8 activation rows.
-    ``p`` = the 8 pairs of :func:`_pairs`; ``b`` the B registers (2 per row block); ``zA``/``zB`` the zero
-    offsets (packed halves); ``cc`` the 4 MT accumulators. Returns the new 4 MT accumulators."""
-    HI: tl.constexpr = SLOT >= 4
-    SH: tl.constexpr = 4 * (SLOT % 4)
+def _hi_pairs(w, OFF: tl.constexpr, ASM: tl.constexpr):
+    """8 int16 words of the 1-bit plane (int3; ``w[OFF:OFF + 8]``: rows 4c..4c+3 of col A, then col B, as int32)
+    -> the 4 pairs of HI_PAIRS_ASM (half-word 0 from the first row of a pair, half-word 1 from the second)."""
+    if ASM:
+        return tl.inline_asm_elementwise(HI_PAIRS_ASM, "=r,=r,=r,=r,r,r,r,r,r,r,r,r",
+                                         [w[OFF], w[OFF + 1], w[OFF + 2], w[OFF + 3], w[OFF + 4], w[OFF + 5],
+                                          w[OFF + 6], w[OFF + 7]],
+                                         dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+    else:
+        out = ()
+        for q in tl.static_range(4):
+            out = out + ((w[OFF + (0, 4, 2, 6)[q]] & 0xFFFF) | (w[OFF + (1, 5, 3, 7)[q]] << 16),)
+        return out
+
+
+@triton.jit
+def _e2m1_raw_fp32(c):
+    """E2M1 code (int32, 4 bits) -> fp32 ``e2m1(c) * 2**-14`` through the same bits as the PTX (emulation)."""
+    bits = ((c & 7) << 9) | ((c & 8) << 12)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _slot_mma(p, hp, b, zA, zB, cc, SLOT: tl.constexpr, KIND: tl.constexpr, BITS: tl.constexpr,
+              IS_BF16: tl.constexpr, ASM: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr):
+    """One code slot of one n-tile: D = A(codes of slot SLOT) @ x-slot + C for MT blocks of 8 activation rows.
+    ``p`` = the 8 pairs of :func:`_pairs`; ``hp`` the 4 high-bit pairs of :func:`_hi_pairs` (int3; else unused);
+    ``b`` the B registers (2 per row block); ``zA``/``zB`` the zero offsets (packed halves; integers only); ``cc``
+    the 4 MT accumulators. A: ``q - z`` (integers) or ``e2m1(q) * 2**-14`` (E2M1). Returns the new 4 MT
+    accumulators."""
+    PB: tl.constexpr = 2 if BITS == 3 else BITS       # bits of the plane a slot's low code bits sit in
+    PER_HALF: tl.constexpr = 16 // PB                 # slots a half-word holds
+    HI: tl.constexpr = SLOT >= PER_HALF
+    SH: tl.constexpr = PB * (SLOT % PER_HALF)
     src = (p[0 + HI], p[2 + HI], p[4 + HI], p[6 + HI])     # rows 01 col A, rows 01 col B, rows 23 A, rows 23 B
     if ASM:
-        if MT == 1:
-            d = tl.inline_asm_elementwise(_slot_code(SLOT, IS_BF16, 1), "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
-                                          [src[0], src[1], src[2], src[3], b[0], b[1], zA, zB,
-                                           cc[0], cc[1], cc[2], cc[3]],
-                                          dtype=(tl.float32,) * 4, is_pure=True, pack=1)
-            return d[0], d[1], d[2], d[3]
+        if BITS == 3:
+            args = src + hp
         else:
-            d = tl.inline_asm_elementwise(_slot_code(SLOT, IS_BF16, 2),
-                                          "=f,=f,=f,=f,=f,=f,=f,=f,r,r,r,r,r,r,r,r,r,r,f,f,f,f,f,f,f,f",
-                                          [src[0], src[1], src[2], src[3], b[0], b[1], b[2], b[3], zA, zB,
-                                           cc[0], cc[1], cc[2], cc[3], cc[4], cc[5], cc[6], cc[7]],
-                                          dtype=(tl.float32,) * 8, is_pure=True, pack=1)
-            return d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]
+            args = src
+        for m in tl.static_range(MT):
+            args = args + (b[2 * m], b[2 * m + 1])
+        args = args + (zA, zB) + cc
+        return tl.inline_asm_elementwise(_slot_code(KIND, BITS, SLOT, IS_BF16, MT),
+                                         _constraints(BITS, MT),
+                                         args, dtype=(tl.float32,) * (4 * MT), is_pure=True, pack=1)
     else:
-        # codes q of both halves, minus the zero point (the low 4 bits of the zero offset)
+        # the A values of both halves of each pair register
         qa = ()
         for r in tl.static_range(4):
             v = src[r] >> SH
-            z = (zA, zB, zA, zB)[r] & 15
-            qa = qa + (((v & 15) - z).to(tl.float32), (((v >> 16) & 15) - z).to(tl.float32))
+            if KIND == 1:
+                qa = qa + (_e2m1_raw_fp32(v & 15), _e2m1_raw_fp32((v >> 16) & 15))
+            else:
+                z = (zA, zB, zA, zB)[r] & 15          # the zero point: the low bits of the zero offset
+                if BITS == 3:
+                    h = hp[r] >> SLOT
+                    lo = (v & 3) | ((h & 1) << 2)
+                    hi = ((v >> 16) & 3) | (((h >> 16) & 1) << 2)
+                else:
+                    lo = v & ((1 << BITS) - 1)
+                    hi = (v >> 16) & ((1 << BITS) - 1)
+                qa = qa + ((lo - z).to(tl.float32), (hi - z).to(tl.float32))
         out = ()
         for m in tl.static_range(MT):
             if IS_BF16:
@@ -202,12 +301,12 @@ def _slot_mma(p, b, zA, zB, cc, SLOT: tl.constexpr, IS_BF16: tl.constexpr, ASM: 
 @triton.jit
 def _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC: tl.constexpr):
     """Words of K tile ``t``: rows 4c..4c+3 (``wrow`` = 4c) x the thread's NC contiguous columns ->
-    tuple indexed [col * 4 + row] (int32)."""
+    tuple indexed [col * 4 + row] (int32; int16 words of the 1-bit plane sign-extend, only their low half is read)."""
     out = ()
     per_row = ()
     for r in tl.static_range(4):
         offs = (t * 16 + wrow + r)[:, None] * N + cols
-        per_row = per_row + (_columns(tl.load(qw_ptr + offs, mask=col_ok, other=0), NC),)
+        per_row = per_row + (_columns(tl.load(qw_ptr + offs, mask=col_ok, other=0).to(tl.int32), NC),)
     for j in tl.static_range(NC):
         for r in tl.static_range(4):
             out = out + (per_row[r][j],)
@@ -241,57 +340,90 @@ def _scale4(acc, sA, sB, Q: tl.constexpr):
 
 
 @triton.jit
-def _tile_scales(s_ptr, z_ptr, grp, cols, col_ok, N, G, NC: tl.constexpr, SYMMETRIC: tl.constexpr,
-                 BITS: tl.constexpr, IS_BF16: tl.constexpr):
-    """fp32 scales and zero offsets (:func:`_zero_offset`) of scale rows ``grp`` (one per thread) for the thread's
-    NC columns (rows past G, the K padding, read as scale 0)."""
+def _scale_value(raw, SCALE_KIND: tl.constexpr):
+    """A loaded scale block -> fp32, up to a constant factor (:func:`_scale_factor`): fp16/bf16 as is, E8M0 the
+    power of two, E4M3 its raw fp16 decode (``e4m3 * 2**-8``; the global scale and 2**8 wait for the end)."""
+    if SCALE_KIND == 1:
+        return e8m0_to_fp32(raw.to(tl.int32))
+    elif SCALE_KIND == 2:
+        return e4m3_raw_fp16(raw.to(tl.int32)).to(tl.float32)
+    else:
+        return raw.to(tl.float32)
+
+
+@triton.jit
+def _scale_factor(gs_ptr, KIND: tl.constexpr, SCALE_KIND: tl.constexpr):
+    """The constant every output multiplies by: the power of two a raw E2M1 operand carries (2**14), and for E4M3
+    scales 2**8 times the global scale."""
+    if SCALE_KIND == 2:
+        return tl.load(gs_ptr) * (raw_factor(KIND) * raw_factor(2))   # 2: the E4M3 kind's raw factor, 2**8
+    else:
+        return raw_factor(KIND)
+
+
+@triton.jit
+def _tile_scales(s_ptr, z_ptr, grp, cols, col_ok, N, G, NC: tl.constexpr, KIND: tl.constexpr,
+                 BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr, IS_BF16: tl.constexpr):
+    """fp32 scales (:func:`_scale_value`) and zero offsets (:func:`_zero_offset`; integers) of scale rows ``grp``
+    (one per thread) for the thread's NC columns (rows past G, the K padding, read as scale 0)."""
     grp = grp[:, None]
     g_ok = col_ok & (grp < G)
-    sc = _columns(tl.load(s_ptr + grp * N + cols, mask=g_ok, other=0).to(tl.float32), NC)
+    sc = _scale_value(tl.load(s_ptr + grp * N + cols, mask=g_ok, other=0), SCALE_KIND)
     if SYMMETRIC:
         zc = cols * 0
     else:
         zc = tl.load(z_ptr + grp * N + cols, mask=g_ok, other=0).to(tl.int32)
-    return sc, _columns(_zero_offset(zc, SYMMETRIC, BITS, IS_BF16), NC)
+    return _columns(sc, NC), _columns(_zero_offset(zc, SYMMETRIC, BITS, IS_BF16), NC)
 
 
 @triton.jit
-def _load_tile(qw_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, N, G, GROUP: tl.constexpr, NC: tl.constexpr,
-               SYMMETRIC: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr, TILE_SCALES: tl.constexpr):
-    """The 4 NC words of K tile ``t`` and, with TILE_SCALES (one scale group per tile), its NC scales and NC zero
-    offsets, in one flat tuple (a loop-carried value)."""
+def _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, N, G, GROUP: tl.constexpr,
+               NC: tl.constexpr, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
+               SCALE_KIND: tl.constexpr, IS_BF16: tl.constexpr, TILE_K: tl.constexpr, TILE_SCALES: tl.constexpr):
+    """The 4 NC words of K tile ``t`` (for 3-bit codes then the 4 NC words of the 1-bit plane) and, with
+    TILE_SCALES (one scale group per tile), its NC scales and NC zero offsets, in one flat tuple (a loop-carried
+    value)."""
     w = _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC)
+    if BITS == 3:
+        w = w + _load_words(qh_ptr, t, wrow, cols, col_ok, N, NC)
     if TILE_SCALES:
-        sc, zo = _tile_scales(s_ptr, z_ptr, (t * 128) // GROUP, cols, col_ok, N, G, NC, SYMMETRIC, BITS, IS_BF16)
+        sc, zo = _tile_scales(s_ptr, z_ptr, (t * TILE_K) // GROUP, cols, col_ok, N, G, NC, KIND, BITS,
+                              SYMMETRIC, SCALE_KIND, IS_BF16)
         w = w + sc + zo
     return w
 
 
 @triton.jit(do_not_specialize=["M", "G", "TILES", "TILES_PER_SPLIT", "SPLIT_K"])
 def _qgemv_mma_kernel(
-        xw_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
+        xw_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
         M, N, K, G, TILES, TILES_PER_SPLIT, SPLIT_K, stride_xw, stride_om,
-        BITS: tl.constexpr, SYMMETRIC: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr,
+        KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SCALE_KIND: tl.constexpr,
+        SLOTS: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr,
         HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, IS_BF16: tl.constexpr,
         ASM: tl.constexpr, EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr,
         PREFETCH: tl.constexpr):
     """``out [M, N] = x [M, K] @ W.T (+ bias)`` for M <= 8 MT (see the module docstring).
 
     xw: the activations as int32 pairs ``[M, K/2]`` (row stride ``stride_xw`` pairs; zero-padded to even K);
-    qw: int32 ``[Kp/8, N]``; s: ``[G, N]`` scales; z: uint8 ``[G, N]`` zero points (asymmetric); ws/cnt: the
+    qw: the code plane, int32 ``[Kp * BITS / 32, N]`` (KIND 0 integers, 1 E2M1; BITS 2, 3 or 4); qh: the 1-bit
+    plane of 3-bit codes, int16 ``[Kp/16, N]``; s: ``[G, N]`` scales (SCALE_KIND: fp16/bf16, E8M0 or E4M3 times
+    the fp32 global scale ``gs[0]``); z: uint8 ``[G, N]`` zero points (asymmetric integers); ws/cnt: the
     split-K workspace ``[SPLIT_K, M, N]`` fp32 and tickets (see qgemm._splitk_reduce; SPLIT_P2 = SPLIT_K rounded
     up to a power of two: the last split loads every partial at once). Grid: (cdiv(N, 16 TN), SPLIT_K).
     Program pid_n owns columns ``16 TN pid_n + [0, 16 TN)``, thread (g, c) the 2 TN of them from ``2 TN g``;
     its NW warps split the program's K tiles (warp w takes tiles w, w + NW, ...) and their sums are added in
     the CTA at the end. MT: blocks of 8 activation rows (1 or 2; each slot's A feeds one MMA per block).
+    A K tile is SLOTS code slots of 16 k (8 for 4-bit codes, 16 for 2- and 3-bit codes).
     GROUP_SLOTS: slots per scale group in a tile (0: per-channel scales, applied once at the end). PREFETCH
     (0, 1, 2): the words of a warp's next PREFETCH tiles (and their scales, when a tile is one scale group) load
-    before this tile's math. EVEN_K: K is a whole number of 128-row tiles (no activation mask along K)."""
+    before this tile's math. EVEN_K: K is a whole number of tiles (no activation mask along K)."""
+    TILE_K: tl.constexpr = 16 * SLOTS
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     BLOCK: tl.constexpr = 32 * NW
     NC: tl.constexpr = 2 * TN
     NA: tl.constexpr = 4 * TN               # accumulators per row block
+    WORDS: tl.constexpr = 4 * NC * (2 if BITS == 3 else 1)   # words a tile's tuple starts with
     e = tl.arange(0, BLOCK)
     warp = e // 32
     lane = e % 32
@@ -309,17 +441,17 @@ def _qgemv_mma_kernel(
     t_begin = pid_k * TILES_PER_SPLIT
     t_end = tl.minimum(t_begin + TILES_PER_SPLIT, TILES)
     t_last = t_end - 1
-    TILE_SCALES: tl.constexpr = GROUP_SLOTS == 8
+    TILE_SCALES: tl.constexpr = GROUP_SLOTS == SLOTS
     # a warp's tiles past t_end (the program's tile count need not divide by NW) load the last tile again and
     # multiply it by zero activations
     t_warp = t_begin + warp
     if PREFETCH >= 1:
-        nxt = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t_warp, t_last), wrow, cols, col_ok, N, G, GROUP, NC,
-                         SYMMETRIC, BITS, IS_BF16, TILE_SCALES)
+        nxt = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t_warp, t_last), wrow, cols, col_ok, N, G,
+                         GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES)
     if PREFETCH >= 2:
-        nxt2 = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t_warp + NW, t_last), wrow, cols, col_ok, N, G, GROUP,
-                          NC, SYMMETRIC, BITS, IS_BF16, TILE_SCALES)
-    FOLD_SLOTS: tl.constexpr = GROUP_SLOTS if GROUP_SLOTS != 0 else 8
+        nxt2 = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t_warp + NW, t_last), wrow, cols, col_ok,
+                          N, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES)
+    FOLD_SLOTS: tl.constexpr = GROUP_SLOTS if GROUP_SLOTS != 0 else SLOTS
     if GROUP_SLOTS == 0:
         if SYMMETRIC:
             zc = cols * 0
@@ -333,37 +465,41 @@ def _qgemv_mma_kernel(
         if PREFETCH >= 2:
             cur = nxt
             nxt = nxt2
-            nxt2 = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t + 2 * NW, t_last), wrow, cols, col_ok, N, G, GROUP,
-                              NC, SYMMETRIC, BITS, IS_BF16, TILE_SCALES)
+            nxt2 = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t + 2 * NW, t_last), wrow, cols,
+                              col_ok, N, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES)
         elif PREFETCH >= 1:
             cur = nxt
-            nxt = _load_tile(qw_ptr, s_ptr, z_ptr, tl.minimum(t + NW, t_last), wrow, cols, col_ok, N, G, GROUP,
-                             NC, SYMMETRIC, BITS, IS_BF16, TILE_SCALES)
+            nxt = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t + NW, t_last), wrow, cols, col_ok,
+                             N, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES)
         else:
-            cur = _load_tile(qw_ptr, s_ptr, z_ptr, tc, wrow, cols, col_ok, N, G, GROUP, NC, SYMMETRIC, BITS, IS_BF16,
-                             TILE_SCALES)
+            cur = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tc, wrow, cols, col_ok, N, G, GROUP, NC, KIND,
+                             BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES)
         w = cur
         p = ()
         for j in tl.static_range(TN):
             p = p + (_pairs((w[8 * j], w[8 * j + 1], w[8 * j + 2], w[8 * j + 3],
                              w[8 * j + 4], w[8 * j + 5], w[8 * j + 6], w[8 * j + 7]), ASM),)
-        for gi in tl.static_range(8 // FOLD_SLOTS):
+        hp = ()
+        if BITS == 3:
+            for j in tl.static_range(TN):
+                hp = hp + (_hi_pairs(w, 4 * NC + 8 * j, ASM),)
+        for gi in tl.static_range(SLOTS // FOLD_SLOTS):
             if TILE_SCALES:
                 sc = ()
                 zo = ()
                 for q in tl.static_range(NC):
-                    sc = sc + (cur[4 * NC + q],)
-                    zo = zo + (cur[5 * NC + q],)
+                    sc = sc + (cur[WORDS + q],)
+                    zo = zo + (cur[WORDS + NC + q],)
             elif GROUP_SLOTS != 0:
-                sc, zo = _tile_scales(s_ptr, z_ptr, (tc * 128 + gi * 16 * GROUP_SLOTS) // GROUP, cols, col_ok, N, G,
-                                      NC, SYMMETRIC, BITS, IS_BF16)
+                sc, zo = _tile_scales(s_ptr, z_ptr, (tc * TILE_K + gi * 16 * GROUP_SLOTS) // GROUP, cols,
+                                      col_ok, N, G, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16)
             else:
                 zo = z_pc
             part = ()
             for a in tl.static_range(NA * MT):
                 part = part + (tl.zeros((BLOCK,), dtype=tl.float32),)
             for si in tl.static_range(FOLD_SLOTS):
-                kw = (tc * 64 + (gi * FOLD_SLOTS + si) * 8)[:, None]
+                kw = (tc * (TILE_K // 2) + (gi * FOLD_SLOTS + si) * 8)[:, None]
                 b = ()
                 for m in tl.static_range(MT):
                     x_ok = ((g + 8 * m) < M)[:, None] & live
@@ -381,8 +517,12 @@ def _qgemv_mma_kernel(
                     for m in tl.static_range(MT):
                         ccj = ccj + (cc[m * NA + 4 * j], cc[m * NA + 4 * j + 1], cc[m * NA + 4 * j + 2],
                                      cc[m * NA + 4 * j + 3])
-                    new = new + (_slot_mma(p[j], b, zo[2 * j], zo[2 * j + 1], ccj, gi * FOLD_SLOTS + si, IS_BF16, ASM,
-                                           NW, MT),)
+                    if BITS == 3:
+                        hpj = hp[j]
+                    else:
+                        hpj = ()
+                    new = new + (_slot_mma(p[j], hpj, b, zo[2 * j], zo[2 * j + 1], ccj, gi * FOLD_SLOTS + si, KIND,
+                                           BITS, IS_BF16, ASM, NW, MT),)
                 # new[j][4 m + r] -> accumulator m * NA + 4 j + r
                 flat = ()
                 for m in tl.static_range(MT):
@@ -409,11 +549,17 @@ def _qgemv_mma_kernel(
     c32 = ln % 4
     cols32 = (pid_n * (16 * TN) + g32 * NC)[:, None] + tl.arange(0, NC)[None, :]
     if GROUP_SLOTS == 0:
-        sc = _columns(tl.load(s_ptr + cols32, mask=cols32 < N, other=0).to(tl.float32), NC)
+        sc = _columns(_scale_value(tl.load(s_ptr + cols32, mask=cols32 < N, other=0), SCALE_KIND), NC)
         scaled = ()
         for m in tl.static_range(MT):
             for j in tl.static_range(TN):
                 scaled = scaled + _scale4(acc, sc[2 * j], sc[2 * j + 1], m * NA + 4 * j)
+        acc = scaled
+    if KIND != 0 or SCALE_KIND == 2:
+        f = _scale_factor(gs_ptr, KIND, SCALE_KIND)
+        scaled = ()
+        for a in tl.static_range(NA * MT):
+            scaled = scaled + (acc[a] * f,)
         acc = scaled
     # lane (g, c) holds, for row block m and n-tile j: (col 2j, row 2c), (col 2j, row 2c+1), (col 2j+1, row 2c),
     # (col 2j+1, row 2c+1), rows offset by 8m
