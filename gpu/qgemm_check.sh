@@ -4,7 +4,7 @@
 # lines go to $OUT/qgemm/ (packed into $OUT/qgemm.tgz when there are more than 7); a compact table is
 # printed last.
 # Usage (repository root, on the GPU machine):
-#   bash gpu/qgemm_check.sh [check|tune|final|explore|stages|closing|overhead|swapab|swapab2|small]
+#   bash gpu/qgemm_check.sh [check|tune|final|explore|stages|closing|mma|overhead|swapab|swapab2|small]
 #   check: GPU tests + int4 variant sweep on 8192x8192 and 28672x8192 (M 1,16,64,256,1024) + bench_gemm
 #          of int4/fp4/mxfp4/int2/int3/int8 at M=1 on the same shapes (~6 min).
 #   tune:  GPU tests of the PTX-unpack formats, bench_kernel_selection for int4 on the issue's shapes
@@ -35,6 +35,12 @@
 #          of --candidates small on the GLM-4.7-Flash expert shapes at M 1,4,16 (merged into a copy of the
 #          packaged table, $OUT/qgemm/table_small.json), bench_gemm on those shapes at M 1,16,64 with that table,
 #          and int4 + mxfp4 at M=1 on the two large shapes (the mxfp4 gap, packaged table) (~3 min).
+#   mma: the register-fragment GEMV (family mma): GPU tests of qgemm and of the mma kernel (alongside a parallel
+#          compile of the mma candidates), the per-format selection of --candidates mma (the mma configurations
+#          plus what the table runs now) at M=1 on the two large shapes for the formats other than int4 (int4's
+#          entries came from its own sweep), merged into the packaged table (copied to $OUT/qgemm), then bench_gemm:
+#          int4 at M 1,16,64,256,1024 and the other formats at M=1 on the two large shapes, the GLM expert shapes
+#          at M 1,16 (~7 min).
 #   overhead: host-side cost of a small eager call (gpu/qgemm_overhead.py) and int4 bench_gemm at
 #          M 1 and 16 (~1.5 min).
 set -uo pipefail
@@ -116,6 +122,20 @@ closing)
       --format-m "fp4=1;mxfp4=1;int2=1;int3=1;int8=1" --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   $PY gpu/qgemm_summary.py variants="$LOG/variants_others.jsonl"
   ;;
+mma)
+  OTHERS="${OTHERS:-fp4,mxfp4,int2,int3}"
+  GLM=glm47_expert_gate_up,glm47_expert_down
+  timeout 120 $PY gpu/qgemm_warm.py --formats $OTHERS --m 1 --candidates mma --procs 6 > "$LOG/warm.log" 2>&1 &
+  step tests 150 $PY -m pytest -q -n 8 -m gpu tests/test_qgemm.py tests/test_qgemv_mma.py
+  wait; tail -3 "$LOG/warm.log"
+  step selection_others 150 $PY benchmarks/bench_kernel_selection.py --shapes $BIG --m 1 --formats $OTHERS \
+      --candidates mma --merge --warmup 3 --repeats 15 --output "$LOG/variants.jsonl"
+  cp src/triton_marlin/kernels/tuned/*.json "$LOG/" 2>/dev/null
+  step gemm 120 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 --formats int4,$OTHERS \
+      --format-m "fp4=1;mxfp4=1;nvfp4=1;int2=1;int3=1;int8=1" --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
+  step gemm_glm 60 $PY benchmarks/bench_gemm.py --shapes $GLM --m 1,16 --formats int4 --warmup 5 --repeats 30 \
+      --output "$LOG/gemm_glm.jsonl"
+  ;;
 overhead)
   step overhead 120 $PY gpu/qgemm_overhead.py
   step gemm 150 $PY benchmarks/bench_gemm.py --shapes glm47_expert_gate_up,glm47_expert_down,$BIG \
@@ -161,7 +181,7 @@ small)
   step gemm_big 40 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1 --formats int4,mxfp4 \
       --warmup 5 --repeats 20 --output "$LOG/gemm_big.jsonl"
   ;;
-*) echo "usage: $0 [check|tune|final|explore|stages|closing|overhead|swapab|swapab2|small]" >&2; exit 2 ;;
+*) echo "usage: $0 [check|tune|final|explore|stages|closing|mma|overhead|swapab|swapab2|small]" >&2; exit 2 ;;
 esac
 $PY gpu/qgemm_summary.py variants="$LOG/variants.jsonl" gemm="$LOG/gemm.jsonl"
 echo "failed steps: ${failed[*]:-none}" | tee -a "$LOG/summary.txt"
