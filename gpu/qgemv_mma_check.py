@@ -2,10 +2,11 @@
 sweep of its configurations at small M beside what the packaged selection table runs, fp16 cuBLAS and torch's
 int4 kernel, all timed by CUDA-graph replay in one process.
 
-    python gpu/qgemv_mma_check.py [--shapes 8192x8192,...] [--m 1,4,8] [--out DIR] [--quick]
+    python gpu/qgemv_mma_check.py [--formats int4,fp4,...] [--shapes 8192x8192,...] [--m 1,4,8] [--out DIR] [--quick]
 
-Writes ``mma_sweep.jsonl`` (one line per timed case) and prints a summary table: per shape and M the best
-mma configuration, the table's configuration, cuBLAS and torch int4, speedups from the same run.
+``--formats`` (default int4): each format is checked and swept (int and fp4 at group 128, mxfp4 32, nvfp4 16).
+Writes ``mma_sweep.jsonl`` (one line per timed case) and prints a summary table: per format, shape and M the best
+mma configuration, the table's configuration, cuBLAS and torch int4 (int4 only), speedups from the same run.
 """
 from __future__ import annotations
 
@@ -24,9 +25,22 @@ import triton_marlin as tm  # noqa: E402
 from triton_marlin.bench import time_fn  # noqa: E402
 from triton_marlin.kernels import qgemm as Q  # noqa: E402
 from triton_marlin.kernels import qgemm_config as C  # noqa: E402
+from triton_marlin.kernels.qgemv_mma import MMA_FORMATS  # noqa: E402
 
 
-def check(dev) -> int:
+def quant_opts(fmt: str, group: int, sym: bool) -> dict:
+    """quantize() options of a check case for ``fmt``: mxfp4/nvfp4 take their fixed groups, E2M1 has no zero
+    point."""
+    if fmt == "mxfp4":
+        return dict(group_size=32)
+    if fmt == "nvfp4":
+        return dict(group_size=16)
+    if fmt == "fp4":
+        return dict(group_size=group)
+    return dict(group_size=group, symmetric=sym)
+
+
+def check(dev, fmt: str) -> int:
     """The PTX path against an fp64 product on the dequantized weight (tolerance: fp16 output rounding plus
     fp32 accumulation, 2e-3 relative Frobenius; bf16 output 8e-3)."""
     failures = 0
@@ -39,7 +53,9 @@ def check(dev) -> int:
              (200, 768, 11, 64, False, torch.bfloat16, 64, 2, 2, 2), (128, 512, 13, -1, True, torch.float16, 16, 1, 2, 1)]
     for N, K, M, group, sym, dtype, bn, nw, split, pf in cases:
         w = torch.randn(N, K, generator=gen)
-        qt = tm.quantize(w, "int4", group_size=group, symmetric=sym).to(dev)
+        if fmt == "nvfp4" and K % 16 or fmt == "mxfp4" and K % 32 or group > 0 and K % group:
+            continue
+        qt = tm.quantize(w, fmt, **quant_opts(fmt, group, sym)).to(dev)
         x = torch.randn(M, K, generator=gen).to(dev, dtype)
         bias = torch.randn(N, generator=gen).to(dev, dtype)
         cfg = Q.KernelConfig("mma", block_m=16, block_n=bn, num_warps=nw, split_k=split, prefetch=pf)
@@ -51,15 +67,26 @@ def check(dev) -> int:
         tol = 8e-3 if dtype == torch.bfloat16 else 2e-3
         ok = err < tol and err2 < tol and torch.isfinite(out).all().item()
         failures += not ok
-        print(f"check N={N} K={K} M={M} g={group} sym={sym} {dtype} bn={bn} w={nw} split={split} pf={pf}: "
+        print(f"check {fmt} N={N} K={K} M={M} g={qt.group_size} sym={sym} {dtype} bn={bn} w={nw} split={split} "
+              f"pf={pf}: "
               f"err {err:.2e} / {err2:.2e} {'ok' if ok else 'FAIL'}", flush=True)
     return failures
 
 
-def mma_configs(N: int, K: int, M: int, quick: bool) -> list:
+def mma_configs(N: int, K: int, M: int, tile_k: int, quick: bool) -> list:
     """TN 16-column tiles a thread (block_n 16 TN) x NW warps splitting a program's K tiles x tiles ahead x
-    split-K, kept where the grid holds 1000-8000 warps (the range where the first sweeps found the best)."""
-    tiles = -(-K // 128)
+    split-K, kept where the grid holds 1000-8000 warps (the range where the first sweeps found the best); quick:
+    the default rule's configuration and its neighbours (16/32/64 columns, 4/8 warps, one tile ahead)."""
+    tiles = -(-K // tile_k)
+    if quick:
+        base = C.mma_default(N, tiles, C.sm_count(torch.device("cuda")))
+        out = [base]
+        for bn, nw in ((16, 8), (32, 4), (32, 8), (64, 4)):
+            cfg = Q.KernelConfig("mma", block_m=8 if M <= 8 else 16, block_n=bn, num_warps=nw, split_k=base.split_k,
+                                 prefetch=1)
+            if cfg not in out and nw * cfg.split_k <= tiles:
+                out.append(cfg)
+        return out
     out = []
     for tn in (1, 2, 4):
         for nw in (1, 2, 4, 8):
@@ -67,8 +94,6 @@ def mma_configs(N: int, K: int, M: int, quick: bool) -> list:
                 for split in (1, 2, 4, 8, 16):
                     warps = -(-N // (16 * tn)) * split * nw
                     if split * nw > tiles or not 1000 <= warps <= 8000 or (pf == 2 and tn == 4):
-                        continue
-                    if quick and (split not in (4, 8) or pf == 2):
                         continue
                     out.append(Q.KernelConfig("mma", block_m=8 if M <= 8 else 16, block_n=16 * tn, num_warps=nw,
                                               split_k=split, prefetch=pf))
@@ -81,15 +106,23 @@ def timed(fn, dev, repeats=30):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--formats", default="int4", help=f"comma-separated, of {','.join(MMA_FORMATS)}")
     p.add_argument("--shapes", default="8192x8192,28672x8192,3072x2048,2048x1536,4096x4096")
     p.add_argument("--m", default="1,4,8", help="activation rows to time")
     p.add_argument("--out", default=".", help="folder for mma_sweep.jsonl")
     p.add_argument("--quick", action="store_true", help="fewer configurations")
     p.add_argument("--no-check", action="store_true", help="skip the correctness check")
     args = p.parse_args()
+    formats = args.formats.split(",")
+    unknown = set(formats) - set(MMA_FORMATS)
+    if unknown:
+        p.error(f"the mma family reads {MMA_FORMATS}, not {sorted(unknown)}")
     dev = torch.device("cuda")
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
-    failures = 0 if args.no_check else check(dev)
+    failures = 0
+    if not args.no_check:
+        for fmt in formats:
+            failures += check(dev, fmt)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rec = open(out / "mma_sweep.jsonl", "w")
@@ -98,53 +131,64 @@ def main():
     for shape in args.shapes.split(","):
         N, K = (int(v) for v in shape.split("x"))
         w = torch.randn(N, K, generator=gen) * 0.02
-        qt = tm.quantize(w, "int4", group_size=128).to(dev)
-        w16 = qt.dequantize(torch.float16)
+        w16 = w.to(dev, torch.float16)                  # cuBLAS's operand (its time does not depend on values)
+        qts = {}
+        for fmt in formats:
+            qt = tm.quantize(w, fmt, **quant_opts(fmt, 128, True)).to(dev)
+            qts[fmt] = (qt, qt.dequantize(torch.float64).T.contiguous())
         for M in (int(v) for v in args.m.split(",")):
             x = torch.randn(M, K, generator=gen).to(dev, torch.float16)
-            ref = x.double() @ w16.double().T
-            t0 = time.time()
             cublas = timed(lambda: torch.nn.functional.linear(x, w16), dev)
-            table_cfg = C.select_config(x, qt)
-            table_us = timed(lambda: Q.launch(x, qt, None, table_cfg), dev)
-            try:
-                from _gemm_common import TorchInt4, WeightCase
-                ti = TorchInt4(WeightCase(shape, "int4", N, K, qt, w16))
-                xb = x.to(torch.bfloat16)
-                tint4 = timed(lambda: ti(xb), dev)
-            except Exception as e:  # noqa: BLE001
-                print(f"torch int4 unavailable: {e}")
+            for fmt in formats:
+                qt, wt = qts[fmt]
+                ref = x.double() @ wt
+                t0 = time.time()
+                table_cfg = C.select_config(x, qt)
+                table_us = timed(lambda: Q.launch(x, qt, None, table_cfg), dev)
                 tint4 = None
-            best = None
-            for cfg in mma_configs(N, K, M, args.quick):
-                try:
-                    y = Q.launch(x, qt, None, cfg)
-                    err = ((y.double() - ref).norm() / ref.norm()).item()
-                    us = timed(lambda: Q.launch(x, qt, None, cfg), dev, repeats=15)
-                except Exception as e:  # noqa: BLE001
-                    print(f"{shape} M={M} {Q._config_key(cfg)}: {type(e).__name__}: {str(e)[:200]}")
-                    continue
-                row = {"shape": shape, "M": M, "config": cfg.as_dict(), "us": us, "err": err}
-                rec.write(json.dumps(row) + "\n")
-                if err > 2e-3:
-                    failures += 1
-                    print(f"{shape} M={M} {Q._config_key(cfg)}: error {err:.2e} FAIL")
-                if best is None or us < best[0]:
-                    best = (us, cfg)
-            line = {"shape": shape, "M": M, "cublas_us": cublas, "table_us": table_us, "table_cfg": table_cfg.as_dict(),
-                    "torch_int4_us": tint4, "mma_best_us": best[0] if best else None,
-                    "mma_best_cfg": best[1].as_dict() if best else None, "sweep_s": round(time.time() - t0, 1)}
-            rec.write(json.dumps(line) + "\n")
-            rec.flush()
-            summary.append(line)
-            print(json.dumps(line), flush=True)
-    print("\nshape        M  cuBLAS  table   mma-best  torch-int4  mma x cuBLAS  mma x table  mma x tint4  best cfg")
+                if fmt == "int4":
+                    try:
+                        from _gemm_common import TorchInt4, WeightCase
+                        ti = TorchInt4(WeightCase(shape, "int4", N, K, qt, qt.dequantize(torch.float16)))
+                        xb = x.to(torch.bfloat16)
+                        tint4 = timed(lambda: ti(xb), dev)
+                    except Exception as e:  # noqa: BLE001
+                        print(f"torch int4 unavailable: {e}")
+                best = None
+                for cfg in mma_configs(N, K, M, Q.format_spec(qt).tile_k, args.quick):
+                    try:
+                        y = Q.launch(x, qt, None, cfg)
+                        err = ((y.double() - ref).norm() / ref.norm()).item()
+                        us = timed(lambda: Q.launch(x, qt, None, cfg), dev, repeats=15)
+                    except Exception as e:  # noqa: BLE001
+                        print(f"{fmt} {shape} M={M} {Q._config_key(cfg)}: {type(e).__name__}: {str(e)[:200]}")
+                        continue
+                    row = {"format": fmt, "shape": shape, "M": M, "config": cfg.as_dict(), "us": us, "err": err}
+                    rec.write(json.dumps(row) + "\n")
+                    if err > 2e-3:
+                        failures += 1
+                        print(f"{fmt} {shape} M={M} {Q._config_key(cfg)}: error {err:.2e} FAIL")
+                    if best is None or us < best[0]:
+                        best = (us, cfg)
+                line = {"format": fmt, "group": qt.group_size, "shape": shape, "M": M, "cublas_us": cublas,
+                        "table_us": table_us, "table_cfg": table_cfg.as_dict(), "torch_int4_us": tint4,
+                        "mma_best_us": best[0] if best else None,
+                        "mma_best_cfg": best[1].as_dict() if best else None, "sweep_s": round(time.time() - t0, 1)}
+                rec.write(json.dumps(line) + "\n")
+                rec.flush()
+                summary.append(line)
+                print(json.dumps(line), flush=True)
+    print("\nformat shape        M  cuBLAS  table  table-cfg  mma-best  torch-int4  mma x cuBLAS  mma x table  "
+          "mma x tint4  best cfg")
     for s in summary:
         b = s["mma_best_us"]
         ti = s["torch_int4_us"]
         cfg = s["mma_best_cfg"] or {}
-        print(f"{s['shape']:<12} {s['M']:>2} {s['cublas_us']:7.2f} {s['table_us']:7.2f} {b or float('nan'):8.2f} "
-              f"{ti or float('nan'):10.2f} {s['cublas_us'] / b if b else 0:12.2f} {s['table_us'] / b if b else 0:11.2f} "
+        tc = s["table_cfg"]
+        print(f"{s['format']:<6} {s['shape']:<12} {s['M']:>2} {s['cublas_us']:7.2f} {s['table_us']:6.2f} "
+              f"{tc['family'] + '/bn' + str(tc['block_n']):>10} {b or float('nan'):9.2f} "
+              f"{ti or float('nan'):10.2f} {s['cublas_us'] / b if b else 0:12.2f} "
+              f"{s['table_us'] / b if b else 0:11.2f} "
               f"{(ti / b) if (b and ti) else 0:11.2f}  bn{cfg.get('block_n')} w{cfg.get('num_warps')} "
               f"sk{cfg.get('split_k')} pf{cfg.get('prefetch')}")  # w = warps splitting K in a program
     rec.close()
