@@ -259,20 +259,23 @@ def main_oneshot(args):
 # the formats of the register-fragment GEMV: (KIND, BITS, SCALE_KIND, scale pointer type, group, SLOTS)
 MMA_FORMAT_CONSTS = {"int4": (0, 4, 0, "*fp16", 128, 8), "fp4": (1, 4, 0, "*fp16", 128, 8),
                      "mxfp4": (1, 4, 1, "*u8", 32, 8), "nvfp4": (1, 4, 2, "*u8", 16, 8),
-                     "int2": (0, 2, 0, "*fp16", 128, 16), "int3": (0, 3, 0, "*fp16", 128, 16)}
+                     "int2": (0, 2, 0, "*fp16", 128, 16), "int3": (0, 3, 0, "*fp16", 128, 16),
+                     "int8": (0, 8, 0, "*fp16", 128, 8), "fp8": (2, 8, 0, "*fp16", 0, 8)}
 
 
 def mma_variants():
     """The register-fragment GEMV (``KernelConfig(family="mma")``), fp16: int4 at group 128 and per-channel with TN
     16-column tiles a thread, NW warps splitting a program's K tiles, words 0-2 tiles ahead, 1-2 row blocks; the
-    other formats (fp4 g128, mxfp4 g32, nvfp4 g16, int2 g128, int3 g128) at TN 1-2, 4 warps, one tile ahead."""
+    other formats (fp4 g128, mxfp4 g32, nvfp4 g16, int2 g128, int3 g128, int8 g128, fp8 per-channel) at TN 1-2,
+    4 warps, one tile ahead, and at TN 2 with bf16 activations."""
     out = {}
 
     def consts(fmt, gs_per_channel, tn, nw, pf, mt, bf16=False):
         kind, bits, scale_kind, _, group, slots = MMA_FORMAT_CONSTS[fmt]
-        gs = 0 if gs_per_channel else min(group // 16, slots)
+        gs = 0 if gs_per_channel or not group else min(group // 16, slots)
         return dict(KIND=kind, BITS=bits, SYMMETRIC=True, SCALE_KIND=scale_kind, SLOTS=slots,
                     GROUP=group if gs else 1, GROUP_SLOTS=gs, HAS_BIAS=False, SPLIT=True, SPLIT_P2=8, IS_BF16=bf16,
+                    ALIGNED=bits == 8,
                     ASM=True, EVEN_K=True, TN=tn, NW=nw, MT=mt, PREFETCH=pf)
     for tn in (1, 2, 4):
         for nw in (1, 2, 4):
@@ -285,9 +288,9 @@ def mma_variants():
             continue
         for tn in (1, 2):
             for mt in (1, 2):
-                out[f"mma_{fmt}_g{group}_tn{tn}_w4_pf1_mt{mt}"] = (consts(fmt, False, tn, 4, 1, mt), 4, 1)
+                out[f"mma_{fmt}_g{group or 'pc'}_tn{tn}_w4_pf1_mt{mt}"] = (consts(fmt, False, tn, 4, 1, mt), 4, 1)
         # bf16 activations (E2M1: the raw fp16 pairs converted to bf16x2)
-        out[f"mma_{fmt}_g{group}_tn2_w4_pf1_mt1_bf16"] = (consts(fmt, False, 2, 4, 1, 1, bf16=True), 4, 1)
+        out[f"mma_{fmt}_g{group or 'pc'}_tn2_w4_pf1_mt1_bf16"] = (consts(fmt, False, 2, 4, 1, 1, bf16=True), 4, 1)
     return out
 
 
@@ -311,7 +314,7 @@ def main_mma(args):
             continue
         fn = Q._qgemv_mma_kernel
         names = fn.arg_names
-        ptrs = {"xw_ptr": "*i32", "qw_ptr": "*i32", "qh_ptr": "*i16", "s_ptr": MMA_FORMAT_CONSTS[name.split("_")[1]][3],
+        ptrs = {"xw_ptr": "*i32", "qw_ptr": "*u8" if consts["BITS"] == 8 else "*i32", "qh_ptr": "*i16", "s_ptr": MMA_FORMAT_CONSTS[name.split("_")[1]][3],
                 "z_ptr": "*u8", "gs_ptr": "*fp32", "bias_ptr": "*fp16", "out_ptr": "*fp16", "ws_ptr": "*fp32",
                 "cnt_ptr": "*i32"}
         if consts["IS_BF16"]:

@@ -86,7 +86,18 @@ LOW_BITS = [
     ("int3", dict(group_size=256, symmetric=False), F16, 3, 512, 7, 32, 1, 1, 0, False),
     ("int3", dict(group_size=-1, symmetric=False), BF16, 16, 300, 9, 16, 4, 3, 1, False),
 ]
-CASES = INT4 + E2M1 + LOW_BITS
+# 8-bit codes (uint8 [K, N], no packing): a thread's 4 k rows x NC columns per slot, as whole words where N allows
+# (N = 40, 24, 16: 16- and 32-bit loads), else byte loads (N = 333, 7)
+BYTES = [
+    ("int8", dict(group_size=32), F16, 3, 96, 40, 16, 2, 1, 1, True),
+    ("int8", dict(group_size=64, symmetric=False), BF16, 8, 256, 24, 64, 1, 2, 2, False),
+    ("int8", dict(group_size=128, symmetric=False), F16, 11, 256, 16, 32, 2, 1, 0, True),
+    ("int8", dict(group_size=-1), BF16, 1, 97, 7, 16, 4, 1, 1, False),
+    ("fp8", dict(group_size=-1), F16, 16, 300, 40, 32, 2, 3, 1, True),
+    ("fp8", dict(group_size=-1), BF16, 3, 96, 7, 64, 1, 1, 2, False),
+    ("fp8", dict(group_size=128), F16, 1, 256, 333, 16, 1, 2, 1, False),
+]
+CASES = INT4 + E2M1 + LOW_BITS + BYTES
 
 
 def _id(case):
@@ -153,12 +164,11 @@ def _warns_and_records(x, qt):
     assert rel_err(out, ref) < TOL[x.dtype]
 
 
-@pytest.mark.parametrize("fmt", sorted({"int2", "int3", "int8", "fp8", "fp4", "mxfp4", "nvfp4"} - set(MMA_FORMATS)))
-def test_unsupported_format_warns_and_records(fmt, gen):
-    qt = tm.quantize(torch.randn(24, 64, generator=gen), fmt, group_size=-1 if fmt == "fp8" else
-                     16 if fmt == "nvfp4" else 32)
-    assert fmt in Q.mma_unsupported_reason(torch.zeros(1, 64, dtype=F16), qt)
-    _warns_and_records(torch.randn(2, 64, generator=gen).half(), qt)
+@pytest.mark.parametrize("fmt", MMA_FORMATS)
+def test_every_format_and_dtype_is_supported(fmt, gen):
+    qt = tm.quantize(torch.randn(24, 64, generator=gen), fmt, group_size=16 if fmt == "nvfp4" else 32)
+    for dtype in (F16, BF16):
+        assert Q.mma_unsupported_reason(torch.zeros(3, 64, dtype=dtype), qt) is None
 
 
 def test_too_many_rows_warns_and_records(gen):

@@ -1321,8 +1321,9 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 SPLIT=split > 1, SPLIT_P2=1 << (split - 1).bit_length(),
                                 IS_BF16=x.dtype == torch.bfloat16, ASM=x.device.type == "cuda", EVEN_K=even_k,
                                 TN=mma_tiles(cfg.block_n),
-                                NW=cfg.num_warps, MT=1 if M <= 8 else 2, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps,
-                                num_stages=1)
+                                NW=cfg.num_warps, MT=1 if M <= 8 else 2, PREFETCH=cfg.prefetch,
+                                ALIGNED=spec.bits == 8 and N % min(cfg.block_n // 8, 4) == 0 and qw.data_ptr() % 4 == 0,
+                                num_warps=cfg.num_warps, num_stages=1)
     elif cfg.family == "gemv" and cfg.oneshot:
         na, nb = oneshot_blocks(per_split)
         rest = per_split - na

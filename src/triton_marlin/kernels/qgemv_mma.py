@@ -1,13 +1,14 @@
 """Register-fragment GEMV for small M (``KernelConfig(family="mma")``, up to 16 activation rows).
 
-Formats: the 4-bit plane (``int4``; E2M1 ``fp4``, ``mxfp4``, ``nvfp4``), the 2-bit plane (``int2``) and the 2-bit
-plus 1-bit planes (``int3``), with fp16 or bf16 activations.
+Formats: the 4-bit plane (``int4``; E2M1 ``fp4``, ``mxfp4``, ``nvfp4``), the 2-bit plane (``int2``), the 2-bit
+plus 1-bit planes (``int3``) and unpacked bytes (``int8``; E4M3 ``fp8``), with fp16 or bf16 activations.
 
 Each thread loads its words straight into registers and builds the tensor-core operand in place: no
 shared memory, no ``cp.async``, no ``ldmatrix``, no barrier in the K loop. It reads the packed layout as
 stored (``k16_interleaved``, docs/formats.md): word row ``w`` of K tile ``t`` holds, in code slot ``i``, the
 code of ``k = T t + 16 i + w`` for one output column (tile ``T`` = 128 rows of 8 slots for 4-bit codes, 256 rows
-of 16 slots for 2- and 3-bit codes).
+of 16 slots for 2- and 3-bit codes). 8-bit codes (``uint8 [K, N]``) take 128-row tiles of 8 slots whose k rows a
+thread loads itself: rows ``16 i + 4c .. 4c + 3`` of its columns, as whole words where N allows.
 
 One ``mma.sync.m16n8k16`` multiplies a 16 x 16 block of weights (16 output columns x the 16 k of one code
 slot) by the activations of up to 8 rows (the MMA's N). Thread ``(g, c)`` of a warp (``g = lane / 4``,
@@ -24,10 +25,13 @@ word rows, then per slot
   subtract of ``1024 + z`` the exact integer ``q - z``; a 3-bit code's high bit comes from the 1-bit plane's pair
   (one more shift and ``lop3``);
 - E2M1: two shifts, an ``and`` and a ``lop3`` put the magnitude bits under the fp16 exponent and the sign at bit
-  15: the exact ``e2m1(q) * 2**-14`` (for bf16 activations converted to bf16x2 through fp32, exactly).
+  15: the exact ``e2m1(q) * 2**-14`` (for bf16 activations converted to bf16x2 through fp32, exactly);
+- bytes: one ``prmt`` per pair gathers a byte of two k rows into the two half-words, then as integers
+  (``0x6400 | q``) or E4M3 (magnitude shifted by 7, sign to bit 15: ``e4m3(q) * 2**-8``), in fp16 (for bf16
+  activations converted as above: ``128 + q`` is not exact in bf16 for q >= 128).
 The group scale (decoded: fp16/bf16, E8M0, or E4M3's raw fp16 value) multiplies each scale group's fp32 partial
-product (fold); per-channel scales multiply once at the end, as do the constant factors (2**14 for E2M1, 2**8
-times the global scale for E4M3 scales).
+product (fold); per-channel scales multiply once at the end, as do the constant factors (2**14 for E2M1 codes,
+2**8 for E4M3 codes, 2**8 times the global scale for E4M3 scales).
 
 Under the CPU interpreter the same kernel runs a portable emulation of the unpack and of the warp's MMA
 (the per-thread values gathered across the warp with reshapes): same operands, same sums in fp32.
@@ -40,7 +44,7 @@ import triton.language as tl
 from .decode import e4m3_raw_fp16, e8m0_to_fp32, raw_factor
 
 MMA_MAX_M = 16         # activation rows one launch multiplies (two blocks of the MMA's N = 8)
-MMA_FORMATS = ("int4", "fp4", "mxfp4", "nvfp4", "int2", "int3")
+MMA_FORMATS = ("int4", "fp4", "mxfp4", "nvfp4", "int2", "int3", "int8", "fp8")
 
 
 def _slot_asm(kind: int, bits: int, slot: int, bf16: bool, mt: int) -> str:
@@ -51,28 +55,36 @@ def _slot_asm(kind: int, bits: int, slot: int, bf16: bool, mt: int) -> str:
     their high bit from the 1-bit plane's pairs; E2M1 (kind 1) the raw value ``e2m1(q) * 2**-14`` (magnitude bits
     under the fp16 exponent, sign to bit 15; code 1 is the fp16 subnormal 2**-15), no zero point; for bf16
     activations those fp16 pairs convert to bf16x2 through fp32 (three conversions, exact: every raw value is a
-    normal bf16).
+    normal bf16). 8-bit codes (one byte in the low half of each half-word, see :func:`_byte_pairs`): integers
+    ``(1024 + q) - (1024 + z)`` in fp16, E4M3 (kind 2) the raw value ``e4m3(q) * 2**-8`` (magnitude bits shifted
+    by 7, sign to bit 15); with bf16 activations both go through the fp32 conversion (``128 + q`` is not exact in
+    bf16 for q >= 128).
     Operands: $0 .. $(4 mt - 1) = D; then the 4 gathered pairs (rows 01 col A, rows 01 col B, rows 23 col A,
     rows 23 col B); for 3-bit codes the 4 high-bit pairs in the same order; B (two registers per row block);
-    the zero offsets of col A / col B (f16x2 or bf16x2); C (4 per row block)."""
-    magic = "0x43004300" if bf16 else "0x64006400"
-    sub = "sub.rn.bf16x2" if bf16 else "sub.f16x2"
+    the zero offsets of col A / col B (f16x2, or bf16x2 for the 2-4 bit integers); C (4 per row block)."""
+    conv = bf16 and (kind != 0 or bits == 8)        # A built in fp16, then converted to bf16x2
+    magic = "0x43004300" if bf16 and not conv else "0x64006400"
+    sub = "sub.rn.bf16x2" if bf16 and not conv else "sub.f16x2"
     ty = "bf16" if bf16 else "f16"
     plane = 2 if bits == 3 else bits
     per_half = 16 // plane
-    shift = plane * (slot % per_half)
+    shift = 0 if bits == 8 else plane * (slot % per_half)
     src0 = 4 * mt
     hi0 = src0 + 4
     b0 = hi0 + (4 if bits == 3 else 0)
     z0 = b0 + 2 * mt
     c0 = z0 + 2
     lines = ["{", ".reg .b32 t, h, a0, a1, a2, a3;"]
-    if kind == 1 and bf16:
+    if conv:
         lines.append(".reg .b16 l16, u16;\n.reg .f32 lf, uf;")
     # a0: row g (col A) k 2c..2c+1; a1: row g+8 (col B); a2: row g, k 2c+8..; a3: row g+8, k 2c+8..
     for r, (a, z) in enumerate((("a0", z0), ("a1", z0 + 1), ("a2", z0), ("a3", z0 + 1))):
         reg = f"${src0 + r}"
-        if kind == 1:
+        if kind == 2:
+            # E4M3 byte: magnitude bits [0, 7) -> [7, 14), sign bit 7 -> 15, in both halves
+            lines.append(f"shl.b32 t, {reg}, 7;\nshl.b32 h, {reg}, 8;\nand.b32 h, h, 0x80008000;")
+            lines.append(f"lop3.b32 {a}, t, 0x3f803f80, h, 0xea;")
+        elif kind == 1:
             # magnitude bits [shift, shift + 3) -> [9, 12), sign bit shift + 3 -> 15, in both halves
             up = 9 - shift
             lines.append(f"shl.b32 t, {reg}, {up};" if up >= 0 else f"shr.u32 t, {reg}, {-up};")
@@ -82,26 +94,26 @@ def _slot_asm(kind: int, bits: int, slot: int, bf16: bool, mt: int) -> str:
             else:
                 lines.append(f"and.b32 h, {reg}, 0x80008000;")
             lines.append(f"lop3.b32 {a}, t, 0x0e000e00, h, 0xea;")
-            if bf16:
-                # the same raw values (normal in bf16): through fp32, both conversions exact
-                lines.append(f"mov.b32 {{l16, u16}}, {a};\ncvt.f32.f16 lf, l16;\ncvt.f32.f16 uf, u16;\n"
-                             f"cvt.rn.bf16x2.f32 {a}, uf, lf;")
-            continue
-        if shift:
-            lines.append(f"shr.u32 t, {reg}, {shift};")
-            reg = "t"
-        if bits == 3:
-            # the high bit (bit ``slot`` of each half of the 1-bit plane's pair) -> bit 2, with the magic
-            hreg = f"${hi0 + r}"
-            if slot != 2:
-                lines.append(f"shl.b32 h, {hreg}, {2 - slot};" if slot < 2 else f"shr.u32 h, {hreg}, {slot - 2};")
-                hreg = "h"
-            lines.append(f"lop3.b32 h, {hreg}, 0x00040004, {magic}, 0xea;")
-            lines.append(f"lop3.b32 {a}, {reg}, 0x00030003, h, 0xea;")
         else:
-            mask = (1 << bits) - 1
-            lines.append(f"lop3.b32 {a}, {reg}, {mask | mask << 16:#010x}, {magic}, 0xea;")
-        lines.append(f"{sub} {a}, {a}, ${z};")
+            if shift:
+                lines.append(f"shr.u32 t, {reg}, {shift};")
+                reg = "t"
+            if bits == 3:
+                # the high bit (bit ``slot`` of each half of the 1-bit plane's pair) -> bit 2, with the magic
+                hreg = f"${hi0 + r}"
+                if slot != 2:
+                    lines.append(f"shl.b32 h, {hreg}, {2 - slot};" if slot < 2 else f"shr.u32 h, {hreg}, {slot - 2};")
+                    hreg = "h"
+                lines.append(f"lop3.b32 h, {hreg}, 0x00040004, {magic}, 0xea;")
+                lines.append(f"lop3.b32 {a}, {reg}, 0x00030003, h, 0xea;")
+            else:
+                mask = (1 << bits) - 1
+                lines.append(f"lop3.b32 {a}, {reg}, {mask | mask << 16:#010x}, {magic}, 0xea;")
+            lines.append(f"{sub} {a}, {a}, ${z};")
+        if conv:
+            # exact fp16 values, normal in bf16: through fp32, both conversions exact
+            lines.append(f"mov.b32 {{l16, u16}}, {a};\ncvt.f32.f16 lf, l16;\ncvt.f32.f16 uf, u16;\n"
+                         f"cvt.rn.bf16x2.f32 {a}, uf, lf;")
     for m in range(mt):
         d = ",".join(f"${4 * m + r}" for r in range(4))
         cc = ",".join(f"${c0 + 4 * m + r}" for r in range(4))
@@ -125,7 +137,8 @@ HI_PAIRS_ASM = tl.constexpr("\n".join(
 
 
 SLOT_ASM = {(kind, bits, slot, bf16, mt): _slot_asm(kind, bits, slot, bf16, mt)
-            for kind, bits in ((0, 4), (1, 4), (0, 2), (0, 3)) for slot in range(32 // (2 if bits == 3 else bits))
+            for kind, bits in ((0, 4), (1, 4), (0, 2), (0, 3), (0, 8), (2, 8))
+            for slot in range(8 if bits == 8 else 32 // (2 if bits == 3 else bits))
             for bf16 in (False, True) for mt in (1, 2)}
 
 
@@ -212,6 +225,89 @@ def _warp_mma(av, bv, NW: tl.constexpr):
     return tl.reshape(d0, (NW * 32,)), tl.reshape(d1, (NW * 32,))
 
 
+def _byte_pairs_asm(ba: int) -> str:
+    """PTX for :func:`_byte_pairs`: prmt selector ``b | b << 4 | (4 + b) << 8 | (4 + b) << 12`` takes byte ``b`` of the
+    first word to bytes 0-1 and byte ``b`` of the second to bytes 2-3."""
+    lines = ["{"]
+    for q in range(4):
+        b = ba + q % 2
+        lines.append(f"prmt.b32 ${q}, ${4 + (q // 2) * 2}, ${5 + (q // 2) * 2}, "
+                     f"{b | b << 4 | (4 + b) << 8 | (4 + b) << 12:#06x};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+BYTE_PAIRS_ASM = {ba: _byte_pairs_asm(ba) for ba in (0, 2)}
+
+
+@triton.constexpr_function
+def _byte_pairs_code(ba):
+    return BYTE_PAIRS_ASM[int(ba)]
+
+
+@triton.jit
+def _byte_pairs(w, BA: tl.constexpr, ASM: tl.constexpr):
+    """8-bit codes: the words of k rows 4c..4c+3 (``w``, 4 int32) -> the 4 pairs of :func:`_slot_mma` (rows 01 col
+    A, rows 01 col B, rows 23 col A, rows 23 col B) with code byte ``BA`` (col A) or ``BA + 1`` (col B) of the first
+    row in half-word 0 and of the second in half-word 1, each in the half-word's low byte (the high byte: a copy,
+    masked later)."""
+    if ASM:
+        return tl.inline_asm_elementwise(_byte_pairs_code(BA), "=r,=r,=r,=r,r,r,r,r", [w[0], w[1], w[2], w[3]],
+                                         dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+    else:
+        out = ()
+        for q in tl.static_range(4):
+            b = BA + q % 2
+            lo = (w[(q // 2) * 2] >> (8 * b)) & 0xFF
+            hi = (w[(q // 2) * 2 + 1] >> (8 * b)) & 0xFF
+            out = out + (lo | (hi << 16),)
+        return out
+
+
+@triton.jit
+def _slot_byte_pairs(w, SLOT: tl.constexpr, J: tl.constexpr, NW8: tl.constexpr, ASM: tl.constexpr):
+    """8-bit codes: the 4 pairs of slot SLOT, n-tile J from a tile's words (:func:`_load_tile`): columns 2J and
+    2J + 1 are bytes 2 (J % 2) and 2 (J % 2) + 1 of word J // 2 of each k row."""
+    base: tl.constexpr = SLOT * 4 * NW8 + J // 2
+    return _byte_pairs((w[base], w[base + NW8], w[base + 2 * NW8], w[base + 3 * NW8]), 2 * (J % 2), ASM)
+
+
+@triton.jit
+def _load_byte_words(qw_ptr, k, col0, N, K, NC: tl.constexpr, ALIGNED: tl.constexpr, EVEN_K: tl.constexpr):
+    """8-bit codes of k row ``k`` (one per thread; rows >= K read as 0, checked unless EVEN_K) for the thread's NC
+    columns from ``col0`` -> tuple of max(NC / 4, 1) int32 words (byte j = column j of the word's 4; NC = 2: the low
+    half). ALIGNED (N a multiple of 4, of 2 for NC = 2): one 32- or 16-bit load per word; else byte loads packed
+    into words."""
+    if EVEN_K:
+        k_ok = col0 >= 0
+    else:
+        k_ok = k < K
+    if ALIGNED:
+        if NC == 2:
+            v = tl.load(qw_ptr.to(tl.pointer_type(tl.int16)) + (k * N + col0) // 2, mask=k_ok & (col0 < N), other=0)
+            return (v.to(tl.int32) & 0xFFFF,)
+        else:
+            c4 = col0[:, None] + 4 * tl.arange(0, NC // 4)[None, :]
+            v = tl.load(qw_ptr.to(tl.pointer_type(tl.int32)) + (k[:, None] * N + c4) // 4,
+                        mask=k_ok[:, None] & (c4 < N), other=0)
+            if NC == 4:
+                return (tl.reshape(v, (v.shape[0],)),)
+            else:
+                a, b = tl.split(v)
+                return (a, b)
+    else:
+        cols = col0[:, None] + tl.arange(0, NC)[None, :]
+        by = _columns(tl.load(qw_ptr + k[:, None] * N + cols, mask=k_ok[:, None] & (cols < N), other=0).to(tl.int32),
+                      NC)
+        out = ()
+        for q in tl.static_range((NC + 3) // 4):
+            wd = by[4 * q] | (by[4 * q + 1] << 8)
+            if NC >= 4:
+                wd = wd | (by[4 * q + 2] << 16) | (by[4 * q + 3] << 24)
+            out = out + (wd,)
+        return out
+
+
 @triton.constexpr_function
 def _constraints(bits, mt):
     """Constraints of :func:`_slot_asm`'s operands: 4 mt fp32 outputs; the 4 pairs (+ 4 high-bit pairs for 3-bit
@@ -247,15 +343,18 @@ def _e2m1_raw_fp32(c):
 def _slot_mma(p, hp, b, zA, zB, cc, SLOT: tl.constexpr, KIND: tl.constexpr, BITS: tl.constexpr,
               IS_BF16: tl.constexpr, ASM: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr):
     """One code slot of one n-tile: D = A(codes of slot SLOT) @ x-slot + C for MT blocks of 8 activation rows.
-    ``p`` = the 8 pairs of :func:`_pairs`; ``hp`` the 4 high-bit pairs of :func:`_hi_pairs` (int3; else unused);
-    ``b`` the B registers (2 per row block); ``zA``/``zB`` the zero offsets (packed halves; integers only); ``cc``
-    the 4 MT accumulators. A: ``q - z`` (integers) or ``e2m1(q) * 2**-14`` (E2M1). Returns the new 4 MT
-    accumulators."""
+    ``p`` = the 8 pairs of :func:`_pairs` (8-bit codes: the slot's 4 pairs of :func:`_byte_pairs`); ``hp`` the 4
+    high-bit pairs of :func:`_hi_pairs` (int3; else unused); ``b`` the B registers (2 per row block); ``zA``/``zB``
+    the zero offsets (packed halves; integers only); ``cc`` the 4 MT accumulators. A: ``q - z`` (integers),
+    ``e2m1(q) * 2**-14`` (E2M1) or ``e4m3(q) * 2**-8`` (E4M3). Returns the new 4 MT accumulators."""
     PB: tl.constexpr = 2 if BITS == 3 else BITS       # bits of the plane a slot's low code bits sit in
     PER_HALF: tl.constexpr = 16 // PB                 # slots a half-word holds
     HI: tl.constexpr = SLOT >= PER_HALF
-    SH: tl.constexpr = PB * (SLOT % PER_HALF)
-    src = (p[0 + HI], p[2 + HI], p[4 + HI], p[6 + HI])     # rows 01 col A, rows 01 col B, rows 23 A, rows 23 B
+    SH: tl.constexpr = 0 if BITS == 8 else PB * (SLOT % PER_HALF)
+    if BITS == 8:
+        src = p
+    else:
+        src = (p[0 + HI], p[2 + HI], p[4 + HI], p[6 + HI])     # rows 01 col A, rows 01 col B, rows 23 A, rows 23 B
     if ASM:
         if BITS == 3:
             args = src + hp
@@ -274,8 +373,10 @@ def _slot_mma(p, hp, b, zA, zB, cc, SLOT: tl.constexpr, KIND: tl.constexpr, BITS
             v = src[r] >> SH
             if KIND == 1:
                 qa = qa + (_e2m1_raw_fp32(v & 15), _e2m1_raw_fp32((v >> 16) & 15))
+            elif KIND == 2:
+                qa = qa + (e4m3_raw_fp16(v & 255).to(tl.float32), e4m3_raw_fp16((v >> 16) & 255).to(tl.float32))
             else:
-                z = (zA, zB, zA, zB)[r] & 15          # the zero point: the low bits of the zero offset
+                z = (zA, zB, zA, zB)[r] & 255         # the zero point: the low byte of the zero offset
                 if BITS == 3:
                     h = hp[r] >> SLOT
                     lo = (v & 3) | ((h & 1) << 2)
@@ -315,12 +416,13 @@ def _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC: tl.constexpr):
 
 @triton.jit
 def _zero_offset(z, SYMMETRIC: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr):
-    """Packed halves ``{M + z, M + z}`` (M = 1024 in fp16, 128 in bf16) from zero-point codes z (int32)."""
+    """Packed halves ``{M + z, M + z}`` (M = 1024 in fp16, 128 in bf16 for codes of up to 4 bits: 8-bit codes are
+    unpacked in fp16 whatever the activations) from zero-point codes z (int32)."""
     if SYMMETRIC:
         zz = tl.full(z.shape, 1 << (BITS - 1), tl.int32)
     else:
         zz = z
-    if IS_BF16:
+    if IS_BF16 and BITS < 8:
         h = zz | 0x4300
     else:
         h = zz | 0x6400
@@ -377,13 +479,20 @@ def _tile_scales(s_ptr, z_ptr, grp, cols, col_ok, N, G, NC: tl.constexpr, KIND: 
 
 
 @triton.jit
-def _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, N, G, GROUP: tl.constexpr,
+def _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, col0, N, K, G, GROUP: tl.constexpr,
                NC: tl.constexpr, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
-               SCALE_KIND: tl.constexpr, IS_BF16: tl.constexpr, TILE_K: tl.constexpr, TILE_SCALES: tl.constexpr):
-    """The 4 NC words of K tile ``t`` (for 3-bit codes then the 4 NC words of the 1-bit plane) and, with
-    TILE_SCALES (one scale group per tile), its NC scales and NC zero offsets, in one flat tuple (a loop-carried
-    value)."""
-    w = _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC)
+               SCALE_KIND: tl.constexpr, IS_BF16: tl.constexpr, TILE_K: tl.constexpr, TILE_SCALES: tl.constexpr,
+               ALIGNED: tl.constexpr, EVEN_K: tl.constexpr):
+    """The 4 NC words of K tile ``t`` (for 3-bit codes then the 4 NC words of the 1-bit plane; for 8-bit codes the
+    words of :func:`_load_byte_words` of rows 16 i + 4c + r, in order [slot i][r][word]) and, with TILE_SCALES (one
+    scale group per tile), its NC scales and NC zero offsets, in one flat tuple (a loop-carried value)."""
+    if BITS == 8:
+        w = ()
+        for i in tl.static_range(8):
+            for r in tl.static_range(4):
+                w = w + _load_byte_words(qw_ptr, t * 128 + 16 * i + wrow + r, col0, N, K, NC, ALIGNED, EVEN_K)
+    else:
+        w = _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC)
     if BITS == 3:
         w = w + _load_words(qh_ptr, t, wrow, cols, col_ok, N, NC)
     if TILE_SCALES:
@@ -401,7 +510,7 @@ def _qgemv_mma_kernel(
         SLOTS: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr,
         HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, IS_BF16: tl.constexpr,
         ASM: tl.constexpr, EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr,
-        PREFETCH: tl.constexpr):
+        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr):
     """``out [M, N] = x [M, K] @ W.T (+ bias)`` for M <= 8 MT (see the module docstring).
 
     xw: the activations as int32 pairs ``[M, K/2]`` (row stride ``stride_xw`` pairs; zero-padded to even K);
@@ -416,20 +525,23 @@ def _qgemv_mma_kernel(
     A K tile is SLOTS code slots of 16 k (8 for 4-bit codes, 16 for 2- and 3-bit codes).
     GROUP_SLOTS: slots per scale group in a tile (0: per-channel scales, applied once at the end). PREFETCH
     (0, 1, 2): the words of a warp's next PREFETCH tiles (and their scales, when a tile is one scale group) load
-    before this tile's math. EVEN_K: K is a whole number of tiles (no activation mask along K)."""
+    before this tile's math. EVEN_K: K is a whole number of tiles (no activation mask along K). ALIGNED (8-bit
+    codes): a thread's NC code bytes of a k row load as whole 32-bit words (16-bit for NC = 2)."""
     TILE_K: tl.constexpr = 16 * SLOTS
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     BLOCK: tl.constexpr = 32 * NW
     NC: tl.constexpr = 2 * TN
     NA: tl.constexpr = 4 * TN               # accumulators per row block
-    WORDS: tl.constexpr = 4 * NC * (2 if BITS == 3 else 1)   # words a tile's tuple starts with
+    NW8: tl.constexpr = NC // 4 if NC >= 4 else 1          # words a k row of 8-bit codes takes (NC bytes)
+    WORDS: tl.constexpr = 32 * NW8 if BITS == 8 else 4 * NC * (2 if BITS == 3 else 1)   # a tile's tuple starts with
     e = tl.arange(0, BLOCK)
     warp = e // 32
     lane = e % 32
     g = lane // 4
     c = lane % 4
-    cols = (pid_n * (16 * TN) + g * NC)[:, None] + tl.arange(0, NC)[None, :]
+    col0 = pid_n * (16 * TN) + g * NC
+    cols = col0[:, None] + tl.arange(0, NC)[None, :]
     col_ok = cols < N
     wrow = 4 * c
     # B of row block m: x[g + 8m, 16 i + 4c .. +3] = pairs 8 i + 2c, 2c + 1 (rows >= M read as zero)
@@ -446,11 +558,12 @@ def _qgemv_mma_kernel(
     # multiply it by zero activations
     t_warp = t_begin + warp
     if PREFETCH >= 1:
-        nxt = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t_warp, t_last), wrow, cols, col_ok, N, G,
-                         GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES)
+        nxt = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t_warp, t_last), wrow, cols, col_ok, col0, N, K, G,
+                         GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES, ALIGNED, EVEN_K)
     if PREFETCH >= 2:
         nxt2 = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t_warp + NW, t_last), wrow, cols, col_ok,
-                          N, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES)
+                          col0, N, K, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES,
+                          ALIGNED, EVEN_K)
     FOLD_SLOTS: tl.constexpr = GROUP_SLOTS if GROUP_SLOTS != 0 else SLOTS
     if GROUP_SLOTS == 0:
         if SYMMETRIC:
@@ -466,17 +579,19 @@ def _qgemv_mma_kernel(
             cur = nxt
             nxt = nxt2
             nxt2 = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t + 2 * NW, t_last), wrow, cols,
-                              col_ok, N, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES)
+                              col_ok, col0, N, K, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K,
+                              TILE_SCALES, ALIGNED, EVEN_K)
         elif PREFETCH >= 1:
             cur = nxt
             nxt = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t + NW, t_last), wrow, cols, col_ok,
-                             N, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES)
+                             col0, N, K, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES,
+                             ALIGNED, EVEN_K)
         else:
-            cur = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tc, wrow, cols, col_ok, N, G, GROUP, NC, KIND,
-                             BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES)
+            cur = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tc, wrow, cols, col_ok, col0, N, K, G, GROUP, NC, KIND,
+                             BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES, ALIGNED, EVEN_K)
         w = cur
         p = ()
-        for j in tl.static_range(TN):
+        for j in tl.static_range(TN if BITS != 8 else 0):
             p = p + (_pairs((w[8 * j], w[8 * j + 1], w[8 * j + 2], w[8 * j + 3],
                              w[8 * j + 4], w[8 * j + 5], w[8 * j + 6], w[8 * j + 7]), ASM),)
         hp = ()
@@ -521,7 +636,11 @@ def _qgemv_mma_kernel(
                         hpj = hp[j]
                     else:
                         hpj = ()
-                    new = new + (_slot_mma(p[j], hpj, b, zo[2 * j], zo[2 * j + 1], ccj, gi * FOLD_SLOTS + si, KIND,
+                    if BITS == 8:
+                        pj = _slot_byte_pairs(w, gi * FOLD_SLOTS + si, j, NW8, ASM)
+                    else:
+                        pj = p[j]
+                    new = new + (_slot_mma(pj, hpj, b, zo[2 * j], zo[2 * j + 1], ccj, gi * FOLD_SLOTS + si, KIND,
                                            BITS, IS_BF16, ASM, NW, MT),)
                 # new[j][4 m + r] -> accumulator m * NA + 4 j + r
                 flat = ()
