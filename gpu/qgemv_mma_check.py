@@ -4,7 +4,8 @@ int4 kernel, all timed by CUDA-graph replay in one process.
 
     python gpu/qgemv_mma_check.py [--formats int4,fp4,...] [--shapes 8192x8192,...] [--m 1,4,8] [--out DIR] [--quick]
 
-``--formats`` (default int4): each format is checked and swept (int and fp4 at group 128, mxfp4 32, nvfp4 16).
+``--formats`` (default int4): each format is checked and swept (int and fp4 at group 128, mxfp4 32, nvfp4 16, fp8
+per-channel).
 Writes ``mma_sweep.jsonl`` (one line per timed case) and prints a summary table: per format, shape and M the best
 mma configuration, the table's configuration, cuBLAS and torch int4 (int4 only), speedups from the same run.
 """
@@ -29,13 +30,13 @@ from triton_marlin.kernels.qgemv_mma import MMA_FORMATS  # noqa: E402
 
 
 def quant_opts(fmt: str, group: int, sym: bool) -> dict:
-    """quantize() options of a check case for ``fmt``: mxfp4/nvfp4 take their fixed groups, E2M1 has no zero
-    point."""
+    """quantize() options of a check case for ``fmt``: mxfp4/nvfp4 take their fixed groups, the minifloats have no
+    zero point."""
     if fmt == "mxfp4":
         return dict(group_size=32)
     if fmt == "nvfp4":
         return dict(group_size=16)
-    if fmt == "fp4":
+    if fmt in ("fp4", "fp8"):
         return dict(group_size=group)
     return dict(group_size=group, symmetric=sym)
 
@@ -134,7 +135,7 @@ def main():
         w16 = w.to(dev, torch.float16)                  # cuBLAS's operand (its time does not depend on values)
         qts = {}
         for fmt in formats:
-            qt = tm.quantize(w, fmt, **quant_opts(fmt, 128, True)).to(dev)
+            qt = tm.quantize(w, fmt, **quant_opts(fmt, -1 if fmt == "fp8" else 128, True)).to(dev)
             qts[fmt] = (qt, qt.dequantize(torch.float64).T.contiguous())
         for M in (int(v) for v in args.m.split(",")):
             x = torch.randn(M, K, generator=gen).to(dev, torch.float16)
