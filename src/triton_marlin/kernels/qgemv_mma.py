@@ -484,8 +484,9 @@ def _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, col0, N, K, 
                SCALE_KIND: tl.constexpr, IS_BF16: tl.constexpr, TILE_K: tl.constexpr, TILE_SCALES: tl.constexpr,
                ALIGNED: tl.constexpr, EVEN_K: tl.constexpr):
     """The 4 NC words of K tile ``t`` (for 3-bit codes then the 4 NC words of the 1-bit plane; for 8-bit codes the
-    words of :func:`_load_byte_words` of rows 16 i + 4c + r, in order [slot i][r][word]) and, with TILE_SCALES (one
-    scale group per tile), its NC scales and NC zero offsets, in one flat tuple (a loop-carried value)."""
+    words of :func:`_load_byte_words` of rows 16 i + 4c + r, in order [slot i][r][word]) and the NC scales of each
+    of its TILE_SCALES scale groups (0: none), then their NC zero offsets, in one flat tuple (a loop-carried value).
+    """
     if BITS == 8:
         w = ()
         for i in tl.static_range(8):
@@ -496,8 +497,13 @@ def _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, col0, N, K, 
     if BITS == 3:
         w = w + _load_words(qh_ptr, t, wrow, cols, col_ok, N, NC)
     if TILE_SCALES:
-        sc, zo = _tile_scales(s_ptr, z_ptr, (t * TILE_K) // GROUP, cols, col_ok, N, G, NC, KIND, BITS,
-                              SYMMETRIC, SCALE_KIND, IS_BF16)
+        sc = ()
+        zo = ()
+        for gi in tl.static_range(TILE_SCALES):
+            s1, z1 = _tile_scales(s_ptr, z_ptr, (t * TILE_K) // GROUP + gi, cols, col_ok, N, G, NC, KIND, BITS,
+                                  SYMMETRIC, SCALE_KIND, IS_BF16)
+            sc = sc + s1
+            zo = zo + z1
         w = w + sc + zo
     return w
 
@@ -524,7 +530,7 @@ def _qgemv_mma_kernel(
     the CTA at the end. MT: blocks of 8 activation rows (1 or 2; each slot's A feeds one MMA per block).
     A K tile is SLOTS code slots of 16 k (8 for 4-bit codes, 16 for 2- and 3-bit codes).
     GROUP_SLOTS: slots per scale group in a tile (0: per-channel scales, applied once at the end). PREFETCH
-    (0, 1, 2): the words of a warp's next PREFETCH tiles (and their scales, when a tile is one scale group) load
+    (0, 1, 2): the words of a warp's next PREFETCH tiles (and their scales, see TILE_SCALES in the body) load
     before this tile's math. EVEN_K: K is a whole number of tiles (no activation mask along K). ALIGNED (8-bit
     codes): a thread's NC code bytes of a k row load as whole 32-bit words (16-bit for NC = 2)."""
     TILE_K: tl.constexpr = 16 * SLOTS
@@ -553,7 +559,12 @@ def _qgemv_mma_kernel(
     t_begin = pid_k * TILES_PER_SPLIT
     t_end = tl.minimum(t_begin + TILES_PER_SPLIT, TILES)
     t_last = t_end - 1
-    TILE_SCALES: tl.constexpr = GROUP_SLOTS == SLOTS
+    # scale groups of a tile whose scales (and zero offsets) load with its words, ahead like them: one group, or
+    # the groups of an 8-slot tile while they are at most 16 values a thread; else none (read at each group's fold:
+    # carried, the 16-slot tiles of int2 g128 spill on sm_90)
+    GROUPS: tl.constexpr = SLOTS // GROUP_SLOTS if GROUP_SLOTS != 0 else 0
+    ZERO_REGS: tl.constexpr = 2 if KIND == 0 and not SYMMETRIC else 1
+    TILE_SCALES: tl.constexpr = GROUPS if GROUPS == 1 or (SLOTS == 8 and GROUPS * NC * ZERO_REGS <= 16) else 0
     # a warp's tiles past t_end (the program's tile count need not divide by NW) load the last tile again and
     # multiply it by zero activations
     t_warp = t_begin + warp
@@ -603,8 +614,8 @@ def _qgemv_mma_kernel(
                 sc = ()
                 zo = ()
                 for q in tl.static_range(NC):
-                    sc = sc + (cur[WORDS + q],)
-                    zo = zo + (cur[WORDS + NC + q],)
+                    sc = sc + (cur[WORDS + gi * NC + q],)
+                    zo = zo + (cur[WORDS + (GROUPS + gi) * NC + q],)
             elif GROUP_SLOTS != 0:
                 sc, zo = _tile_scales(s_ptr, z_ptr, (tc * TILE_K + gi * 16 * GROUP_SLOTS) // GROUP, cols,
                                       col_ok, N, G, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16)
