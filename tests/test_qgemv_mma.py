@@ -2,20 +2,27 @@
 dequantized weights.
 
 Without a GPU the kernel runs its portable emulation under TRITON_INTERPRET=1 (the same operands and fp32 sums
-as the PTX path); the ``gpu`` test runs the PTX path, inside a CUDA graph too.
+as the PTX path), and the PTX strings' integer and half instructions are simulated on the CPU against the same
+operand values; the ``gpu`` test runs the PTX path, inside a CUDA graph too.
 
-Tolerance, from the arithmetic: the A operand is exact (``q - z`` for integers, the raw minifloat value for E2M1),
+Tolerance, from the arithmetic: the A operand is exact (``q - z`` for integers, the raw minifloat value for E2M1
+and E4M3),
 B is the activations as given, every product is exact in fp32 and the sums are fp32; the scale multiplies an fp32
 partial sum; the output is rounded once to the activation dtype. So the relative Frobenius error is the output
 rounding plus fp32 summation: fp16 rounds to nearest (<= 2**-11 ~ 4.9e-4 per element), bf16 to nearest on the GPU
 (2**-8) and by truncation under the interpreter (< 2**-7 ~ 7.8e-3).
 """
+import random
+import re
+
+import numpy as np
 import pytest
 import torch
 
 import triton_marlin as tm
 from triton_marlin import dispatch
 from triton_marlin.kernels import qgemm as Q
+from triton_marlin.kernels import qgemv_mma as qm
 from triton_marlin.kernels.qgemv_mma import MMA_FORMATS
 
 from conftest import rel_err
@@ -176,6 +183,126 @@ def test_too_many_rows_warns_and_records(gen):
     x = torch.randn(17, 64, generator=gen).half()
     assert "17 rows" in Q.mma_unsupported_reason(x, qt)
     _warns_and_records(x, qt)
+
+
+# --- the PTX strings, simulated on the CPU: each A operand the exact value the emulation uses -------------------
+def _f16(bits):
+    return float(np.array([bits], dtype=np.uint16).view(np.float16)[0])
+
+
+def _bf16(bits):
+    return float(np.array([bits << 16], dtype=np.uint32).view(np.float32)[0])
+
+
+def _to_bf16(x):
+    u = int(np.array([x], dtype=np.float32).view(np.uint32)[0])
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+
+
+def _simulate(asm, inputs):
+    """Registers after the integer/half instructions of ``asm`` (everything before the MMA) on ``inputs``
+    ({operand index: uint32})."""
+    regs = {f"${i}": v for i, v in inputs.items()}
+
+    def val(tok):
+        return regs[tok] if tok in regs else int(tok, 0)
+    for line in asm.splitlines():
+        line = line.strip().rstrip(";")
+        if not line or line in ("{", "}") or line.startswith((".reg", "mma")):
+            continue
+        op, rest = line.split(None, 1)
+        if op == "mov.b32":                                   # {lo, hi} unpack of a register pair
+            lo, hi, src = re.match(r"\{(\w+), (\w+)\}, (\S+)", rest).groups()
+            regs[lo], regs[hi] = val(src) & 0xFFFF, val(src) >> 16
+            continue
+        d, *args = [a.strip() for a in rest.split(",")]
+        if op == "cvt.f32.f16":
+            regs[d] = _f16(regs[args[0]])
+            continue
+        a = [val(x) for x in args]
+        if op == "shl.b32":
+            r = (a[0] << a[1]) & 0xFFFFFFFF
+        elif op == "shr.u32":
+            r = a[0] >> a[1]
+        elif op == "and.b32":
+            r = a[0] & a[1]
+        elif op == "lop3.b32":
+            r = sum((((a[3] >> ((((a[0] >> i) & 1) << 2) | (((a[1] >> i) & 1) << 1) | ((a[2] >> i) & 1))) & 1) << i)
+                    for i in range(32))
+        elif op == "prmt.b32":
+            by = [(a[0] >> 8 * i) & 255 for i in range(4)] + [(a[1] >> 8 * i) & 255 for i in range(4)]
+            r = sum(by[(a[2] >> 4 * i) & 7] << 8 * i for i in range(4))       # selectors here never set bit 3
+        elif op in ("sub.f16x2", "sub.rn.bf16x2"):
+            dec, enc = (_f16, lambda x: int(np.array([x], dtype=np.float16).view(np.uint16)[0])) \
+                if op == "sub.f16x2" else (_bf16, _to_bf16)
+            r = sum(enc(dec((a[0] >> 16 * h) & 0xFFFF) - dec((a[1] >> 16 * h) & 0xFFFF)) << 16 * h for h in range(2))
+        elif op == "cvt.rn.bf16x2.f32":
+            r = (_to_bf16(a[0]) << 16) | _to_bf16(a[1])
+        else:
+            raise AssertionError(f"unsimulated PTX {op}")
+        regs[d] = r
+    return regs
+
+
+def _raw_value(kind, code):
+    """The exact A value of a minifloat code: E2M1 times 2**-14, E4M3 times 2**-8 (S.1111.111 decodes to +-480)."""
+    sign = -1.0 if code & (8 if kind == 1 else 128) else 1.0
+    if kind == 1:
+        return sign * (0, 0.5, 1, 1.5, 2, 3, 4, 6)[code & 7] * 2.0 ** -14
+    e, mant = (code >> 3) & 15, code & 7
+    return sign * (mant / 8 * 2.0 ** -6 if e == 0 else (1 + mant / 8) * 2.0 ** (e - 7)) * 2.0 ** -8
+
+
+def test_ptx_pair_gathers():
+    rng = random.Random(0)
+    for _ in range(100):
+        w = [rng.getrandbits(32) for _ in range(8)]
+        regs = _simulate(qm.PAIRS_ASM.value, {8 + i: w[i] for i in range(8)})
+        hi = _simulate(qm.HI_PAIRS_ASM.value, {4 + i: w[i] for i in range(8)})
+        for p, (a, b) in enumerate(((0, 1), (4, 5), (2, 3), (6, 7))):
+            assert regs[f"${2 * p}"] == (w[a] & 0xFFFF) | ((w[b] & 0xFFFF) << 16)
+            assert regs[f"${2 * p + 1}"] == (w[a] >> 16) | ((w[b] >> 16) << 16)
+            assert hi[f"${p}"] == (w[a] & 0xFFFF) | ((w[b] & 0xFFFF) << 16)
+        for ba in (0, 2):
+            regs = _simulate(qm.BYTE_PAIRS_ASM[ba], {4 + i: w[i] for i in range(4)})
+            for q in range(4):
+                b = ba + q % 2
+                got = regs[f"${q}"]
+                assert got & 0xFF == (w[q // 2 * 2] >> 8 * b) & 255
+                assert (got >> 16) & 0xFF == (w[q // 2 * 2 + 1] >> 8 * b) & 255
+
+
+@pytest.mark.parametrize("kind, bits", [(0, 4), (1, 4), (0, 2), (0, 3), (0, 8), (2, 8)])
+def test_ptx_slot_operands_exact(kind, bits):
+    """Every slot's PTX (fp16 and bf16, one and two row blocks) on random pairs: A = q - z, or the raw minifloat."""
+    rng = random.Random(bits * 10 + kind)
+    plane = 2 if bits == 3 else bits
+    for (k, b, slot, bf16, mt), asm in qm.SLOT_ASM.items():
+        if (k, b) != (kind, bits):
+            continue
+        shift = 0 if bits == 8 else plane * (slot % (16 // plane))
+        src0, nb = 4 * mt, 2 * mt
+        z0 = src0 + (8 if bits == 3 else 4) + nb
+        for _ in range(20):
+            src = [rng.getrandbits(32) for _ in range(8)]              # 4 pairs (+ 4 high-bit pairs for int3)
+            zs = [rng.randrange(1 << bits) for _ in range(2)]
+            inputs = {src0 + r: src[r] for r in range(8 if bits == 3 else 4)}
+            for i, z in enumerate(zs):
+                h = z | (0x4300 if bf16 and bits < 8 else 0x6400)
+                inputs[z0 + i] = h | h << 16
+            regs = _simulate(asm, inputs)
+            for r in range(4):
+                for h in range(2):
+                    got = (_bf16 if bf16 else _f16)((regs[f"a{r}"] >> 16 * h) & 0xFFFF)
+                    v = src[r] >> 16 * h
+                    if kind:
+                        want = _raw_value(kind, (v >> shift) & (15 if kind == 1 else 255))
+                    else:
+                        q = (v >> shift) & ((1 << plane) - 1)
+                        if bits == 3:
+                            q |= ((src[4 + r] >> (16 * h + slot)) & 1) << 2
+                        want = q - zs[r % 2]
+                    assert got == want, (kind, bits, slot, bf16, mt, r, h, hex(src[r]), got, want)
 
 
 # The PTX path on the GPU: a few cases per format at larger shapes, then a CUDA-graph capture and replay.
