@@ -32,13 +32,13 @@ F16, BF16 = torch.float16, torch.bfloat16
 gpu = pytest.mark.gpu
 
 
-def _run(fmt, opts, dtype, M, K, N, bn, nw, split, pf, bias, gen, device="cpu"):
+def _run(fmt, opts, dtype, M, K, N, bn, nw, split, pf, bias, gen, device="cpu", fold=0):
     """Quantize a fresh random weight, run the mma family into NaN-poisoned output memory, return (out, ref)."""
     w = torch.randn(N, K, generator=gen)
     qt = tm.quantize(w, fmt, **opts).to(device)
     x = torch.randn(M, K, generator=gen).to(device, dtype)
     b = torch.randn(N, generator=gen).to(device, dtype) if bias else None
-    cfg = Q.KernelConfig("mma", block_m=16, block_n=bn, num_warps=nw, split_k=split, prefetch=pf)
+    cfg = Q.KernelConfig("mma", block_m=16, block_n=bn, num_warps=nw, split_k=split, prefetch=pf, fold=fold)
     cfg.validate()
     assert Q.mma_unsupported_reason(x, qt) is None
     out = torch.full((M, N), float("nan"), dtype=dtype, device=device)
@@ -105,6 +105,19 @@ BYTES = [
     ("fp8", dict(group_size=128), F16, 1, 256, 333, 16, 1, 2, 1, False),
 ]
 CASES = INT4 + E2M1 + LOW_BITS + BYTES
+# fold=1: integer zero points through the activation sums (operand 16 + q, one all-ones MMA a slot); every group
+# kind (several a tile, one, across tiles, per-channel), zero points, both dtypes, both row-block counts, split-K
+ZSUM = [
+    ("int4", dict(group_size=32, symmetric=False), F16, 3, 96, 40, 16, 2, 1, 1, True),
+    ("int4", dict(group_size=128), BF16, 11, 384, 33, 32, 2, 2, 2, False),
+    ("int4", dict(group_size=256, symmetric=False), F16, 1, 512, 24, 16, 1, 3, 1, True),
+    ("int4", dict(group_size=-1, symmetric=False), F16, 16, 300, 20, 32, 4, 2, 0, False),
+    ("int4", dict(group_size=-1), BF16, 8, 97, 7, 16, 1, 1, 1, True),
+    ("int2", dict(group_size=64, symmetric=False), F16, 8, 256, 7, 32, 1, 2, 2, False),
+    ("int2", dict(group_size=-1), BF16, 1, 300, 16, 16, 2, 1, 1, True),
+    ("int3", dict(group_size=128), F16, 11, 512, 16, 16, 2, 2, 1, True),
+    ("int3", dict(group_size=32, symmetric=False), BF16, 3, 96, 40, 64, 1, 1, 0, False),
+]
 
 
 def _id(case):
@@ -118,6 +131,14 @@ def _id(case):
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
 def test_matches_fp64(case, gen):
     out, ref, _ = _run(*case, gen)
+    assert not torch.isnan(out).any(), "an output element was not written"
+    err = rel_err(out, ref)
+    assert err < TOL[case[2]], f"relative error {err:.3e}"
+
+
+@pytest.mark.parametrize("case", ZSUM, ids=[_id(c) for c in ZSUM])
+def test_zero_points_through_activation_sums_match_fp64(case, gen):
+    out, ref, _ = _run(*case, gen, fold=1)
     assert not torch.isnan(out).any(), "an output element was not written"
     err = rel_err(out, ref)
     assert err < TOL[case[2]], f"relative error {err:.3e}"
@@ -141,10 +162,10 @@ def test_split_k_tickets_reset_between_calls(gen):
     (dict(block_m=32), "at most 16 rows"),
     (dict(block_n=8), "block_n in"),
     (dict(block_n=128), "block_n in"),
-    (dict(fold=1), "no fold/wide/swap_ab/oneshot"),
-    (dict(wide=1), "no fold/wide/swap_ab/oneshot"),
-    (dict(swap_ab=1), "no fold/wide/swap_ab/oneshot"),
-    (dict(oneshot=1), "no fold/wide/swap_ab/oneshot"),
+    (dict(fold=2), "fold must be 0 or 1"),
+    (dict(wide=1), "no wide/swap_ab/oneshot"),
+    (dict(swap_ab=1), "no wide/swap_ab/oneshot"),
+    (dict(oneshot=1), "no wide/swap_ab/oneshot"),
     (dict(prefetch=3), "prefetch must be"),
 ])
 def test_config_validation(kwargs, match):
@@ -253,6 +274,15 @@ def _raw_value(kind, code):
     return sign * (mant / 8 * 2.0 ** -6 if e == 0 else (1 + mant / 8) * 2.0 ** (e - 7)) * 2.0 ** -8
 
 
+def test_ptx_ones_operand():
+    """The all-ones A of the activation-sum MMA (ZSUM) is 1.0 in both halves, in fp16 and in bf16."""
+    for (bf16, mt), asm in qm.ONES_ASM.items():
+        one = int(re.search(r"mov.b32 one, (0x[0-9a-f]+)", asm).group(1), 16)
+        for h in range(2):
+            assert (_bf16 if bf16 else _f16)((one >> 16 * h) & 0xFFFF) == 1.0
+        assert asm.count("mma.sync") == mt and asm.count("{one,one,one,one}") == mt
+
+
 def test_ptx_pair_gathers():
     rng = random.Random(0)
     for _ in range(100):
@@ -277,7 +307,7 @@ def test_ptx_slot_operands_exact(kind, bits):
     """Every slot's PTX (fp16 and bf16, one and two row blocks) on random pairs: A = q - z, or the raw minifloat."""
     rng = random.Random(bits * 10 + kind)
     plane = 2 if bits == 3 else bits
-    for (k, b, slot, bf16, mt), asm in qm.SLOT_ASM.items():
+    for (k, b, slot, bf16, mt, zsum), asm in qm.SLOT_ASM.items():
         if (k, b) != (kind, bits):
             continue
         shift = 0 if bits == 8 else plane * (slot % (16 // plane))
@@ -301,7 +331,7 @@ def test_ptx_slot_operands_exact(kind, bits):
                         q = (v >> shift) & ((1 << plane) - 1)
                         if bits == 3:
                             q |= ((src[4 + r] >> (16 * h + slot)) & 1) << 2
-                        want = q - zs[r % 2]
+                        want = q + qm.ZSUM_BASE.value if zsum else q - zs[r % 2]
                     assert got == want, (kind, bits, slot, bf16, mt, r, h, hex(src[r]), got, want)
 
 
@@ -346,3 +376,13 @@ def test_gpu_ptx_path_and_cuda_graph(fmt, gen):
         graph.replay()
         torch.cuda.synchronize()
         assert rel_err(out, x.double() @ w.T) < TOL[F16]
+
+
+@gpu
+@pytest.mark.parametrize("fmt", ["int4", "int2", "int3"])
+def test_gpu_zero_points_through_activation_sums(fmt, gen):
+    """fold=1 (operand 16 + q, the zero point through the activation sums) on the PTX path, as GPU_CASES."""
+    dev = torch.device("cuda")
+    for opts, dtype, M, K, N, bn, nw, split, pf in GPU_CASES:
+        out, ref, _ = _run(fmt, opts, dtype, M, K, N, bn, nw, split, pf, True, gen, device=dev, fold=1)
+        assert rel_err(out, ref) < TOL[dtype], (fmt, opts, dtype, M, K, N)

@@ -1101,8 +1101,9 @@ def _dequant_kernel(
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class KernelConfig:
-    """One launch configuration. ``family`` is gemv, dot or dequant; ``fold`` and ``wide`` pick the
-    dot family's operand mode (see :func:`_qgemm_dot_kernel`; fold applies where the format and
+    """One launch configuration. ``family`` is gemv, dot, mma or dequant; ``fold`` and ``wide`` pick the
+    dot family's operand mode (for the mma family, ``fold=1`` applies integer zero points through the activation
+    sums instead of one subtract per weight pair, see :mod:`.qgemv_mma`) (see :func:`_qgemm_dot_kernel`; fold applies where the format and
     dtype allow it, see :func:`fold_supported`); ``prefetch`` loads a K tile's scales one tile ahead
     (gemv, and the dot family's per-slot modes); ``swap_ab`` computes the transposed product with the weights as the
     left tensor-core operand (dot family, per-slot modes; see :func:`_dot_tile_swap`); ``dot_k`` (swap_ab only)
@@ -1154,8 +1155,10 @@ class KernelConfig:
             if self.block_m > MMA_MAX_M:
                 raise ValueError(f"the mma family takes at most {MMA_MAX_M} rows (block_m), got {self.block_m}")
             mma_tiles(self.block_n)
-            if self.fold or self.wide or self.swap_ab or self.oneshot:
-                raise ValueError("the mma family has no fold/wide/swap_ab/oneshot modes (it always folds)")
+            if self.wide or self.swap_ab or self.oneshot:
+                raise ValueError("the mma family has no wide/swap_ab/oneshot modes")
+            if self.fold not in (0, 1):
+                raise ValueError(f"fold must be 0 or 1, got {self.fold!r}")
         if not isinstance(self.split_k, int) or self.split_k < 1:
             raise ValueError(f"split_k must be a positive int, got {self.split_k!r}")
         if self.fold and self.wide:
@@ -1323,6 +1326,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 TN=mma_tiles(cfg.block_n),
                                 NW=cfg.num_warps, MT=1 if M <= 8 else 2, PREFETCH=cfg.prefetch,
                                 ALIGNED=spec.bits == 8 and N % min(cfg.block_n // 8, 4) == 0 and qw.data_ptr() % 4 == 0,
+                                ZSUM=bool(cfg.fold) and spec.kind == D.KIND_INT and spec.bits <= 4,
                                 num_warps=cfg.num_warps, num_stages=1)
     elif cfg.family == "gemv" and cfg.oneshot:
         na, nb = oneshot_blocks(per_split)

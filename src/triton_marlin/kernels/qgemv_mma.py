@@ -47,7 +47,7 @@ MMA_MAX_M = 16         # activation rows one launch multiplies (two blocks of th
 MMA_FORMATS = ("int4", "fp4", "mxfp4", "nvfp4", "int2", "int3", "int8", "fp8")
 
 
-def _slot_asm(kind: int, bits: int, slot: int, bf16: bool, mt: int) -> str:
+def _slot_asm(kind: int, bits: int, slot: int, bf16: bool, mt: int, zsum: bool = False) -> str:
     """PTX of one code slot of one n-tile: the A operand from the gathered half-word pairs, then one m16n8k16 MMA
     per block of 8 activation rows (``mt`` of them, sharing A).
 
@@ -61,7 +61,10 @@ def _slot_asm(kind: int, bits: int, slot: int, bf16: bool, mt: int) -> str:
     bf16 for q >= 128).
     Operands: $0 .. $(4 mt - 1) = D; then the 4 gathered pairs (rows 01 col A, rows 01 col B, rows 23 col A,
     rows 23 col B); for 3-bit codes the 4 high-bit pairs in the same order; B (two registers per row block);
-    the zero offsets of col A / col B (f16x2, or bf16x2 for the 2-4 bit integers); C (4 per row block)."""
+    the zero offsets of col A / col B (f16x2, or bf16x2 for the 2-4 bit integers); C (4 per row block).
+    ``zsum`` (integer codes of up to 4 bits): A is ``ZSUM_BASE + q`` (the code's bits placed under the exponent of
+    16: one shift and one ``lop3``, no subtract; exact in fp16 and bf16) and the zero offsets are unused: the kernel
+    takes ``(ZSUM_BASE + z) * sum(x)`` off each scale group's partial product instead (``ZSUM`` in the kernel)."""
     conv = bf16 and (kind != 0 or bits == 8)        # A built in fp16, then converted to bf16x2
     magic = "0x43004300" if bf16 and not conv else "0x64006400"
     sub = "sub.rn.bf16x2" if bf16 and not conv else "sub.f16x2"
@@ -94,6 +97,27 @@ def _slot_asm(kind: int, bits: int, slot: int, bf16: bool, mt: int) -> str:
             else:
                 lines.append(f"and.b32 h, {reg}, 0x80008000;")
             lines.append(f"lop3.b32 {a}, t, 0x0e000e00, h, 0xea;")
+        elif zsum:
+            # the code's bits -> [p0, p0 + plane) of each half, under the exponent of 16 (0x4C00 fp16, 0x4180 bf16)
+            p0 = 3 if bf16 else 6
+            base = "0x41804180" if bf16 else "0x4c004c00"
+            move = p0 - shift
+            if move:
+                lines.append(f"shl.b32 t, {reg}, {move};" if move > 0 else f"shr.u32 t, {reg}, {-move};")
+                reg = "t"
+            if bits == 3:
+                hmove = p0 + 2 - slot
+                hreg = f"${hi0 + r}"
+                if hmove:
+                    lines.append(f"shl.b32 h, {hreg}, {hmove};" if hmove > 0 else f"shr.u32 h, {hreg}, {-hmove};")
+                    hreg = "h"
+                hm = 1 << (p0 + 2)
+                lines.append(f"lop3.b32 h, {hreg}, {hm | hm << 16:#010x}, {base}, 0xea;")
+                lm = 3 << p0
+                lines.append(f"lop3.b32 {a}, {reg}, {lm | lm << 16:#010x}, h, 0xea;")
+            else:
+                mk = ((1 << bits) - 1) << p0
+                lines.append(f"lop3.b32 {a}, {reg}, {mk | mk << 16:#010x}, {base}, 0xea;")
         else:
             if shift:
                 lines.append(f"shr.u32 t, {reg}, {shift};")
@@ -136,15 +160,48 @@ HI_PAIRS_ASM = tl.constexpr("\n".join(
     + ["}"]))
 
 
-SLOT_ASM = {(kind, bits, slot, bf16, mt): _slot_asm(kind, bits, slot, bf16, mt)
+SLOT_ASM = {(kind, bits, slot, bf16, mt, False): _slot_asm(kind, bits, slot, bf16, mt)
             for kind, bits in ((0, 4), (1, 4), (0, 2), (0, 3), (0, 8), (2, 8))
             for slot in range(8 if bits == 8 else 32 // (2 if bits == 3 else bits))
             for bf16 in (False, True) for mt in (1, 2)}
+SLOT_ASM.update({(0, bits, slot, bf16, mt, True): _slot_asm(0, bits, slot, bf16, mt, True)
+                 for bits in (2, 3, 4) for slot in range(32 // (2 if bits == 3 else bits))
+                 for bf16 in (False, True) for mt in (1, 2)})
+ZSUM_BASE = tl.constexpr(16)      # ZSUM operands are ZSUM_BASE + q
+
+
+def _ones_asm(bf16: bool, mt: int) -> str:
+    """PTX of the activation sums of one code slot: an MMA with every A element 1, so D[n][j] = the sum over the
+    slot's 16 k of x[j, k] for every row n. $0 .. $(4 mt - 1) = D; B (two registers per row block); C (4 per row
+    block)."""
+    ty = "bf16" if bf16 else "f16"
+    one = "0x3f803f80" if bf16 else "0x3c003c00"
+    lines = ["{", ".reg .b32 one;", f"mov.b32 one, {one};"]
+    for m in range(mt):
+        d = ",".join(f"${4 * m + r}" for r in range(4))
+        cc = ",".join(f"${6 * mt + 4 * m + r}" for r in range(4))
+        lines.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{{d}}}, {{one,one,one,one}}, "
+                     f"{{${4 * mt + 2 * m},${4 * mt + 2 * m + 1}}}, {{{cc}}};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+ONES_ASM = {(bf16, mt): _ones_asm(bf16, mt) for bf16 in (False, True) for mt in (1, 2)}
 
 
 @triton.constexpr_function
-def _slot_code(kind, bits, slot, bf16, mt):
-    return SLOT_ASM[(int(kind), int(bits), int(slot), bool(bf16), int(mt))]
+def _ones_code(bf16, mt):
+    return ONES_ASM[(bool(bf16), int(mt))]
+
+
+@triton.constexpr_function
+def _ones_constraints(mt):
+    return ",".join(["=f"] * (4 * int(mt)) + ["r"] * (2 * int(mt)) + ["f"] * (4 * int(mt)))
+
+
+@triton.constexpr_function
+def _slot_code(kind, bits, slot, bf16, mt, zsum):
+    return SLOT_ASM[(int(kind), int(bits), int(slot), bool(bf16), int(mt), bool(zsum))]
 
 
 @triton.jit
@@ -341,7 +398,8 @@ def _e2m1_raw_fp32(c):
 
 @triton.jit
 def _slot_mma(p, hp, b, zA, zB, cc, SLOT: tl.constexpr, KIND: tl.constexpr, BITS: tl.constexpr,
-              IS_BF16: tl.constexpr, ASM: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr):
+              IS_BF16: tl.constexpr, ASM: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr,
+              ZSUM: tl.constexpr = False):
     """One code slot of one n-tile: D = A(codes of slot SLOT) @ x-slot + C for MT blocks of 8 activation rows.
     ``p`` = the 8 pairs of :func:`_pairs` (8-bit codes: the slot's 4 pairs of :func:`_byte_pairs`); ``hp`` the 4
     high-bit pairs of :func:`_hi_pairs` (int3; else unused); ``b`` the B registers (2 per row block); ``zA``/``zB``
@@ -363,7 +421,7 @@ def _slot_mma(p, hp, b, zA, zB, cc, SLOT: tl.constexpr, KIND: tl.constexpr, BITS
         for m in tl.static_range(MT):
             args = args + (b[2 * m], b[2 * m + 1])
         args = args + (zA, zB) + cc
-        return tl.inline_asm_elementwise(_slot_code(KIND, BITS, SLOT, IS_BF16, MT),
+        return tl.inline_asm_elementwise(_slot_code(KIND, BITS, SLOT, IS_BF16, MT, ZSUM),
                                          _constraints(BITS, MT),
                                          args, dtype=(tl.float32,) * (4 * MT), is_pure=True, pack=1)
     else:
@@ -384,19 +442,60 @@ def _slot_mma(p, hp, b, zA, zB, cc, SLOT: tl.constexpr, KIND: tl.constexpr, BITS
                 else:
                     lo = v & ((1 << BITS) - 1)
                     hi = (v >> 16) & ((1 << BITS) - 1)
+                if ZSUM:
+                    z = z * 0 - ZSUM_BASE                 # the operand is ZSUM_BASE + q
                 qa = qa + ((lo - z).to(tl.float32), (hi - z).to(tl.float32))
         out = ()
         for m in tl.static_range(MT):
-            if IS_BF16:
-                bv = (_bf16_half_fp32(b[2 * m], False), _bf16_half_fp32(b[2 * m], True),
-                      _bf16_half_fp32(b[2 * m + 1], False), _bf16_half_fp32(b[2 * m + 1], True))
-            else:
-                bv = (_half_fp32(b[2 * m], False), _half_fp32(b[2 * m], True), _half_fp32(b[2 * m + 1], False),
-                      _half_fp32(b[2 * m + 1], True))
+            bv = _b_values(b, m, IS_BF16)
             dA0, dA1 = _warp_mma((qa[0], qa[1], qa[4], qa[5]), bv, NW)      # row g: col A
             dB0, dB1 = _warp_mma((qa[2], qa[3], qa[6], qa[7]), bv, NW)      # row g + 8: col B
             out = out + (cc[4 * m] + dA0, cc[4 * m + 1] + dA1, cc[4 * m + 2] + dB0, cc[4 * m + 3] + dB1)
         return out
+
+
+@triton.jit
+def _ones_mma(b, on, IS_BF16: tl.constexpr, ASM: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr):
+    """The activation sums of one code slot added into ``on`` (4 MT accumulators, the layout of an n-tile's: thread
+    (g, c) holds rows 2c, 2c + 1 of each row block, twice): an MMA whose A is all ones (ZSUM)."""
+    if ASM:
+        args = ()
+        for m in tl.static_range(MT):
+            args = args + (b[2 * m], b[2 * m + 1])
+        return tl.inline_asm_elementwise(_ones_code(IS_BF16, MT), _ones_constraints(MT), args + on,
+                                         dtype=(tl.float32,) * (4 * MT), is_pure=True, pack=1)
+    else:
+        one = tl.full(b[0].shape, 1.0, tl.float32)
+        out = ()
+        for m in tl.static_range(MT):
+            d0, d1 = _warp_mma((one, one, one, one), _b_values(b, m, IS_BF16), NW)
+            out = out + (on[4 * m] + d0, on[4 * m + 1] + d1, on[4 * m + 2] + d0, on[4 * m + 3] + d1)
+        return out
+
+
+@triton.jit
+def _b_values(b, m: tl.constexpr, IS_BF16: tl.constexpr):
+    """Row block m's four B values of a thread as fp32 (portable emulation)."""
+    if IS_BF16:
+        return (_bf16_half_fp32(b[2 * m], False), _bf16_half_fp32(b[2 * m], True),
+                _bf16_half_fp32(b[2 * m + 1], False), _bf16_half_fp32(b[2 * m + 1], True))
+    else:
+        return (_half_fp32(b[2 * m], False), _half_fp32(b[2 * m], True), _half_fp32(b[2 * m + 1], False),
+                _half_fp32(b[2 * m + 1], True))
+
+
+@triton.jit
+def _fold_zsum(acc, part, on, sA, sB, zA, zB, Q: tl.constexpr, O: tl.constexpr):
+    """One n-tile's 4 accumulators from Q with ZSUM: acc + scale * (part - (ZSUM_BASE + z) * sum(x)) (columns A, A,
+    B, B; ``on`` from O the activation sums of rows 2c, 2c + 1; zA/zB = ZSUM_BASE + z as fp32)."""
+    return (acc[Q] + sA * (part[Q] - zA * on[O]), acc[Q + 1] + sA * (part[Q + 1] - zA * on[O + 1]),
+            acc[Q + 2] + sB * (part[Q + 2] - zB * on[O]), acc[Q + 3] + sB * (part[Q + 3] - zB * on[O + 1]))
+
+
+@triton.jit
+def _zsum_base(zo):
+    """ZSUM_BASE + z as fp32 from a zero offset of :func:`_zero_offset` (its low byte is z)."""
+    return ((zo & 255) + ZSUM_BASE).to(tl.float32)
 
 
 @triton.jit
@@ -516,7 +615,7 @@ def _qgemv_mma_kernel(
         SLOTS: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr,
         HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, IS_BF16: tl.constexpr,
         ASM: tl.constexpr, EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr,
-        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr):
+        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr, ZSUM: tl.constexpr = False):
     """``out [M, N] = x [M, K] @ W.T (+ bias)`` for M <= 8 MT (see the module docstring).
 
     xw: the activations as int32 pairs ``[M, K/2]`` (row stride ``stride_xw`` pairs; zero-padded to even K);
@@ -532,7 +631,10 @@ def _qgemv_mma_kernel(
     GROUP_SLOTS: slots per scale group in a tile (0: per-channel scales, applied once at the end). PREFETCH
     (0, 1, 2): the words of a warp's next PREFETCH tiles (and their scales, see TILE_SCALES in the body) load
     before this tile's math. EVEN_K: K is a whole number of tiles (no activation mask along K). ALIGNED (8-bit
-    codes): a thread's NC code bytes of a k row load as whole 32-bit words (16-bit for NC = 2)."""
+    codes): a thread's NC code bytes of a k row load as whole 32-bit words (16-bit for NC = 2). ZSUM (integer codes
+    of up to 4 bits): the operand is ``ZSUM_BASE + q`` (no subtract per weight) and each scale group's partial product
+    loses ``(ZSUM_BASE + z) * sum(x)``, the sums from one all-ones MMA per slot shared by the thread's n-tiles; the
+    terms cancelled are ~5x the result's (ZSUM_BASE + z against q - z), so the fp32 sums lose ~2 bits of their 24."""
     TILE_K: tl.constexpr = 16 * SLOTS
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -582,6 +684,9 @@ def _qgemv_mma_kernel(
         else:
             zc = tl.load(z_ptr + cols, mask=col_ok, other=0).to(tl.int32)
         z_pc = _columns(_zero_offset(zc, SYMMETRIC, BITS, IS_BF16), NC)
+    on_all = ()
+    for a in tl.static_range(4 * MT):
+        on_all = on_all + (tl.zeros((BLOCK,), dtype=tl.float32),)
     for t0 in range(t_begin, t_end, NW):
         t = t0 + warp
         live = (t < t_end)[:, None]
@@ -624,6 +729,12 @@ def _qgemv_mma_kernel(
             part = ()
             for a in tl.static_range(NA * MT):
                 part = part + (tl.zeros((BLOCK,), dtype=tl.float32),)
+            if GROUP_SLOTS != 0:
+                on = ()
+                for a in tl.static_range(4 * MT):
+                    on = on + (tl.zeros((BLOCK,), dtype=tl.float32),)
+            else:
+                on = on_all
             for si in tl.static_range(FOLD_SLOTS):
                 kw = (tc * (TILE_K // 2) + (gi * FOLD_SLOTS + si) * 8)[:, None]
                 b = ()
@@ -633,6 +744,8 @@ def _qgemv_mma_kernel(
                         x_ok = x_ok & ((kw + pair) < KW)
                     xv = tl.load(xw_ptr + (g + 8 * m)[:, None] * stride_xw + kw + pair, mask=x_ok, other=0)
                     b = b + tl.split(xv)
+                if ZSUM:
+                    on = _ones_mma(b, on, IS_BF16, ASM, NW, MT)
                 if GROUP_SLOTS != 0:
                     cc = part
                 else:
@@ -652,7 +765,7 @@ def _qgemv_mma_kernel(
                     else:
                         pj = p[j]
                     new = new + (_slot_mma(pj, hpj, b, zo[2 * j], zo[2 * j + 1], ccj, gi * FOLD_SLOTS + si, KIND,
-                                           BITS, IS_BF16, ASM, NW, MT),)
+                                           BITS, IS_BF16, ASM, NW, MT, ZSUM),)
                 # new[j][4 m + r] -> accumulator m * NA + 4 j + r
                 flat = ()
                 for m in tl.static_range(MT):
@@ -666,24 +779,48 @@ def _qgemv_mma_kernel(
                 folded = ()
                 for m in tl.static_range(MT):
                     for j in tl.static_range(TN):
-                        folded = folded + _fold4(acc, part, sc[2 * j], sc[2 * j + 1], m * NA + 4 * j)
+                        if ZSUM:
+                            folded = folded + _fold_zsum(acc, part, on, sc[2 * j], sc[2 * j + 1], _zsum_base(zo[2 * j]),
+                                                         _zsum_base(zo[2 * j + 1]), m * NA + 4 * j, 4 * m)
+                        else:
+                            folded = folded + _fold4(acc, part, sc[2 * j], sc[2 * j + 1], m * NA + 4 * j)
                 acc = folded
+            else:
+                on_all = on
     # the NW warps' sums -> one warp's worth ([32] per accumulator: lane (g, c) of the program)
     if NW > 1:
         red = ()
         for a in tl.static_range(NA * MT):
             red = red + (tl.sum(tl.reshape(acc[a], (NW, 32)), axis=0),)
         acc = red
+        if ZSUM and GROUP_SLOTS == 0:
+            red = ()
+            for a in tl.static_range(4 * MT):
+                red = red + (tl.sum(tl.reshape(on_all[a], (NW, 32)), axis=0),)
+            on_all = red
     ln = tl.arange(0, 32)
     g32 = ln // 4
     c32 = ln % 4
     cols32 = (pid_n * (16 * TN) + g32 * NC)[:, None] + tl.arange(0, NC)[None, :]
     if GROUP_SLOTS == 0:
         sc = _columns(_scale_value(tl.load(s_ptr + cols32, mask=cols32 < N, other=0), SCALE_KIND), NC)
+        if ZSUM:
+            if SYMMETRIC:
+                zc32 = cols32 * 0
+            else:
+                zc32 = tl.load(z_ptr + cols32, mask=cols32 < N, other=0).to(tl.int32)
+            zo32 = _columns(_zero_offset(zc32, SYMMETRIC, BITS, IS_BF16), NC)
+            zeros = ()
+            for a in tl.static_range(NA * MT):
+                zeros = zeros + (acc[a] * 0.0,)
         scaled = ()
         for m in tl.static_range(MT):
             for j in tl.static_range(TN):
-                scaled = scaled + _scale4(acc, sc[2 * j], sc[2 * j + 1], m * NA + 4 * j)
+                if ZSUM:
+                    scaled = scaled + _fold_zsum(zeros, acc, on_all, sc[2 * j], sc[2 * j + 1], _zsum_base(zo32[2 * j]),
+                                                 _zsum_base(zo32[2 * j + 1]), m * NA + 4 * j, 4 * m)
+                else:
+                    scaled = scaled + _scale4(acc, sc[2 * j], sc[2 * j + 1], m * NA + 4 * j)
         acc = scaled
     if KIND != 0 or SCALE_KIND == 2:
         f = _scale_factor(gs_ptr, KIND, SCALE_KIND)
