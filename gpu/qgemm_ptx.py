@@ -270,13 +270,13 @@ def mma_variants():
     4 warps, one tile ahead, and at TN 2 with bf16 activations."""
     out = {}
 
-    def consts(fmt, gs_per_channel, tn, nw, pf, mt, bf16=False):
+    def consts(fmt, gs_per_channel, tn, nw, pf, mt, bf16=False, zsum=False):
         kind, bits, scale_kind, _, group, slots = MMA_FORMAT_CONSTS[fmt]
         gs = 0 if gs_per_channel or not group else min(group // 16, slots)
         return dict(KIND=kind, BITS=bits, SYMMETRIC=True, SCALE_KIND=scale_kind, SLOTS=slots,
                     GROUP=group if gs else 1, GROUP_SLOTS=gs, HAS_BIAS=False, SPLIT=True, SPLIT_P2=8, IS_BF16=bf16,
                     ALIGNED=bits == 8,
-                    ASM=True, EVEN_K=True, TN=tn, NW=nw, MT=mt, PREFETCH=pf)
+                    ASM=True, EVEN_K=True, TN=tn, NW=nw, MT=mt, PREFETCH=pf, ZSUM=zsum)
     for tn in (1, 2, 4):
         for nw in (1, 2, 4):
             for pf in (0, 1, 2):
@@ -291,6 +291,11 @@ def mma_variants():
                 out[f"mma_{fmt}_g{group or 'pc'}_tn{tn}_w4_pf1_mt{mt}"] = (consts(fmt, False, tn, 4, 1, mt), 4, 1)
         # bf16 activations (E2M1: the raw fp16 pairs converted to bf16x2)
         out[f"mma_{fmt}_g{group or 'pc'}_tn2_w4_pf1_mt1_bf16"] = (consts(fmt, False, 2, 4, 1, 1, bf16=True), 4, 1)
+    # zero points through the activation sums (fold=1) for the integer planes, beside their plain variants above
+    for fmt in ("int4", "int2", "int3"):
+        for tn, nw in ((2, 8), (2, 4), (1, 8)):
+            out[f"mma_{fmt}_zsum_tn{tn}_w{nw}_pf1_mt1"] = (consts(fmt, False, tn, nw, 1, 1, zsum=True), nw, 1)
+            out[f"mma_{fmt}_plain_tn{tn}_w{nw}_pf1_mt1"] = (consts(fmt, False, tn, nw, 1, 1), nw, 1)
     return out
 
 
