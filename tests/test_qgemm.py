@@ -418,6 +418,7 @@ def test_default_config_is_sane():
     dev = torch.device("cpu")
     small = C.default_config(1, 64, 256, qt, dev)
     assert small.family == "mma" and small.block_m == 8 and small.prefetch == 1      # int4 up to 8 rows
+    assert C.default_config(1, 64, 256, qt, dev, allow_mma=False).family == "dot"   # the mma fallback's rule
     mid = C.default_config(12, 64, 256, qt, dev)
     assert mid.family == "dot" and mid.fold and mid.block_m == 16
     assert C.default_config(40, 64, 256, qt, dev).block_m == 32

@@ -1422,8 +1422,9 @@ def launch(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None, cfg:
            ) -> torch.Tensor:
     """Run configuration ``cfg`` (any family) on ``x [M, K]``.
 
-    The mma family runs int4 with up to MMA_MAX_M rows on CUDA or the interpreter; another call given
-    an mma configuration warns and takes the default rule's configuration (path ``qgemm/mma-unsupported``).
+    The mma family runs the formats of ``MMA_FORMATS`` with up to MMA_MAX_M rows on CUDA or the interpreter;
+    another call given an mma configuration warns and takes the default rule's configuration without the mma
+    family (path ``qgemm/mma-unsupported``).
 
     A configuration chosen for one format can need more shared memory for another (int2/int3 tiles
     hold 16 code slots, int4's 8): such a launch steps down (:func:`_smaller`), warns once and
@@ -1439,7 +1440,7 @@ def launch(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None, cfg:
     if cfg.family == "mma" and (reason := mma_unsupported_reason(x, qt)) is not None:
         from .qgemm_config import default_config  # noqa: PLC0415
 
-        fallback = default_config(x.shape[0], qt.shape[0], qt.shape[1], qt, x.device)
+        fallback = default_config(x.shape[0], qt.shape[0], qt.shape[1], qt, x.device, allow_mma=False)
         dispatch.warn_fallback("qgemm", f"the mma family cannot run this call ({reason}); running "
                                         f"{_config_key(fallback)}")
         dispatch.record("qgemm", "mma-unsupported")

@@ -172,9 +172,11 @@ def mma_default(N: int, tiles: int, sms: int) -> KernelConfig:
     return KernelConfig("mma", block_m=8, block_n=bn, num_warps=warps, split_k=split, prefetch=1)
 
 
-def default_config(M: int, N: int, K: int, qt: QuantizedTensor, device: torch.device) -> KernelConfig:
+def default_config(M: int, N: int, K: int, qt: QuantizedTensor, device: torch.device,
+                   allow_mma: bool = True) -> KernelConfig:
     """The rule used where no measured entry exists, shaped by the H200 sweeps (docs/perf/gemm.md):
-    up to 8 rows of a format the register-fragment GEMV reads: that GEMV (:func:`mma_default`); other
+    up to 8 rows of a format the register-fragment GEMV reads: that GEMV (:func:`mma_default`; not with
+    ``allow_mma=False``, the fallback of a call that GEMV cannot take); other
     M <= 16: 16x128 tensor-core tiles with fold operands, scales loaded a tile ahead, about 16 K tiles
     per split (best at M = 1 and 16 on both large shapes); M <= 64: 32-row fold tiles (best at M = 64);
     larger M: dequantize + cuBLAS (fastest measured at M = 256, every shape; the fused tiles reached
@@ -182,7 +184,7 @@ def default_config(M: int, N: int, K: int, qt: QuantizedTensor, device: torch.de
     spec = format_spec(qt)
     tiles = -(-K // spec.tile_k)
     sms = sm_count(device)
-    if M <= 8 and qt.format in MMA_FORMATS:
+    if allow_mma and M <= 8 and qt.format in MMA_FORMATS:
         return mma_default(N, tiles, sms)
     if M <= 16:
         programs = -(-N // 128)
