@@ -252,22 +252,16 @@ def _pairs(w, ASM: tl.constexpr):
 
 
 @triton.jit
-def _half_fp32(v, HI: tl.constexpr):
-    """fp16 half ``HI`` of an int32 register pair -> fp32 (portable emulation of the B operand)."""
+def _half_fp32(v, HI: tl.constexpr, IS_BF16: tl.constexpr):
+    """fp16 (bf16) half ``HI`` of an int32 register pair -> fp32 (portable emulation of the B operand)."""
     if HI:
-        h = (v >> 16) & 0xFFFF
+        h = ((v >> 16) & 0xFFFF).to(tl.int16)
     else:
-        h = v & 0xFFFF
-    return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-
-
-@triton.jit
-def _bf16_half_fp32(v, HI: tl.constexpr):
-    if HI:
-        h = (v >> 16) & 0xFFFF
+        h = (v & 0xFFFF).to(tl.int16)
+    if IS_BF16:
+        return h.to(tl.bfloat16, bitcast=True).to(tl.float32)
     else:
-        h = v & 0xFFFF
-    return h.to(tl.int16).to(tl.bfloat16, bitcast=True).to(tl.float32)
+        return h.to(tl.float16, bitcast=True).to(tl.float32)
 
 
 @triton.jit
@@ -476,12 +470,8 @@ def _ones_mma(b, on, IS_BF16: tl.constexpr, ASM: tl.constexpr, NW: tl.constexpr,
 @triton.jit
 def _b_values(b, m: tl.constexpr, IS_BF16: tl.constexpr):
     """Row block m's four B values of a thread as fp32 (portable emulation)."""
-    if IS_BF16:
-        return (_bf16_half_fp32(b[2 * m], False), _bf16_half_fp32(b[2 * m], True),
-                _bf16_half_fp32(b[2 * m + 1], False), _bf16_half_fp32(b[2 * m + 1], True))
-    else:
-        return (_half_fp32(b[2 * m], False), _half_fp32(b[2 * m], True), _half_fp32(b[2 * m + 1], False),
-                _half_fp32(b[2 * m + 1], True))
+    return (_half_fp32(b[2 * m], False, IS_BF16), _half_fp32(b[2 * m], True, IS_BF16),
+            _half_fp32(b[2 * m + 1], False, IS_BF16), _half_fp32(b[2 * m + 1], True, IS_BF16))
 
 
 @triton.jit
@@ -812,7 +802,7 @@ def _qgemv_mma_kernel(
             zo32 = _columns(_zero_offset(zc32, SYMMETRIC, BITS, IS_BF16), NC)
             zeros = ()
             for a in tl.static_range(NA * MT):
-                zeros = zeros + (acc[a] * 0.0,)
+                zeros = zeros + (tl.zeros_like(acc[a]),)
         scaled = ()
         for m in tl.static_range(MT):
             for j in tl.static_range(TN):
