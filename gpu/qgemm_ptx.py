@@ -32,20 +32,25 @@ PTRS = {"x_ptr": "*fp16", "qw_ptr": "*i32", "qh_ptr": "*i16", "s_ptr": "*fp16", 
         "gs_ptr": "*fp32", "bias_ptr": "*fp16", "out_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
 
 
-def build(consts, num_warps, num_stages, dtype="fp16", fn=None):
-    fn = fn or Q._qgemm_dot_kernel
+def compile_sm90(fn, ptrs, divisible, consts, num_warps, num_stages):
+    """Compile ``fn`` for sm_90: ``ptrs`` the pointer types by name (other arguments i32), pointers and the
+    ``divisible`` integer arguments marked 16-divisible, ``consts`` the constexprs."""
     names = fn.arg_names
-    consts = dict(consts, stride_xk=1)
-    ptrs = dict(PTRS)
-    for p in ("x_ptr", "bias_ptr", "out_ptr", "s_ptr"):
-        ptrs[p] = "*" + dtype
     sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-             if n not in consts and (n in ptrs or n in ("N", "K", "stride_xm", "stride_om"))}
+             if n not in consts and (n in ptrs or n in divisible)}
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()},
                     attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def build(consts, num_warps, num_stages, dtype="fp16", fn=None):
+    ptrs = dict(PTRS)
+    for p in ("x_ptr", "bias_ptr", "out_ptr", "s_ptr"):
+        ptrs[p] = "*" + dtype
+    return compile_sm90(fn or Q._qgemm_dot_kernel, ptrs, ("N", "K", "stride_xm", "stride_om"),
+                        dict(consts, stride_xk=1), num_warps, num_stages)
 
 
 def loop_body(ptx: str) -> str:
@@ -317,20 +322,13 @@ def main_mma(args):
             continue
         if args.formats and name.split("_")[1] not in args.formats.split(","):
             continue
-        fn = Q._qgemv_mma_kernel
-        names = fn.arg_names
-        ptrs = {"xw_ptr": "*i32", "qw_ptr": "*u8" if consts["BITS"] == 8 else "*i32", "qh_ptr": "*i16", "s_ptr": MMA_FORMAT_CONSTS[name.split("_")[1]][3],
-                "z_ptr": "*u8", "gs_ptr": "*fp32", "bias_ptr": "*fp16", "out_ptr": "*fp16", "ws_ptr": "*fp32",
+        ptrs = {"xw_ptr": "*i32", "qw_ptr": "*u8" if consts["BITS"] == 8 else "*i32", "qh_ptr": "*i16",
+                "s_ptr": MMA_FORMAT_CONSTS[name.split("_")[1]][3], "z_ptr": "*u8", "gs_ptr": "*fp32", "bias_ptr": "*fp16", "out_ptr": "*fp16", "ws_ptr": "*fp32",
                 "cnt_ptr": "*i32"}
         if consts["IS_BF16"]:
             ptrs.update(bias_ptr="*bf16", out_ptr="*bf16")
-        sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in names}
-        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-                 if n not in consts and (n in ptrs or n in ("N", "K", "stride_xw", "stride_om"))}
-        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()},
-                        attrs=attrs)
         try:
-            k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+            k = compile_sm90(Q._qgemv_mma_kernel, ptrs, ("N", "K", "stride_xw", "stride_om"), consts, warps, stages)
         except Exception as e:  # report, keep going
             print(f"{name}: compile failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
             continue
