@@ -275,13 +275,13 @@ def mma_variants():
     4 warps, one tile ahead, and at TN 2 with bf16 activations."""
     out = {}
 
-    def consts(fmt, gs_per_channel, tn, nw, pf, mt, bf16=False, zsum=False, l2=0):
+    def consts(fmt, gs_per_channel, tn, nw, pf, mt, bf16=False, zsum=False):
         kind, bits, scale_kind, _, group, slots = MMA_FORMAT_CONSTS[fmt]
         gs = 0 if gs_per_channel or not group else min(group // 16, slots)
         return dict(KIND=kind, BITS=bits, SYMMETRIC=True, SCALE_KIND=scale_kind, SLOTS=slots,
                     GROUP=group if gs else 1, GROUP_SLOTS=gs, HAS_BIAS=False, SPLIT=True, SPLIT_P2=8, IS_BF16=bf16,
                     ALIGNED=bits == 8,
-                    ASM=True, EVEN_K=True, TN=tn, NW=nw, MT=mt, PREFETCH=pf, ZSUM=zsum, L2_AHEAD=l2)
+                    ASM=True, EVEN_K=True, TN=tn, NW=nw, MT=mt, PREFETCH=pf, ZSUM=zsum)
     for tn in (1, 2, 4):
         for nw in (1, 2, 4):
             for pf in (0, 1, 2):
@@ -301,16 +301,6 @@ def mma_variants():
         for tn, nw in ((2, 8), (2, 4), (1, 8)):
             out[f"mma_{fmt}_zsum_tn{tn}_w{nw}_pf1_mt1"] = (consts(fmt, False, tn, nw, 1, 1, zsum=True), nw, 1)
             out[f"mma_{fmt}_plain_tn{tn}_w{nw}_pf1_mt1"] = (consts(fmt, False, tn, nw, 1, 1), nw, 1)
-    # code words asked of L2 steps ahead (the table's M=1 entries: 32 columns x 4 / 8 warps), every format at TN 2
-    for nw in (4, 8):
-        for pf in (0, 1):
-            for mt in (1, 2):
-                for l2 in (1, 2, 3):
-                    out[f"mma_int4_g128_tn2_w{nw}_pf{pf}_mt{mt}_l2{l2}"] = (consts("int4", False, 2, nw, pf, mt, l2=l2),
-                                                                         nw, 1)
-    for fmt, (_, _, _, _, group, _) in MMA_FORMAT_CONSTS.items():
-        if fmt != "int4":
-            out[f"mma_{fmt}_g{group or 'pc'}_tn2_w4_pf1_mt1_l22"] = (consts(fmt, False, 2, 4, 1, 1, l2=2), 4, 1)
     return out
 
 

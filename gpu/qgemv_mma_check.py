@@ -74,26 +74,11 @@ def check(dev, fmt: str) -> int:
     return failures
 
 
-def mma_configs(N: int, K: int, M: int, tile_k: int, quick: bool, l2: tuple = ()) -> list:
+def mma_configs(N: int, K: int, M: int, tile_k: int, quick: bool) -> list:
     """TN 16-column tiles a thread (block_n 16 TN) x NW warps splitting a program's K tiles x tiles ahead x
     split-K, kept where the grid holds 1000-8000 warps (the range where the first sweeps found the best); quick:
-    the default rule's configuration and its neighbours (16/32/64 columns, 4/8 warps, one tile ahead); ``l2``:
-    instead, code words asked of L2 that many steps ahead (0 = not) x 16/32 columns x 4-8 warps (2-8 for two row blocks) x
-    0-1 tiles ahead in registers, no split (split 2 where the grid would hold fewer than 1000 warps)."""
+    the default rule's configuration and its neighbours (16/32/64 columns, 4/8 warps, one tile ahead)."""
     tiles = -(-K // tile_k)
-    if l2:
-        out = []
-        for ahead in l2:
-            for bn in (16, 32):
-                for nw in ((2, 4, 8) if M > 8 else (4, 8)):
-                    for pf in (0, 1):
-                        programs = -(-N // bn)
-                        split = 1 if programs * nw >= 1000 else 2
-                        if split * nw > tiles or programs * nw * split > 8000:
-                            continue
-                        out.append(Q.KernelConfig("mma", block_m=8 if M <= 8 else 16, block_n=bn, num_warps=nw,
-                                                  split_k=split, prefetch=pf, l2_ahead=ahead))
-        return out
     if quick:
         base = C.mma_default(N, tiles, C.sm_count(torch.device("cuda")))
         out = [base]
@@ -128,8 +113,6 @@ def main():
     p.add_argument("--out", default=".", help="folder for mma_sweep.jsonl")
     p.add_argument("--quick", action="store_true", help="fewer configurations")
     p.add_argument("--no-check", action="store_true", help="skip the correctness check")
-    p.add_argument("--l2", default=None,
-                   help="comma-separated steps ahead to ask L2 for code words (e.g. 0,2,3): sweep those instead")
     args = p.parse_args()
     formats = args.formats.split(",")
     unknown = set(formats) - set(MMA_FORMATS)
@@ -173,8 +156,7 @@ def main():
                     except Exception as e:  # noqa: BLE001
                         print(f"torch int4 unavailable: {e}")
                 best = None
-                l2 = tuple(int(v) for v in args.l2.split(",")) if args.l2 else ()
-                for cfg in mma_configs(N, K, M, Q.format_spec(qt).tile_k, args.quick, l2):
+                for cfg in mma_configs(N, K, M, Q.format_spec(qt).tile_k, args.quick):
                     try:
                         y = Q.launch(x, qt, None, cfg)
                         err = ((y.double() - ref).norm() / ref.norm()).item()
@@ -209,7 +191,7 @@ def main():
               f"{ti or float('nan'):10.2f} {s['cublas_us'] / b if b else 0:12.2f} "
               f"{s['table_us'] / b if b else 0:11.2f} "
               f"{(ti / b) if (b and ti) else 0:11.2f}  bn{cfg.get('block_n')} w{cfg.get('num_warps')} "
-              f"sk{cfg.get('split_k')} pf{cfg.get('prefetch')} l2{cfg.get('l2_ahead')}")  # w: warps splitting K
+              f"sk{cfg.get('split_k')} pf{cfg.get('prefetch')}")  # w = warps splitting K in a program
     rec.close()
     print(f"failures: {failures}")
     sys.exit(1 if failures else 0)

@@ -1110,8 +1110,7 @@ class KernelConfig:
     is the K of each ``tl.dot``: 16 = one per code slot, up to the whole K tile (:func:`_dot_tile_swap_k`;
     capped at the tile, and at the scale group with fold); ``oneshot`` (gemv only) unrolls the K loop: each program's
     K tiles (all of K with ``split_k=1``; at most :data:`MAX_ONESHOT_TILES`, more split K) are a compile-time
-    constant and every load is issued before the first decode (:func:`_qgemv_oneshot_kernel`; small weights);
-    ``l2_ahead`` (mma family, CUDA) asks L2 for the code words of the warp's tile that many steps ahead."""
+    constant and every load is issued before the first decode (:func:`_qgemv_oneshot_kernel`; small weights)."""
     family: str
     block_m: int = 16
     block_n: int = 64
@@ -1125,10 +1124,9 @@ class KernelConfig:
     swap_ab: int = 0
     dot_k: int = 16
     oneshot: int = 0
-    l2_ahead: int = 0
 
     _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide",
-             "prefetch", "swap_ab", "dot_k", "oneshot", "l2_ahead")
+             "prefetch", "swap_ab", "dot_k", "oneshot")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self._KEYS}
@@ -1161,9 +1159,6 @@ class KernelConfig:
                 raise ValueError("the mma family has no wide/swap_ab/oneshot modes")
             if self.fold not in (0, 1):
                 raise ValueError(f"fold must be 0 or 1, got {self.fold!r}")
-        if self.l2_ahead not in (0, 1, 2, 3, 4) or (self.l2_ahead and self.family != "mma"):
-            raise ValueError(f"l2_ahead takes 0-4 steps and only the mma family, got {self.l2_ahead!r} "
-                             f"({self.family})")
         if not isinstance(self.split_k, int) or self.split_k < 1:
             raise ValueError(f"split_k must be a positive int, got {self.split_k!r}")
         if self.fold and self.wide:
@@ -1332,7 +1327,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 NW=cfg.num_warps, MT=1 if M <= 8 else 2, PREFETCH=cfg.prefetch,
                                 ALIGNED=spec.bits == 8 and N % min(cfg.block_n // 8, 4) == 0 and qw.data_ptr() % 4 == 0,
                                 ZSUM=bool(cfg.fold) and spec.kind == D.KIND_INT and spec.bits <= 4,
-                                L2_AHEAD=cfg.l2_ahead, num_warps=cfg.num_warps, num_stages=1)
+                                num_warps=cfg.num_warps, num_stages=1)
     elif cfg.family == "gemv" and cfg.oneshot:
         na, nb = oneshot_blocks(per_split)
         rest = per_split - na

@@ -568,28 +568,6 @@ def _tile_scales(s_ptr, z_ptr, grp, cols, col_ok, N, G, NC: tl.constexpr, KIND: 
 
 
 @triton.jit
-def _prefetch_l2(ptrs):
-    """``prefetch.global.L2`` of the line holding each address (a hint: no register, no wait)."""
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
-
-
-@triton.jit
-def _prefetch_tile_l2(qw_ptr, qh_ptr, t, lane, col_first, N, TN: tl.constexpr, BITS: tl.constexpr):
-    """Ask L2 for the code words of K tile ``t`` of a program (columns from ``col_first``): one line (128 bytes) of
-    one word row per lane, rows ``lane % 16`` (plus 32, 64, 96 for the 128 byte rows of 8-bit codes), the second
-    line of a row from lane 16 when the program's row is two lines long (64 columns of 32-bit words)."""
-    if BITS == 8:
-        for i in tl.static_range(4):
-            _prefetch_l2(qw_ptr + (t * 128 + lane + 32 * i) * N + col_first)
-    else:
-        col = col_first + (32 * (lane // 16) if TN == 4 else 0)
-        _prefetch_l2(qw_ptr + (t * 16 + lane % 16) * N + col)
-        if BITS == 3:
-            _prefetch_l2(qh_ptr + (t * 16 + lane % 16) * N + col_first)
-
-
-@triton.jit
 def _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, col0, N, K, G, GROUP: tl.constexpr,
                NC: tl.constexpr, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
                SCALE_KIND: tl.constexpr, IS_BF16: tl.constexpr, TILE_K: tl.constexpr, TILE_SCALES: tl.constexpr,
@@ -627,7 +605,7 @@ def _qgemv_mma_kernel(
         SLOTS: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr,
         HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, IS_BF16: tl.constexpr,
         ASM: tl.constexpr, EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr,
-        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr, ZSUM: tl.constexpr = False, L2_AHEAD: tl.constexpr = 0):
+        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr, ZSUM: tl.constexpr = False):
     """``out [M, N] = x [M, K] @ W.T (+ bias)`` for M <= 8 MT (see the module docstring).
 
     xw: the activations as int32 pairs ``[M, K/2]`` (row stride ``stride_xw`` pairs; zero-padded to even K);
@@ -646,10 +624,7 @@ def _qgemv_mma_kernel(
     codes): a thread's NC code bytes of a k row load as whole 32-bit words (16-bit for NC = 2). ZSUM (integer codes
     of up to 4 bits): the operand is ``ZSUM_BASE + q`` (no subtract per weight) and each scale group's partial product
     loses ``(ZSUM_BASE + z) * sum(x)``, the sums from one all-ones MMA per slot shared by the thread's n-tiles; the
-    terms cancelled are ~5x the result's (ZSUM_BASE + z against q - z), so the fp32 sums lose ~2 bits of their 24.
-    L2_AHEAD (GPU only): each step also asks L2 for the code words of the warp's tile L2_AHEAD steps ahead
-    (``prefetch.global.L2``, no registers): ptxas issues the register prefetch late in the loop body to keep the
-    register count down, so without it a tile's words arrive one DRAM latency after they are asked for."""
+    terms cancelled are ~5x the result's (ZSUM_BASE + z against q - z), so the fp32 sums lose ~2 bits of their 24."""
     TILE_K: tl.constexpr = 16 * SLOTS
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -720,9 +695,6 @@ def _qgemv_mma_kernel(
         else:
             cur = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tc, wrow, cols, col_ok, col0, N, K, G, GROUP, NC, KIND,
                              BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES, ALIGNED, EVEN_K)
-        if ASM and L2_AHEAD > 0:
-            _prefetch_tile_l2(qw_ptr, qh_ptr, tl.minimum(t + L2_AHEAD * NW, t_last), lane, pid_n * (16 * TN), N, TN,
-                              BITS)
         w = cur
         p = ()
         for j in tl.static_range(TN if BITS != 8 else 0):
