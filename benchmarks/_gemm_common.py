@@ -293,16 +293,9 @@ def mma_configs(M: int) -> list:
         for warps in (4, 8, 16):
             for prefetch in (0, 1):
                 for split in (1, 2, 4):
-                    out.append(KC("mma", block_m=bm, block_n=bn, num_warps=warps, split_k=split, prefetch=prefetch,
-                                  num_stages=1))
+                    out.append(KC("mma", block_m=bm, block_n=bn, num_warps=warps, split_k=split, prefetch=prefetch))
         for split in (4, 8):
-            out.append(KC("mma", block_m=bm, block_n=bn, num_warps=1, split_k=split, prefetch=1, num_stages=1))
-    # Triton's cp.async pipeline instead of the register prefetch (num_stages - 1 tiles ahead in shared memory)
-    for bn, warps in ((16, 8), (32, 4), (32, 8)):
-        for stages in (2, 3, 4):
-            for split in (1, 2):
-                out.append(KC("mma", block_m=bm, block_n=bn, num_warps=warps, split_k=split, prefetch=0,
-                              num_stages=stages))
+            out.append(KC("mma", block_m=bm, block_n=bn, num_warps=1, split_k=split, prefetch=1))
     return out
 
 
@@ -367,7 +360,7 @@ def candidate_configs(M: int, quick: bool = False, which: str | None = None) -> 
             out = [KC("gemv", block_m=1 if M == 1 else 4, block_n=64),
                    KC("dot", block_m=16, block_n=64, fold=1, split_k=2, prefetch=1),
                    KC("gemv", block_m=1 if M == 1 else 4, block_n=16, num_warps=2, oneshot=1),
-                   KC("mma", block_m=8, block_n=32, num_warps=2, split_k=1, prefetch=1, num_stages=1)]
+                   KC("mma", block_m=8, block_n=32, num_warps=2, split_k=1, prefetch=1)]
         else:
             out = [KC("dot", block_m=16, block_n=64, fold=1), KC("dot", block_m=16, block_n=64, wide=1),
                    KC("dequant"), KC("dot", block_m=16, block_n=64, fold=1, prefetch=1, swap_ab=1),

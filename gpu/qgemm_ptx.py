@@ -275,13 +275,13 @@ def mma_variants():
     4 warps, one tile ahead, and at TN 2 with bf16 activations."""
     out = {}
 
-    def consts(fmt, gs_per_channel, tn, nw, pf, mt, bf16=False, zsum=False, stages=1):
+    def consts(fmt, gs_per_channel, tn, nw, pf, mt, bf16=False, zsum=False):
         kind, bits, scale_kind, _, group, slots = MMA_FORMAT_CONSTS[fmt]
         gs = 0 if gs_per_channel or not group else min(group // 16, slots)
         return dict(KIND=kind, BITS=bits, SYMMETRIC=True, SCALE_KIND=scale_kind, SLOTS=slots,
                     GROUP=group if gs else 1, GROUP_SLOTS=gs, HAS_BIAS=False, SPLIT=True, SPLIT_P2=8, IS_BF16=bf16,
                     ALIGNED=bits == 8,
-                    ASM=True, EVEN_K=True, TN=tn, NW=nw, MT=mt, PREFETCH=pf, ZSUM=zsum, STAGES=stages)
+                    ASM=True, EVEN_K=True, TN=tn, NW=nw, MT=mt, PREFETCH=pf, ZSUM=zsum)
     for tn in (1, 2, 4):
         for nw in (1, 2, 4):
             for pf in (0, 1, 2):
@@ -301,15 +301,6 @@ def mma_variants():
         for tn, nw in ((2, 8), (2, 4), (1, 8)):
             out[f"mma_{fmt}_zsum_tn{tn}_w{nw}_pf1_mt1"] = (consts(fmt, False, tn, nw, 1, 1, zsum=True), nw, 1)
             out[f"mma_{fmt}_plain_tn{tn}_w{nw}_pf1_mt1"] = (consts(fmt, False, tn, nw, 1, 1), nw, 1)
-    # Triton's software pipeline over the K loop (cp.async into shared memory, STAGES tiles in flight), words loaded
-    # in the loop (no register prefetch)
-    for fmt in ("int4", "fp4", "mxfp4", "int2", "int3", "int8"):
-        group = MMA_FORMAT_CONSTS[fmt][4]
-        for tn, nw in ((1, 8), (2, 4), (2, 8)):
-            for mt in (1, 2):
-                for st in (2, 3, 4):
-                    out[f"mma_{fmt}_g{group or 'pc'}_tn{tn}_w{nw}_pf0_mt{mt}_st{st}"] = (
-                        consts(fmt, False, tn, nw, 0, mt, stages=st), nw, 1)
     return out
 
 
@@ -319,8 +310,7 @@ def mma_facts(kernel, consts, num_warps) -> dict:
     facts = sass_facts(kernel, dict(consts, BLOCK_N=16 * consts["TN"] * num_warps), num_warps)  # per warp-tile
     sass = cuobjdump(kernel.asm["cubin"], "-sass", check=False)
     facts["kernel_sass"] = sum(1 for ln in sass.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/", ln))
-    facts["smem_or_bar_in_loop"] = {op: n for op, n in facts["top_ops"].items() if op in ("LDS", "STS", "BAR", "LDGSTS")}
-    facts["shared_bytes"] = kernel.metadata.shared
+    facts["smem_or_bar_in_loop"] = {op: n for op, n in facts["top_ops"].items() if op in ("LDS", "STS", "BAR")}
     return facts
 
 

@@ -59,9 +59,7 @@ def check(dev, fmt: str) -> int:
         qt = tm.quantize(w, fmt, **quant_opts(fmt, group, sym)).to(dev)
         x = torch.randn(M, K, generator=gen).to(dev, dtype)
         bias = torch.randn(N, generator=gen).to(dev, dtype)
-        stages = 1 + (N + K) % 4                    # every pipeline depth across the cases (1: none)
-        cfg = Q.KernelConfig("mma", block_m=16, block_n=bn, num_warps=nw, split_k=split,
-                             prefetch=pf if stages == 1 else 0, num_stages=stages)
+        cfg = Q.KernelConfig("mma", block_m=16, block_n=bn, num_warps=nw, split_k=split, prefetch=pf)
         out = Q.launch(x, qt, bias, cfg)
         out2 = Q.launch(x, qt, bias, cfg)      # the split-K tickets reset themselves
         ref = x.double() @ qt.dequantize(torch.float64).T + bias.double()
@@ -71,37 +69,22 @@ def check(dev, fmt: str) -> int:
         ok = err < tol and err2 < tol and torch.isfinite(out).all().item()
         failures += not ok
         print(f"check {fmt} N={N} K={K} M={M} g={qt.group_size} sym={sym} {dtype} bn={bn} w={nw} split={split} "
-              f"pf={cfg.prefetch} stages={stages}: "
+              f"pf={pf}: "
               f"err {err:.2e} / {err2:.2e} {'ok' if ok else 'FAIL'}", flush=True)
     return failures
 
 
-def mma_configs(N: int, K: int, M: int, tile_k: int, quick: bool, stages: tuple = ()) -> list:
+def mma_configs(N: int, K: int, M: int, tile_k: int, quick: bool) -> list:
     """TN 16-column tiles a thread (block_n 16 TN) x NW warps splitting a program's K tiles x tiles ahead x
     split-K, kept where the grid holds 1000-8000 warps (the range where the first sweeps found the best); quick:
-    the default rule's configuration and its neighbours (16/32/64 columns, 4/8 warps, one tile ahead); ``stages``:
-    instead, Triton's cp.async pipeline with those stage counts (1 = none: the register prefetch, 0 and 1 tiles
-    ahead) x 16/32 columns x 2-8 warps, no split (split 2 where the grid would hold fewer than 1000 warps)."""
+    the default rule's configuration and its neighbours (16/32/64 columns, 4/8 warps, one tile ahead)."""
     tiles = -(-K // tile_k)
-    if stages:
-        out = []
-        for st in stages:
-            for bn in (16, 32):
-                for nw in (2, 4, 8):
-                    for pf in ((0, 1) if st == 1 else (0,)):
-                        programs = -(-N // bn)
-                        split = 1 if programs * nw >= 1000 else 2
-                        if split * nw > tiles or programs * nw * split > 8000:
-                            continue
-                        out.append(Q.KernelConfig("mma", block_m=8 if M <= 8 else 16, block_n=bn, num_warps=nw,
-                                                  split_k=split, prefetch=pf, num_stages=st))
-        return out
     if quick:
         base = C.mma_default(N, tiles, C.sm_count(torch.device("cuda")))
         out = [base]
         for bn, nw in ((16, 8), (32, 4), (32, 8), (64, 4)):
             cfg = Q.KernelConfig("mma", block_m=8 if M <= 8 else 16, block_n=bn, num_warps=nw, split_k=base.split_k,
-                                 prefetch=1, num_stages=1)
+                                 prefetch=1)
             if cfg not in out and nw * cfg.split_k <= tiles:
                 out.append(cfg)
         return out
@@ -114,7 +97,7 @@ def mma_configs(N: int, K: int, M: int, tile_k: int, quick: bool, stages: tuple 
                     if split * nw > tiles or not 1000 <= warps <= 8000 or (pf == 2 and tn == 4):
                         continue
                     out.append(Q.KernelConfig("mma", block_m=8 if M <= 8 else 16, block_n=16 * tn, num_warps=nw,
-                                              split_k=split, prefetch=pf, num_stages=1))
+                                              split_k=split, prefetch=pf))
     return out
 
 
@@ -130,8 +113,6 @@ def main():
     p.add_argument("--out", default=".", help="folder for mma_sweep.jsonl")
     p.add_argument("--quick", action="store_true", help="fewer configurations")
     p.add_argument("--no-check", action="store_true", help="skip the correctness check")
-    p.add_argument("--stages", default=None,
-                   help="comma-separated cp.async pipeline depths to sweep instead (e.g. 1,2,3,4; 1 = none)")
     args = p.parse_args()
     formats = args.formats.split(",")
     unknown = set(formats) - set(MMA_FORMATS)
@@ -175,8 +156,7 @@ def main():
                     except Exception as e:  # noqa: BLE001
                         print(f"torch int4 unavailable: {e}")
                 best = None
-                stages = tuple(int(v) for v in args.stages.split(",")) if args.stages else ()
-                for cfg in mma_configs(N, K, M, Q.format_spec(qt).tile_k, args.quick, stages):
+                for cfg in mma_configs(N, K, M, Q.format_spec(qt).tile_k, args.quick):
                     try:
                         y = Q.launch(x, qt, None, cfg)
                         err = ((y.double() - ref).norm() / ref.norm()).item()
@@ -211,7 +191,7 @@ def main():
               f"{ti or float('nan'):10.2f} {s['cublas_us'] / b if b else 0:12.2f} "
               f"{s['table_us'] / b if b else 0:11.2f} "
               f"{(ti / b) if (b and ti) else 0:11.2f}  bn{cfg.get('block_n')} w{cfg.get('num_warps')} "
-              f"sk{cfg.get('split_k')} pf{cfg.get('prefetch')} st{cfg.get('num_stages')}")  # w: warps splitting K
+              f"sk{cfg.get('split_k')} pf{cfg.get('prefetch')}")  # w = warps splitting K in a program
     rec.close()
     print(f"failures: {failures}")
     sys.exit(1 if failures else 0)

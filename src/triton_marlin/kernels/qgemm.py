@@ -1159,9 +1159,6 @@ class KernelConfig:
                 raise ValueError("the mma family has no wide/swap_ab/oneshot modes")
             if self.fold not in (0, 1):
                 raise ValueError(f"fold must be 0 or 1, got {self.fold!r}")
-            if self.num_stages not in (1, 2, 3, 4):
-                raise ValueError(f"the mma family takes num_stages 1-4 (K tiles in flight through Triton's cp.async "
-                                 f"pipeline; 1: none), got {self.num_stages!r}")
         if not isinstance(self.split_k, int) or self.split_k < 1:
             raise ValueError(f"split_k must be a positive int, got {self.split_k!r}")
         if self.fold and self.wide:
@@ -1330,7 +1327,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 NW=cfg.num_warps, MT=1 if M <= 8 else 2, PREFETCH=cfg.prefetch,
                                 ALIGNED=spec.bits == 8 and N % min(cfg.block_n // 8, 4) == 0 and qw.data_ptr() % 4 == 0,
                                 ZSUM=bool(cfg.fold) and spec.kind == D.KIND_INT and spec.bits <= 4,
-                                STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=1)
+                                num_warps=cfg.num_warps, num_stages=1)
     elif cfg.family == "gemv" and cfg.oneshot:
         na, nb = oneshot_blocks(per_split)
         rest = per_split - na

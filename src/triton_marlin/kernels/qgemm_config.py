@@ -169,7 +169,7 @@ def mma_default(N: int, tiles: int, sms: int) -> KernelConfig:
     split = 1
     while programs * warps * split < 8 * sms and split * warps * 2 <= tiles:
         split *= 2
-    return KernelConfig("mma", block_m=8, block_n=bn, num_warps=warps, split_k=split, prefetch=1, num_stages=1)
+    return KernelConfig("mma", block_m=8, block_n=bn, num_warps=warps, split_k=split, prefetch=1)
 
 
 def default_config(M: int, N: int, K: int, qt: QuantizedTensor, device: torch.device,

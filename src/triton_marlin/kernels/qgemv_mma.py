@@ -605,7 +605,7 @@ def _qgemv_mma_kernel(
         SLOTS: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr,
         HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, IS_BF16: tl.constexpr,
         ASM: tl.constexpr, EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr,
-        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr, ZSUM: tl.constexpr = False, STAGES: tl.constexpr = 1):
+        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr, ZSUM: tl.constexpr = False):
     """``out [M, N] = x [M, K] @ W.T (+ bias)`` for M <= 8 MT (see the module docstring).
 
     xw: the activations as int32 pairs ``[M, K/2]`` (row stride ``stride_xw`` pairs; zero-padded to even K);
@@ -677,7 +677,7 @@ def _qgemv_mma_kernel(
     on_all = ()
     for a in tl.static_range(4 * MT):
         on_all = on_all + (tl.zeros((BLOCK,), dtype=tl.float32),)
-    for t0 in tl.range(t_begin, t_end, NW, num_stages=STAGES):
+    for t0 in range(t_begin, t_end, NW):
         t = t0 + warp
         live = (t < t_end)[:, None]
         tc = tl.minimum(t, t_last)
