@@ -433,6 +433,22 @@ def test_default_config_is_sane():
     assert C.m_bucket(1) == 1 and C.m_bucket(3) == 4 and C.m_bucket(5000) == C.MAX_M_BUCKET
 
 
+def test_register_cap_is_a_config_field(gen):
+    # maxnreg: 0 (no cap) or a multiple of 8 in [24, 256]; a table entry without it reads as 0; the interpreter
+    # ignores the compile option, so the capped configuration computes the same product here (GPU: GPU_FAMILIES)
+    cfg = Q.KernelConfig.from_dict(dict(family="dot", block_m=16, block_n=128, fold=1, swap_ab=1, maxnreg=80))
+    assert cfg.maxnreg == 80 and Q.KernelConfig.from_dict(dict(family="mma", block_m=8, block_n=32)).maxnreg == 0
+    assert Q._config_from_key(Q._config_key(cfg)) == cfg
+    for bad in (20, 81, 264, -8):
+        with pytest.raises(ValueError, match="maxnreg"):
+            Q.KernelConfig.from_dict(dict(family="dot", maxnreg=bad))
+    qt = _quant("int4", 128, 256, gen, torch.device("cpu"))
+    x = torch.randn(3, 256, generator=gen).half()
+    ref = x.double() @ qt.dequantize(torch.float64).T
+    for c in (cfg, Q.KernelConfig("mma", block_m=8, block_n=32, maxnreg=72)):
+        assert rel_err(Q.launch(x, qt, None, c), ref) < 2e-3
+
+
 def test_packaged_tables_are_valid():
     for path in C.TUNED_DIR.glob("*.json"):
         import json
@@ -448,6 +464,8 @@ GPU_FAMILIES = [
     Q.KernelConfig("dot", block_m=16, block_n=128, split_k=3),
     Q.KernelConfig("dot", block_m=16, block_n=256, split_k=4, fold=1, num_stages=3),  # PTX unpack
     Q.KernelConfig("dot", block_m=16, block_n=128, split_k=5, fold=1, num_stages=3, prefetch=1),
+    Q.KernelConfig("dot", block_m=16, block_n=128, split_k=3, fold=1, num_stages=3, prefetch=1, swap_ab=1,
+                   maxnreg=80),                                                     # register cap
     Q.KernelConfig("dot", block_m=64, block_n=64, fold=1, num_stages=3),
     Q.KernelConfig("dot", block_m=64, block_n=128, num_stages=3),
     Q.KernelConfig("dot", block_m=128, block_n=128, num_warps=8, wide=1, split_k=2),

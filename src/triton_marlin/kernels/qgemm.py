@@ -1110,7 +1110,9 @@ class KernelConfig:
     is the K of each ``tl.dot``: 16 = one per code slot, up to the whole K tile (:func:`_dot_tile_swap_k`;
     capped at the tile, and at the scale group with fold); ``oneshot`` (gemv only) unrolls the K loop: each program's
     K tiles (all of K with ``split_k=1``; at most :data:`MAX_ONESHOT_TILES`, more split K) are a compile-time
-    constant and every load is issued before the first decode (:func:`_qgemv_oneshot_kernel`; small weights)."""
+    constant and every load is issued before the first decode (:func:`_qgemv_oneshot_kernel`; small weights);
+    ``maxnreg`` caps the registers a thread of the compiled kernel may use (0: the compiler's choice), so that more
+    programs fit an SM at once (e.g. a grid that would otherwise not fit one wave)."""
     family: str
     block_m: int = 16
     block_n: int = 64
@@ -1124,9 +1126,10 @@ class KernelConfig:
     swap_ab: int = 0
     dot_k: int = 16
     oneshot: int = 0
+    maxnreg: int = 0
 
     _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide",
-             "prefetch", "swap_ab", "dot_k", "oneshot")
+             "prefetch", "swap_ab", "dot_k", "oneshot", "maxnreg")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self._KEYS}
@@ -1159,6 +1162,8 @@ class KernelConfig:
                 raise ValueError("the mma family has no wide/swap_ab/oneshot modes")
             if self.fold not in (0, 1):
                 raise ValueError(f"fold must be 0 or 1, got {self.fold!r}")
+        if self.maxnreg and not (isinstance(self.maxnreg, int) and 24 <= self.maxnreg <= 256 and self.maxnreg % 8 == 0):
+            raise ValueError(f"maxnreg must be 0 (no cap) or a multiple of 8 in [24, 256], got {self.maxnreg!r}")
         if not isinstance(self.split_k, int) or self.split_k < 1:
             raise ValueError(f"split_k must be a positive int, got {self.split_k!r}")
         if self.fold and self.wide:
@@ -1315,6 +1320,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
               x.stride(0), x.stride(1), out.stride(0))
     flags = dict(_meta(spec), HAS_BIAS=bias is not None, EVEN_K=even_k, EVEN_N=even_n, SPLIT=split > 1,
                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
+    regs = {"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}
     if cfg.family == "mma":
         xw = _int32_pairs(x)
         _qgemv_mma_kernel[grid](xw, qw, qh, s, z, gs, bias_arg, out, ws, cnt, M, N, K, G, tiles, per_split, split,
@@ -1327,7 +1333,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 NW=cfg.num_warps, MT=1 if M <= 8 else 2, PREFETCH=cfg.prefetch,
                                 ALIGNED=spec.bits == 8 and N % min(cfg.block_n // 8, 4) == 0 and qw.data_ptr() % 4 == 0,
                                 ZSUM=bool(cfg.fold) and spec.kind == D.KIND_INT and spec.bits <= 4,
-                                num_warps=cfg.num_warps, num_stages=1)
+                                num_warps=cfg.num_warps, num_stages=1, **regs)
     elif cfg.family == "gemv" and cfg.oneshot:
         na, nb = oneshot_blocks(per_split)
         rest = per_split - na
@@ -1336,10 +1342,10 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                     MASK_K=not even_k or tiles % per_split != 0,
                                     MASK_B=not even_k or tiles % per_split != 0 or nb != rest,
                                     NA=na, NB=nb, TILES_PER_PROGRAM=per_split, num_warps=cfg.num_warps,
-                                    num_stages=1)
+                                    num_stages=1, **regs)
     elif cfg.family == "gemv":
         _qgemv_kernel[grid](*common, **flags, PREFETCH=bool(cfg.prefetch), num_warps=cfg.num_warps,
-                            num_stages=cfg.num_stages)
+                            num_stages=cfg.num_stages, **regs)
     else:
         is_bf16 = x.dtype == torch.bfloat16
         fold = bool(cfg.fold) and fold_supported(spec, x.dtype)
@@ -1351,7 +1357,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 DOT_FP32=is_bf16 and x.device.type == "cpu",
                                 FOLD=fold, WIDE=bool(cfg.wide), ASM=asm,
                                 GROUP_M=cfg.group_m, PREFETCH=bool(cfg.prefetch), SWAP=bool(cfg.swap_ab),
-                                DOT_SLOTS=dot_slots, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                                DOT_SLOTS=dot_slots, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **regs)
     return out
 
 
