@@ -4,7 +4,7 @@
 # lines go to $OUT/qgemm/ (packed into $OUT/qgemm.tgz when there are more than 7); a compact table is
 # printed last.
 # Usage (repository root, on the GPU machine):
-#   bash gpu/qgemm_check.sh [check|tune|final|explore|stages|closing|mma|mma2|overhead|swapab|swapab2|small]
+#   bash gpu/qgemm_check.sh [check|tune|final|explore|stages|closing|mma|mma2|mma3|overhead|swapab|swapab2|small]
 #   check: GPU tests + int4 variant sweep on 8192x8192 and 28672x8192 (M 1,16,64,256,1024) + bench_gemm
 #          of int4/fp4/mxfp4/int2/int3/int8 at M=1 on the same shapes (~6 min).
 #   tune:  GPU tests of the PTX-unpack formats, bench_kernel_selection for int4 on the shapes
@@ -41,10 +41,13 @@
 #          entries came from its own sweep), merged into the packaged table (copied to $OUT/qgemm), then bench_gemm:
 #          int4 at M 1,16,64,256,1024 and the other formats at M=1 on the two large shapes, the GLM expert shapes
 #          at M 1,16 (~7 min).
-#   mma2: GPU tests of qgemm and the mma GEMV, the zero-point A/B on the table's mma entries (gpu/qgemv_mma_zsum.py:
+#   mma2: GPU tests of qgemm and the mma GEMV, the zero-point A/B on the table's mma entries (gpu/qgemv_mma_ab.py --knob fold:
 #          fold 0 / 1 timed in the same process, the faster written into the packaged table, copied to $OUT/qgemm),
 #          then bench_gemm with that table: int4 at M 1,16,64,256,1024 and every other format at M=1 on the two
 #          large shapes, int4 on the GLM expert shapes at M 1,16 (~6 min).
+#   mma3: the register-cap A/B on the table's mma entries (gpu/qgemv_mma_ab.py --knob maxnreg: no cap, 96, 128
+#          registers timed in the same process, the fastest written into the packaged table, copied to $OUT/qgemm),
+#          then bench_gemm with that table as in mma2 (~4 min).
 #   overhead: host-side cost of a small eager call (gpu/qgemm_overhead.py) and int4 bench_gemm at
 #          M 1 and 16 (~1.5 min).
 set -uo pipefail
@@ -144,7 +147,16 @@ mma2)
   GLM=glm47_expert_gate_up,glm47_expert_down
   OTHERS=fp4,mxfp4,nvfp4,int2,int3,int8,fp8
   step tests 170 $PY -m pytest -q -n 8 -m gpu tests/test_qgemv_mma.py tests/test_qgemm.py
-  step zsum 120 $PY gpu/qgemv_mma_zsum.py --out "$LOG"
+  step zsum 120 $PY gpu/qgemv_mma_ab.py --knob fold --out "$LOG"
+  step gemm 170 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 --formats int4,$OTHERS \
+      --format-m "fp4=1;mxfp4=1;nvfp4=1;int2=1;int3=1;int8=1;fp8=1" --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
+  step gemm_glm 60 $PY benchmarks/bench_gemm.py --shapes $GLM --m 1,16 --formats int4 --warmup 5 --repeats 30 \
+      --output "$LOG/gemm_glm.jsonl"
+  ;;
+mma3)
+  GLM=glm47_expert_gate_up,glm47_expert_down
+  OTHERS=fp4,mxfp4,nvfp4,int2,int3,int8,fp8
+  step regcap 200 $PY gpu/qgemv_mma_ab.py --knob maxnreg --out "$LOG"
   step gemm 170 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 --formats int4,$OTHERS \
       --format-m "fp4=1;mxfp4=1;nvfp4=1;int2=1;int3=1;int8=1;fp8=1" --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
   step gemm_glm 60 $PY benchmarks/bench_gemm.py --shapes $GLM --m 1,16 --formats int4 --warmup 5 --repeats 30 \
@@ -195,7 +207,7 @@ small)
   step gemm_big 40 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1 --formats int4,mxfp4 \
       --warmup 5 --repeats 20 --output "$LOG/gemm_big.jsonl"
   ;;
-*) echo "usage: $0 [check|tune|final|explore|stages|closing|mma|mma2|overhead|swapab|swapab2|small]" >&2; exit 2 ;;
+*) echo "usage: $0 [check|tune|final|explore|stages|closing|mma|mma2|mma3|overhead|swapab|swapab2|small]" >&2; exit 2 ;;
 esac
 $PY gpu/qgemm_summary.py variants="$LOG/variants.jsonl" gemm="$LOG/gemm.jsonl"
 echo "failed steps: ${failed[*]:-none}" | tee -a "$LOG/summary.txt"
