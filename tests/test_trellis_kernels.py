@@ -446,19 +446,6 @@ def test_tc_gemv_deeper_prefetch_matches(gen, prefetch, prefetch_x):
         tg.trellis_matmul_rotated(torch.randn(1, 64, generator=gen), qt, gemv="tc", prefetch=3)
 
 
-def test_tc_gemv_register_cap_matches(gen):
-    # tc_maxnreg (a compile option; the interpreter ignores it): same product, the resident-wave split sized from
-    # the cap; a cap that is not a multiple of 8 in [24, 256] is refused
-    qt = random_trellis(256, 64, 2, "1mad2r", -1, gen)
-    xr = torch.randn(1, 64, generator=gen)
-    ref = xr.double() @ qt.fmt.rotated_weight(qt).double().t()
-    for cap in (0, 96, 128):
-        out = tg.trellis_matmul_rotated(xr, qt, gemv="tc", tc_resident_split=True, tc_maxnreg=cap, parts=True)
-        assert rel_err(out.sum(0), ref) < 1e-6, cap
-    with pytest.raises(ValueError, match="maxnreg"):
-        tg.trellis_matmul_rotated(xr, qt, gemv="tc", tc_maxnreg=100)
-
-
 def test_bench_gemm_trellis_runs_the_tc_path_on_cpu(tmp_path):
     # the benchmark's per-case tensor-core columns (trellis_full_tc / trellis_kernel_tc / trellis_kernel_fma)
     # at a tiny size under the interpreter: the first GPU run lost them to a NameError in _full_tc, which

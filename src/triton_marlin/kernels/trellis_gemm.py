@@ -1020,11 +1020,10 @@ def tc_gemv_reason(M: int, qt: QuantizedTensor, tn: int | None = None, num_warps
 
 def _tc_gemv(xr, qt, out, parts: bool, split_k: int | None, tn: int | None, num_warps: int | None,
              programs_per_sm: int | None, resident_split: bool = False, prefetch: bool | int | None = None,
-             prefetch_x: bool | None = None, maxnreg: int | None = None) -> torch.Tensor:
+             prefetch_x: bool | None = None) -> torch.Tensor:
     """Launch _trellis_gemv_tc_kernel (checks done by the caller); unset knobs from :func:`tc_config`.
     ``prefetch``: K steps of words loaded ahead (False/0, True/1, 2); ``prefetch_x``: the activations too
-    (one step ahead, only with ``prefetch`` >= 1); ``maxnreg``: the register cap ptxas compiles to (0: its own
-    choice)."""
+    (one step ahead, only with ``prefetch`` >= 1)."""
     M, K = xr.shape
     N = qt.shape[0]
     cfg = tc_config(qt)
@@ -1032,13 +1031,7 @@ def _tc_gemv(xr, qt, out, parts: bool, split_k: int | None, tn: int | None, num_
     nw = num_warps or cfg["num_warps"]
     n_blocks, k_iters = N // (128 * tn), K // (16 * nw)
     resident_split = resident_split or cfg.get("resident_split", False)
-    regs = int(cfg.get("maxnreg", 0) if maxnreg is None else maxnreg)
-    if regs and not (24 <= regs <= 256 and regs % 8 == 0):
-        raise ValueError(f"maxnreg for the tensor-core GEMV must be 0 or a multiple of 8 in [24, 256], got {maxnreg!r}")
-    # one-warp programs an SM holds: from the compiled register count (TC_RESIDENT), or from the cap (64K registers,
-    # allocated per warp in units of 256; at most 32 programs)
-    held = min(32, 65536 // (-(-regs * 32 // 256) * 256)) if regs else TC_RESIDENT.get((qt.bits, tn), 1)
-    resident = held if resident_split and nw == 1 else 1
+    resident = TC_RESIDENT.get((qt.bits, tn), 1) if resident_split and nw == 1 else 1
     split = split_k or _split_k(n_blocks, k_iters, xr.device, programs_per_sm or cfg["programs_per_sm"],
                                 resident=resident)
     iters = triton.cdiv(k_iters, split)
@@ -1052,7 +1045,7 @@ def _tc_gemv(xr, qt, out, parts: bool, split_k: int | None, tn: int | None, num_
         BITS=qt.bits, CODE=CODE_IDS[qt.meta["code"]], TN=tn, NW=nw, ASM=use_asm(xr.device),
         USE_ATOMIC=atomic, stride_os=buf.stride(0) if parts else 0,
         PREFETCH=pf, PREFETCH_X=pf >= 1 and bool(cfg.get("prefetch_x", False) if prefetch_x is None else prefetch_x),
-        num_warps=nw, **({"maxnreg": regs} if regs else {}))
+        num_warps=nw)
     return buf
 
 
@@ -1106,7 +1099,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
                            gather: bool | None = None, programs_per_sm: int | None = None,
                            block_m: int | None = None, rotate_signs: torch.Tensor | None = None,
                            block_tn_tc: int | None = None, tc_resident_split: bool = False,
-                           tc_prefetch_x: bool | None = None, tc_maxnreg: int | None = None) -> torch.Tensor:
+                           tc_prefetch_x: bool | None = None) -> torch.Tensor:
     """``y' = x' @ Wt.T`` in fp32 for rotated activations ``x' [M, K]`` (the kernel alone).
 
     ``out``: optional fp32 ``[M, N]`` buffer (contiguous rows); split-K zeroes it first and adds with
@@ -1130,8 +1123,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
     :func:`tc_config`'s); ``prefetch`` with ``gemv="tc"``: its next K step's words loaded ahead (default
     :func:`tc_config`'s; with ``gemv="auto"`` the prefetch knob asks for the FMA GEMV; ``prefetch=2``: two
     K steps ahead); ``tc_prefetch_x``: the next step's activations load with its words (default
-    :func:`tc_config`'s ``prefetch_x``); ``tc_maxnreg``: the register cap it compiles to (default
-    :func:`tc_config`'s ``maxnreg``, 0 = the compiler's choice). Its B operand is x' as
+    :func:`tc_config`'s ``prefetch_x``). Its B operand is x' as
     fp16 plus its fp16 rounding residue, so |x'| must stay in fp16 range (< 65504).
     The path taken (M <= 4) is recorded in :mod:`triton_marlin.dispatch` as op ``trellis_gemv``."""
     M, K = xr.shape
@@ -1167,7 +1159,7 @@ def trellis_matmul_rotated(xr: torch.Tensor, qt: QuantizedTensor, *, block_n: in
             raise ValueError("rotate_signs needs the static GEMV, not gemv='tc'")
         dispatch.record("trellis_gemv", "tc")
         return _tc_gemv(xr, qt, out, parts, split_k, block_tn_tc, num_warps, programs_per_sm, tc_resident_split,
-                        prefetch, tc_prefetch_x, tc_maxnreg)
+                        prefetch, tc_prefetch_x)
     if gemv == "mma":
         if M > 16 or N % 128 or K % 32 or group % 32:
             raise ValueError(f"the tensor-core GEMV needs M <= 16, N % 128 == 0, K % 32 == 0 and a group "
