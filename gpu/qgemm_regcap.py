@@ -7,7 +7,8 @@ with fp16 cuBLAS, all timed by CUDA-graph replay in one process, in interleaved 
 Cases (int4, group 128, fp16): M=16, the swap-AB fold tiles (16 x 128, 4 warps, scales ahead) at split-K 2-8 with no
 cap and with 80 registers (96 uncapped: 5 programs an SM; 80: 6), and the register-fragment GEMV with two row blocks
 (88 registers uncapped, 72 capped: 28 warps an SM); M=1, the register-fragment GEMV with its words one or two tiles
-ahead, uncapped and with 96 / 128 registers. Every configuration is checked against an fp32 product first (relative
+ahead, uncapped and with 96 / 128 registers (``--block-n 64``: 64 columns a program, 2-4 warps, 0-2 tiles ahead,
+uncapped and with 128 registers: 448 programs of 4 warps fit one wave of 28672x8192 at 128). Every configuration is checked against an fp32 product first (relative
 Frobenius error below 2e-3). Prints one JSON line per timing and a summary per case: median us per configuration
 (the best of the rounds), the speedup over cuBLAS.
 """
@@ -28,7 +29,7 @@ from triton_marlin.kernels import qgemm as Q  # noqa: E402
 from triton_marlin.kernels import qgemm_config as C  # noqa: E402
 
 
-def configs(M: int) -> list:
+def configs(M: int, block_n: int = 32) -> list:
     KC = Q.KernelConfig
     out = []
     if M == 16:
@@ -40,10 +41,11 @@ def configs(M: int) -> list:
             out.append(KC("mma", block_m=16, block_n=32, num_warps=4, prefetch=0, maxnreg=cap))
         out.append(KC("mma", block_m=16, block_n=32, num_warps=2, prefetch=0))
     else:
-        for nw in (2, 4, 8):
-            for pf in (1, 2):
-                for cap in (0, 96, 128):
-                    out.append(KC("mma", block_m=8, block_n=32, num_warps=nw, prefetch=pf, maxnreg=cap))
+        caps = (0, 96, 128) if block_n == 32 else (0, 128)
+        for nw in ((2, 4, 8) if block_n == 32 else (2, 4)):
+            for pf in ((1, 2) if block_n == 32 else (0, 1, 2)):
+                for cap in caps:
+                    out.append(KC("mma", block_m=8, block_n=block_n, num_warps=nw, prefetch=pf, maxnreg=cap))
     return out
 
 
@@ -51,6 +53,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="8192x8192,28672x8192", help="comma-separated NxK")
     p.add_argument("--m", default="1,16", help="activation rows (1 and/or 16)")
+    p.add_argument("--block-n", type=int, default=32, choices=(32, 64),
+                   help="M=1: columns a program (64: 2-4 warps, 0-2 tiles ahead, no cap / 128 registers)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (the best median is kept)")
     p.add_argument("--out", default=None, help="append JSON lines here")
     args = p.parse_args()
@@ -68,7 +72,7 @@ def main():
             x = torch.randn(M, K, generator=gen).to(dev, torch.float16)
             ref = x.float() @ wt
             table = C.select_config(x, qt)
-            cands = [("table", table)] + [(Q._config_key(c), c) for c in configs(M)]
+            cands = [("table", table)] + [(Q._config_key(c), c) for c in configs(M, args.block_n)]
             ok = []
             for name, cfg in cands:
                 try:
