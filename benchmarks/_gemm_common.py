@@ -281,7 +281,7 @@ def mma_configs(M: int) -> list:
     """The register-fragment GEMV (``family="mma"``, up to 16 rows): 16-column tiles a thread (block_n 16 TN) x
     warps splitting a program's K tiles x tiles loaded ahead x split-K, around what won the first H200 sweeps
     (docs/perf/gemm.md: one program per 32 columns with 4-8 K warps and no split on the large shapes, 16 columns
-    and 8 warps on the GLM expert shapes)."""
+    and 8 warps on the GLM expert shapes), and those shapes with 96 / 128-register caps."""
     from triton_marlin.kernels.qgemm import KernelConfig as KC
     from triton_marlin.kernels.qgemv_mma import MMA_MAX_M
 
@@ -296,6 +296,12 @@ def mma_configs(M: int) -> list:
                     out.append(KC("mma", block_m=bm, block_n=bn, num_warps=warps, split_k=split, prefetch=prefetch))
         for split in (4, 8):
             out.append(KC("mma", block_m=bm, block_n=bn, num_warps=1, split_k=split, prefetch=1))
+    # register caps on the shapes that won (more registers: the next tile's loads issued earlier, where the grid
+    # leaves room for them)
+    for bn, warps in ((16, 8), (32, 4), (32, 8), (64, 4)):
+        for prefetch in (0, 1):
+            for cap in (96, 128):
+                out.append(KC("mma", block_m=bm, block_n=bn, num_warps=warps, prefetch=prefetch, maxnreg=cap))
     return out
 
 

@@ -425,9 +425,9 @@ def test_default_config_is_sane():
     # the mma rule: 32 columns a program when that still gives one per SM, 8 K warps while all fit, no split
     # unless the grid is small (SMs = 132)
     big = C.mma_default(8192, 64, 132)
-    assert (big.block_n, big.num_warps, big.split_k) == (32, 8, 1)
+    assert (big.block_n, big.num_warps, big.split_k, big.maxnreg) == (32, 8, 1, 96)   # 2048 warps fit at 96
     wide = C.mma_default(28672, 64, 132)
-    assert (wide.block_n, wide.num_warps, wide.split_k) == (32, 4, 1)
+    assert (wide.block_n, wide.num_warps, wide.split_k, wide.maxnreg) == (32, 4, 1, 0)  # 3584 do not
     assert C.mma_default(2048, 12, 132).block_n == 16
     assert C.default_config(1024, 64, 256, qt, dev).family == "dequant"
     assert C.m_bucket(1) == 1 and C.m_bucket(3) == 4 and C.m_bucket(5000) == C.MAX_M_BUCKET
