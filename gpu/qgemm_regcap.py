@@ -8,7 +8,9 @@ Cases (int4, group 128, fp16): M=16, the swap-AB fold tiles (16 x 128, 4 warps, 
 cap and with 80 registers (96 uncapped: 5 programs an SM; 80: 6), and the register-fragment GEMV with two row blocks
 (88 registers uncapped, 72 capped: 28 warps an SM); M=1, the register-fragment GEMV with its words one or two tiles
 ahead, uncapped and with 96 / 128 registers (``--block-n 64``: 64 columns a program, 2-4 warps, 0-2 tiles ahead,
-uncapped and with 128 registers: 448 programs of 4 warps fit one wave of 28672x8192 at 128). Every configuration is checked against an fp32 product first (relative
+uncapped and with 128 registers: 448 programs of 4 warps fit one wave of 28672x8192 at 128). ``--default-rule``:
+the configuration the default rule gives a shape without a table entry ("table" in the summary) against the same
+without its register cap ("uncapped"). Every configuration is checked against an fp32 product first (relative
 Frobenius error below 2e-3). Prints one JSON line per timing and a summary per case: median us per configuration
 (the best of the rounds), the speedup over cuBLAS.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -55,6 +58,8 @@ def main():
     p.add_argument("--m", default="1,16", help="activation rows (1 and/or 16)")
     p.add_argument("--block-n", type=int, default=32, choices=(32, 64),
                    help="M=1: columns a program (64: 2-4 warps, 0-2 tiles ahead, no cap / 128 registers)")
+    p.add_argument("--default-rule", action="store_true",
+                   help="instead: the default rule's configuration (no table) against the same without its cap")
     p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (the best median is kept)")
     p.add_argument("--out", default=None, help="append JSON lines here")
     args = p.parse_args()
@@ -71,8 +76,12 @@ def main():
         for M in (int(v) for v in args.m.split(",")):
             x = torch.randn(M, K, generator=gen).to(dev, torch.float16)
             ref = x.float() @ wt
-            table = C.select_config(x, qt)
-            cands = [("table", table)] + [(Q._config_key(c), c) for c in configs(M, args.block_n)]
+            if args.default_rule:
+                table = C.default_config(M, N, K, qt, dev)
+                cands = [("table", table), ("uncapped", replace(table, maxnreg=0))]
+            else:
+                table = C.select_config(x, qt)
+                cands = [("table", table)] + [(Q._config_key(c), c) for c in configs(M, args.block_n)]
             ok = []
             for name, cfg in cands:
                 try:
