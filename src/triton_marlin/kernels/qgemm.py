@@ -1111,8 +1111,9 @@ class KernelConfig:
     capped at the tile, and at the scale group with fold); ``oneshot`` (gemv only) unrolls the K loop: each program's
     K tiles (all of K with ``split_k=1``; at most :data:`MAX_ONESHOT_TILES`, more split K) are a compile-time
     constant and every load is issued before the first decode (:func:`_qgemv_oneshot_kernel`; small weights);
-    ``maxnreg`` caps the registers a thread of the compiled kernel may use (0: the compiler's choice), so that more
-    programs fit an SM at once (e.g. a grid that would otherwise not fit one wave)."""
+    ``maxnreg`` is the register budget a thread of the compiled kernel gets (0: the compiler's choice): above that
+    choice, room for ptxas to issue the next tile's loads earlier (the mma family on grids that leave registers
+    free); below it, more programs an SM."""
     family: str
     block_m: int = 16
     block_n: int = 64
