@@ -63,6 +63,14 @@ STEP_TAIL=25
 source gpu/_steps.sh
 log_env
 BIG=8192x8192,28672x8192
+closing_gemm() {  # the closing table of mma2/mma3: int4 at M 1..1024 and every other format at M=1 on $BIG, the GLM
+  # expert shapes at M 1 and 16
+  local glm=glm47_expert_gate_up,glm47_expert_down others=fp4,mxfp4,nvfp4,int2,int3,int8,fp8
+  step gemm 170 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 --formats int4,$others \
+      --format-m "fp4=1;mxfp4=1;nvfp4=1;int2=1;int3=1;int8=1;fp8=1" --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
+  step gemm_glm 60 $PY benchmarks/bench_gemm.py --shapes $glm --m 1,16 --formats int4 --warmup 5 --repeats 30 \
+      --output "$LOG/gemm_glm.jsonl"
+}
 case "$MODE" in
 check)
   step tests 240 $PY -m pytest -q -x -n 8 -m gpu tests/test_qgemm.py
@@ -144,23 +152,13 @@ mma)
       --output "$LOG/gemm_glm.jsonl"
   ;;
 mma2)
-  GLM=glm47_expert_gate_up,glm47_expert_down
-  OTHERS=fp4,mxfp4,nvfp4,int2,int3,int8,fp8
   step tests 170 $PY -m pytest -q -n 8 -m gpu tests/test_qgemv_mma.py tests/test_qgemm.py
   step zsum 120 $PY gpu/qgemv_mma_ab.py --knob fold --out "$LOG"
-  step gemm 170 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 --formats int4,$OTHERS \
-      --format-m "fp4=1;mxfp4=1;nvfp4=1;int2=1;int3=1;int8=1;fp8=1" --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
-  step gemm_glm 60 $PY benchmarks/bench_gemm.py --shapes $GLM --m 1,16 --formats int4 --warmup 5 --repeats 30 \
-      --output "$LOG/gemm_glm.jsonl"
+  closing_gemm
   ;;
 mma3)
-  GLM=glm47_expert_gate_up,glm47_expert_down
-  OTHERS=fp4,mxfp4,nvfp4,int2,int3,int8,fp8
   step regcap 200 $PY gpu/qgemv_mma_ab.py --knob maxnreg --out "$LOG"
-  step gemm 170 $PY benchmarks/bench_gemm.py --shapes $BIG --m 1,16,64,256,1024 --formats int4,$OTHERS \
-      --format-m "fp4=1;mxfp4=1;nvfp4=1;int2=1;int3=1;int8=1;fp8=1" --warmup 5 --repeats 20 --output "$LOG/gemm.jsonl"
-  step gemm_glm 60 $PY benchmarks/bench_gemm.py --shapes $GLM --m 1,16 --formats int4 --warmup 5 --repeats 30 \
-      --output "$LOG/gemm_glm.jsonl"
+  closing_gemm
   ;;
 overhead)
   step overhead 120 $PY gpu/qgemm_overhead.py

@@ -53,6 +53,24 @@ def build(consts, num_warps, num_stages, dtype="fp16", fn=None):
                         dict(consts, stride_xk=1), num_warps, num_stages)
 
 
+def compile_or_report(name: str, make):
+    """``make()`` (a compile), or None after printing why it failed: a sweep reports and keeps going."""
+    try:
+        return make()
+    except Exception as e:  # noqa: BLE001
+        print(f"{name}: compile failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        return None
+
+
+def dump(args, name: str, kernel, kinds: tuple) -> None:
+    """With ``--dump DIR``: the kernel's ``kinds`` of assembly (ptx, ttgir, sass) as DIR/name.kind."""
+    if args.dump:
+        d = Path(args.dump)
+        d.mkdir(parents=True, exist_ok=True)
+        for kind in kinds:
+            (d / f"{name}.{kind}").write_text(str(kernel.asm.get(kind, "")))
+
+
 def loop_body(ptx: str) -> str:
     """The longest region between a label and a later branch back to it (the K loop, as a rule)."""
     lines = ptx.splitlines()
@@ -245,16 +263,10 @@ def main_oneshot(args):
         if args.only and name not in args.only.split(","):
             continue
         fn = Q._qgemv_kernel if name.startswith("gemv_loop") else Q._qgemv_oneshot_kernel
-        try:
-            k = build(consts, warps, stages, fn=fn)
-        except Exception as e:  # report, keep going
-            print(f"{name}: compile failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        k = compile_or_report(name, lambda: build(consts, warps, stages, fn=fn))
+        if k is None:
             continue
-        if args.dump:
-            d = Path(args.dump)
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"{name}.ptx").write_text(k.asm["ptx"])
-            (d / f"{name}.sass").write_text(str(k.asm.get("sass", "")))
+        dump(args, name, k, ("ptx", "sass"))
         K = int(re.search(r"_K(\d+)", name).group(1)) if "_K" in name else 2048
         res[name] = oneshot_facts(k, consts, warps, K)
         print(name, json.dumps(res[name]))
@@ -327,16 +339,11 @@ def main_mma(args):
                 "cnt_ptr": "*i32"}
         if consts["IS_BF16"]:
             ptrs.update(bias_ptr="*bf16", out_ptr="*bf16")
-        try:
-            k = compile_sm90(Q._qgemv_mma_kernel, ptrs, ("N", "K", "stride_xw", "stride_om"), consts, warps, stages)
-        except Exception as e:  # report, keep going
-            print(f"{name}: compile failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        k = compile_or_report(name, lambda: compile_sm90(Q._qgemv_mma_kernel, ptrs, ("N", "K", "stride_xw",
+                                                                                    "stride_om"), consts, warps, stages))
+        if k is None:
             continue
-        if args.dump:
-            d = Path(args.dump)
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"{name}.ptx").write_text(k.asm["ptx"])
-            (d / f"{name}.ttgir").write_text(k.asm["ttgir"])
+        dump(args, name, k, ("ptx", "ttgir"))
         res[name] = mma_facts(k, consts, warps)
         print(name, json.dumps(res[name]))
     print(json.dumps(res))
@@ -363,17 +370,11 @@ def main():
     print(f"triton {triton.__version__}, target sm_90")
     res = {}
     for name, (consts, warps, stages) in todo.items():
-        try:
-            k = build(consts, warps, stages)
-        except Exception as e:  # report, keep going
-            print(f"{name}: compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        k = compile_or_report(name, lambda: build(consts, warps, stages))
+        if k is None:
             continue
+        dump(args, name, k, ("ptx", "ttgir"))
         ptx, ttgir = k.asm["ptx"], k.asm["ttgir"]
-        if args.dump:
-            d = Path(args.dump)
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"{name}.ptx").write_text(ptx)
-            (d / f"{name}.ttgir").write_text(ttgir)
         res[name] = {"shared": k.metadata.shared, "kernel": counts(ptx), "loop": counts(loop_body(ptx)),
                      "ttgir": ttgir_facts(ttgir)}
         if args.sass:

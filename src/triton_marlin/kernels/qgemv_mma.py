@@ -138,13 +138,21 @@ def _slot_asm(kind: int, bits: int, slot: int, bf16: bool, mt: int, zsum: bool =
             # exact fp16 values, normal in bf16: through fp32, both conversions exact
             lines.append(f"mov.b32 {{l16, u16}}, {a};\ncvt.f32.f16 lf, l16;\ncvt.f32.f16 uf, u16;\n"
                          f"cvt.rn.bf16x2.f32 {a}, uf, lf;")
+    lines += _mma_lines(ty, "a0,a1,a2,a3", mt, b0, c0)
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _mma_lines(ty: str, a: str, mt: int, b0: int, c0: int) -> list:
+    """One m16n8k16 MMA per block of 8 activation rows, all sharing the A registers ``a``: block m writes
+    $4m .. $4m+3 (D), reads B from $(b0 + 2m), $(b0 + 2m + 1) and C from $(c0 + 4m) .. $(c0 + 4m + 3)."""
+    out = []
     for m in range(mt):
         d = ",".join(f"${4 * m + r}" for r in range(4))
         cc = ",".join(f"${c0 + 4 * m + r}" for r in range(4))
-        lines.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{{d}}}, {{a0,a1,a2,a3}}, "
-                     f"{{${b0 + 2 * m},${b0 + 2 * m + 1}}}, {{{cc}}};")
-    lines.append("}")
-    return "\n".join(lines)
+        out.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{{d}}}, {{{a}}}, "
+                   f"{{${b0 + 2 * m},${b0 + 2 * m + 1}}}, {{{cc}}};")
+    return out
 
 
 # PTX: 8 words (rows 4c..4c+3 of col A, then of col B) -> 8 gathered half-word pairs:
@@ -176,12 +184,7 @@ def _ones_asm(bf16: bool, mt: int) -> str:
     block)."""
     ty = "bf16" if bf16 else "f16"
     one = "0x3f803f80" if bf16 else "0x3c003c00"
-    lines = ["{", ".reg .b32 one;", f"mov.b32 one, {one};"]
-    for m in range(mt):
-        d = ",".join(f"${4 * m + r}" for r in range(4))
-        cc = ",".join(f"${6 * mt + 4 * m + r}" for r in range(4))
-        lines.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{{d}}}, {{one,one,one,one}}, "
-                     f"{{${4 * mt + 2 * m},${4 * mt + 2 * m + 1}}}, {{{cc}}};")
+    lines = ["{", ".reg .b32 one;", f"mov.b32 one, {one};"] + _mma_lines(ty, "one,one,one,one", mt, 4 * mt, 6 * mt)
     lines.append("}")
     return "\n".join(lines)
 
