@@ -3,9 +3,14 @@ sweep of its configurations at small M beside what the packaged selection table 
 int4 kernel, all timed by CUDA-graph replay in one process.
 
     python gpu/qgemv_mma_check.py [--formats int4,fp4,...] [--shapes 8192x8192,...] [--m 1,4,8] [--out DIR] [--quick]
+        [--refine 6 --regs 0,72,96,128 --folds 0,1 [--write-table]]
 
 ``--formats`` (default int4): each format is checked and swept (int and fp4 at group 128, mxfp4 32, nvfp4 16, fp8
 per-channel).
+``--refine N``: the N fastest configurations of the sweep are timed again with every register cap of ``--regs`` and
+every zero-point mode of ``--folds`` (fold applies to int2/int3/int4); then the three fastest of everything and the
+table's own configuration are timed interleaved over three rounds (the confirmation: a sweep's minimum is biased
+low), and with ``--write-table`` the fastest replaces the table's entry when it is at least 1% faster there.
 Writes ``mma_sweep.jsonl`` (one line per timed case) and prints a summary table: per format, shape and M the best
 mma configuration, the table's configuration, cuBLAS and torch int4 (int4 only), speedups from the same run.
 """
@@ -15,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -39,6 +45,17 @@ def quant_opts(fmt: str, group: int, sym: bool) -> dict:
     if fmt in ("fp4", "fp8"):
         return dict(group_size=group)
     return dict(group_size=group, symmetric=sym)
+
+
+def write_entry(fmt: str, shape: str, M: int, cfg, dev) -> None:
+    """Put ``cfg`` into the packaged table at (format, shape, M bucket of M) and reload it."""
+    gpu = C.device_gpu_name(dev)
+    path = C.table_path(gpu)
+    table = json.loads(path.read_text())
+    table["entries"].setdefault(fmt, {}).setdefault(shape, {})[str(C.m_bucket(M))] = cfg.as_dict()
+    C.validate_table(table)
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    C.reset(gpu)
 
 
 def check(dev, fmt: str) -> int:
@@ -105,6 +122,31 @@ def timed(fn, dev, repeats=30):
     return time_fn(fn, device=dev, warmup=5, repeats=repeats, cuda_graph=True).median_us
 
 
+def refined(ranked: list, regs: list, folds: list, fmt: str, top: int) -> list:
+    """The ``top`` fastest swept configurations with every register cap and zero-point mode (fold: integer codes of
+    up to 4 bits only), those already timed left out."""
+    folds = folds if fmt in ("int2", "int3", "int4") else [0]
+    seen = {cfg for _, cfg in ranked}
+    out = []
+    for _, cfg in ranked[:top]:
+        for r in regs:
+            for f in folds:
+                c = replace(cfg, maxnreg=r, fold=f)
+                if c not in seen:
+                    seen.add(c)
+                    out.append(c)
+    return out
+
+
+def confirm(cands: list, launch, dev, rounds: int = 3) -> list:
+    """Median of ``rounds`` interleaved graph-replay timings per configuration, fastest first."""
+    times = {c: [] for c in cands}
+    for _ in range(rounds):
+        for c in cands:
+            times[c].append(timed(lambda: launch(c), dev, repeats=20))
+    return sorted(((sorted(t)[len(t) // 2], c) for c, t in times.items()), key=lambda tc: tc[0])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--formats", default="int4", help=f"comma-separated, of {','.join(MMA_FORMATS)}")
@@ -113,7 +155,14 @@ def main():
     p.add_argument("--out", default=".", help="folder for mma_sweep.jsonl")
     p.add_argument("--quick", action="store_true", help="fewer configurations")
     p.add_argument("--no-check", action="store_true", help="skip the correctness check")
+    p.add_argument("--refine", type=int, default=0, help="re-time the N fastest with --regs x --folds, then confirm")
+    p.add_argument("--regs", default="0", help="register caps of the refine step (0 = the compiler's choice)")
+    p.add_argument("--folds", default="0", help="zero-point modes of the refine step (integer codes up to 4 bits)")
+    p.add_argument("--write-table", action="store_true",
+                   help="write a confirmed configuration >= 1%% faster than the table's into the packaged table")
     args = p.parse_args()
+    regs = [int(v) for v in args.regs.split(",")]
+    folds = [int(v) for v in args.folds.split(",")]
     formats = args.formats.split(",")
     unknown = set(formats) - set(MMA_FORMATS)
     if unknown:
@@ -155,26 +204,48 @@ def main():
                         tint4 = timed(lambda: ti(xb), dev)
                     except Exception as e:  # noqa: BLE001
                         print(f"torch int4 unavailable: {e}")
-                best = None
-                for cfg in mma_configs(N, K, M, Q.format_spec(qt).tile_k, args.quick):
-                    try:
-                        y = Q.launch(x, qt, None, cfg)
-                        err = ((y.double() - ref).norm() / ref.norm()).item()
-                        us = timed(lambda: Q.launch(x, qt, None, cfg), dev, repeats=15)
-                    except Exception as e:  # noqa: BLE001
-                        print(f"{fmt} {shape} M={M} {Q._config_key(cfg)}: {type(e).__name__}: {str(e)[:200]}")
-                        continue
-                    row = {"format": fmt, "shape": shape, "M": M, "config": cfg.as_dict(), "us": us, "err": err}
-                    rec.write(json.dumps(row) + "\n")
-                    if err > 2e-3:
-                        failures += 1
-                        print(f"{fmt} {shape} M={M} {Q._config_key(cfg)}: error {err:.2e} FAIL")
-                    if best is None or us < best[0]:
-                        best = (us, cfg)
+                def launch(cfg):
+                    return Q.launch(x, qt, None, cfg)
+
+                ranked = []
+                for stage in (0, 1):
+                    cfgs = (mma_configs(N, K, M, Q.format_spec(qt).tile_k, args.quick) if stage == 0
+                            else refined(ranked, regs, folds, fmt, args.refine) if args.refine else [])
+                    for cfg in cfgs:
+                        try:
+                            y = launch(cfg)
+                            err = ((y.double() - ref).norm() / ref.norm()).item()
+                            us = timed(lambda: launch(cfg), dev, repeats=15)
+                        except Exception as e:  # noqa: BLE001
+                            print(f"{fmt} {shape} M={M} {Q._config_key(cfg)}: {type(e).__name__}: {str(e)[:200]}")
+                            continue
+                        rec.write(json.dumps({"format": fmt, "shape": shape, "M": M, "config": cfg.as_dict(),
+                                              "us": us, "err": err, "stage": stage}) + "\n")
+                        if err > 2e-3:
+                            failures += 1
+                            print(f"{fmt} {shape} M={M} {Q._config_key(cfg)}: error {err:.2e} FAIL")
+                            continue
+                        ranked.append((us, cfg))
+                    ranked.sort(key=lambda tc: tc[0])
+                best = ranked[0] if ranked else None
+                confirmed = None
+                if args.refine and ranked:
+                    cands = list(dict.fromkeys([table_cfg] + [c for _, c in ranked[:3]]))
+                    conf = confirm(cands, launch, dev)
+                    table_conf = next(us for us, c in conf if c == table_cfg)
+                    best = conf[0]
+                    confirmed = {"table_us": table_conf, "best_us": best[0], "best_cfg": best[1].as_dict(),
+                                 "all": [(us, c.as_dict()) for us, c in conf]}
+                    if args.write_table and best[1] != table_cfg and best[0] <= 0.99 * table_conf:
+                        write_entry(fmt, shape, M, best[1], dev)
+                        confirmed["written"] = True
+                    print(f"confirm {fmt} {shape} M={M}: table {table_conf:.2f} us, best {best[0]:.2f} us "
+                          f"{Q._config_key(best[1])}{' (written)' if confirmed.get('written') else ''}", flush=True)
                 line = {"format": fmt, "group": qt.group_size, "shape": shape, "M": M, "cublas_us": cublas,
                         "table_us": table_us, "table_cfg": table_cfg.as_dict(), "torch_int4_us": tint4,
                         "mma_best_us": best[0] if best else None,
-                        "mma_best_cfg": best[1].as_dict() if best else None, "sweep_s": round(time.time() - t0, 1)}
+                        "mma_best_cfg": best[1].as_dict() if best else None, "confirmed": confirmed,
+                        "sweep_s": round(time.time() - t0, 1)}
                 rec.write(json.dumps(line) + "\n")
                 rec.flush()
                 summary.append(line)
