@@ -339,7 +339,6 @@ def main_mma(args):
                 "cnt_ptr": "*i32"}
         if consts["IS_BF16"]:
             ptrs.update(bias_ptr="*bf16", out_ptr="*bf16")
-        consts = dict(consts, CACHE=args.cache)
         k = compile_or_report(name, lambda: compile_sm90(Q._qgemv_mma_kernel, ptrs, ("N", "K", "stride_xw",
                                                                                     "stride_om"), consts, warps, stages))
         if k is None:
@@ -360,7 +359,6 @@ def main():
     p.add_argument("--formats", default=None, help="with --mma: comma-separated formats (default: every one)")
     p.add_argument("--mma", action="store_true",
                    help="the register-fragment GEMV (family mma) instead: registers, SASS per weight, smem in loop")
-    p.add_argument("--cache", type=int, default=0, help="with --mma: the kernel's load cache policy (CACHE)")
     args = p.parse_args()
     if args.oneshot:
         return main_oneshot(args)

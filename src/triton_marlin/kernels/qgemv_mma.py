@@ -45,9 +45,6 @@ from .decode import e4m3_raw_fp16, e8m0_to_fp32, raw_factor
 
 MMA_MAX_M = 16         # activation rows one launch multiplies (two blocks of the MMA's N = 8)
 MMA_FORMATS = ("int4", "fp4", "mxfp4", "nvfp4", "int2", "int3", "int8", "fp8")
-# cache policy of the kernel's loads (its CACHE argument): 0 the default; 1 weight words L2-only (see _stream_load);
-# 2 also the activations marked last out of L1/L2. Under measurement (gpu/qgemv_mma_cache_ab.py).
-CACHE_MODE = 0
 
 
 def _slot_asm(kind: int, bits: int, slot: int, bf16: bool, mt: int, zsum: bool = False) -> str:
@@ -330,8 +327,7 @@ def _slot_byte_pairs(w, SLOT: tl.constexpr, J: tl.constexpr, NW8: tl.constexpr, 
 
 
 @triton.jit
-def _load_byte_words(qw_ptr, k, col0, N, K, NC: tl.constexpr, ALIGNED: tl.constexpr, EVEN_K: tl.constexpr,
-                     CACHE: tl.constexpr = 0):
+def _load_byte_words(qw_ptr, k, col0, N, K, NC: tl.constexpr, ALIGNED: tl.constexpr, EVEN_K: tl.constexpr):
     """8-bit codes of k row ``k`` (one per thread; rows >= K read as 0, checked unless EVEN_K) for the thread's NC
     columns from ``col0`` -> tuple of max(NC / 4, 1) int32 words (byte j = column j of the word's 4; NC = 2: the low
     half). ALIGNED (N a multiple of 4, of 2 for NC = 2): one 32- or 16-bit load per word; else byte loads packed
@@ -342,12 +338,12 @@ def _load_byte_words(qw_ptr, k, col0, N, K, NC: tl.constexpr, ALIGNED: tl.conste
         k_ok = k < K
     if ALIGNED:
         if NC == 2:
-            v = _stream_load(qw_ptr.to(tl.pointer_type(tl.int16)) + (k * N + col0) // 2, k_ok & (col0 < N), CACHE)
+            v = tl.load(qw_ptr.to(tl.pointer_type(tl.int16)) + (k * N + col0) // 2, mask=k_ok & (col0 < N), other=0)
             return (v.to(tl.int32) & 0xFFFF,)
         else:
             c4 = col0[:, None] + 4 * tl.arange(0, NC // 4)[None, :]
-            v = _stream_load(qw_ptr.to(tl.pointer_type(tl.int32)) + (k[:, None] * N + c4) // 4,
-                             k_ok[:, None] & (c4 < N), CACHE)
+            v = tl.load(qw_ptr.to(tl.pointer_type(tl.int32)) + (k[:, None] * N + c4) // 4,
+                        mask=k_ok[:, None] & (c4 < N), other=0)
             if NC == 4:
                 return (tl.reshape(v, (v.shape[0],)),)
             else:
@@ -355,7 +351,8 @@ def _load_byte_words(qw_ptr, k, col0, N, K, NC: tl.constexpr, ALIGNED: tl.conste
                 return (a, b)
     else:
         cols = col0[:, None] + tl.arange(0, NC)[None, :]
-        by = _columns(_stream_load(qw_ptr + k[:, None] * N + cols, k_ok[:, None] & (cols < N), CACHE).to(tl.int32), NC)
+        by = _columns(tl.load(qw_ptr + k[:, None] * N + cols, mask=k_ok[:, None] & (cols < N), other=0).to(tl.int32),
+                      NC)
         out = ()
         for q in tl.static_range((NC + 3) // 4):
             wd = by[4 * q] | (by[4 * q + 1] << 8)
@@ -495,24 +492,14 @@ def _zsum_base(zo):
 
 
 @triton.jit
-def _stream_load(ptr, mask, CACHE: tl.constexpr):
-    """A load of weight words, read once: CACHE >= 1 keeps them out of L1 (``.cg``, L2 only), so the activations every
-    program re-reads stay there; 0 the default policy."""
-    if CACHE >= 1:
-        return tl.load(ptr, mask=mask, other=0, cache_modifier=".cg")
-    else:
-        return tl.load(ptr, mask=mask, other=0)
-
-
-@triton.jit
-def _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC: tl.constexpr, CACHE: tl.constexpr = 0):
+def _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC: tl.constexpr):
     """Words of K tile ``t``: rows 4c..4c+3 (``wrow`` = 4c) x the thread's NC contiguous columns ->
     tuple indexed [col * 4 + row] (int32; int16 words of the 1-bit plane sign-extend, only their low half is read)."""
     out = ()
     per_row = ()
     for r in tl.static_range(4):
         offs = (t * 16 + wrow + r)[:, None] * N + cols
-        per_row = per_row + (_columns(_stream_load(qw_ptr + offs, col_ok, CACHE).to(tl.int32), NC),)
+        per_row = per_row + (_columns(tl.load(qw_ptr + offs, mask=col_ok, other=0).to(tl.int32), NC),)
     for j in tl.static_range(NC):
         for r in tl.static_range(4):
             out = out + (per_row[r][j],)
@@ -587,7 +574,7 @@ def _tile_scales(s_ptr, z_ptr, grp, cols, col_ok, N, G, NC: tl.constexpr, KIND: 
 def _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, col0, N, K, G, GROUP: tl.constexpr,
                NC: tl.constexpr, KIND: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
                SCALE_KIND: tl.constexpr, IS_BF16: tl.constexpr, TILE_K: tl.constexpr, TILE_SCALES: tl.constexpr,
-               ALIGNED: tl.constexpr, EVEN_K: tl.constexpr, CACHE: tl.constexpr):
+               ALIGNED: tl.constexpr, EVEN_K: tl.constexpr):
     """The 4 NC words of K tile ``t`` (for 3-bit codes then the 4 NC words of the 1-bit plane; for 8-bit codes the
     words of :func:`_load_byte_words` of rows 16 i + 4c + r, in order [slot i][r][word]) and the NC scales of each
     of its TILE_SCALES scale groups (0: none), then their NC zero offsets, in one flat tuple (a loop-carried value).
@@ -596,12 +583,11 @@ def _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, col0, N, K, 
         w = ()
         for i in tl.static_range(8):
             for r in tl.static_range(4):
-                w = w + _load_byte_words(qw_ptr, t * 128 + 16 * i + wrow + r, col0, N, K, NC, ALIGNED, EVEN_K,
-                                          CACHE)
+                w = w + _load_byte_words(qw_ptr, t * 128 + 16 * i + wrow + r, col0, N, K, NC, ALIGNED, EVEN_K)
     else:
-        w = _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC, CACHE)
+        w = _load_words(qw_ptr, t, wrow, cols, col_ok, N, NC)
     if BITS == 3:
-        w = w + _load_words(qh_ptr, t, wrow, cols, col_ok, N, NC, CACHE)
+        w = w + _load_words(qh_ptr, t, wrow, cols, col_ok, N, NC)
     if TILE_SCALES:
         sc = ()
         zo = ()
@@ -622,7 +608,7 @@ def _qgemv_mma_kernel(
         SLOTS: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr,
         HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, IS_BF16: tl.constexpr,
         ASM: tl.constexpr, EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr,
-        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr, ZSUM: tl.constexpr = False, CACHE: tl.constexpr = 0):
+        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr, ZSUM: tl.constexpr = False):
     """``out [M, N] = x [M, K] @ W.T (+ bias)`` for M <= 8 MT (see the module docstring).
 
     xw: the activations as int32 pairs ``[M, K/2]`` (row stride ``stride_xw`` pairs; zero-padded to even K);
@@ -679,12 +665,11 @@ def _qgemv_mma_kernel(
     t_warp = t_begin + warp
     if PREFETCH >= 1:
         nxt = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t_warp, t_last), wrow, cols, col_ok, col0, N, K, G,
-                         GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES, ALIGNED, EVEN_K,
-                         CACHE)
+                         GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES, ALIGNED, EVEN_K)
     if PREFETCH >= 2:
         nxt2 = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t_warp + NW, t_last), wrow, cols, col_ok,
                           col0, N, K, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES,
-                          ALIGNED, EVEN_K, CACHE)
+                          ALIGNED, EVEN_K)
     FOLD_SLOTS: tl.constexpr = GROUP_SLOTS if GROUP_SLOTS != 0 else SLOTS
     if GROUP_SLOTS == 0:
         if SYMMETRIC:
@@ -704,15 +689,15 @@ def _qgemv_mma_kernel(
             nxt = nxt2
             nxt2 = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t + 2 * NW, t_last), wrow, cols,
                               col_ok, col0, N, K, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K,
-                              TILE_SCALES, ALIGNED, EVEN_K, CACHE)
+                              TILE_SCALES, ALIGNED, EVEN_K)
         elif PREFETCH >= 1:
             cur = nxt
             nxt = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t + NW, t_last), wrow, cols, col_ok,
                              col0, N, K, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES,
-                             ALIGNED, EVEN_K, CACHE)
+                             ALIGNED, EVEN_K)
         else:
             cur = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tc, wrow, cols, col_ok, col0, N, K, G, GROUP, NC, KIND,
-                             BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES, ALIGNED, EVEN_K, CACHE)
+                             BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES, ALIGNED, EVEN_K)
         w = cur
         p = ()
         for j in tl.static_range(TN if BITS != 8 else 0):
@@ -750,11 +735,7 @@ def _qgemv_mma_kernel(
                     x_ok = ((g + 8 * m) < M)[:, None] & live
                     if not EVEN_K:
                         x_ok = x_ok & ((kw + pair) < KW)
-                    if CACHE == 2:
-                        xv = tl.load(xw_ptr + (g + 8 * m)[:, None] * stride_xw + kw + pair, mask=x_ok, other=0,
-                                     eviction_policy="evict_last")
-                    else:
-                        xv = tl.load(xw_ptr + (g + 8 * m)[:, None] * stride_xw + kw + pair, mask=x_ok, other=0)
+                    xv = tl.load(xw_ptr + (g + 8 * m)[:, None] * stride_xw + kw + pair, mask=x_ok, other=0)
                     b = b + tl.split(xv)
                 if ZSUM:
                     on = _ones_mma(b, on, IS_BF16, ASM, NW, MT)
