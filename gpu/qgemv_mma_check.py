@@ -92,7 +92,7 @@ def check(dev, fmt: str) -> int:
 
 
 def mma_configs(N: int, K: int, M: int, tile_k: int, quick: bool) -> list:
-    """TN 16-column tiles a thread (block_n 16 TN) x NW warps splitting a program's K tiles x tiles ahead x
+    """TN 16-column tiles a thread (block_n 16 TN) x NW warps (up to 16) splitting a program's K tiles x tiles ahead x
     split-K, kept where the grid holds 1000-8000 warps (the range where the first sweeps found the best); quick:
     the default rule's configuration and its neighbours (16/32/64 columns, 4/8 warps, one tile ahead)."""
     tiles = -(-K // tile_k)
@@ -107,7 +107,7 @@ def mma_configs(N: int, K: int, M: int, tile_k: int, quick: bool) -> list:
         return out
     out = []
     for tn in (1, 2, 4):
-        for nw in (1, 2, 4, 8):
+        for nw in (1, 2, 4, 8, 16):
             for pf in (0, 1, 2):
                 for split in (1, 2, 4, 8, 16):
                     warps = -(-N // (16 * tn)) * split * nw
