@@ -37,7 +37,6 @@ from ..device import triton_interpret
 from ..formats import QuantizedTensor
 from ..formats.packing import code_tile_k
 from . import decode as D
-from . import qgemv_mma
 from .qgemv_mma import MMA_FORMATS, MMA_MAX_M, _qgemv_mma_kernel, mma_tiles
 from .decode import (dequant, decode_scale, e2m1_raw_fp16, e4m3_raw_fp16, int_magic_fp16, int_magic_fp32,
                      raw_factor, unpack_codes, unpack_slots_fp16_asm)
@@ -1335,7 +1334,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 NW=cfg.num_warps, MT=1 if M <= 8 else 2, PREFETCH=cfg.prefetch,
                                 ALIGNED=spec.bits == 8 and N % min(cfg.block_n // 8, 4) == 0 and qw.data_ptr() % 4 == 0,
                                 ZSUM=bool(cfg.fold) and spec.kind == D.KIND_INT and spec.bits <= 4,
-                                ONE_SUM=qgemv_mma.ONE_SUM, num_warps=cfg.num_warps, num_stages=1, **regs)
+                                num_warps=cfg.num_warps, num_stages=1, **regs)
     elif cfg.family == "gemv" and cfg.oneshot:
         na, nb = oneshot_blocks(per_split)
         rest = per_split - na

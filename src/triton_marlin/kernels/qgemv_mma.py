@@ -45,9 +45,6 @@ from .decode import e4m3_raw_fp16, e8m0_to_fp32, raw_factor
 
 MMA_MAX_M = 16         # activation rows one launch multiplies (two blocks of the MMA's N = 8)
 MMA_FORMATS = ("int4", "fp4", "mxfp4", "nvfp4", "int2", "int3", "int8", "fp8")
-# the warps' partial sums meet in one reduction (True) or one per accumulator (False); under measurement
-# (gpu/qgemv_mma_sum_ab.py)
-ONE_SUM = True
 
 
 def _slot_asm(kind: int, bits: int, slot: int, bf16: bool, mt: int, zsum: bool = False) -> str:
@@ -611,8 +608,7 @@ def _qgemv_mma_kernel(
         SLOTS: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr,
         HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, IS_BF16: tl.constexpr,
         ASM: tl.constexpr, EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr,
-        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr, ZSUM: tl.constexpr = False,
-        ONE_SUM: tl.constexpr = True):
+        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr, ZSUM: tl.constexpr = False):
     """``out [M, N] = x [M, K] @ W.T (+ bias)`` for M <= 8 MT (see the module docstring).
 
     xw: the activations as int32 pairs ``[M, K/2]`` (row stride ``stride_xw`` pairs; zero-padded to even K);
@@ -785,7 +781,7 @@ def _qgemv_mma_kernel(
             else:
                 on_all = on
     # the NW warps' sums -> one warp's worth ([32] per accumulator: lane (g, c) of the program)
-    if NW > 1 and not ONE_SUM:
+    if NW > 1:
         red = ()
         for a in tl.static_range(NA * MT):
             red = red + (tl.sum(tl.reshape(acc[a], (NW, 32)), axis=0),)
@@ -795,17 +791,6 @@ def _qgemv_mma_kernel(
             for a in tl.static_range(4 * MT):
                 red = red + (tl.sum(tl.reshape(on_all[a], (NW, 32)), axis=0),)
             on_all = red
-    elif NW > 1:
-        if ZSUM and GROUP_SLOTS == 0:
-            red = _warp_sum(acc + on_all, NA * MT + 4 * MT, NW)
-            acc = ()
-            for a in tl.static_range(NA * MT):
-                acc = acc + (red[a],)
-            on_all = ()
-            for a in tl.static_range(4 * MT):
-                on_all = on_all + (red[NA * MT + a],)
-        else:
-            acc = _warp_sum(acc, NA * MT, NW)
     ln = tl.arange(0, 32)
     g32 = ln // 4
     c32 = ln % 4
@@ -874,38 +859,6 @@ def _qgemv_mma_kernel(
                     total += bias
                 tl.store(out_ptr + rowv * stride_om + colv, total.to(out_ptr.dtype.element_ty), mask=ok)
             tl.atomic_xchg(cnt_ptr + pid_n, 0)
-
-
-@triton.jit
-def _warp_sum(vals, P: tl.constexpr, NW: tl.constexpr):
-    """The sums over a program's NW warps of P ``[32 NW]`` vectors -> P ``[32]`` vectors, in one reduction: the vectors
-    are joined into one per-thread ``[32 NW, P]`` block first (zero-padded to a power of two), so the warps meet once
-    in shared memory rather than once per vector."""
-    B: tl.constexpr = vals[0].shape[0]
-    LEVELS: tl.constexpr = (P - 1).bit_length()
-    PP: tl.constexpr = 1 << LEVELS
-    cur = ()
-    for a in tl.static_range(PP):
-        if a < P:
-            cur = cur + (tl.reshape(vals[a], (B, 1)),)
-        else:
-            cur = cur + (tl.zeros((B, 1), dtype=tl.float32),)
-    for lv in tl.static_range(LEVELS):
-        nxt = ()
-        for i in tl.static_range(PP >> (lv + 1)):
-            nxt = nxt + (tl.reshape(tl.join(cur[2 * i], cur[2 * i + 1]), (B, 2 << lv)),)
-        cur = nxt
-    red = (tl.sum(tl.reshape(cur[0], (NW, 32, PP)), axis=0),)
-    for lv in tl.static_range(LEVELS):
-        nxt = ()
-        for i in tl.static_range(1 << lv):
-            lo, hi = tl.split(tl.reshape(red[i], (32, PP >> (lv + 1), 2)))
-            nxt = nxt + (lo, hi)
-        red = nxt
-    out = ()
-    for a in tl.static_range(P):
-        out = out + (tl.reshape(red[a], (32,)),)
-    return out
 
 
 @triton.jit
