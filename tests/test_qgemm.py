@@ -399,9 +399,13 @@ def test_selection_table_load_lookup_reset(tmp_path, gen):
         assert C.lookup(C.current_table("cpu"), "int4", 1100, 500, 9)[0].family == "dequant"
         # formats without entries borrow int4's
         assert C.lookup(C.current_table("cpu"), "fp4", 4096, 4096, 1)[0].family == "gemv"
-        # M=8 lies as far from bucket 1 as from 64 (log2 distance 3 either way): the bucket that takes all its rows
-        # in one pass wins the tie, not the one-row gemv
-        assert C.lookup(C.current_table("cpu"), "int4", 4096, 4096, 8)[0].family == "dot"
+        # an mma entry never serves a call that family cannot run (more than MMA_MAX_M rows)
+        mma = {"family": "mma", "block_m": 16, "block_n": 32, "num_warps": 4}
+        C.set_table("cpu", {"gpu": "cpu", "entries": {"int4": {"4096x4096": {"16": mma, "256": table["entries"][
+            "int4"]["4096x4096"]["64"]}}}})
+        assert C.lookup(C.current_table("cpu"), "int4", 4096, 4096, 16)[0].family == "mma"
+        assert C.lookup(C.current_table("cpu"), "int4", 4096, 4096, 32)[0].family == "dot"
+        C.load_table("cpu", path)
         qt = _quant("int4", 16, 96, gen, torch.device("cpu"))
         x = torch.randn(1, 96).half()
         assert C.explain(x, qt).startswith("table:int4/1024x512")

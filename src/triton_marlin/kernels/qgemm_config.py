@@ -28,7 +28,7 @@ import torch
 
 from ..formats import QuantizedTensor
 from .qgemm import KernelConfig, format_spec
-from .qgemv_mma import MMA_FORMATS
+from .qgemv_mma import MMA_FORMATS, MMA_MAX_M
 
 TUNED_DIR = Path(__file__).with_name("tuned")
 MAX_M_BUCKET = 1024
@@ -210,10 +210,9 @@ def lookup(table: dict | None, fmt: str, N: int, K: int, M: int) -> tuple[Kernel
     """(config, where it came from) from ``table``, or None.
 
     Candidates are the format's own entries and int4's (same 4-bit tile; the stand-in for formats
-    not measured, except int4's mma entries for formats the mma family does not read); each measured (shape, M bucket)
-    scores its distance in log N + log K + 0.5 log2 M from the call. Ties go to the format's own entries, then to a
-    bucket at least the call's (a configuration measured for more rows takes all of them in one pass; one measured
-    for fewer may read the weights once per block of its rows, e.g. a one-row gemv at M = 2), then the smaller bucket.
+    not measured); mma entries only where that family runs the call (its formats, at most MMA_MAX_M rows). Each
+    measured (shape, M bucket) scores its distance in log N + log K + 0.5 log2 M from the call, the format's own
+    entries winning ties.
     """
     if not table:
         return None
@@ -224,9 +223,9 @@ def lookup(table: dict | None, fmt: str, N: int, K: int, M: int) -> tuple[Kernel
         for shape, buckets in entries.get(fmt_key, {}).items():
             ds = _shape_distance(shape, N, K)
             for b, cfg in buckets.items():
-                if cfg.get("family") == "mma" and fmt not in MMA_FORMATS:
-                    continue  # int4's register-fragment entries stand in only for formats that kernel reads
-                score = (round(ds + 0.5 * abs(math.log2(int(b)) - math.log2(mb)), 6), own, int(b) < mb, int(b))
+                if cfg.get("family") == "mma" and (fmt not in MMA_FORMATS or M > MMA_MAX_M):
+                    continue  # register-fragment entries stand in only for calls that kernel runs
+                score = (round(ds + 0.5 * abs(math.log2(int(b)) - math.log2(mb)), 6), own, int(b))
                 if best is None or score < best[0]:
                     best = (score, cfg, f"table:{fmt_key}/{shape}/M{b}")
     if best is None:
