@@ -339,6 +339,7 @@ def main_mma(args):
                 "cnt_ptr": "*i32"}
         if consts["IS_BF16"]:
             ptrs.update(bias_ptr="*bf16", out_ptr="*bf16")
+        consts = dict(consts, XA=args.x_ahead)
         k = compile_or_report(name, lambda: compile_sm90(Q._qgemv_mma_kernel, ptrs, ("N", "K", "stride_xw",
                                                                                     "stride_om"), consts, warps, stages))
         if k is None:
@@ -359,6 +360,8 @@ def main():
     p.add_argument("--formats", default=None, help="with --mma: comma-separated formats (default: every one)")
     p.add_argument("--mma", action="store_true",
                    help="the register-fragment GEMV (family mma) instead: registers, SASS per weight, smem in loop")
+    p.add_argument("--x-ahead", action="store_true",
+                   help="with --mma: activations loaded with the words (KernelConfig.x_ahead)")
     args = p.parse_args()
     if args.oneshot:
         return main_oneshot(args)

@@ -3,14 +3,15 @@ sweep of its configurations at small M beside what the packaged selection table 
 int4 kernel, all timed by CUDA-graph replay in one process.
 
     python gpu/qgemv_mma_check.py [--formats int4,fp4,...] [--shapes 8192x8192,...] [--m 1,4,8] [--out DIR] [--quick]
-        [--refine 6 --regs 0,72,96,128 --folds 0,1 [--write-table]]
+        [--refine 6 --regs 0,72,96,128 --folds 0,1 --xahead 0,1 [--write-table]]
 
 ``--formats`` (default int4): each format is checked and swept (int and fp4 at group 128, mxfp4 32, nvfp4 16, fp8
 per-channel).
-``--refine N``: the N fastest configurations of the sweep are timed again with every register cap of ``--regs`` and
-every zero-point mode of ``--folds`` (fold applies to int2/int3/int4); then the three fastest of everything and the
-table's own configuration are timed interleaved over three rounds (the confirmation: a sweep's minimum is biased
-low), and with ``--write-table`` the fastest replaces the table's entry when it is at least 1% faster there.
+``--refine N``: the N fastest configurations of the sweep are timed again with every register cap of ``--regs``,
+every zero-point mode of ``--folds`` (fold applies to int2/int3/int4) and activation load of ``--xahead``; then the
+three fastest of everything and the table's own configuration are timed interleaved over three rounds (the
+confirmation: a sweep's minimum is biased low), and with ``--write-table`` the fastest replaces the table's entry
+when it is at least 1% faster there.
 Writes ``mma_sweep.jsonl`` (one line per timed case) and prints a summary table: per format, shape and M the best
 mma configuration, the table's configuration, cuBLAS and torch int4 (int4 only), speedups from the same run.
 """
@@ -122,19 +123,20 @@ def timed(fn, dev, repeats=30):
     return time_fn(fn, device=dev, warmup=5, repeats=repeats, cuda_graph=True).median_us
 
 
-def refined(ranked: list, regs: list, folds: list, fmt: str, top: int) -> list:
-    """The ``top`` fastest swept configurations with every register cap and zero-point mode (fold: integer codes of
-    up to 4 bits only), those already timed left out."""
+def refined(ranked: list, regs: list, folds: list, xahead: list, fmt: str, top: int) -> list:
+    """The ``top`` fastest swept configurations with every register cap, zero-point mode (fold: integer codes of up to
+    4 bits only) and activation load (x_ahead), those already timed left out."""
     folds = folds if fmt in ("int2", "int3", "int4") else [0]
     seen = {cfg for _, cfg in ranked}
     out = []
     for _, cfg in ranked[:top]:
         for r in regs:
             for f in folds:
-                c = replace(cfg, maxnreg=r, fold=f)
-                if c not in seen:
-                    seen.add(c)
-                    out.append(c)
+                for xa in xahead:
+                    c = replace(cfg, maxnreg=r, fold=f, x_ahead=xa)
+                    if c not in seen:
+                        seen.add(c)
+                        out.append(c)
     return out
 
 
@@ -158,11 +160,14 @@ def main():
     p.add_argument("--refine", type=int, default=0, help="re-time the N fastest with --regs x --folds, then confirm")
     p.add_argument("--regs", default="0", help="register caps of the refine step (0 = the compiler's choice)")
     p.add_argument("--folds", default="0", help="zero-point modes of the refine step (integer codes up to 4 bits)")
+    p.add_argument("--xahead", default="0", help="activation loads of the refine step (x_ahead: 0 per slot, 1 with "
+                                                 "the words)")
     p.add_argument("--write-table", action="store_true",
                    help="write a confirmed configuration >= 1%% faster than the table's into the packaged table")
     args = p.parse_args()
     regs = [int(v) for v in args.regs.split(",")]
     folds = [int(v) for v in args.folds.split(",")]
+    xahead = [int(v) for v in args.xahead.split(",")]
     formats = args.formats.split(",")
     unknown = set(formats) - set(MMA_FORMATS)
     if unknown:
@@ -210,7 +215,7 @@ def main():
                 ranked = []
                 for stage in (0, 1):
                     cfgs = (mma_configs(N, K, M, Q.format_spec(qt).tile_k, args.quick) if stage == 0
-                            else refined(ranked, regs, folds, fmt, args.refine) if args.refine else [])
+                            else refined(ranked, regs, folds, xahead, fmt, args.refine) if args.refine else [])
                     for cfg in cfgs:
                         try:
                             y = launch(cfg)

@@ -32,13 +32,14 @@ F16, BF16 = torch.float16, torch.bfloat16
 gpu = pytest.mark.gpu
 
 
-def _run(fmt, opts, dtype, M, K, N, bn, nw, split, pf, bias, gen, device="cpu", fold=0):
+def _run(fmt, opts, dtype, M, K, N, bn, nw, split, pf, bias, gen, device="cpu", fold=0, x_ahead=0):
     """Quantize a fresh random weight, run the mma family into NaN-poisoned output memory, return (out, ref)."""
     w = torch.randn(N, K, generator=gen)
     qt = tm.quantize(w, fmt, **opts).to(device)
     x = torch.randn(M, K, generator=gen).to(device, dtype)
     b = torch.randn(N, generator=gen).to(device, dtype) if bias else None
-    cfg = Q.KernelConfig("mma", block_m=16, block_n=bn, num_warps=nw, split_k=split, prefetch=pf, fold=fold)
+    cfg = Q.KernelConfig("mma", block_m=16, block_n=bn, num_warps=nw, split_k=split, prefetch=pf, fold=fold,
+                         x_ahead=x_ahead)
     cfg.validate()
     assert Q.mma_unsupported_reason(x, qt) is None
     out = torch.full((M, N), float("nan"), dtype=dtype, device=device)
@@ -144,6 +145,29 @@ def test_zero_points_through_activation_sums_match_fp64(case, gen):
     assert err < TOL[case[2]], f"relative error {err:.3e}"
 
 
+# x_ahead=1: the activations load with the words (0-2 tiles ahead): ragged K (masked activations), warps past the
+# last tile (zero activations), both row-block counts, split-K, every code plane, fold, bias
+X_AHEAD = [
+    ("int4", dict(group_size=32), F16, 3, 96, 40, 16, 2, 1, 1, True, 0),
+    ("int4", dict(group_size=128, symmetric=False), BF16, 11, 384, 33, 32, 4, 1, 2, False, 1),
+    ("int4", dict(group_size=-1), F16, 16, 300, 20, 32, 2, 2, 0, True, 0),
+    ("int4", dict(group_size=64), F16, 1, 640, 48, 64, 8, 1, 1, False, 1),
+    ("mxfp4", dict(group_size=32), BF16, 5, 256, 33, 32, 2, 2, 2, True, 0),
+    ("int2", dict(group_size=128), F16, 8, 768, 24, 16, 2, 1, 1, False, 1),
+    ("int3", dict(group_size=32, symmetric=False), BF16, 13, 96, 40, 64, 1, 1, 0, True, 0),
+    ("int8", dict(group_size=128, symmetric=False), F16, 2, 256, 16, 32, 4, 1, 1, True, 0),
+    ("fp8", dict(group_size=-1), BF16, 16, 300, 40, 32, 2, 3, 2, False, 0),
+]
+
+
+@pytest.mark.parametrize("case", X_AHEAD, ids=[_id(c[:-1]) + f"-fold{c[-1]}" for c in X_AHEAD])
+def test_activations_loaded_with_the_words_match_fp64(case, gen):
+    out, ref, _ = _run(*case[:-1], gen, fold=case[-1], x_ahead=1)
+    assert not torch.isnan(out).any(), "an output element was not written"
+    err = rel_err(out, ref)
+    assert err < TOL[case[2]], f"relative error {err:.3e}"
+
+
 def test_every_listed_format_has_a_case():
     assert set(MMA_FORMATS) == {c[0] for c in CASES}
 
@@ -167,6 +191,7 @@ def test_split_k_tickets_reset_between_calls(gen):
     (dict(swap_ab=1), "no wide/swap_ab/oneshot"),
     (dict(oneshot=1), "no wide/swap_ab/oneshot"),
     (dict(prefetch=3), "prefetch must be"),
+    (dict(x_ahead=2), "x_ahead must be 0 or 1"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -376,6 +401,16 @@ def test_gpu_ptx_path_and_cuda_graph(fmt, gen):
         graph.replay()
         torch.cuda.synchronize()
         assert rel_err(out, x.double() @ w.T) < TOL[F16]
+
+
+@gpu
+def test_gpu_activations_loaded_with_the_words(gen):
+    """x_ahead=1 on the PTX path, the interpreter cases."""
+    dev = torch.device("cuda")
+    for case in X_AHEAD:
+        out, ref, _ = _run(*case[:-1], gen, device=dev, fold=case[-1], x_ahead=1)
+        assert not torch.isnan(out).any(), case
+        assert rel_err(out, ref) < TOL[case[2]], case
 
 
 @gpu

@@ -1113,7 +1113,8 @@ class KernelConfig:
     constant and every load is issued before the first decode (:func:`_qgemv_oneshot_kernel`; small weights);
     ``maxnreg`` is the register budget a thread of the compiled kernel gets (0: the compiler's choice): above that
     choice, room for ptxas to issue the next tile's loads earlier (the mma family on grids that leave registers
-    free); below it, more programs an SM."""
+    free); below it, more programs an SM. ``x_ahead`` (mma only) loads a K tile's activations with its words, as
+    far ahead as ``prefetch`` says, instead of at each code slot (small weights: one memory round trip a warp)."""
     family: str
     block_m: int = 16
     block_n: int = 64
@@ -1128,9 +1129,10 @@ class KernelConfig:
     dot_k: int = 16
     oneshot: int = 0
     maxnreg: int = 0
+    x_ahead: int = 0
 
     _KEYS = ("family", "block_m", "block_n", "split_k", "num_warps", "num_stages", "group_m", "fold", "wide",
-             "prefetch", "swap_ab", "dot_k", "oneshot", "maxnreg")
+             "prefetch", "swap_ab", "dot_k", "oneshot", "maxnreg", "x_ahead")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self._KEYS}
@@ -1185,6 +1187,10 @@ class KernelConfig:
             raise ValueError(f"oneshot must be 0 or 1, got {self.oneshot!r}")
         if self.oneshot and self.family != "gemv":
             raise ValueError(f"oneshot applies to the gemv family only, got family {self.family!r}")
+        if self.x_ahead not in (0, 1):
+            raise ValueError(f"x_ahead must be 0 or 1, got {self.x_ahead!r}")
+        if self.x_ahead and self.family != "mma":
+            raise ValueError(f"x_ahead applies to the mma family only, got family {self.family!r}")
         if self.dot_k != 16 and not self.swap_ab:
             raise ValueError(f"dot_k > 16 (one tl.dot over several code slots) needs swap_ab=1, got dot_k={self.dot_k}")
 
@@ -1334,7 +1340,7 @@ def launch_fused(x: torch.Tensor, qt: QuantizedTensor, bias: torch.Tensor | None
                                 NW=cfg.num_warps, MT=1 if M <= 8 else 2, PREFETCH=cfg.prefetch,
                                 ALIGNED=spec.bits == 8 and N % min(cfg.block_n // 8, 4) == 0 and qw.data_ptr() % 4 == 0,
                                 ZSUM=bool(cfg.fold) and spec.kind == D.KIND_INT and spec.bits <= 4,
-                                num_warps=cfg.num_warps, num_stages=1, **regs)
+                                XA=bool(cfg.x_ahead), num_warps=cfg.num_warps, num_stages=1, **regs)
     elif cfg.family == "gemv" and cfg.oneshot:
         na, nb = oneshot_blocks(per_split)
         rest = per_split - na

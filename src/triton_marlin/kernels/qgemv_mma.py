@@ -600,6 +600,26 @@ def _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, col0, N, K, 
     return w
 
 
+@triton.jit
+def _load_x(xw_ptr, t, t_last, t_end, g, pair, stride_xw, M, KW, TILE_K: tl.constexpr, SLOTS: tl.constexpr,
+            MT: tl.constexpr, EVEN_K: tl.constexpr):
+    """The B operands of K tile ``t`` (clamped to ``t_last`` for the address; zero for a tile at or past ``t_end``):
+    per code slot and row block m, ``x[g + 8m, 16 i + 4c .. +3]`` as two int32 pairs (rows >= M read as zero), in one
+    flat tuple [slot][m][2] (``KernelConfig.x_ahead``: loaded with the tile's words)."""
+    live = (t < t_end)[:, None]
+    tc = tl.minimum(t, t_last)
+    out = ()
+    for si in tl.static_range(SLOTS):
+        kw = (tc * (TILE_K // 2) + si * 8)[:, None]
+        for m in tl.static_range(MT):
+            x_ok = ((g + 8 * m) < M)[:, None] & live
+            if not EVEN_K:
+                x_ok = x_ok & ((kw + pair) < KW)
+            xv = tl.load(xw_ptr + (g + 8 * m)[:, None] * stride_xw + kw + pair, mask=x_ok, other=0)
+            out = out + tl.split(xv)
+    return out
+
+
 @triton.jit(do_not_specialize=["M", "G", "TILES", "TILES_PER_SPLIT", "SPLIT_K"])
 def _qgemv_mma_kernel(
         xw_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
@@ -608,7 +628,7 @@ def _qgemv_mma_kernel(
         SLOTS: tl.constexpr, GROUP: tl.constexpr, GROUP_SLOTS: tl.constexpr,
         HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, IS_BF16: tl.constexpr,
         ASM: tl.constexpr, EVEN_K: tl.constexpr, TN: tl.constexpr, NW: tl.constexpr, MT: tl.constexpr,
-        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr, ZSUM: tl.constexpr = False):
+        PREFETCH: tl.constexpr, ALIGNED: tl.constexpr, ZSUM: tl.constexpr = False, XA: tl.constexpr = False):
     """``out [M, N] = x [M, K] @ W.T (+ bias)`` for M <= 8 MT (see the module docstring).
 
     xw: the activations as int32 pairs ``[M, K/2]`` (row stride ``stride_xw`` pairs; zero-padded to even K);
@@ -627,7 +647,8 @@ def _qgemv_mma_kernel(
     codes): a thread's NC code bytes of a k row load as whole 32-bit words (16-bit for NC = 2). ZSUM (integer codes
     of up to 4 bits): the operand is ``ZSUM_BASE + q`` (no subtract per weight) and each scale group's partial product
     loses ``(ZSUM_BASE + z) * sum(x)``, the sums from one all-ones MMA per slot shared by the thread's n-tiles; the
-    terms cancelled are ~5x the result's (ZSUM_BASE + z against q - z), so the fp32 sums lose ~2 bits of their 24."""
+    terms cancelled are ~5x the result's (ZSUM_BASE + z against q - z), so the fp32 sums lose ~2 bits of their 24.
+    XA: a tile's activations load with its words (as far ahead as PREFETCH), not at each code slot."""
     TILE_K: tl.constexpr = 16 * SLOTS
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -660,16 +681,22 @@ def _qgemv_mma_kernel(
     GROUPS: tl.constexpr = SLOTS // GROUP_SLOTS if GROUP_SLOTS != 0 else 0
     ZERO_REGS: tl.constexpr = 2 if KIND == 0 and not SYMMETRIC else 1
     TILE_SCALES: tl.constexpr = GROUPS if GROUPS == 1 or (SLOTS == 8 and GROUPS * NC * ZERO_REGS <= 16) else 0
+    XOFF: tl.constexpr = WORDS + 2 * TILE_SCALES * NC       # where a tile's activations start in its tuple (XA)
     # a warp's tiles past t_end (the program's tile count need not divide by NW) load the last tile again and
     # multiply it by zero activations
     t_warp = t_begin + warp
     if PREFETCH >= 1:
         nxt = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t_warp, t_last), wrow, cols, col_ok, col0, N, K, G,
                          GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES, ALIGNED, EVEN_K)
+        if XA:
+            nxt = nxt + _load_x(xw_ptr, t_warp, t_last, t_end, g, pair, stride_xw, M, KW, TILE_K, SLOTS, MT, EVEN_K)
     if PREFETCH >= 2:
         nxt2 = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t_warp + NW, t_last), wrow, cols, col_ok,
                           col0, N, K, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES,
                           ALIGNED, EVEN_K)
+        if XA:
+            nxt2 = nxt2 + _load_x(xw_ptr, t_warp + NW, t_last, t_end, g, pair, stride_xw, M, KW, TILE_K, SLOTS, MT,
+                                  EVEN_K)
     FOLD_SLOTS: tl.constexpr = GROUP_SLOTS if GROUP_SLOTS != 0 else SLOTS
     if GROUP_SLOTS == 0:
         if SYMMETRIC:
@@ -690,14 +717,22 @@ def _qgemv_mma_kernel(
             nxt2 = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t + 2 * NW, t_last), wrow, cols,
                               col_ok, col0, N, K, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K,
                               TILE_SCALES, ALIGNED, EVEN_K)
+            if XA:
+                nxt2 = nxt2 + _load_x(xw_ptr, t + 2 * NW, t_last, t_end, g, pair, stride_xw, M, KW, TILE_K, SLOTS,
+                                      MT, EVEN_K)
         elif PREFETCH >= 1:
             cur = nxt
             nxt = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tl.minimum(t + NW, t_last), wrow, cols, col_ok,
                              col0, N, K, G, GROUP, NC, KIND, BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES,
                              ALIGNED, EVEN_K)
+            if XA:
+                nxt = nxt + _load_x(xw_ptr, t + NW, t_last, t_end, g, pair, stride_xw, M, KW, TILE_K, SLOTS, MT,
+                                    EVEN_K)
         else:
             cur = _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, tc, wrow, cols, col_ok, col0, N, K, G, GROUP, NC, KIND,
                              BITS, SYMMETRIC, SCALE_KIND, IS_BF16, TILE_K, TILE_SCALES, ALIGNED, EVEN_K)
+            if XA:
+                cur = cur + _load_x(xw_ptr, t, t_last, t_end, g, pair, stride_xw, M, KW, TILE_K, SLOTS, MT, EVEN_K)
         w = cur
         p = ()
         for j in tl.static_range(TN if BITS != 8 else 0):
@@ -729,14 +764,18 @@ def _qgemv_mma_kernel(
             else:
                 on = on_all
             for si in tl.static_range(FOLD_SLOTS):
-                kw = (tc * (TILE_K // 2) + (gi * FOLD_SLOTS + si) * 8)[:, None]
                 b = ()
-                for m in tl.static_range(MT):
-                    x_ok = ((g + 8 * m) < M)[:, None] & live
-                    if not EVEN_K:
-                        x_ok = x_ok & ((kw + pair) < KW)
-                    xv = tl.load(xw_ptr + (g + 8 * m)[:, None] * stride_xw + kw + pair, mask=x_ok, other=0)
-                    b = b + tl.split(xv)
+                if XA:
+                    for q in tl.static_range(2 * MT):
+                        b = b + (cur[XOFF + (gi * FOLD_SLOTS + si) * 2 * MT + q],)
+                else:
+                    kw = (tc * (TILE_K // 2) + (gi * FOLD_SLOTS + si) * 8)[:, None]
+                    for m in tl.static_range(MT):
+                        x_ok = ((g + 8 * m) < M)[:, None] & live
+                        if not EVEN_K:
+                            x_ok = x_ok & ((kw + pair) < KW)
+                        xv = tl.load(xw_ptr + (g + 8 * m)[:, None] * stride_xw + kw + pair, mask=x_ok, other=0)
+                        b = b + tl.split(xv)
                 if ZSUM:
                     on = _ones_mma(b, on, IS_BF16, ASM, NW, MT)
                 if GROUP_SLOTS != 0:
