@@ -243,17 +243,23 @@ def _pair_values(state, CODE: tl.constexpr, ASM: tl.constexpr, OUT: tl.constexpr
 
 
 @triton.jit
-def _pair_states(wm1, w0, w1, w2, P0: tl.constexpr, BITS: tl.constexpr):
-    """States of the 8 odd steps 16*P0 + 2j + 1 of column P0 of a group (one per pair), [G, TN, 8]."""
-    B: tl.constexpr = 16 * P0 + 1
-    a0 = tl.join(_window(wm1, w0, w1, w2, B + 0, BITS), _window(wm1, w0, w1, w2, B + 8, BITS))
-    a1 = tl.join(_window(wm1, w0, w1, w2, B + 2, BITS), _window(wm1, w0, w1, w2, B + 10, BITS))
-    a2 = tl.join(_window(wm1, w0, w1, w2, B + 4, BITS), _window(wm1, w0, w1, w2, B + 12, BITS))
-    a3 = tl.join(_window(wm1, w0, w1, w2, B + 6, BITS), _window(wm1, w0, w1, w2, B + 14, BITS))
-    b0 = tl.join(a0, a2)
-    b1 = tl.join(a1, a3)
-    c = tl.join(b0, b1)            # [G, TN, 2, 2, 2]: element [x, y, z] is pair 4x + 2y + z
-    return tl.reshape(c, (c.shape[0], c.shape[1], 8))
+def _window_states(wm1, w0, w1, w2, B: tl.constexpr, STEP: tl.constexpr, N: tl.constexpr, BITS: tl.constexpr):
+    """States of the N steps B + STEP j (j < N; N = 8 or 16) of a column group, [G, TN, N] (j last, in registers):
+    steps j and j + N/2 joined first, then the halves of each level, so that the reshape puts j in order."""
+    tl.static_assert(N == 8 or N == 16, "a column group's window block is 8 or 16 steps")
+    H0: tl.constexpr = N // 2
+    LEVELS: tl.constexpr = 3 if N == 16 else 2
+    cur = ()
+    for i in tl.static_range(H0):
+        cur = cur + (tl.join(_window(wm1, w0, w1, w2, B + STEP * i, BITS),
+                             _window(wm1, w0, w1, w2, B + STEP * (i + H0), BITS)),)
+    for lv in tl.static_range(LEVELS):
+        nxt = ()
+        for i in tl.static_range((N // 4) >> lv):           # this level joins element i with i + (N / 4) / 2^lv
+            nxt = nxt + (tl.join(cur[i], cur[i + ((N // 4) >> lv)]),)
+        cur = nxt
+    top = cur[0]
+    return tl.reshape(top, (top.shape[0], top.shape[1], N))
 
 
 @triton.jit
@@ -262,11 +268,12 @@ def _column_values(wm1, w0, w1, w2, P0: tl.constexpr, BITS: tl.constexpr, lut_pt
     """Code values of the 16 steps of column P0 of a group, [G, TN, 16] (n_local last): one state per
     step, or for pair codes one state per two steps (n_local 2j and 2j+1 from pair j)."""
     if CODE >= 3:
-        v0, v1 = _pair_values(_pair_states(wm1, w0, w1, w2, P0, BITS), CODE, ASM, OUT)
+        v0, v1 = _pair_values(_window_states(wm1, w0, w1, w2, 16 * P0 + 1, 2, 8, BITS), CODE, ASM, OUT)  # odd steps
         v = tl.join(v0, v1)        # [G, TN, 8, 2]: n_local = 2j + component
         val = tl.reshape(v, (v.shape[0], v.shape[1], 16))
     else:
-        val = _code_value(_column_states(wm1, w0, w1, w2, P0, BITS), lut_ptr, lut, CODE, ASM, GATHER, OUT)
+        val = _code_value(_window_states(wm1, w0, w1, w2, 16 * P0, 1, 16, BITS), lut_ptr, lut, CODE, ASM, GATHER,
+                          OUT)
     return val
 
 
@@ -297,28 +304,6 @@ def _window(wm1, w0, w1, w2, T: tl.constexpr, BITS: tl.constexpr):
         prv = _pick(wm1, w0, w1, w2, HI - 1)
         st = ((cur >> R) | (prv << (32 - R))) & 0xFFFF
     return st
-
-
-@triton.jit
-def _column_states(wm1, w0, w1, w2, P0: tl.constexpr, BITS: tl.constexpr):
-    """States of the 16 steps of column P0 of a group, as [G, TN, 16] (n_local last, in registers)."""
-    B: tl.constexpr = 16 * P0
-    a0 = tl.join(_window(wm1, w0, w1, w2, B + 0, BITS), _window(wm1, w0, w1, w2, B + 8, BITS))
-    a1 = tl.join(_window(wm1, w0, w1, w2, B + 1, BITS), _window(wm1, w0, w1, w2, B + 9, BITS))
-    a2 = tl.join(_window(wm1, w0, w1, w2, B + 2, BITS), _window(wm1, w0, w1, w2, B + 10, BITS))
-    a3 = tl.join(_window(wm1, w0, w1, w2, B + 3, BITS), _window(wm1, w0, w1, w2, B + 11, BITS))
-    a4 = tl.join(_window(wm1, w0, w1, w2, B + 4, BITS), _window(wm1, w0, w1, w2, B + 12, BITS))
-    a5 = tl.join(_window(wm1, w0, w1, w2, B + 5, BITS), _window(wm1, w0, w1, w2, B + 13, BITS))
-    a6 = tl.join(_window(wm1, w0, w1, w2, B + 6, BITS), _window(wm1, w0, w1, w2, B + 14, BITS))
-    a7 = tl.join(_window(wm1, w0, w1, w2, B + 7, BITS), _window(wm1, w0, w1, w2, B + 15, BITS))
-    b0 = tl.join(a0, a4)
-    b1 = tl.join(a1, a5)
-    b2 = tl.join(a2, a6)
-    b3 = tl.join(a3, a7)
-    c0 = tl.join(b0, b2)
-    c1 = tl.join(b1, b3)
-    d = tl.join(c0, c1)            # [G, TN, 2, 2, 2, 2]: element [x, y, z, w] is step 8x + 4y + 2z + w
-    return tl.reshape(d, (d.shape[0], d.shape[1], 16))
 
 
 @triton.jit
