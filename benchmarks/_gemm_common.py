@@ -281,7 +281,8 @@ def mma_configs(M: int) -> list:
     """The register-fragment GEMV (``family="mma"``, up to 16 rows): 16-column tiles a thread (block_n 16 TN) x
     warps splitting a program's K tiles x tiles loaded ahead x split-K, around what won the first H200 sweeps
     (docs/perf/gemm.md: one program per 32 columns with 4-8 K warps and no split on the large shapes, 16 columns
-    and 8 warps on the GLM expert shapes), and those shapes with 96 / 128-register caps."""
+    and 8 warps on the GLM expert shapes), those shapes with 96 / 128-register caps, and the activations loaded with
+    the words (``x_ahead``) where the refined sweeps found it faster."""
     from triton_marlin.kernels.qgemm import KernelConfig as KC
     from triton_marlin.kernels.qgemv_mma import MMA_MAX_M
 
@@ -302,6 +303,11 @@ def mma_configs(M: int) -> list:
         for prefetch in (0, 1):
             for cap in (96, 128):
                 out.append(KC("mma", block_m=bm, block_n=bn, num_warps=warps, prefetch=prefetch, maxnreg=cap))
+    # activations loaded with the words (x_ahead): what won the refined sweeps of the GLM expert shapes (M 1-2) and
+    # of M=8 on the large shapes
+    for bn, warps, fold, prefetch in ((16, 8, 1, 0), (16, 8, 0, 1), (64, 4, 0, 1)):
+        out.append(KC("mma", block_m=bm, block_n=bn, num_warps=warps, prefetch=prefetch, fold=fold, maxnreg=128,
+                      x_ahead=1))
     return out
 
 
