@@ -601,22 +601,31 @@ def _load_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, t, wrow, cols, col_ok, col0, N, K, 
 
 
 @triton.jit
+def _load_x_slot(xw_ptr, kw, live, g, pair, stride_xw, M, KW, MT: tl.constexpr, EVEN_K: tl.constexpr):
+    """The B operand of one code slot (``kw``: its first activation pair): per row block m, ``x[g + 8m, 16 i + 4c ..
+    +3]`` as two int32 pairs (rows >= M, pairs past K and tiles not ``live`` read as zero), in one flat tuple [m][2]."""
+    out = ()
+    for m in tl.static_range(MT):
+        x_ok = ((g + 8 * m) < M)[:, None] & live
+        if not EVEN_K:
+            x_ok = x_ok & ((kw + pair) < KW)
+        xv = tl.load(xw_ptr + (g + 8 * m)[:, None] * stride_xw + kw + pair, mask=x_ok, other=0)
+        out = out + tl.split(xv)
+    return out
+
+
+@triton.jit
 def _load_x(xw_ptr, t, t_last, t_end, g, pair, stride_xw, M, KW, TILE_K: tl.constexpr, SLOTS: tl.constexpr,
             MT: tl.constexpr, EVEN_K: tl.constexpr):
     """The B operands of K tile ``t`` (clamped to ``t_last`` for the address; zero for a tile at or past ``t_end``):
-    per code slot and row block m, ``x[g + 8m, 16 i + 4c .. +3]`` as two int32 pairs (rows >= M read as zero), in one
-    flat tuple [slot][m][2] (``KernelConfig.x_ahead``: loaded with the tile's words)."""
+    :func:`_load_x_slot` of each code slot, in one flat tuple [slot][m][2] (``KernelConfig.x_ahead``: loaded with the
+    tile's words)."""
     live = (t < t_end)[:, None]
     tc = tl.minimum(t, t_last)
     out = ()
     for si in tl.static_range(SLOTS):
-        kw = (tc * (TILE_K // 2) + si * 8)[:, None]
-        for m in tl.static_range(MT):
-            x_ok = ((g + 8 * m) < M)[:, None] & live
-            if not EVEN_K:
-                x_ok = x_ok & ((kw + pair) < KW)
-            xv = tl.load(xw_ptr + (g + 8 * m)[:, None] * stride_xw + kw + pair, mask=x_ok, other=0)
-            out = out + tl.split(xv)
+        out = out + _load_x_slot(xw_ptr, (tc * (TILE_K // 2) + si * 8)[:, None], live, g, pair, stride_xw, M, KW, MT,
+                                 EVEN_K)
     return out
 
 
@@ -769,13 +778,8 @@ def _qgemv_mma_kernel(
                     for q in tl.static_range(2 * MT):
                         b = b + (cur[XOFF + (gi * FOLD_SLOTS + si) * 2 * MT + q],)
                 else:
-                    kw = (tc * (TILE_K // 2) + (gi * FOLD_SLOTS + si) * 8)[:, None]
-                    for m in tl.static_range(MT):
-                        x_ok = ((g + 8 * m) < M)[:, None] & live
-                        if not EVEN_K:
-                            x_ok = x_ok & ((kw + pair) < KW)
-                        xv = tl.load(xw_ptr + (g + 8 * m)[:, None] * stride_xw + kw + pair, mask=x_ok, other=0)
-                        b = b + tl.split(xv)
+                    b = _load_x_slot(xw_ptr, (tc * (TILE_K // 2) + (gi * FOLD_SLOTS + si) * 8)[:, None], live, g,
+                                     pair, stride_xw, M, KW, MT, EVEN_K)
                 if ZSUM:
                     on = _ones_mma(b, on, IS_BF16, ASM, NW, MT)
                 if GROUP_SLOTS != 0:
